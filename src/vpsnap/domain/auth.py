@@ -1,0 +1,44 @@
+"""Who is calling and what they may do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Scope(StrEnum):
+    READ_VM = "read:vm"
+    WRITE_VM = "write:vm"
+    BACKUP_VM = "backup:vm"
+    POWER_VM = "power:vm"
+    WRITE_ALL = "write:all"
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """Parse ``read:vm,backup:vm``; raises ValueError naming an unknown scope."""
+    scopes: set[Scope] = set()
+    for raw in text.split(","):
+        item = raw.strip()
+        if not item:
+            continue
+        try:
+            scopes.add(Scope(item))
+        except ValueError:
+            known = ", ".join(s.value for s in Scope)
+            raise ValueError(f"unknown scope {item!r} (known: {known})") from None
+    if not scopes:
+        raise ValueError("at least one scope is required")
+    return frozenset(scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: one account, the scopes of the key or session used."""
+
+    account_id: str
+    scopes: frozenset[Scope]
+    key_id: str | None = None
+
+    def has(self, scope: Scope) -> bool:
+        # write:all is the vpsnap catch-all scope: it grants every other scope.
+        return Scope.WRITE_ALL in self.scopes or scope in self.scopes

@@ -1,0 +1,23 @@
+"""Time as a port, so retention, leases and schedules can be tested without sleeping."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Protocol
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """The current time, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """The contract's timestamp form: UTC, milliseconds, ``Z`` (``2026-04-27T12:34:56.000Z``)."""
+    utc = moment.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"

@@ -1,0 +1,181 @@
+"""Entities of the snapshot domain and the states they move through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+JsonObject = dict[str, Any]
+
+
+class ServiceStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    TERMINATED = "terminated"
+    PENDING = "pending"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    FRAUD = "fraud"
+    UNKNOWN = "unknown"
+
+
+class PowerState(StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    STARTING = "starting"
+    STOPPING = "stopping"
+    PAUSED = "paused"
+    PROVISIONING = "provisioning"
+    ERROR = "error"
+    UNKNOWN = "unknown"
+
+
+class SnapshotStatus(StrEnum):
+    CREATING = "creating"
+    AVAILABLE = "available"
+    RESTORING = "restoring"
+    DELETING = "deleting"
+    FAILED = "failed"
+
+
+# A deleting snapshot already gives its slot back: its delete runs before anything queued later.
+SLOT_HOLDING_STATUSES = frozenset(
+    {SnapshotStatus.CREATING, SnapshotStatus.AVAILABLE, SnapshotStatus.RESTORING}
+)
+
+
+class SnapshotOrigin(StrEnum):
+    MANUAL = "manual"
+    SCHEDULED = "scheduled"
+
+
+class Consistency(StrEnum):
+    CRASH = "crash"
+    FILESYSTEM = "filesystem"
+    MEMORY = "memory"
+
+
+class JobType(StrEnum):
+    SNAPSHOT_CREATE = "snapshot.create"
+    SNAPSHOT_DELETE = "snapshot.delete"
+    SNAPSHOT_RESTORE = "snapshot.restore"
+    SNAPSHOT_EXPIRE = "snapshot.expire"
+    SNAPSHOT_SCHEDULED = "snapshot.scheduled"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+
+# Jobs that occupy a VPS's queue: a new job of that VPS waits (pending) behind any of these.
+ACTIVE_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.IN_PROGRESS})
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    id: str
+    name: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    account_id: str
+    scopes: frozenset[str]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def is_usable(self, now: datetime) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingSystem:
+    display_name: str
+    family: str
+    version: str | None = None
+    variant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu_cores: int
+    memory_gb: float
+    storage_gb: float
+
+
+@dataclass(frozen=True, slots=True)
+class Billing:
+    amount: str
+    currency_code: str
+    billing_cycle: str
+    is_payg: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Vps:
+    id: str
+    account_id: str
+    name: str
+    node: str
+    disks: tuple[str, ...]
+    snapshot_slots: int
+    service_status: ServiceStatus
+    created_at: datetime
+    primary_ip: str | None = None
+    operating_system: OperatingSystem | None = None
+    resources: Resources = field(default_factory=lambda: Resources(1, 1.0, 0.0))
+    billing: Billing | None = None
+    current_snapshot: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    vps_id: str
+    name: str
+    description: str | None
+    status: SnapshotStatus
+    origin: SnapshotOrigin
+    consistency: Consistency
+    includes_memory_state: bool
+    parent_name: str | None
+    created_at: datetime
+    expires_at: datetime
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.status in SLOT_HOLDING_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    account_id: str
+    vps_id: str
+    type: JobType
+    status: JobStatus
+    snapshot_name: str | None
+    payload: JsonObject
+    progress: int
+    result: JsonObject | None
+    error: JsonObject | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None

@@ -1,0 +1,141 @@
+"""Ports: what the services need from a hypervisor, and what they need from storage.
+
+Drivers (``vpsnap.drivers``) and the store (``vpsnap.store``) implement these; the services and
+the job handlers depend only on the protocols.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from vpsnap.domain.model import (
+    Account,
+    ApiKey,
+    Consistency,
+    Job,
+    JobStatus,
+    PowerState,
+    Snapshot,
+    SnapshotStatus,
+    Vps,
+)
+
+# ---------------------------------------------------------------------------------------------
+# Hypervisor
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePoint:
+    """A snapshot as the hypervisor sees it: present on some or all disks of a VPS."""
+
+    name: str
+    disks: tuple[str, ...]
+    vm_state_size: int = 0
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    name: str
+    include_memory_state: bool = False
+    quiesce: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TakenSnapshot:
+    consistency: Consistency
+    includes_memory_state: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreOutcome:
+    power_state_before: PowerState
+    power_state_after: PowerState
+
+
+class HypervisorDriver(Protocol):
+    """One hypervisor backend. Every method raises only ``DomainError`` subclasses.
+
+    ``create_snapshot`` either leaves the snapshot on every disk of the VPS or on none of them;
+    ``delete_snapshot`` of a name that is not there succeeds (jobs may be re-run).
+    """
+
+    async def probe(self) -> None:
+        """Raise ``HypervisorError`` when the backend cannot be used at all."""
+        ...
+
+    async def power_state(self, vps: Vps) -> PowerState: ...
+
+    async def list_restore_points(self, vps: Vps) -> list[RestorePoint]: ...
+
+    async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot: ...
+
+    async def delete_snapshot(self, vps: Vps, name: str) -> None: ...
+
+    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+
+
+@dataclass(frozen=True, slots=True)
+class VpsFilter:
+    name: str | None = None
+    primary_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    key: ApiKey
+    account: Account
+
+
+class Transaction(Protocol):
+    """One database transaction. Everything a service does in one use case goes through one."""
+
+    # accounts and keys
+    async def add_account(self, account: Account) -> None: ...
+    async def find_account_by_name(self, name: str) -> Account | None: ...
+    async def add_api_key(self, key: ApiKey, secret_hash: str) -> None: ...
+    async def find_api_key_by_hash(self, secret_hash: str) -> ApiKey | None: ...
+    async def revoke_api_key(self, key_id: str, at: datetime) -> bool: ...
+
+    # inventory
+    async def add_vps(self, vps: Vps) -> None: ...
+    async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None: ...
+    async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None: ...
+    async def list_vps(
+        self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
+    ) -> list[Vps]: ...
+    async def set_current_snapshot(self, vps_id: str, name: str | None) -> None: ...
+
+    # snapshots
+    async def list_snapshots(self, vps_id: str) -> list[Snapshot]: ...
+    async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None: ...
+    async def add_snapshot(self, snapshot: Snapshot) -> None: ...
+    async def update_snapshot(self, snapshot: Snapshot) -> None: ...
+    async def remove_snapshot(self, vps_id: str, name: str) -> None: ...
+
+    # jobs
+    async def add_job(self, job: Job) -> None: ...
+    async def get_job(self, job_id: str) -> Job | None: ...
+    async def update_job(self, job: Job) -> None: ...
+    async def has_active_job(self, vps_id: str) -> bool: ...
+    async def next_pending_job(self, vps_id: str) -> Job | None: ...
+    async def claim_job(
+        self, node: str, worker: str, now: datetime, lease_until: datetime
+    ) -> Job | None: ...
+    async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool: ...
+    async def requeue_expired(self, now: datetime, node: str | None) -> list[str]: ...
+    async def count_jobs(self, status: JobStatus) -> int: ...
+    async def count_snapshots(self, status: SnapshotStatus) -> int: ...
+
+
+class Store(Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+    async def ping(self) -> None: ...
+

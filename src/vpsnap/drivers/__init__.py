@@ -1,0 +1,1 @@
+"""Hypervisor adapters behind ``vpsnap.domain.ports.HypervisorDriver``."""
