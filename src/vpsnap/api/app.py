@@ -1,0 +1,55 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vpsnap import __version__
+from vpsnap.api.edge import EdgeMiddleware
+from vpsnap.api.problems import (
+    domain_error_handler,
+    http_error_handler,
+    validation_error_handler,
+)
+from vpsnap.api.ratelimit import RateLimits
+from vpsnap.api.routes import jobs, service, snapshots, vps
+from vpsnap.domain.errors import DomainError
+from vpsnap.services.container import Services
+from vpsnap.settings import Settings
+
+DESCRIPTION = """\
+HostUp-compatible VPS snapshot API. Snapshots are short-lived, local, copy-on-write restore
+points inside the VPS's qcow2 disks, for fast rollback; they are not backups and expire after
+about 24 hours. Every error is an RFC 9457 problem document with a stable `code`.
+"""
+
+
+def create_app(services: Services, settings: Settings, rate_limits: RateLimits | None = None) -> FastAPI:
+    app = FastAPI(
+        title="vpsnap",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    app.state.rate_limits = rate_limits or RateLimits(
+        settings.rate_limit_storage,
+        settings.rate_limit_per_key,
+        settings.rate_limit_snapshot_mutations_per_vps,
+    )
+    app.add_exception_handler(DomainError, domain_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_middleware(
+        EdgeMiddleware,
+        rate_limits=app.state.rate_limits,
+        max_body_bytes=settings.max_body_bytes,
+        public_base_url=settings.public_base_url,
+    )
+    for module in (vps, snapshots, jobs, service):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,173 @@
+"""The one place that turns errors into RFC 9457 problem+json responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from vpsnap.domain.clock import SystemClock, format_timestamp
+from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
+from vpsnap.domain.problems import error_summary
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+def base_url(scope: Any, configured: str | None) -> str:
+    if configured:
+        return configured.rstrip("/")
+    scheme = scope.get("scheme", "http")
+    host = "localhost"
+    for name, value in scope.get("headers", []):
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    return f"{scheme}://{host}"
+
+
+def problem_body(
+    summary: dict[str, Any], *, instance: str, request_id: str, base: str
+) -> dict[str, Any]:
+    code = summary["code"]
+    body: dict[str, Any] = {
+        "type": f"{base}/errors/{code}",
+        "title": summary["title"],
+        "status": summary["status"],
+        "detail": summary["detail"],
+        "code": code,
+        "instance": instance,
+        "requestId": request_id,
+        "timestamp": format_timestamp(SystemClock().now()),
+    }
+    if "errors" in summary:
+        body["errors"] = summary["errors"]
+    if summary.get("extensions"):
+        body["extensions"] = summary["extensions"]
+    return body
+
+
+def problem_response(
+    scope: Any,
+    error: DomainError,
+    *,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    state = scope.get("state", {})
+    summary = error_summary(error)
+    body = problem_body(
+        summary,
+        instance=scope.get("path", ""),
+        request_id=state.get("request_id", ""),
+        base=base_url(scope, state.get("public_base_url")),
+    )
+    return JSONResponse(
+        jsonable_encoder(body),
+        status_code=summary["status"],
+        media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
+    )
+
+
+# -- translation of framework errors ------------------------------------------------------------
+
+_FIELD_CODES = {
+    "missing": "missing_required",
+    "extra_forbidden": "unknown_field",
+    "string_too_long": "too_long",
+    "too_long": "too_long",
+    "string_pattern_mismatch": "invalid_format",
+    "string_too_short": "invalid_format",
+    "value_error": "invalid_format",
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+}
+
+
+def _pointer(loc: tuple[Any, ...]) -> str:
+    where, *path = loc if loc else ("body",)
+    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in path]
+    if where == "body":
+        return "/" + "/".join(parts) if parts else ""
+    return f"/{where}/" + "/".join(parts)
+
+
+def _field_error(error: dict[str, Any]) -> FieldError:
+    kind = str(error.get("type", ""))
+    code = _FIELD_CODES.get(kind, "invalid_type")
+    loc = tuple(error.get("loc", ()))
+    detail = str(error.get("msg", "Invalid value."))
+    if code == "unknown_field":
+        detail = f"Unknown field {loc[-1]!r}: it is not part of this request."
+    elif code == "missing_required" and loc:
+        detail = f"{loc[-1]!r} is required." if len(loc) > 1 else "A request body is required."
+    return FieldError(pointer=_pointer(loc), detail=detail, code=code)
+
+
+def validation_error(exc: RequestValidationError) -> DomainError:
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return DomainError("The request body is not valid JSON.", code="invalid_json")
+    field_errors = [_field_error(e) for e in errors]
+    return InvalidRequest("The request failed validation.", field_errors)
+
+
+_HTTP_ERRORS = {
+    401: ("unauthorized", "Authentication is required."),
+    403: ("forbidden", "The credential may not do this."),
+    404: ("not_found", "There is nothing at this path."),
+    405: ("method_not_allowed", "This path does not accept this method."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", "Send the request body as application/json."),
+}
+
+
+def http_error(exc: StarletteHTTPException) -> DomainError:
+    known = _HTTP_ERRORS.get(exc.status_code)
+    if known is not None:
+        return DomainError(known[1], code=known[0])
+    if 400 <= exc.status_code < 500:
+        return DomainError(str(exc.detail), code="invalid_request")
+    return DomainError("Something failed on our side.")
+
+
+async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    headers = {"Retry-After": str(exc.extensions["retryAfter"])} if (
+        exc.code == "rate_limited" and "retryAfter" in exc.extensions
+    ) else None
+    return problem_response(request.scope, exc, headers=headers)
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return True  # a missing body is reported as such, not as a media type problem
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    if not _is_json(request.headers.get("content-type")):
+        error = DomainError(
+            "Send the request body as application/json.", code="unsupported_media_type"
+        )
+        return problem_response(request.scope, error)
+    return problem_response(request.scope, validation_error(exc))
+
+
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    error = http_error(exc)
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(request.scope, error, headers=headers)
+
+
+async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    # Logged with the request id by the edge middleware; the client never sees a trace.
+    return problem_response(request.scope, DomainError("Something failed on our side."))

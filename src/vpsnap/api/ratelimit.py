@@ -1,0 +1,82 @@
+"""Rate limits with the ``limits`` library: per credential (or client IP) and per VPS for
+mutating snapshot calls, with HostUp's ``X-RateLimit-*`` and the IETF ``RateLimit`` headers."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from limits import RateLimitItem, parse
+from limits.aio.strategies import FixedWindowRateLimiter
+from limits.storage import storage_from_string
+
+from vpsnap.domain.clock import format_timestamp
+from vpsnap.domain.errors import DomainError
+
+
+@dataclass(frozen=True, slots=True)
+class RateState:
+    policy: str
+    limit: int
+    window_seconds: int
+    remaining: int
+    reset_at: float
+    allowed: bool
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        reset_in = max(0, math.ceil(self.reset_at - time.time()))
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": format_timestamp(datetime.fromtimestamp(self.reset_at, UTC)),
+            "RateLimit-Policy": f'"{self.policy}";q={self.limit};w={self.window_seconds}',
+            "RateLimit": f'"{self.policy}";r={self.remaining};t={reset_in}',
+        }
+
+
+class RateLimited(DomainError):
+    code = "rate_limited"
+
+    def __init__(self, detail: str, state: RateState) -> None:
+        super().__init__(detail, extensions={"retryAfter": state.retry_after})
+        self.state = state
+
+
+class RateLimits:
+    def __init__(self, storage_uri: str, per_key: str, per_vps_mutations: str) -> None:
+        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
+        self._per_key = parse(per_key)
+        self._per_vps = parse(per_vps_mutations)
+
+    async def _hit(self, policy: str, item: RateLimitItem, identity: str) -> RateState:
+        allowed = await self._limiter.hit(item, policy, identity)
+        stats = await self._limiter.get_window_stats(item, policy, identity)
+        return RateState(
+            policy=policy,
+            limit=item.amount,
+            window_seconds=item.get_expiry(),
+            remaining=stats.remaining,
+            reset_at=stats.reset_time,
+            allowed=allowed,
+        )
+
+    async def hit_caller(self, identity: str) -> RateState:
+        return await self._hit("per-key", self._per_key, identity)
+
+    async def hit_vps_mutation(self, account_id: str, vps_id: str) -> None:
+        # Keyed by account too, so nobody can spend the budget of a VPS that is not theirs.
+        state = await self._hit(
+            "per-vps-snapshot-mutations", self._per_vps, f"{account_id}:{vps_id}"
+        )
+        if not state.allowed:
+            raise RateLimited(
+                f"Too many snapshot changes on this VPS: at most {state.limit} per "
+                f"{state.window_seconds} s. Retry in {state.retry_after} s.",
+                state,
+            )

@@ -1,0 +1,68 @@
+"""Service endpoints: liveness, readiness, and the human pages behind problem ``type`` links."""
+
+from __future__ import annotations
+
+import html
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from vpsnap.api.deps import ServicesDep
+from vpsnap.domain.errors import NotFound
+from vpsnap.domain.problems import CATALOGUE
+
+router = APIRouter(tags=["Service"])
+
+
+@router.get("/healthz", operation_id="healthz")
+async def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", operation_id="readyz")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """The database and the hypervisor are reachable (503 when one is not)."""
+    checks = await services.readiness()
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html><html lang=en><meta charset=utf-8>"
+        f"<title>{html.escape(title)} · vpsnap</title>"
+        "<body style='font-family:system-ui;max-width:42rem;margin:2rem auto'>"
+        f"{body}</body></html>"
+    )
+
+
+@router.get("/errors", operation_id="listErrorCodes", response_class=HTMLResponse)
+async def error_index() -> HTMLResponse:
+    """Every problem code this API answers with."""
+    items = "".join(
+        f"<li><a href='/errors/{code}'><code>{code}</code></a> — {kind.status} "
+        f"{html.escape(kind.title)}</li>"
+        for code, kind in sorted(CATALOGUE.items())
+    )
+    return HTMLResponse(_page("Error codes", f"<h1>Error codes</h1><ul>{items}</ul>"))
+
+
+@router.get("/errors/{code}", operation_id="describeErrorCode", response_class=HTMLResponse)
+async def error_page(code: str) -> HTMLResponse:
+    """The human explanation behind a problem's `type` URL."""
+    kind = CATALOGUE.get(code)
+    if kind is None:
+        raise NotFound(f"There is no error code {code!r}.")
+    body = (
+        f"<h1>{html.escape(kind.title)}</h1>"
+        f"<p>HTTP status <b>{kind.status}</b>, code <code>{html.escape(code)}</code>.</p>"
+        f"<p>{html.escape(kind.explanation)}</p>"
+        "<p>Branch on the <code>code</code> member of the problem document, never on "
+        "<code>detail</code>. Quote the <code>requestId</code> when asking for help.</p>"
+        "<p><a href='/errors'>All error codes</a></p>"
+    )
+    return HTMLResponse(_page(kind.title, body))

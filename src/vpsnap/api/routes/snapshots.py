@@ -1,0 +1,103 @@
+"""``/api/v2/vps/{id}/snapshots``: list, create, delete and restore snapshots."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
+from vpsnap.api.presenters import operation_out, poll_url, snapshot_list_out
+from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, ProblemOut, SnapshotListOut
+from vpsnap.services.snapshots import CreateSnapshot
+
+router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
+    for code in (400, 401, 403, 404, 409, 429)
+}
+
+
+def _accepted(response: Response, out: OperationOut) -> OperationOut:
+    response.status_code = 202
+    response.headers["Location"] = poll_url(out.operation.job_id)
+    return out
+
+
+@router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
+async def list_snapshots(
+    vps_id: str, principal: ReadVm, services: ServicesDep
+) -> SnapshotListOut:
+    """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
+    return snapshot_list_out(await services.snapshots.list(principal, vps_id))
+
+
+@router.post(
+    "",
+    operation_id="createSnapshot",
+    status_code=202,
+    response_model=OperationOut,
+    responses=_ERRORS,
+)
+async def create_snapshot(
+    vps_id: str,
+    body: CreateSnapshotIn,
+    response: Response,
+    principal: BackupVm,
+    services: ServicesDep,
+    rate_limits: RateLimitsDep,
+) -> OperationOut:
+    """Queue a snapshot. Check `actions.canCreate` of the list first; poll the job."""
+    await rate_limits.hit_vps_mutation(principal.account_id, vps_id)
+    job = await services.snapshots.create(
+        principal,
+        vps_id,
+        CreateSnapshot(
+            name=body.name,
+            description=body.description,
+            include_memory_state=body.include_memory_state,
+            quiesce=body.quiesce,
+        ),
+    )
+    return _accepted(response, operation_out(job))
+
+
+@router.delete(
+    "/{snapshot_id}",
+    operation_id="deleteSnapshot",
+    status_code=202,
+    response_model=OperationOut,
+    responses=_ERRORS,
+)
+async def delete_snapshot(
+    vps_id: str,
+    snapshot_id: str,
+    response: Response,
+    principal: BackupVm,
+    services: ServicesDep,
+    rate_limits: RateLimitsDep,
+) -> OperationOut:
+    """Queue the deletion of a snapshot; its slot is free at once."""
+    await rate_limits.hit_vps_mutation(principal.account_id, vps_id)
+    job = await services.snapshots.delete(principal, vps_id, snapshot_id)
+    return _accepted(response, operation_out(job))
+
+
+@router.post(
+    "/{snapshot_id}/actions/restore",
+    operation_id="restoreSnapshot",
+    status_code=202,
+    response_model=OperationOut,
+    responses=_ERRORS,
+)
+async def restore_snapshot(
+    vps_id: str,
+    snapshot_id: str,
+    response: Response,
+    principal: BackupVm,
+    services: ServicesDep,
+    rate_limits: RateLimitsDep,
+) -> OperationOut:
+    """Queue a rollback of the VPS's disks to the snapshot (power state is kept)."""
+    await rate_limits.hit_vps_mutation(principal.account_id, vps_id)
+    job = await services.snapshots.restore(principal, vps_id, snapshot_id)
+    return _accepted(response, operation_out(job))

@@ -1,0 +1,40 @@
+"""``/api/v2/vps``: the caller's VPS inventory."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from vpsnap.api.deps import ReadVm, ServicesDep
+from vpsnap.api.presenters import vps_out
+from vpsnap.api.schemas import VpsOut, VpsPageOut
+from vpsnap.domain.ports import VpsFilter
+
+router = APIRouter(prefix="/api/v2/vps", tags=["VPS"])
+
+
+@router.get("", operation_id="listVps", response_model=VpsPageOut)
+async def list_vps(
+    principal: ReadVm,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    name: Annotated[str | None, Query(max_length=100)] = None,
+    primary_ip: Annotated[str | None, Query(alias="primaryIp", max_length=64)] = None,
+) -> VpsPageOut:
+    """The caller's VPSes, oldest first; follow `nextCursor` for the next page."""
+    page = await services.inventory.list(
+        principal, VpsFilter(name=name, primary_ip=primary_ip), cursor, limit
+    )
+    return VpsPageOut(
+        data=[vps_out(v) for v in page.items],
+        has_more=page.has_more,
+        next_cursor=page.next_cursor,
+    )
+
+
+@router.get("/{vps_id}", operation_id="getVps", response_model=VpsOut)
+async def get_vps(vps_id: str, principal: ReadVm, services: ServicesDep) -> VpsOut:
+    """One VPS, with its power state as the hypervisor reports it now."""
+    return vps_out(await services.inventory.get(principal, vps_id))

@@ -1,0 +1,1 @@
+"""The ``vpsnap`` command: server processes, operator administration, (later) client commands."""

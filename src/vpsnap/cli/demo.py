@@ -1,0 +1,98 @@
+"""Demo data for ``vpsnap serve --demo``: two accounts, four VPSes on real qcow2 disks, keys.
+
+Idempotent: a second start reuses the accounts, VPSes, disks and keys that exist.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vpsnap.domain.auth import Scope
+from vpsnap.domain.errors import Unauthorized
+from vpsnap.domain.model import Billing, OperatingSystem, Resources
+from vpsnap.drivers.qemu_img import QemuImg
+from vpsnap.runtime import Runtime
+from vpsnap.services.accounts import NewVps
+
+DEMO_DISK_BYTES = 2 * 1024**3
+DEMO_DATA_BYTES = 16 * 1024**2
+
+
+@dataclass(frozen=True)
+class DemoVps:
+    account: str
+    name: str
+    slots: int
+    primary_ip: str
+
+
+DEMO_VPSES = (
+    DemoVps("demo", "demo-web", 3, "203.0.113.10"),
+    DemoVps("demo", "demo-db", 1, "203.0.113.11"),
+    DemoVps("demo", "demo-nosnap", 0, "203.0.113.12"),
+    DemoVps("other", "other-web", 2, "198.51.100.20"),
+)
+
+
+async def _ensure_disk(qemu_img: QemuImg, path: Path) -> None:
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await qemu_img.create_image(path, DEMO_DISK_BYTES)
+    # Some data, so that snapshots and restores have something to keep and roll back.
+    await qemu_img.write_pattern(path, 0, DEMO_DATA_BYTES, 0x5A)
+
+
+async def _key_still_valid(runtime: Runtime, secret: object) -> bool:
+    if not isinstance(secret, str):
+        return False
+    try:
+        await runtime.services.credentials.authenticate(secret)
+    except Unauthorized:
+        return False
+    return True
+
+
+async def seed_demo(runtime: Runtime, qemu_img: QemuImg) -> dict[str, str]:
+    """Create what is missing of the demo; returns the tokens written to demo-tokens.json."""
+    accounts = runtime.services.accounts
+    for name in ("demo", "other"):
+        await accounts.ensure_account(name)
+    for item in DEMO_VPSES:
+        disk = (runtime.settings.data_dir / "disks" / f"{item.name}.qcow2").resolve()
+        await _ensure_disk(qemu_img, disk)
+        if await accounts.find_vps(item.account, item.name) is None:
+            await accounts.add_vps(
+                NewVps(
+                    account_name=item.account,
+                    name=item.name,
+                    disks=(str(disk),),
+                    snapshot_slots=item.slots,
+                    node=runtime.settings.node,
+                    primary_ip=item.primary_ip,
+                    operating_system=OperatingSystem("Debian 12", "linux", "12", "bookworm"),
+                    resources=Resources(cpu_cores=1, memory_gb=1.0, storage_gb=2.0),
+                    billing=Billing("5.00", "EUR", "monthly"),
+                )
+            )
+    tokens_path = runtime.settings.data_dir / "demo-tokens.json"
+    tokens: dict[str, object] = {}
+    if tokens_path.exists():
+        tokens = json.loads(tokens_path.read_text())
+    wanted = {
+        "full": ("demo", frozenset({Scope.WRITE_ALL})),
+        "readonly": ("demo", frozenset({Scope.READ_VM})),
+        "other": ("other", frozenset({Scope.WRITE_ALL})),
+    }
+    result: dict[str, str] = {}
+    for label, (account, scopes) in wanted.items():
+        secret = tokens.get(label)
+        if isinstance(secret, str) and await _key_still_valid(runtime, secret):
+            result[label] = secret
+        else:
+            result[label] = (await runtime.services.credentials.issue(account, scopes)).secret
+    tokens_path.write_text(json.dumps(result, indent=2) + "\n")
+    tokens_path.chmod(0o600)
+    return result

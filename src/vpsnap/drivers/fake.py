@@ -1,0 +1,191 @@
+"""In-memory ``HypervisorDriver`` for fast service unit tests, with fault injection.
+
+Never the default or demo driver: it touches no disk, so nothing it reports is real. It follows
+the offline ``QemuDriver``'s semantics, which the shared driver contract tests hold it to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, get_args
+
+from vpsnap.domain.clock import SystemClock
+from vpsnap.domain.errors import (
+    HypervisorError,
+    SnapshotNameTaken,
+    SnapshotNotFound,
+    VpsNotReady,
+)
+from vpsnap.domain.model import Consistency, PowerState, Vps
+from vpsnap.domain.ports import RestoreOutcome, RestorePoint, SnapshotRequest, TakenSnapshot
+from vpsnap.domain.rules import name_key
+
+if TYPE_CHECKING:
+    from vpsnap.domain.clock import Clock
+    from vpsnap.domain.errors import DomainError
+    from vpsnap.domain.ports import HypervisorDriver
+
+Operation = Literal["probe", "list", "create", "delete", "restore"]
+_OPERATIONS: frozenset[str] = frozenset(get_args(Operation))
+
+# The offline QemuDriver cannot touch disks a live VM holds locked; the fake refuses the same.
+_BUSY_STATES = frozenset(
+    {PowerState.RUNNING, PowerState.PAUSED, PowerState.STARTING, PowerState.STOPPING}
+)
+
+
+@dataclass(slots=True)
+class _FakeVps:
+    points: dict[str, RestorePoint] = field(default_factory=dict)
+    saved_content: dict[str, str] = field(default_factory=dict)
+    content: str = ""
+    power_state: PowerState = PowerState.STOPPED
+
+
+@dataclass(slots=True)
+class _Gate:
+    open: asyncio.Event = field(default_factory=asyncio.Event)
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FakeDriver:
+    """Keeps restore points and a "disk content" string per VPS id.
+
+    ``write``/``content`` stand in for the guest's data: a snapshot records the content and a
+    restore puts it back, so a test can check a restore really rolled back.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._vpses: dict[str, _FakeVps] = {}
+        self._failures: dict[str, DomainError] = {}
+        self._gates: dict[str, _Gate] = {}
+        self.calls: list[tuple[str, str]] = []
+        """(operation, vps id) of every call, in order, for tests that check what ran."""
+
+    # -- test controls ---------------------------------------------------------------------
+
+    def write(self, vps_id: str, data: str) -> None:
+        self._state(vps_id).content = data
+
+    def content(self, vps_id: str) -> str:
+        return self._state(vps_id).content
+
+    def set_power_state(self, vps_id: str, state: PowerState) -> None:
+        self._state(vps_id).power_state = state
+
+    def fail_next(self, operation: Operation, error: DomainError) -> None:
+        """Make the next call of ``operation`` raise ``error`` without changing anything."""
+        self._failures[_checked(operation)] = error
+
+    def block(self, operation: Operation) -> None:
+        """Hold every call of ``operation`` at its start until ``release``."""
+        self._gates.setdefault(_checked(operation), _Gate())
+
+    def release(self, operation: Operation) -> None:
+        gate = self._gates.pop(_checked(operation), None)
+        if gate is not None:
+            gate.open.set()
+
+    async def wait_blocked(self, operation: Operation) -> None:
+        """Return once a call of ``operation`` is waiting at its gate (set by ``block``)."""
+        gate = self._gates.get(_checked(operation))
+        if gate is None:
+            raise RuntimeError(f"{operation} is not blocked; call block() first")
+        await gate.reached.wait()
+
+    # -- HypervisorDriver ------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        await self._enter("probe", "")
+
+    async def power_state(self, vps: Vps) -> PowerState:
+        return self._state(vps.id).power_state
+
+    async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
+        state = await self._enter("list", vps.id)
+        self._require_disks(vps, state)
+        # Stable sort: equal timestamps (a frozen test clock) keep creation order.
+        return sorted(state.points.values(), key=lambda p: p.created_at or self._clock.now())
+
+    # Checks run in the order QemuDriver meets them: it reads snapshot tables with -U (which
+    # works next to a running VM) before it needs the write lock that a running VM holds.
+
+    async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot:
+        state = await self._enter("create", vps.id)
+        self._require_disks(vps, state)
+        for existing in state.points:
+            if name_key(existing) == name_key(request.name):
+                raise SnapshotNameTaken(
+                    f"a snapshot named {request.name} already exists on disk {vps.disks[0]}"
+                )
+        self._require_unlocked(vps, state)
+        state.points[request.name] = RestorePoint(
+            name=request.name, disks=vps.disks, vm_state_size=0, created_at=self._clock.now()
+        )
+        state.saved_content[request.name] = state.content
+        return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+
+    async def delete_snapshot(self, vps: Vps, name: str) -> None:
+        state = await self._enter("delete", vps.id)
+        self._require_disks(vps, state)
+        if name not in state.points:
+            return
+        self._require_unlocked(vps, state)
+        del state.points[name]
+        del state.saved_content[name]
+
+    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
+        state = await self._enter("restore", vps.id)
+        self._require_disks(vps, state)
+        if name not in state.points:
+            raise SnapshotNotFound(f"snapshot {name} does not exist on disk {vps.disks[0]}")
+        self._require_unlocked(vps, state)
+        state.content = state.saved_content[name]
+        return RestoreOutcome(
+            power_state_before=PowerState.STOPPED, power_state_after=PowerState.STOPPED
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _state(self, vps_id: str) -> _FakeVps:
+        return self._vpses.setdefault(vps_id, _FakeVps())
+
+    async def _enter(self, operation: str, vps_id: str) -> _FakeVps:
+        self.calls.append((operation, vps_id))
+        gate = self._gates.get(operation)
+        if gate is not None:
+            gate.reached.set()
+            await gate.open.wait()
+        error = self._failures.pop(operation, None)
+        if error is not None:
+            raise error
+        return self._state(vps_id)
+
+    @staticmethod
+    def _require_disks(vps: Vps, state: _FakeVps) -> None:
+        if not vps.disks:
+            raise HypervisorError(f"VPS {vps.name} has no disks configured")
+        if state.power_state is PowerState.ERROR:
+            raise HypervisorError(f"Disk image {vps.disks[-1]} does not exist")
+
+    @staticmethod
+    def _require_unlocked(vps: Vps, state: _FakeVps) -> None:
+        if state.power_state in _BUSY_STATES:
+            raise VpsNotReady(
+                f"Disk {vps.disks[0]} is in use by another process (most likely the running "
+                "VM). Stop the VM before snapshotting or restoring it."
+            )
+
+
+def _checked(operation: str) -> str:
+    if operation not in _OPERATIONS:
+        raise ValueError(f"unknown operation {operation!r}; one of {sorted(_OPERATIONS)}")
+    return operation
+
+
+if TYPE_CHECKING:
+    # mypy proves the class satisfies the port; nothing runs.
+    def _implements_port(driver: FakeDriver) -> HypervisorDriver:
+        return driver

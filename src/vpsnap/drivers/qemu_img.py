@@ -1,0 +1,367 @@
+"""Async wrapper around the ``qemu-img`` and ``qemu-io`` binaries.
+
+Used by the QEMU driver for qcow2 internal snapshots, and by demo setup, tests and benchmarks
+to create images and write or verify data patterns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from vpsnap.domain.errors import HypervisorError, VpsNotReady
+
+StrPath = str | os.PathLike[str]
+
+# qemu-img/qemu-io print these when another process (normally the running VM) holds the image's
+# lock. Both come from QEMU's file-posix driver and have been stable for years.
+_LOCK_MARKERS = ('Failed to get "write" lock', 'Failed to get shared "write" lock')
+_LOCK_HINT = "Is another process using the image"
+_PATTERN_MISMATCH = "Pattern verification failed"
+_MAX_DETAIL_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSnapshotInfo:
+    """One internal snapshot of one image, as ``qemu-img info`` reports it."""
+
+    id: str
+    name: str
+    vm_state_size: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    format: str
+    virtual_size: int
+    # qemu-img leaves out actual-size when the protocol cannot tell (e.g. some network storage).
+    actual_size: int | None
+    snapshots: tuple[DiskSnapshotInfo, ...]
+
+    def snapshots_named(self, name: str) -> tuple[DiskSnapshotInfo, ...]:
+        """Snapshots whose name is exactly ``name`` (qcow2 allows more than one)."""
+        return tuple(s for s in self.snapshots if s.name == name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class QemuImg:
+    """Runs ``qemu-img`` / ``qemu-io`` as child processes of the event loop, with a timeout.
+
+    Snapshot commands pin the format to qcow2 (``--image-opts driver=qcow2``) so a raw disk is
+    never probed into something else and gets a clear error instead.
+    """
+
+    def __init__(
+        self, binary: str = "qemu-img", timeout: float = 60.0, qemu_io: str = "qemu-io"
+    ) -> None:
+        self.binary = binary
+        self.qemu_io = qemu_io
+        self.timeout = timeout
+
+    # -- qemu-img --------------------------------------------------------------------------
+
+    async def version(self) -> str:
+        """The first line of ``qemu-img --version``."""
+        result = await self._run_checked(self.binary, ["--version"], path=None)
+        return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
+
+    async def info(self, path: StrPath) -> ImageInfo:
+        # -U (force-share) lets this read the header while a VM holds the write lock.
+        result = await self._run_checked(
+            self.binary, ["info", "--output=json", "-U", _positional(path)], path=path
+        )
+        return _parse_info(result.stdout, path)
+
+    async def detect_format(self, path: StrPath) -> str:
+        return (await self.info(path)).format
+
+    async def create_image(self, path: StrPath, virtual_size_bytes: int) -> None:
+        if virtual_size_bytes <= 0:
+            raise ValueError("virtual_size_bytes must be positive")
+        await self._run_checked(
+            self.binary,
+            ["create", "-q", "-f", "qcow2", _positional(path), str(virtual_size_bytes)],
+            path=None,
+        )
+
+    async def create_snapshot(self, path: StrPath, name: str) -> None:
+        """Create an internal snapshot.
+
+        qcow2 accepts a second snapshot with an existing name; callers check first.
+        """
+        await self._snapshot_command("-c", name, path)
+
+    async def apply_snapshot(self, path: StrPath, name: str) -> None:
+        """Revert the image to the one snapshot called ``name``.
+
+        ``qemu-img snapshot -a X`` looks X up as an *id* first and only then as a name (qcow2's
+        find_snapshot_by_id_or_name), so "-a 1" reverts to whichever snapshot has id 1 even when
+        another one is named "1". The name is therefore resolved to its id here and the id is
+        passed: ids are unique per image, and an id match always wins.
+        """
+        target = _only_snapshot(await self.info(path), name, path)
+        await self._snapshot_command("-a", target.id, path)
+
+    async def delete_snapshot(self, path: StrPath, name: str) -> None:
+        """Delete the snapshot called ``name``.
+
+        Unlike apply, ``qemu-img snapshot -d`` matches by name only (checked against QEMU 7.2:
+        ``-d 1`` on an image with only id 1 "alpha" fails with "snapshot not found"), so the name
+        is unambiguous as long as it is unique on the image, which is checked here because with
+        duplicates qemu-img silently deletes just the first one.
+        """
+        _only_snapshot(await self.info(path), name, path)
+        await self._snapshot_command("-d", name, path)
+
+    # -- qemu-io ---------------------------------------------------------------------------
+
+    async def write_pattern(
+        self,
+        path: StrPath,
+        offset: int,
+        length: int,
+        pattern_byte: int,
+        *,
+        image_format: str = "qcow2",
+    ) -> None:
+        """Fill ``length`` bytes at ``offset`` of the guest-visible disk with ``pattern_byte``."""
+        _check_range(offset, length, pattern_byte)
+        result = await self._run_checked(
+            self.qemu_io,
+            [
+                "-f",
+                image_format,
+                "-c",
+                f"write -P 0x{pattern_byte:02x} {offset} {length}",
+                _positional(path),
+            ],
+            path=path,
+        )
+        # Older qemu-io exited 0 even when the command failed, so trust only its report line.
+        if f"wrote {length}/{length} bytes" not in result.stdout:
+            raise HypervisorError(
+                f"qemu-io did not confirm the write to {os.fspath(path)}: "
+                f"{_trim(result.stderr or result.stdout)}"
+            )
+
+    async def read_matches(
+        self,
+        path: StrPath,
+        offset: int,
+        length: int,
+        pattern_byte: int,
+        *,
+        image_format: str = "qcow2",
+    ) -> bool:
+        """Whether every byte in the range equals ``pattern_byte``.
+
+        On a mismatch qemu-io 7.2 prints "Pattern verification failed at offset ..." on stdout
+        and exits 1, which is also its exit status for real errors, so the message decides.
+        """
+        _check_range(offset, length, pattern_byte)
+        result = await self._run(
+            self.qemu_io,
+            [
+                "-f",
+                image_format,
+                "-c",
+                f"read -P 0x{pattern_byte:02x} {offset} {length}",
+                _positional(path),
+            ],
+        )
+        if _PATTERN_MISMATCH in result.stdout or _PATTERN_MISMATCH in result.stderr:
+            return False
+        if result.returncode != 0:
+            await _raise_for_failure(self.qemu_io, result, path)
+        if f"read {length}/{length} bytes" not in result.stdout:
+            raise HypervisorError(
+                f"qemu-io did not confirm the read of {os.fspath(path)}: "
+                f"{_trim(result.stderr or result.stdout)}"
+            )
+        return True
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _snapshot_command(self, flag: str, argument: str, path: StrPath) -> None:
+        await self._run_checked(
+            self.binary,
+            ["snapshot", "-q", "--image-opts", flag, argument, _qcow2_image_opts(path)],
+            path=path,
+        )
+
+    async def _run_checked(self, program: str, args: list[str], *, path: StrPath | None) -> _Result:
+        result = await self._run(program, args)
+        if result.returncode != 0:
+            await _raise_for_failure(program, result, path)
+        return result
+
+    async def _run(self, program: str, args: list[str]) -> _Result:
+        try:
+            process = await asyncio.create_subprocess_exec(
+                program,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                # Own process group, so a timeout also kills anything the program started
+                # (a wrapper script's children would otherwise keep the pipes open).
+                start_new_session=True,
+            )
+        except FileNotFoundError as exc:
+            raise HypervisorError(f"{_tool_name(program)} not found at {program}") from exc
+        except PermissionError as exc:
+            raise HypervisorError(
+                f"{_tool_name(program)} at {program} is not executable: {exc}"
+            ) from exc
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                stdout, stderr = await process.communicate()
+        except TimeoutError:
+            await _kill(process)
+            raise HypervisorError(
+                f"{_tool_name(program)} timed out after {self.timeout:g}s and was killed "
+                f"(arguments: {' '.join(args)})"
+            ) from None
+        except BaseException:
+            # Cancelled: do not leave a qemu-img running on its own against the image.
+            await _kill(process)
+            raise
+        assert process.returncode is not None  # communicate() waited for the exit
+        return _Result(
+            returncode=process.returncode,
+            stdout=stdout.decode("utf-8", errors="replace"),
+            stderr=stderr.decode("utf-8", errors="replace"),
+        )
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    # Reaps the child and lets asyncio close the pipe transports (no ResourceWarning).
+    await process.wait()
+
+
+async def _raise_for_failure(program: str, result: _Result, path: StrPath | None) -> None:
+    output = result.stderr.strip() or result.stdout.strip()
+    if any(marker in output for marker in _LOCK_MARKERS) or _LOCK_HINT in output:
+        where = f"Disk {os.fspath(path)}" if path is not None else "The disk"
+        raise VpsNotReady(
+            f"{where} is in use by another process (most likely the running VM). "
+            "Stop the VM before snapshotting or restoring it."
+        )
+    if path is not None and not await asyncio.to_thread(Path(path).exists):
+        raise HypervisorError(f"Disk image {os.fspath(path)} does not exist")
+    raise HypervisorError(
+        f"{_tool_name(program)} failed (exit {result.returncode}): {_trim(output) or 'no output'}"
+    )
+
+
+def _tool_name(program: str) -> str:
+    return Path(program).name or program
+
+
+def _trim(text: str) -> str:
+    text = text.strip()
+    if len(text) > _MAX_DETAIL_CHARS:
+        return text[:_MAX_DETAIL_CHARS] + "…"
+    return text
+
+
+def _positional(path: StrPath) -> str:
+    # A relative path starting with "-" would be read as an option.
+    text = os.fspath(path)
+    return f"./{text}" if text.startswith("-") else text
+
+
+def _qcow2_image_opts(path: StrPath) -> str:
+    # In QEMU option strings a literal comma is written as ",,".
+    filename = os.fspath(path).replace(",", ",,")
+    return f"driver=qcow2,file.driver=file,file.filename={filename}"
+
+
+def _check_range(offset: int, length: int, pattern_byte: int) -> None:
+    if offset < 0 or length <= 0:
+        raise ValueError("offset must be >= 0 and length > 0")
+    if not 0 <= pattern_byte <= 0xFF:
+        raise ValueError("pattern_byte must be 0..255")
+
+
+def _only_snapshot(info: ImageInfo, name: str, path: StrPath) -> DiskSnapshotInfo:
+    matches = info.snapshots_named(name)
+    if not matches:
+        raise HypervisorError(f"Disk {os.fspath(path)} has no snapshot named {name!r}")
+    if len(matches) > 1:
+        ids = ", ".join(s.id for s in matches)
+        raise HypervisorError(
+            f"Disk {os.fspath(path)} has {len(matches)} snapshots named {name!r} (ids {ids}); "
+            "vpsnap will not guess which one is meant. Rename or delete the extra ones with "
+            "qemu-img."
+        )
+    return matches[0]
+
+
+def _parse_info(stdout: str, path: StrPath) -> ImageInfo:
+    try:
+        return _image_info_from_json(json.loads(stdout))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise HypervisorError(
+            f"Could not understand qemu-img info output for {os.fspath(path)}: {exc}"
+        ) from exc
+
+
+def _image_info_from_json(raw: Any) -> ImageInfo:
+    if not isinstance(raw, dict):
+        raise TypeError("top level is not an object")
+    actual = raw.get("actual-size")
+    return ImageInfo(
+        format=_str(raw, "format"),
+        virtual_size=_int(raw, "virtual-size"),
+        actual_size=int(actual) if actual is not None else None,
+        snapshots=tuple(_parse_snapshot(item) for item in raw.get("snapshots", [])),
+    )
+
+
+def _parse_snapshot(item: Any) -> DiskSnapshotInfo:
+    if not isinstance(item, dict):
+        raise TypeError("snapshot entry is not an object")
+    snapshot_id = _str(item, "id")
+    if not snapshot_id:
+        raise ValueError("snapshot with an empty id")
+    created_at = datetime.fromtimestamp(_int(item, "date-sec"), UTC) + timedelta(
+        microseconds=_int(item, "date-nsec") // 1000
+    )
+    return DiskSnapshotInfo(
+        id=snapshot_id,
+        name=_str(item, "name"),
+        vm_state_size=_int(item, "vm-state-size"),
+        created_at=created_at,
+    )
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{key} is not an integer")
+    return value

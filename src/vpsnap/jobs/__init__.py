@@ -1,0 +1,1 @@
+"""The job system: queue transitions, the worker loop, one handler per job type, wake-ups."""

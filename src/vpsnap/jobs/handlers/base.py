@@ -1,0 +1,32 @@
+"""The shape of a job handler, split so the worker owns leases, transactions and signals.
+
+``perform`` talks to the hypervisor only, outside any transaction; ``prepare``, ``succeed`` and
+``undo`` touch the database only, inside the worker's transactions. Every ``perform`` must be
+safe to run again after a crash: it first asks the driver what already exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Protocol
+
+from vpsnap.domain.model import Job, Vps
+from vpsnap.domain.ports import HypervisorDriver, Transaction
+
+
+class JobHandler(Protocol):
+    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None: ...
+
+    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+        """Do the hypervisor work; returns facts for ``succeed``. Raises ``DomainError``."""
+        ...
+
+    async def succeed(
+        self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        """Record success; returns the job's ``result``."""
+        ...
+
+    async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        """Record failure: give back what ``prepare`` or the request took (slot, status)."""
+        ...

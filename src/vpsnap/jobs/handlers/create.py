@@ -1,0 +1,71 @@
+"""``snapshot.create``: take the snapshot on every disk, then mark it available."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from vpsnap.domain.errors import SnapshotNameTaken
+from vpsnap.domain.model import Consistency, Job, SnapshotStatus, Vps
+from vpsnap.domain.ports import HypervisorDriver, SnapshotRequest, Transaction
+
+
+class CreateSnapshotHandler:
+    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        return None
+
+    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+        name = job.snapshot_name or ""
+        present = {p.name: p for p in await driver.list_restore_points(vps)}
+        existing = present.get(name)
+        if existing is not None:
+            if job.attempts <= 1:
+                # Not left by an earlier attempt of this job: somebody else's snapshot, which
+                # vpsnap never touches.
+                raise SnapshotNameTaken(
+                    f"A snapshot named {name!r} already exists on the disks of {vps.name} "
+                    "but was not made by vpsnap; choose another name."
+                )
+            if set(existing.disks) == set(vps.disks):
+                # An earlier attempt finished on the hypervisor before its worker died.
+                return {
+                    "consistency": Consistency.CRASH.value,
+                    "includesMemoryState": existing.vm_state_size > 0,
+                }
+            # An earlier attempt died half-way: start again from nothing.
+            await driver.delete_snapshot(vps, name)
+        taken = await driver.create_snapshot(
+            vps,
+            SnapshotRequest(
+                name=name,
+                include_memory_state=bool(job.payload.get("includeMemoryState", False)),
+                quiesce=bool(job.payload.get("quiesce", True)),
+            ),
+        )
+        return {
+            "consistency": taken.consistency.value,
+            "includesMemoryState": taken.includes_memory_state,
+        }
+
+    async def succeed(
+        self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        name = job.snapshot_name or ""
+        snapshot = await tx.get_snapshot(vps.id, name)
+        if snapshot is not None:
+            await tx.update_snapshot(
+                dataclasses.replace(
+                    snapshot,
+                    status=SnapshotStatus.AVAILABLE,
+                    consistency=Consistency(facts["consistency"]),
+                    includes_memory_state=bool(facts["includesMemoryState"]),
+                    parent_name=vps.current_snapshot,
+                )
+            )
+        await tx.set_current_snapshot(vps.id, name)
+        return {"name": name}
+
+    async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        # The slot is given back at once; the driver already left nothing on disk.
+        await tx.remove_snapshot(vps.id, job.snapshot_name or "")

@@ -1,0 +1,41 @@
+"""``snapshot.restore``: roll every disk back to the snapshot, keeping the power state."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+from vpsnap.domain.model import Job, SnapshotStatus, Vps
+from vpsnap.domain.ports import HypervisorDriver, Transaction
+
+
+async def _set_status(tx: Transaction, job: Job, vps: Vps, status: SnapshotStatus) -> None:
+    snapshot = await tx.get_snapshot(vps.id, job.snapshot_name or "")
+    if snapshot is not None:
+        await tx.update_snapshot(dataclasses.replace(snapshot, status=status))
+
+
+class RestoreSnapshotHandler:
+    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        await _set_status(tx, job, vps, SnapshotStatus.RESTORING)
+
+    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+        # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
+        outcome = await driver.restore_snapshot(vps, job.snapshot_name or "")
+        return {
+            "powerStateBefore": outcome.power_state_before.value,
+            "powerStateAfter": outcome.power_state_after.value,
+        }
+
+    async def succeed(
+        self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        name = job.snapshot_name or ""
+        await _set_status(tx, job, vps, SnapshotStatus.AVAILABLE)
+        # The restored snapshot becomes the parent of the next one.
+        await tx.set_current_snapshot(vps.id, name)
+        return {"name": name, **facts}
+
+    async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        await _set_status(tx, job, vps, SnapshotStatus.AVAILABLE)

@@ -1,0 +1,163 @@
+"""The worker loop: claim jobs of this node, hold their leases, run their handlers.
+
+A worker runs up to ``concurrency`` jobs at once (never two of one VPS: the queue keeps the
+others pending). It sleeps on a wake-up event, not a polling timer; the timer is only the
+safety net for leases that expire while nothing else happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from vpsnap.domain.clock import Clock
+from vpsnap.domain.errors import DomainError, VpsNotFound
+from vpsnap.domain.model import Job
+from vpsnap.domain.ports import HypervisorDriver, Store
+from vpsnap.domain.problems import error_summary
+from vpsnap.jobs import queue
+from vpsnap.jobs.handlers import HANDLERS
+from vpsnap.jobs.signals import InProcessJobEvents
+
+log = structlog.get_logger("vpsnap.worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Worker:
+    store: Store
+    driver: HypervisorDriver
+    events: InProcessJobEvents
+    clock: Clock
+    node: str = "local"
+    worker_id: str = field(default_factory=default_worker_id)
+    lease_seconds: float = 30.0
+    concurrency: int = 4
+    idle_wakeup_seconds: float = 5.0
+    _running: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+    async def run(self) -> None:
+        """Run until cancelled; on cancellation, let the jobs in flight finish their writes."""
+        log.info("worker_started", worker=self.worker_id, node=self.node)
+        try:
+            while True:
+                self.events.work_available.clear()
+                await self.claim_available()
+                try:
+                    await asyncio.wait_for(
+                        self.events.work_available.wait(), self.idle_wakeup_seconds
+                    )
+                except TimeoutError:
+                    pass
+        finally:
+            if self._running:
+                await asyncio.gather(*self._running, return_exceptions=True)
+            log.info("worker_stopped", worker=self.worker_id)
+
+    async def claim_available(self) -> None:
+        while len(self._running) < self.concurrency:
+            now = self.clock.now()
+            async with self.store.transaction() as tx:
+                job = await tx.claim_job(self.node, self.worker_id, now, now + self.lease)
+            if job is None:
+                return
+            self.events.job_changed(job.id)
+            task = asyncio.create_task(self._run(job), name=f"job:{job.id}")
+            self._running.add(task)
+            task.add_done_callback(self._job_done)
+
+    def _job_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        # A slot is free again: look for more work.
+        self.events.work_available.set()
+
+    async def run_one(self) -> bool:
+        """Claim and run a single job to its end (for tests and tools); False when none."""
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            job = await tx.claim_job(self.node, self.worker_id, now, now + self.lease)
+        if job is None:
+            return False
+        self.events.job_changed(job.id)
+        await self._run(job)
+        return True
+
+    async def _heartbeat(self, job_id: str) -> None:
+        interval = self.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            async with self.store.transaction() as tx:
+                kept = await tx.extend_lease(
+                    job_id, self.worker_id, self.clock.now() + self.lease
+                )
+            if not kept:
+                log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
+                return
+
+    async def _run(self, job: Job) -> None:
+        handler = HANDLERS[job.type]
+        bound = log.bind(job_id=job.id, job_type=job.type.value, vps_id=job.vps_id)
+        bound.info("job_started", attempt=job.attempts)
+        started = asyncio.get_running_loop().time()
+        heartbeat = asyncio.create_task(self._heartbeat(job.id))
+        facts: dict[str, Any] = {}
+        error: DomainError | None = None
+        try:
+            async with self.store.transaction() as tx:
+                vps = await tx.get_vps(job.vps_id)
+                if vps is None:
+                    raise VpsNotFound(f"VPS {job.vps_id} no longer exists.")
+                await handler.prepare(tx, job, vps)
+            self.events.job_changed(job.id)
+            facts = await handler.perform(self.driver, job, vps)
+        except DomainError as exc:
+            error = exc
+        except Exception as exc:  # a bug must fail the job, not leave it in progress forever
+            bound.exception("job_crashed")
+            error = DomainError(f"The job failed unexpectedly: {type(exc).__name__}.")
+        finally:
+            heartbeat.cancel()
+        # The final state is written even if the server is shutting down meanwhile.
+        await asyncio.shield(self._finish(job, error, facts))
+        elapsed_ms = round((asyncio.get_running_loop().time() - started) * 1000, 1)
+        if error is None:
+            bound.info("job_succeeded", duration_ms=elapsed_ms)
+        else:
+            bound.info("job_failed", duration_ms=elapsed_ms, code=error.code, detail=error.detail)
+
+    async def _finish(self, job: Job, error: DomainError | None, facts: dict[str, Any]) -> None:
+        handler = HANDLERS[job.type]
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            vps = await tx.get_vps(job.vps_id, lock=True)
+            current = await queue.still_ours(tx, job.id, self.worker_id)
+            if current is None:
+                log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
+                return
+            if vps is None:
+                promoted = await queue.fail(tx, current, now, error_summary(
+                    error or VpsNotFound("The VPS no longer exists.")
+                ))
+            elif error is None:
+                result = await handler.succeed(tx, current, vps, facts, now)
+                promoted = await queue.complete(tx, current, now, result)
+            else:
+                await handler.undo(tx, current, vps)
+                promoted = await queue.fail(tx, current, now, error_summary(error))
+        self.events.job_changed(job.id)
+        if promoted is not None:
+            self.events.job_changed(promoted.id)
+            self.events.jobs_queued()

@@ -1,0 +1,156 @@
+"""The composition root: builds store, driver, services, worker and scheduler from settings,
+and runs them together in the embedded mode."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import IO
+
+import structlog
+
+from vpsnap.domain.clock import Clock, SystemClock
+from vpsnap.domain.errors import DomainError
+from vpsnap.domain.ports import HypervisorDriver
+from vpsnap.drivers.qemu import QemuDriver
+from vpsnap.drivers.qemu_img import QemuImg
+from vpsnap.jobs.signals import InProcessJobEvents
+from vpsnap.jobs.worker import Worker
+from vpsnap.scheduler.reaper import requeue_orphans
+from vpsnap.services.accounts import AccountService
+from vpsnap.services.container import Services
+from vpsnap.services.credentials import CredentialService
+from vpsnap.services.inventory import InventoryService
+from vpsnap.services.jobs import JobService
+from vpsnap.services.snapshots import SnapshotService
+from vpsnap.settings import Settings
+from vpsnap.store import migrate
+from vpsnap.store.sql import SqlStore
+
+log = structlog.get_logger("vpsnap.runtime")
+
+
+class DataDirInUse(DomainError):
+    code = "conflict"
+
+
+def qemu_img_for(settings: Settings) -> QemuImg:
+    return QemuImg(
+        settings.qemu_img, timeout=settings.qemu_img_timeout_seconds, qemu_io=settings.qemu_io
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: SqlStore
+    driver: HypervisorDriver
+    events: InProcessJobEvents
+    clock: Clock
+    services: Services
+    _lock_file: IO[str] | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        driver: HypervisorDriver | None = None,
+        clock: Clock | None = None,
+        store: SqlStore | None = None,
+    ) -> Runtime:
+        clock = clock or SystemClock()
+        store = store or SqlStore.from_url(settings.resolved_database_url())
+        driver = driver or QemuDriver(qemu_img_for(settings))
+        events = InProcessJobEvents()
+        services = Services(
+            store=store,
+            driver=driver,
+            accounts=AccountService(store, clock),
+            credentials=CredentialService(store, clock),
+            inventory=InventoryService(store, driver),
+            snapshots=SnapshotService(
+                store, events, clock, timedelta(hours=settings.retention_hours)
+            ),
+            jobs=JobService(store, events),
+        )
+        return cls(settings, store, driver, events, clock, services)
+
+    async def prepare(self) -> None:
+        """Create the data dir and bring the database schema up to date."""
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await migrate.upgrade(self.store.engine)
+
+    def claim_data_dir(self) -> None:
+        """Hold an exclusive lock on the data dir for the life of this embedded server.
+
+        Two servers on one SQLite database would both believe they own every job; with the
+        lock held, any job still in progress at start-up is known to be orphaned.
+        """
+        path = self.settings.data_dir / "vpsnap.lock"
+        handle = path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DataDirInUse(
+                f"Another vpsnap server is already using {self.settings.data_dir}."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    def worker(self) -> Worker:
+        return Worker(
+            store=self.store,
+            driver=self.driver,
+            events=self.events,
+            clock=self.clock,
+            node=self.settings.node,
+            lease_seconds=self.settings.job_lease_seconds,
+            concurrency=self.settings.worker_concurrency,
+        )
+
+    async def _reap_leases(self) -> None:
+        interval = max(self.settings.job_lease_seconds / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await requeue_orphans(
+                    self.store, self.events, self.clock, self.settings.node, all_in_progress=False
+                )
+            except Exception:  # the reaper must survive a database hiccup
+                log.exception("lease_reaper_failed")
+
+    @contextlib.asynccontextmanager
+    async def embedded(self) -> AsyncIterator[None]:
+        """Worker and scheduler running in this process for the duration of the block."""
+        await self.prepare()
+        self.claim_data_dir()
+        await requeue_orphans(
+            self.store, self.events, self.clock, self.settings.node, all_in_progress=True
+        )
+        tasks = [
+            asyncio.create_task(self.worker().run(), name="worker"),
+            asyncio.create_task(self._reap_leases(), name="lease-reaper"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        await self.store.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None

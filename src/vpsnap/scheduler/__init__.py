@@ -1,0 +1,1 @@
+"""Periodic work: the lease reaper now; retention sweeps, schedules and reconciliation later."""

@@ -1,0 +1,17 @@
+"""Ownership checks shared by the use cases: another account's things do not exist."""
+
+from __future__ import annotations
+
+from vpsnap.domain.auth import Principal
+from vpsnap.domain.errors import VpsNotFound
+from vpsnap.domain.model import Vps
+from vpsnap.domain.ports import Transaction
+
+
+async def owned_vps(
+    tx: Transaction, principal: Principal, vps_id: str, *, lock: bool = False
+) -> Vps:
+    vps = await tx.get_vps(vps_id, lock=lock)
+    if vps is None or vps.account_id != principal.account_id:
+        raise VpsNotFound(f"No VPS with id {vps_id!r} in this account.")
+    return vps

@@ -1,0 +1,91 @@
+"""Operator use cases: accounts and the VPS inventory (used by `vpsnap admin` and the demo)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpsnap.domain.clock import Clock
+from vpsnap.domain.errors import NotFound
+from vpsnap.domain.ids import new_id
+from vpsnap.domain.model import (
+    Account,
+    Billing,
+    OperatingSystem,
+    Resources,
+    ServiceStatus,
+    Vps,
+)
+from vpsnap.domain.ports import Store, VpsFilter
+
+
+@dataclass(frozen=True, slots=True)
+class NewVps:
+    account_name: str
+    name: str
+    disks: tuple[str, ...]
+    snapshot_slots: int
+    node: str = "local"
+    primary_ip: str | None = None
+    operating_system: OperatingSystem | None = None
+    resources: Resources | None = None
+    billing: Billing | None = None
+    service_status: ServiceStatus = ServiceStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class AccountService:
+    store: Store
+    clock: Clock
+
+    async def create_account(self, name: str) -> Account:
+        account = Account(id=new_id("acct"), name=name, created_at=self.clock.now())
+        async with self.store.transaction() as tx:
+            await tx.add_account(account)
+        return account
+
+    async def ensure_account(self, name: str) -> Account:
+        async with self.store.transaction() as tx:
+            existing = await tx.find_account_by_name(name)
+        return existing or await self.create_account(name)
+
+    async def add_vps(self, new: NewVps) -> Vps:
+        async with self.store.transaction() as tx:
+            account = await tx.find_account_by_name(new.account_name)
+            if account is None:
+                raise NotFound(f"No account named {new.account_name!r}.")
+            vps = Vps(
+                id=new_id("vps"),
+                account_id=account.id,
+                name=new.name,
+                node=new.node,
+                disks=new.disks,
+                snapshot_slots=new.snapshot_slots,
+                service_status=new.service_status,
+                created_at=self.clock.now(),
+                primary_ip=new.primary_ip,
+                operating_system=new.operating_system,
+                resources=new.resources or Resources(1, 1.0, 0.0),
+                billing=new.billing,
+            )
+            await tx.add_vps(vps)
+        return vps
+
+    async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:
+        async with self.store.transaction() as tx:
+            account = await tx.find_account_by_name(account_name)
+            if account is None:
+                return None
+            return await tx.find_vps_by_name(account.id, vps_name)
+
+    async def list_vps(self) -> list[tuple[Vps, str]]:
+        """Every VPS with its account's name, for the operator."""
+        async with self.store.transaction() as tx:
+            names = {a.id: a.name for a in await tx.list_accounts()}
+            result: list[tuple[Vps, str]] = []
+            after: str | None = None
+            while True:
+                page = await tx.list_vps(None, VpsFilter(), after, 500)
+                result.extend((v, names.get(v.account_id, "?")) for v in page)
+                if len(page) < 500:
+                    return result
+                after = page[-1].id

@@ -1,0 +1,38 @@
+"""The set of use-case services one process exposes (built by ``vpsnap.runtime``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpsnap.domain.ports import HypervisorDriver, Store
+from vpsnap.services.accounts import AccountService
+from vpsnap.services.credentials import CredentialService
+from vpsnap.services.inventory import InventoryService
+from vpsnap.services.jobs import JobService
+from vpsnap.services.snapshots import SnapshotService
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    store: Store
+    driver: HypervisorDriver
+    accounts: AccountService
+    credentials: CredentialService
+    inventory: InventoryService
+    snapshots: SnapshotService
+    jobs: JobService
+
+    async def readiness(self) -> dict[str, str]:
+        """What /readyz reports: each dependency ``ok`` or the reason it is not."""
+        checks: dict[str, str] = {}
+        try:
+            await self.store.ping()
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as text
+            checks["database"] = f"unavailable: {type(exc).__name__}"
+        try:
+            await self.driver.probe()
+            checks["hypervisor"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - same as above
+            checks["hypervisor"] = f"unavailable: {exc}"
+        return checks

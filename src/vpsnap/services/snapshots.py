@@ -1,0 +1,174 @@
+"""Use cases on a VPS's snapshots: list with limits and gates, create, delete, restore."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import timedelta
+
+from vpsnap.domain.auth import Principal
+from vpsnap.domain.clock import Clock
+from vpsnap.domain.errors import (
+    SnapshotBusy,
+    SnapshotLimitReached,
+    SnapshotNameTaken,
+    SnapshotNotFound,
+    SnapshotsNotIncluded,
+    VpsNotReady,
+)
+from vpsnap.domain.model import (
+    Consistency,
+    Job,
+    JobType,
+    Snapshot,
+    SnapshotOrigin,
+    SnapshotStatus,
+    Vps,
+)
+from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.rules import (
+    Gate,
+    SlotUsage,
+    can_create,
+    can_restore,
+    name_key,
+    not_on_plan_reason,
+    service_gate,
+    slot_usage,
+)
+from vpsnap.services.access import owned_vps
+from vpsnap.services.jobs import enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotListing:
+    vps: Vps
+    snapshots: list[Snapshot]
+    usage: SlotUsage
+    available: bool
+    reason: str | None
+    can_create: Gate
+    can_restore: Gate
+
+
+@dataclass(frozen=True, slots=True)
+class CreateSnapshot:
+    name: str
+    description: str | None = None
+    include_memory_state: bool = False
+    quiesce: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotService:
+    store: Store
+    events: JobEvents
+    clock: Clock
+    retention: timedelta
+
+    async def list(self, principal: Principal, vps_id: str) -> SnapshotListing:
+        async with self.store.transaction() as tx:
+            vps = await owned_vps(tx, principal, vps_id)
+            snapshots = await tx.list_snapshots(vps.id)
+        usage = slot_usage(vps, snapshots)
+        available = usage.total > 0
+        return SnapshotListing(
+            vps=vps,
+            snapshots=snapshots,
+            usage=usage,
+            available=available,
+            reason=None if available else not_on_plan_reason(vps),
+            can_create=can_create(vps, usage, principal),
+            can_restore=can_restore(vps, snapshots, principal),
+        )
+
+    async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
+        async with self.store.transaction() as tx:
+            # The VPS row lock serializes concurrent creates: the slot check and the insert
+            # below see every snapshot committed before them.
+            vps = await owned_vps(tx, principal, vps_id, lock=True)
+            snapshots = await tx.list_snapshots(vps.id)
+            self._check_can_create(vps, snapshots, request.name)
+            now = self.clock.now()
+            await tx.add_snapshot(
+                Snapshot(
+                    vps_id=vps.id,
+                    name=request.name,
+                    description=request.description,
+                    status=SnapshotStatus.CREATING,
+                    origin=SnapshotOrigin.MANUAL,
+                    consistency=Consistency.CRASH,
+                    includes_memory_state=False,
+                    parent_name=None,
+                    created_at=now,
+                    expires_at=now + self.retention,
+                )
+            )
+            job = await enqueue(
+                tx,
+                self.clock,
+                vps,
+                JobType.SNAPSHOT_CREATE,
+                request.name,
+                {
+                    "includeMemoryState": request.include_memory_state,
+                    "quiesce": request.quiesce,
+                },
+            )
+        self.events.jobs_queued()
+        return job
+
+    @staticmethod
+    def _check_can_create(vps: Vps, snapshots: list[Snapshot], name: str) -> None:
+        gate = service_gate(vps)
+        if not gate.allowed:
+            raise VpsNotReady(gate.reason or "The VPS is not ready.")
+        usage = slot_usage(vps, snapshots)
+        if usage.total == 0:
+            raise SnapshotsNotIncluded(not_on_plan_reason(vps))
+        if any(name_key(s.name) == name_key(name) for s in snapshots):
+            raise SnapshotNameTaken(f"A snapshot named {name!r} already exists on {vps.name}.")
+        if usage.used >= usage.total:
+            raise SnapshotLimitReached(
+                f"All {usage.total} snapshot slots of {vps.name} are in use. Delete a snapshot "
+                f"or add slots through POST /api/v2/vps/{vps.id}/actions/config.",
+                extensions={"totalSnapshots": usage.total, "usedSnapshots": usage.used},
+            )
+
+    async def delete(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.store.transaction() as tx:
+            vps = await owned_vps(tx, principal, vps_id, lock=True)
+            snapshot = await self._existing(tx, vps, name)
+            if snapshot.status in (SnapshotStatus.CREATING, SnapshotStatus.DELETING):
+                raise SnapshotBusy(
+                    f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
+                )
+            await tx.update_snapshot(
+                dataclasses.replace(snapshot, status=SnapshotStatus.DELETING)
+            )
+            job = await enqueue(tx, self.clock, vps, JobType.SNAPSHOT_DELETE, snapshot.name)
+        self.events.jobs_queued()
+        return job
+
+    async def restore(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.store.transaction() as tx:
+            vps = await owned_vps(tx, principal, vps_id, lock=True)
+            snapshot = await self._existing(tx, vps, name)
+            gate = service_gate(vps)
+            if not gate.allowed:
+                raise VpsNotReady(gate.reason or "The VPS is not ready.")
+            if snapshot.status in (SnapshotStatus.CREATING, SnapshotStatus.DELETING):
+                raise SnapshotBusy(
+                    f"Snapshot {snapshot.name!r} is {snapshot.status.value}; it cannot be "
+                    "restored now."
+                )
+            job = await enqueue(tx, self.clock, vps, JobType.SNAPSHOT_RESTORE, snapshot.name)
+        self.events.jobs_queued()
+        return job
+
+    @staticmethod
+    async def _existing(tx: Transaction, vps: Vps, name: str) -> Snapshot:
+        snapshot = await tx.get_snapshot(vps.id, name)
+        if snapshot is None or snapshot.status is SnapshotStatus.FAILED:
+            raise SnapshotNotFound(f"{vps.name} has no snapshot named {name!r}.")
+        return snapshot

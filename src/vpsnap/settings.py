@@ -1,0 +1,50 @@
+"""Runtime settings, read from ``VPSNAP_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VPSNAP_", extra="ignore")
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/vpsnap.db",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_base_url: str | None = Field(
+        default=None,
+        description="Base URL used in problem `type` links; default: the request's own base URL",
+    )
+    node: str = Field(default="local", description="The hypervisor node this process serves")
+
+    retention_hours: float = 24.0
+
+    rate_limit_per_key: str = "600/minute"
+    rate_limit_snapshot_mutations_per_vps: str = "30/minute"
+    rate_limit_storage: str = Field(
+        default="async+memory://", description="a `limits` storage URI, e.g. async+redis://…"
+    )
+
+    max_body_bytes: int = 64 * 1024
+
+    job_lease_seconds: float = 30.0
+    worker_concurrency: int = 4
+    job_retention_days: int = 7
+
+    qemu_img: str = "qemu-img"
+    qemu_io: str = "qemu-io"
+    qemu_img_timeout_seconds: float = 120.0
+
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'vpsnap.db').resolve()}"

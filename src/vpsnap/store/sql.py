@@ -1,0 +1,474 @@
+"""The SQL implementation of the store port, on SQLite (aiosqlite) and PostgreSQL (asyncpg)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from vpsnap.domain.errors import Conflict, SnapshotNameTaken
+from vpsnap.domain.model import (
+    Account,
+    ApiKey,
+    Billing,
+    Consistency,
+    Job,
+    JobStatus,
+    JobType,
+    OperatingSystem,
+    Resources,
+    ServiceStatus,
+    Snapshot,
+    SnapshotOrigin,
+    SnapshotStatus,
+    Vps,
+)
+from vpsnap.domain.ports import VpsFilter
+from vpsnap.domain.rules import name_key
+from vpsnap.store.tables import accounts, api_keys, jobs, snapshots, vps
+
+Row = Mapping[str, Any]
+
+
+def _is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
+    """An async engine tuned for the backend.
+
+    SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction so that a
+    read-then-write transaction takes the write lock up front (otherwise two concurrent creates
+    could both read a free slot). PostgreSQL: row locks (``FOR UPDATE``) do that job instead.
+    """
+    if _is_sqlite(url):
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            # Hand transaction control to SQLAlchemy (pysqlite's own BEGIN is deferred).
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema is not None:
+        connect_args["server_settings"] = {"search_path": schema}
+    return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
+
+
+class SqlStore:
+    """Implements ``vpsnap.domain.ports.Store``."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
+        return cls(create_engine(url, schema=schema))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqlTransaction]:
+        async with self.engine.begin() as conn:
+            yield SqlTransaction(conn)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _account(row: Row) -> Account:
+    return Account(id=row["id"], name=row["name"], created_at=row["created_at"])
+
+
+def _api_key(row: Row) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        account_id=row["account_id"],
+        scopes=frozenset(row["scopes"].split(",")),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def _vps(row: Row) -> Vps:
+    os_data = row["operating_system"]
+    billing = row["billing"]
+    return Vps(
+        id=row["id"],
+        account_id=row["account_id"],
+        name=row["name"],
+        node=row["node"],
+        disks=tuple(row["disks"]),
+        snapshot_slots=row["snapshot_slots"],
+        service_status=ServiceStatus(row["service_status"]),
+        created_at=row["created_at"],
+        primary_ip=row["primary_ip"],
+        operating_system=OperatingSystem(**os_data) if os_data else None,
+        resources=Resources(**row["resources"]),
+        billing=Billing(**billing) if billing else None,
+        current_snapshot=row["current_snapshot"],
+    )
+
+
+def _vps_values(item: Vps) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "account_id": item.account_id,
+        "name": item.name,
+        "name_key": item.name.lower(),
+        "node": item.node,
+        "disks": list(item.disks),
+        "snapshot_slots": item.snapshot_slots,
+        "service_status": item.service_status.value,
+        "primary_ip": item.primary_ip,
+        "operating_system": (
+            dataclasses.asdict(item.operating_system) if item.operating_system else None
+        ),
+        "resources": dataclasses.asdict(item.resources),
+        "billing": dataclasses.asdict(item.billing) if item.billing else None,
+        "current_snapshot": item.current_snapshot,
+        "created_at": item.created_at,
+    }
+
+
+def _snapshot(row: Row) -> Snapshot:
+    return Snapshot(
+        vps_id=row["vps_id"],
+        name=row["name"],
+        description=row["description"],
+        status=SnapshotStatus(row["status"]),
+        origin=SnapshotOrigin(row["origin"]),
+        consistency=Consistency(row["consistency"]),
+        includes_memory_state=row["includes_memory_state"],
+        parent_name=row["parent_name"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+def _snapshot_values(item: Snapshot) -> dict[str, Any]:
+    return {
+        "vps_id": item.vps_id,
+        "name_key": name_key(item.name),
+        "name": item.name,
+        "description": item.description,
+        "status": item.status.value,
+        "origin": item.origin.value,
+        "consistency": item.consistency.value,
+        "includes_memory_state": item.includes_memory_state,
+        "parent_name": item.parent_name,
+        "created_at": item.created_at,
+        "expires_at": item.expires_at,
+    }
+
+
+def _job(row: Row) -> Job:
+    return Job(
+        id=row["id"],
+        account_id=row["account_id"],
+        vps_id=row["vps_id"],
+        type=JobType(row["type"]),
+        status=JobStatus(row["status"]),
+        snapshot_name=row["snapshot_name"],
+        payload=row["payload"],
+        progress=row["progress"],
+        result=row["result"],
+        error=row["error"],
+        attempts=row["attempts"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        lease_owner=row["lease_owner"],
+        lease_expires_at=row["lease_expires_at"],
+    )
+
+
+def _job_values(item: Job) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "account_id": item.account_id,
+        "vps_id": item.vps_id,
+        "type": item.type.value,
+        "status": item.status.value,
+        "snapshot_name": item.snapshot_name,
+        "payload": item.payload,
+        "progress": item.progress,
+        "result": item.result,
+        "error": item.error,
+        "attempts": item.attempts,
+        "created_at": item.created_at,
+        "started_at": item.started_at,
+        "finished_at": item.finished_at,
+        "lease_owner": item.lease_owner,
+        "lease_expires_at": item.lease_expires_at,
+    }
+
+
+class SqlTransaction:
+    """Implements ``vpsnap.domain.ports.Transaction`` on one connection inside BEGIN/COMMIT."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def _one(self, query: sa.Select[Any]) -> Row | None:
+        result = await self.conn.execute(query)
+        row = result.mappings().first()
+        return row
+
+    async def _all(self, query: sa.Select[Any]) -> list[Row]:
+        result = await self.conn.execute(query)
+        return list(result.mappings().all())
+
+    # accounts and keys ------------------------------------------------------------------------
+
+    async def add_account(self, account: Account) -> None:
+        try:
+            await self.conn.execute(
+                accounts.insert().values(
+                    id=account.id, name=account.name, created_at=account.created_at
+                )
+            )
+        except IntegrityError as exc:
+            raise Conflict(f"an account named {account.name!r} already exists") from exc
+
+    async def find_account_by_name(self, name: str) -> Account | None:
+        row = await self._one(sa.select(accounts).where(accounts.c.name == name))
+        return _account(row) if row else None
+
+    async def list_accounts(self) -> list[Account]:
+        return [_account(r) for r in await self._all(sa.select(accounts).order_by(accounts.c.id))]
+
+    async def add_api_key(self, key: ApiKey, secret_hash: str) -> None:
+        await self.conn.execute(
+            api_keys.insert().values(
+                id=key.id,
+                account_id=key.account_id,
+                secret_hash=secret_hash,
+                scopes=",".join(sorted(key.scopes)),
+                created_at=key.created_at,
+                expires_at=key.expires_at,
+                revoked_at=key.revoked_at,
+            )
+        )
+
+    async def find_api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        row = await self._one(sa.select(api_keys).where(api_keys.c.secret_hash == secret_hash))
+        return _api_key(row) if row else None
+
+    async def revoke_api_key(self, key_id: str, at: datetime) -> bool:
+        result = await self.conn.execute(
+            api_keys.update()
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=at)
+        )
+        return result.rowcount > 0
+
+    # inventory --------------------------------------------------------------------------------
+
+    async def add_vps(self, vps_item: Vps) -> None:
+        try:
+            await self.conn.execute(vps.insert().values(**_vps_values(vps_item)))
+        except IntegrityError as exc:
+            raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+
+    async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
+        query = sa.select(vps).where(vps.c.id == vps_id)
+        if lock:
+            query = query.with_for_update()
+        row = await self._one(query)
+        return _vps(row) if row else None
+
+    async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None:
+        row = await self._one(
+            sa.select(vps).where(vps.c.account_id == account_id, vps.c.name_key == name.lower())
+        )
+        return _vps(row) if row else None
+
+    async def list_vps(
+        self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
+    ) -> list[Vps]:
+        query = sa.select(vps).order_by(vps.c.id).limit(limit)
+        if account_id is not None:
+            query = query.where(vps.c.account_id == account_id)
+        if flt.name is not None:
+            query = query.where(vps.c.name_key == flt.name.lower())
+        if flt.primary_ip is not None:
+            query = query.where(vps.c.primary_ip == flt.primary_ip)
+        if after_id is not None:
+            query = query.where(vps.c.id > after_id)
+        return [_vps(r) for r in await self._all(query)]
+
+    async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
+        await self.conn.execute(
+            vps.update().where(vps.c.id == vps_id).values(current_snapshot=name)
+        )
+
+    # snapshots --------------------------------------------------------------------------------
+
+    async def list_snapshots(self, vps_id: str) -> list[Snapshot]:
+        query = (
+            sa.select(snapshots)
+            .where(snapshots.c.vps_id == vps_id)
+            .order_by(snapshots.c.created_at, snapshots.c.name_key)
+        )
+        return [_snapshot(r) for r in await self._all(query)]
+
+    async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None:
+        row = await self._one(
+            sa.select(snapshots).where(
+                snapshots.c.vps_id == vps_id, snapshots.c.name_key == name_key(name)
+            )
+        )
+        return _snapshot(row) if row else None
+
+    async def add_snapshot(self, snapshot: Snapshot) -> None:
+        try:
+            await self.conn.execute(snapshots.insert().values(**_snapshot_values(snapshot)))
+        except IntegrityError as exc:
+            raise SnapshotNameTaken(
+                f"A snapshot named {snapshot.name!r} already exists on this VPS."
+            ) from exc
+
+    async def update_snapshot(self, snapshot: Snapshot) -> None:
+        values = _snapshot_values(snapshot)
+        await self.conn.execute(
+            snapshots.update()
+            .where(
+                snapshots.c.vps_id == snapshot.vps_id,
+                snapshots.c.name_key == values["name_key"],
+            )
+            .values(**values)
+        )
+
+    async def remove_snapshot(self, vps_id: str, name: str) -> None:
+        await self.conn.execute(
+            snapshots.delete().where(
+                snapshots.c.vps_id == vps_id, snapshots.c.name_key == name_key(name)
+            )
+        )
+
+    # jobs -------------------------------------------------------------------------------------
+
+    async def add_job(self, job: Job, node: str) -> None:
+        await self.conn.execute(jobs.insert().values(node=node, **_job_values(job)))
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
+        return _job(row) if row else None
+
+    async def update_job(self, job: Job) -> None:
+        await self.conn.execute(
+            jobs.update().where(jobs.c.id == job.id).values(**_job_values(job))
+        )
+
+    async def has_active_job(self, vps_id: str) -> bool:
+        query = (
+            sa.select(jobs.c.id)
+            .where(
+                jobs.c.vps_id == vps_id,
+                jobs.c.status.in_(
+                    [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.PENDING.value]
+                ),
+            )
+            .limit(1)
+        )
+        return await self._one(query) is not None
+
+    async def next_pending_job(self, vps_id: str) -> Job | None:
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.vps_id == vps_id, jobs.c.status == JobStatus.PENDING.value)
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+        )
+        row = await self._one(query)
+        return _job(row) if row else None
+
+    async def claim_job(
+        self, node: str, worker: str, now: datetime, lease_until: datetime
+    ) -> Job | None:
+        # At most one job per VPS is ever queued or in progress (the others wait as pending),
+        # so the oldest queued job can be taken without looking at its VPS.
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == node)
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        row = await self._one(query)
+        if row is None:
+            return None
+        job = _job(row)
+        claimed = dataclasses.replace(
+            job,
+            status=JobStatus.IN_PROGRESS,
+            attempts=job.attempts + 1,
+            started_at=job.started_at or now,
+            lease_owner=worker,
+            lease_expires_at=lease_until,
+        )
+        await self.update_job(claimed)
+        return claimed
+
+    async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool:
+        result = await self.conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == worker,
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+            )
+            .values(lease_expires_at=lease_until)
+        )
+        return result.rowcount > 0
+
+    async def requeue_orphaned(
+        self, node: str | None, expired_before: datetime | None
+    ) -> list[str]:
+        condition = jobs.c.status == JobStatus.IN_PROGRESS.value
+        if node is not None:
+            condition = sa.and_(condition, jobs.c.node == node)
+        if expired_before is not None:
+            condition = sa.and_(condition, jobs.c.lease_expires_at < expired_before)
+        ids = [r["id"] for r in await self._all(sa.select(jobs.c.id).where(condition))]
+        if ids:
+            await self.conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.IN_PROGRESS.value)
+                .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
+            )
+        return ids
+
+    async def count_jobs(self, status: JobStatus) -> int:
+        query = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.status == status.value)
+        return int((await self.conn.execute(query)).scalar_one())
+
+    async def count_snapshots(self, status: SnapshotStatus) -> int:
+        query = (
+            sa.select(sa.func.count())
+            .select_from(snapshots)
+            .where(snapshots.c.status == status.value)
+        )
+        return int((await self.conn.execute(query)).scalar_one())

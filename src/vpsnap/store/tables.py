@@ -1,0 +1,126 @@
+"""The database schema. Alembic migrations under ``migrations/`` create exactly this."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """Timestamps stored as naive UTC and always read back timezone-aware.
+
+    SQLite has no timezone type; storing naive UTC everywhere keeps both backends identical.
+    """
+
+    impl = sa.DateTime(timezone=False)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored: pass an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):  # pragma: no cover - SQLite raw strings, defensive
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+accounts = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(100), nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("secret_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("scopes", sa.String(200), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=True),
+    sa.Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+vps = sa.Table(
+    "vps",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("name_key", sa.String(100), nullable=False),
+    sa.Column("node", sa.String(100), nullable=False),
+    sa.Column("disks", sa.JSON(), nullable=False),
+    sa.Column("snapshot_slots", sa.Integer(), nullable=False),
+    sa.Column("service_status", sa.String(20), nullable=False),
+    sa.Column("primary_ip", sa.String(64), nullable=True),
+    sa.Column("operating_system", sa.JSON(), nullable=True),
+    sa.Column("resources", sa.JSON(), nullable=False),
+    sa.Column("billing", sa.JSON(), nullable=True),
+    sa.Column("current_snapshot", sa.String(40), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
+)
+sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
+
+snapshots = sa.Table(
+    "snapshots",
+    metadata,
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), primary_key=True),
+    # Names are unique per VPS case-insensitively: the key column is the lowercased name.
+    sa.Column("name_key", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(40), nullable=False),
+    sa.Column("description", sa.String(255), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("origin", sa.String(20), nullable=False),
+    sa.Column("consistency", sa.String(20), nullable=False),
+    sa.Column("includes_memory_state", sa.Boolean(), nullable=False),
+    sa.Column("parent_name", sa.String(40), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), nullable=False),
+    sa.Column("node", sa.String(100), nullable=False),
+    sa.Column("type", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("snapshot_name", sa.String(40), nullable=True),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("progress", sa.Integer(), nullable=False),
+    sa.Column("result", sa.JSON(), nullable=True),
+    sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("started_at", UtcDateTime(), nullable=True),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
+sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
