@@ -118,10 +118,12 @@ class Runtime:
             concurrency=self.settings.worker_concurrency,
         )
 
-    async def _reap_leases(self) -> None:
+    async def _reap_leases(self, stopping: asyncio.Event) -> None:
         interval = max(self.settings.job_lease_seconds / 3, 0.5)
-        while True:
-            await asyncio.sleep(interval)
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), interval)
+                return
             try:
                 await requeue_orphans(
                     self.store, self.events, self.clock, self.settings.node, all_in_progress=False
@@ -137,15 +139,18 @@ class Runtime:
         await requeue_orphans(
             self.store, self.events, self.clock, self.settings.node, all_in_progress=True
         )
+        worker = self.worker()
+        stopping = asyncio.Event()
         tasks = [
-            asyncio.create_task(self.worker().run(), name="worker"),
-            asyncio.create_task(self._reap_leases(), name="lease-reaper"),
+            asyncio.create_task(worker.run(), name="worker"),
+            asyncio.create_task(self._reap_leases(stopping), name="lease-reaper"),
         ]
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
+            # Stop by flag, never by cancelling a task that may be inside a transaction.
+            worker.stop()
+            stopping.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
 

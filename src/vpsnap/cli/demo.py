@@ -18,6 +18,7 @@ from vpsnap.services.accounts import NewVps
 
 DEMO_DISK_BYTES = 2 * 1024**3
 DEMO_DATA_BYTES = 16 * 1024**2
+DEMO_PATTERN = 0x5A
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,13 @@ DEMO_VPSES = (
 )
 
 
-async def _ensure_disk(qemu_img: QemuImg, path: Path) -> None:
+async def _ensure_disk(qemu_img: QemuImg, path: Path, disk_bytes: int, data_bytes: int) -> None:
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    await qemu_img.create_image(path, DEMO_DISK_BYTES)
+    await qemu_img.create_image(path, disk_bytes)
     # Some data, so that snapshots and restores have something to keep and roll back.
-    await qemu_img.write_pattern(path, 0, DEMO_DATA_BYTES, 0x5A)
+    await qemu_img.write_pattern(path, 0, data_bytes, DEMO_PATTERN)
 
 
 async def _key_still_valid(runtime: Runtime, secret: object) -> bool:
@@ -55,14 +56,20 @@ async def _key_still_valid(runtime: Runtime, secret: object) -> bool:
     return True
 
 
-async def seed_demo(runtime: Runtime, qemu_img: QemuImg) -> dict[str, str]:
+async def seed_demo(
+    runtime: Runtime,
+    qemu_img: QemuImg,
+    *,
+    disk_bytes: int = DEMO_DISK_BYTES,
+    data_bytes: int = DEMO_DATA_BYTES,
+) -> dict[str, str]:
     """Create what is missing of the demo; returns the tokens written to demo-tokens.json."""
     accounts = runtime.services.accounts
     for name in ("demo", "other"):
         await accounts.ensure_account(name)
     for item in DEMO_VPSES:
         disk = (runtime.settings.data_dir / "disks" / f"{item.name}.qcow2").resolve()
-        await _ensure_disk(qemu_img, disk)
+        await _ensure_disk(qemu_img, disk, disk_bytes, data_bytes)
         if await accounts.find_vps(item.account, item.name) is None:
             await accounts.add_vps(
                 NewVps(

@@ -140,7 +140,10 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+    def transaction(self, *, read_only: bool = False) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction; ``read_only=True`` promises no writes and never waits for writers."""
+        ...
+
     async def ping(self) -> None: ...
 
 

@@ -8,6 +8,7 @@ safety net for leases that expire while nothing else happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import structlog
 
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import DomainError, VpsNotFound
-from vpsnap.domain.model import Job
+from vpsnap.domain.model import Job, Vps
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.domain.problems import error_summary
 from vpsnap.jobs import queue
@@ -44,38 +45,38 @@ class Worker:
     concurrency: int = 4
     idle_wakeup_seconds: float = 5.0
     _running: set[asyncio.Task[None]] = field(default_factory=set)
+    _stopping: bool = False
 
     @property
     def lease(self) -> timedelta:
         return timedelta(seconds=self.lease_seconds)
 
     async def run(self) -> None:
-        """Run until cancelled; on cancellation, let the jobs in flight finish their writes."""
+        """Run until ``stop()``; jobs in flight then finish, including their final writes.
+
+        Stopping is a flag, not task cancellation: a cancel landing inside a database call
+        could leave a connection mid-transaction (and SQLite's write lock held).
+        """
         log.info("worker_started", worker=self.worker_id, node=self.node)
-        try:
-            while True:
-                self.events.work_available.clear()
-                await self.claim_available()
-                try:
-                    await asyncio.wait_for(
-                        self.events.work_available.wait(), self.idle_wakeup_seconds
-                    )
-                except TimeoutError:
-                    pass
-        finally:
-            if self._running:
-                await asyncio.gather(*self._running, return_exceptions=True)
-            log.info("worker_stopped", worker=self.worker_id)
+        while not self._stopping:
+            self.events.work_available.clear()
+            await self.claim_available()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.events.work_available.wait(), self.idle_wakeup_seconds)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+        log.info("worker_stopped", worker=self.worker_id)
+
+    def stop(self) -> None:
+        self._stopping = True
+        self.events.work_available.set()
 
     async def claim_available(self) -> None:
-        while len(self._running) < self.concurrency:
-            now = self.clock.now()
-            async with self.store.transaction() as tx:
-                job = await tx.claim_job(self.node, self.worker_id, now, now + self.lease)
-            if job is None:
+        while len(self._running) < self.concurrency and not self._stopping:
+            claimed = await self._claim()
+            if claimed is None:
                 return
-            self.events.job_changed(job.id)
-            task = asyncio.create_task(self._run(job), name=f"job:{job.id}")
+            task = asyncio.create_task(self._run(*claimed), name=f"job:{claimed[0].id}")
             self._running.add(task)
             task.add_done_callback(self._job_done)
 
@@ -84,15 +85,26 @@ class Worker:
         # A slot is free again: look for more work.
         self.events.work_available.set()
 
-    async def run_one(self) -> bool:
-        """Claim and run a single job to its end (for tests and tools); False when none."""
+    async def _claim(self) -> tuple[Job, Vps | None] | None:
+        """Take the oldest queued job of this node and let its handler prepare, in one
+        transaction (one round trip less on every job's critical path)."""
         now = self.clock.now()
         async with self.store.transaction() as tx:
             job = await tx.claim_job(self.node, self.worker_id, now, now + self.lease)
-        if job is None:
-            return False
+            if job is None:
+                return None
+            vps = await tx.get_vps(job.vps_id)
+            if vps is not None:
+                await HANDLERS[job.type].prepare(tx, job, vps)
         self.events.job_changed(job.id)
-        await self._run(job)
+        return job, vps
+
+    async def run_one(self) -> bool:
+        """Claim and run a single job to its end (for tests and tools); False when none."""
+        claimed = await self._claim()
+        if claimed is None:
+            return False
+        await self._run(*claimed)
         return True
 
     async def _heartbeat(self, job_id: str) -> None:
@@ -107,7 +119,7 @@ class Worker:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
                 return
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, vps: Vps | None) -> None:
         handler = HANDLERS[job.type]
         bound = log.bind(job_id=job.id, job_type=job.type.value, vps_id=job.vps_id)
         bound.info("job_started", attempt=job.attempts)
@@ -116,12 +128,8 @@ class Worker:
         facts: dict[str, Any] = {}
         error: DomainError | None = None
         try:
-            async with self.store.transaction() as tx:
-                vps = await tx.get_vps(job.vps_id)
-                if vps is None:
-                    raise VpsNotFound(f"VPS {job.vps_id} no longer exists.")
-                await handler.prepare(tx, job, vps)
-            self.events.job_changed(job.id)
+            if vps is None:
+                raise VpsNotFound(f"VPS {job.vps_id} no longer exists.")
             facts = await handler.perform(self.driver, job, vps)
         except DomainError as exc:
             error = exc

@@ -44,7 +44,7 @@ class AccountService:
         return account
 
     async def ensure_account(self, name: str) -> Account:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             existing = await tx.find_account_by_name(name)
         return existing or await self.create_account(name)
 
@@ -71,7 +71,7 @@ class AccountService:
         return vps
 
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             account = await tx.find_account_by_name(account_name)
             if account is None:
                 return None
@@ -79,7 +79,7 @@ class AccountService:
 
     async def list_vps(self) -> list[tuple[Vps, str]]:
         """Every VPS with its account's name, for the operator."""
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             names = {a.id: a.name for a in await tx.list_accounts()}
             result: list[tuple[Vps, str]] = []
             after: str | None = None

@@ -60,7 +60,7 @@ class CredentialService:
                 raise NotFound(f"No active API key with id {key_id!r}.")
 
     async def authenticate(self, secret: str) -> Principal:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             key = await tx.find_api_key_by_hash(hash_secret(secret))
         if key is None or not key.is_usable(self.clock.now()):
             # One answer for unknown, expired and revoked keys: nothing to learn by probing.

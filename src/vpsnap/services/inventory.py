@@ -46,7 +46,7 @@ class InventoryService:
         self, principal: Principal, flt: VpsFilter, cursor: str | None, limit: int
     ) -> VpsPage:
         after = decode_cursor(cursor) if cursor is not None else None
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)
         page = rows[:limit]
         states = await asyncio.gather(*(self._power_state(v) for v in page))
@@ -57,6 +57,6 @@ class InventoryService:
         )
 
     async def get(self, principal: Principal, vps_id: str) -> VpsView:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
         return VpsView(vps, await self._power_state(vps))

@@ -52,7 +52,7 @@ class JobService:
     events: JobEvents
 
     async def get(self, principal: Principal, job_id: str) -> Job:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             job = await tx.get_job(job_id)
         if job is None or job.account_id != principal.account_id:
             raise JobNotFound(f"No job with id {job_id!r} in this account.")

@@ -67,7 +67,7 @@ class SnapshotService:
     retention: timedelta
 
     async def list(self, principal: Principal, vps_id: str) -> SnapshotListing:
-        async with self.store.transaction() as tx:
+        async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
         usage = slot_usage(vps, snapshots)

@@ -35,6 +35,7 @@ from vpsnap.domain.rules import name_key
 from vpsnap.store.tables import accounts, api_keys, jobs, snapshots, vps
 
 Row = Mapping[str, Any]
+_READ_ONLY = "vpsnap_read_only"
 
 
 def _is_sqlite(url: str) -> bool:
@@ -64,7 +65,11 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Read-only transactions stay deferred: under WAL they never wait for the writer.
+            if conn.get_execution_options().get(_READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     connect_args: dict[str, Any] = {}
@@ -78,14 +83,16 @@ class SqlStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._read_engine = engine.execution_options(**{_READ_ONLY: True})
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
         return cls(create_engine(url, schema=schema))
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[SqlTransaction]:
-        async with self.engine.begin() as conn:
+    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[SqlTransaction]:
+        """One transaction; ``read_only`` ones must not write (SQLite would then fail them)."""
+        async with (self._read_engine if read_only else self.engine).begin() as conn:
             yield SqlTransaction(conn)
 
     async def ping(self) -> None:

@@ -6,7 +6,6 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.errors import SnapshotNameTaken
 from vpsnap.domain.model import Consistency, Job, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, SnapshotRequest, Transaction
 
@@ -17,24 +16,21 @@ class CreateSnapshotHandler:
 
     async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
         name = job.snapshot_name or ""
-        present = {p.name: p for p in await driver.list_restore_points(vps)}
-        existing = present.get(name)
-        if existing is not None:
-            if job.attempts <= 1:
-                # Not left by an earlier attempt of this job: somebody else's snapshot, which
-                # vpsnap never touches.
-                raise SnapshotNameTaken(
-                    f"A snapshot named {name!r} already exists on the disks of {vps.name} "
-                    "but was not made by vpsnap; choose another name."
-                )
-            if set(existing.disks) == set(vps.disks):
-                # An earlier attempt finished on the hypervisor before its worker died.
+        if job.attempts > 1:
+            # A re-run after a worker died: ask the hypervisor what the earlier attempt left.
+            present = {p.name: p for p in await driver.list_restore_points(vps)}
+            existing = present.get(name)
+            if existing is not None and set(existing.disks) == set(vps.disks):
+                # The earlier attempt finished on the hypervisor before its worker died.
                 return {
                     "consistency": Consistency.CRASH.value,
                     "includesMemoryState": existing.vm_state_size > 0,
                 }
-            # An earlier attempt died half-way: start again from nothing.
-            await driver.delete_snapshot(vps, name)
+            if existing is not None:
+                # It died half-way: start again from nothing.
+                await driver.delete_snapshot(vps, name)
+        # On a first attempt the driver itself refuses a name already on disk (a snapshot
+        # vpsnap did not make, which it never touches) with SnapshotNameTaken.
         taken = await driver.create_snapshot(
             vps,
             SnapshotRequest(
