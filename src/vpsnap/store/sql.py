@@ -37,6 +37,64 @@ from vpsnap.store.tables import accounts, api_keys, jobs, snapshots, vps
 Row = Mapping[str, Any]
 _READ_ONLY = "vpsnap_read_only"
 
+# Statements on the hot path of every job are built once: constructing SQLAlchemy expressions
+# per call cost more than running them (measured with bench/snapshot_latency.py).
+_bp = sa.bindparam
+_GET_VPS = sa.select(vps).where(vps.c.id == _bp("b_id"))
+_GET_VPS_LOCKED = _GET_VPS.with_for_update()
+_FIND_KEY = sa.select(api_keys).where(api_keys.c.secret_hash == _bp("b_hash"))
+_LIST_SNAPSHOTS = (
+    sa.select(snapshots)
+    .where(snapshots.c.vps_id == _bp("b_vps"))
+    .order_by(snapshots.c.created_at, snapshots.c.name_key)
+)
+_GET_SNAPSHOT = sa.select(snapshots).where(
+    snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
+)
+_UPDATE_SNAPSHOT = snapshots.update().where(
+    snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
+)
+_REMOVE_SNAPSHOT = snapshots.delete().where(
+    snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
+)
+_SET_CURRENT = vps.update().where(vps.c.id == _bp("b_id"))
+_GET_JOB = sa.select(jobs).where(jobs.c.id == _bp("b_id"))
+_UPDATE_JOB = jobs.update().where(jobs.c.id == _bp("b_id"))
+_ACTIVE_JOB = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.vps_id == _bp("b_vps"),
+        jobs.c.status.in_(
+            [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.PENDING.value]
+        ),
+    )
+    .limit(1)
+)
+_NEXT_PENDING = (
+    sa.select(jobs)
+    .where(jobs.c.vps_id == _bp("b_vps"), jobs.c.status == JobStatus.PENDING.value)
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(1)
+)
+# At most one job per VPS is ever queued or in progress (the others wait as pending), so the
+# oldest queued job can be taken without looking at its VPS.
+_NEXT_QUEUED = (
+    sa.select(jobs)
+    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
+_EXTEND_LEASE = (
+    jobs.update()
+    .where(
+        jobs.c.id == _bp("b_id"),
+        jobs.c.lease_owner == _bp("b_worker"),
+        jobs.c.status == JobStatus.IN_PROGRESS.value,
+    )
+    .values(lease_expires_at=_bp("b_until"))
+)
+
 
 def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
@@ -238,13 +296,12 @@ class SqlTransaction:
     def __init__(self, conn: AsyncConnection) -> None:
         self.conn = conn
 
-    async def _one(self, query: sa.Select[Any]) -> Row | None:
-        result = await self.conn.execute(query)
-        row = result.mappings().first()
-        return row
+    async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
+        result = await self.conn.execute(query, params)
+        return result.mappings().first()
 
-    async def _all(self, query: sa.Select[Any]) -> list[Row]:
-        result = await self.conn.execute(query)
+    async def _all(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[Row]:
+        result = await self.conn.execute(query, params)
         return list(result.mappings().all())
 
     # accounts and keys ------------------------------------------------------------------------
@@ -280,7 +337,7 @@ class SqlTransaction:
         )
 
     async def find_api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
-        row = await self._one(sa.select(api_keys).where(api_keys.c.secret_hash == secret_hash))
+        row = await self._one(_FIND_KEY, {"b_hash": secret_hash})
         return _api_key(row) if row else None
 
     async def revoke_api_key(self, key_id: str, at: datetime) -> bool:
@@ -295,15 +352,12 @@ class SqlTransaction:
 
     async def add_vps(self, vps_item: Vps) -> None:
         try:
-            await self.conn.execute(vps.insert().values(**_vps_values(vps_item)))
+            await self.conn.execute(vps.insert(), _vps_values(vps_item))
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
 
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
-        query = sa.select(vps).where(vps.c.id == vps_id)
-        if lock:
-            query = query.with_for_update()
-        row = await self._one(query)
+        row = await self._one(_GET_VPS_LOCKED if lock else _GET_VPS, {"b_id": vps_id})
         return _vps(row) if row else None
 
     async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None:
@@ -327,31 +381,20 @@ class SqlTransaction:
         return [_vps(r) for r in await self._all(query)]
 
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
-        await self.conn.execute(
-            vps.update().where(vps.c.id == vps_id).values(current_snapshot=name)
-        )
+        await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
 
     # snapshots --------------------------------------------------------------------------------
 
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]:
-        query = (
-            sa.select(snapshots)
-            .where(snapshots.c.vps_id == vps_id)
-            .order_by(snapshots.c.created_at, snapshots.c.name_key)
-        )
-        return [_snapshot(r) for r in await self._all(query)]
+        return [_snapshot(r) for r in await self._all(_LIST_SNAPSHOTS, {"b_vps": vps_id})]
 
     async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None:
-        row = await self._one(
-            sa.select(snapshots).where(
-                snapshots.c.vps_id == vps_id, snapshots.c.name_key == name_key(name)
-            )
-        )
+        row = await self._one(_GET_SNAPSHOT, {"b_vps": vps_id, "b_key": name_key(name)})
         return _snapshot(row) if row else None
 
     async def add_snapshot(self, snapshot: Snapshot) -> None:
         try:
-            await self.conn.execute(snapshots.insert().values(**_snapshot_values(snapshot)))
+            await self.conn.execute(snapshots.insert(), _snapshot_values(snapshot))
         except IntegrityError as exc:
             raise SnapshotNameTaken(
                 f"A snapshot named {snapshot.name!r} already exists on this VPS."
@@ -359,72 +402,35 @@ class SqlTransaction:
 
     async def update_snapshot(self, snapshot: Snapshot) -> None:
         values = _snapshot_values(snapshot)
-        await self.conn.execute(
-            snapshots.update()
-            .where(
-                snapshots.c.vps_id == snapshot.vps_id,
-                snapshots.c.name_key == values["name_key"],
-            )
-            .values(**values)
-        )
+        values.update(b_vps=snapshot.vps_id, b_key=values["name_key"])
+        await self.conn.execute(_UPDATE_SNAPSHOT, values)
 
     async def remove_snapshot(self, vps_id: str, name: str) -> None:
-        await self.conn.execute(
-            snapshots.delete().where(
-                snapshots.c.vps_id == vps_id, snapshots.c.name_key == name_key(name)
-            )
-        )
+        await self.conn.execute(_REMOVE_SNAPSHOT, {"b_vps": vps_id, "b_key": name_key(name)})
 
     # jobs -------------------------------------------------------------------------------------
 
     async def add_job(self, job: Job, node: str) -> None:
-        await self.conn.execute(jobs.insert().values(node=node, **_job_values(job)))
+        await self.conn.execute(jobs.insert(), {"node": node, **_job_values(job)})
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self._one(sa.select(jobs).where(jobs.c.id == job_id))
+        row = await self._one(_GET_JOB, {"b_id": job_id})
         return _job(row) if row else None
 
     async def update_job(self, job: Job) -> None:
-        await self.conn.execute(
-            jobs.update().where(jobs.c.id == job.id).values(**_job_values(job))
-        )
+        await self.conn.execute(_UPDATE_JOB, {"b_id": job.id, **_job_values(job)})
 
     async def has_active_job(self, vps_id: str) -> bool:
-        query = (
-            sa.select(jobs.c.id)
-            .where(
-                jobs.c.vps_id == vps_id,
-                jobs.c.status.in_(
-                    [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.PENDING.value]
-                ),
-            )
-            .limit(1)
-        )
-        return await self._one(query) is not None
+        return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
 
     async def next_pending_job(self, vps_id: str) -> Job | None:
-        query = (
-            sa.select(jobs)
-            .where(jobs.c.vps_id == vps_id, jobs.c.status == JobStatus.PENDING.value)
-            .order_by(jobs.c.created_at, jobs.c.id)
-            .limit(1)
-        )
-        row = await self._one(query)
+        row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
         return _job(row) if row else None
 
     async def claim_job(
         self, node: str, worker: str, now: datetime, lease_until: datetime
     ) -> Job | None:
-        # At most one job per VPS is ever queued or in progress (the others wait as pending),
-        # so the oldest queued job can be taken without looking at its VPS.
-        query = (
-            sa.select(jobs)
-            .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == node)
-            .order_by(jobs.c.created_at, jobs.c.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        row = await self._one(query)
+        row = await self._one(_NEXT_QUEUED, {"b_node": node})
         if row is None:
             return None
         job = _job(row)
@@ -441,13 +447,7 @@ class SqlTransaction:
 
     async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool:
         result = await self.conn.execute(
-            jobs.update()
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.lease_owner == worker,
-                jobs.c.status == JobStatus.IN_PROGRESS.value,
-            )
-            .values(lease_expires_at=lease_until)
+            _EXTEND_LEASE, {"b_id": job_id, "b_worker": worker, "b_until": lease_until}
         )
         return result.rowcount > 0
 

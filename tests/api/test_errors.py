@@ -1,0 +1,278 @@
+"""Every error is problem+json (contract section 3), with the codes of sections 3 and 6."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Api, api_settings
+from tests.support import PROBLEM_MEMBERS
+from vpsnap.api.app import create_app
+from vpsnap.domain.model import PowerState, ServiceStatus, Vps
+from vpsnap.drivers.fake import FakeDriver
+from vpsnap.runtime import Runtime
+from vpsnap.services.accounts import NewVps
+from vpsnap.store.sql import SqlStore
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, object] = response.json()
+    assert PROBLEM_MEMBERS <= set(body), body
+    assert body["status"] == status
+    assert body["code"] == code
+    assert str(body["type"]).endswith(f"/errors/{code}")
+    assert body["instance"] == response.request.url.path
+    assert body["requestId"] == response.headers["x-request-id"]
+    assert str(body["timestamp"]).endswith("Z")
+    assert "Traceback" not in response.text
+    return body
+
+
+def snapshots_path(api: Api, vps: str = "demo-web") -> str:
+    return f"/api/v2/vps/{api.vps_ids[vps]}/snapshots"
+
+
+async def test_unknown_route_is_a_problem(api: Api) -> None:
+    response = await api.client.get("/api/v2/nothing-here", headers=api.auth())
+    assert_problem(response, 404, "not_found")
+
+
+async def test_wrong_method_is_a_problem(api: Api) -> None:
+    response = await api.client.put("/api/v2/vps", headers=api.auth())
+    assert_problem(response, 405, "method_not_allowed")
+    assert "GET" in response.headers["allow"]
+
+
+async def test_malformed_json_is_invalid_json(api: Api) -> None:
+    response = await api.client.post(
+        snapshots_path(api),
+        content=b'{"name": "x",',
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert_problem(response, 400, "invalid_json")
+
+
+async def test_wrong_content_type_is_415(api: Api) -> None:
+    response = await api.client.post(
+        snapshots_path(api),
+        content=b"name=x",
+        headers={**api.auth(), "Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert_problem(response, 415, "unsupported_media_type")
+
+
+async def test_oversized_body_is_413_with_or_without_content_length(api: Api) -> None:
+    big = b'{"name": "x", "description": "' + b"a" * 70_000 + b'"}'
+    declared = await api.client.post(
+        snapshots_path(api), content=big, headers={**api.auth(), "Content-Type": "application/json"}
+    )
+    assert_problem(declared, 413, "payload_too_large")
+
+    async def stream() -> object:
+        for _ in range(20):
+            yield b"a" * 8192
+
+    chunked = await api.client.post(
+        snapshots_path(api),
+        content=stream(),  # type: ignore[arg-type]
+        headers={**api.auth(), "Content-Type": "application/json"},
+    )
+    assert_problem(chunked, 413, "payload_too_large")
+    listing = (await api.client.get(snapshots_path(api), headers=api.auth())).json()
+    assert listing["data"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "pointer", "field_code"),
+    [
+        ({}, "/name", "missing_required"),
+        ({"name": "has space"}, "/name", "invalid_format"),
+        ({"name": "ünïcode"}, "/name", "invalid_format"),
+        ({"name": ""}, "/name", "invalid_format"),
+        ({"name": "a" * 41}, "/name", "too_long"),
+        ({"name": 42}, "/name", "invalid_type"),
+        ({"name": "ok", "description": "d" * 256}, "/description", "too_long"),
+        ({"name": "ok", "description": 7}, "/description", "invalid_type"),
+        ({"name": "ok", "includeMemoryState": "sometimes"}, "/includeMemoryState", "invalid_type"),
+        ({"name": "ok", "nmae": "typo"}, "/nmae", "unknown_field"),
+        ({"name": "ok", "include_memory_state": True}, "/include_memory_state", "unknown_field"),
+    ],
+)
+async def test_invalid_bodies_point_at_the_field(
+    api: Api, body: dict[str, object], pointer: str, field_code: str
+) -> None:
+    response = await api.client.post(snapshots_path(api), json=body, headers=api.auth())
+    problem = assert_problem(response, 400, "invalid_request")
+    errors = problem["errors"]
+    assert isinstance(errors, list)
+    assert {"pointer": pointer, "code": field_code} in [
+        {"pointer": e["pointer"], "code": e["code"]} for e in errors
+    ], errors
+    assert all(e["detail"] for e in errors)
+    listing = (await api.client.get(snapshots_path(api), headers=api.auth())).json()
+    assert listing["data"] == []
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"name"', b"null", b""])
+async def test_a_body_that_is_not_an_object_is_invalid_request(api: Api, body: bytes) -> None:
+    response = await api.client.post(
+        snapshots_path(api), content=body, headers={**api.auth(), "Content-Type": "application/json"}
+    )
+    assert_problem(response, 400, "invalid_request")
+
+
+async def test_accepts_the_longest_allowed_name_and_description(api: Api) -> None:
+    name = "A-z_0" * 8
+    response = await api.client.post(
+        snapshots_path(api), json={"name": name, "description": "d" * 255}, headers=api.auth()
+    )
+    assert response.status_code == 202
+    job = await api.wait_job(response.json()["operation"]["jobId"])
+    assert job["status"] == "completed", job
+
+
+async def test_no_slots_is_snapshots_not_included(api: Api) -> None:
+    path = snapshots_path(api, "demo-nosnap")
+    listing = (await api.client.get(path, headers=api.auth())).json()
+    assert listing["available"] is False
+    assert "upgrade" in listing["reason"]
+    assert listing["actions"]["canCreate"] == {
+        "allowed": False,
+        "reason": listing["actions"]["canCreate"]["reason"],
+        "code": "snapshots_not_included",
+    }
+    response = await api.client.post(path, json={"name": "x"}, headers=api.auth())
+    assert_problem(response, 409, "snapshots_not_included")
+
+
+async def test_all_slots_used_is_snapshot_limit_reached_with_counts(api: Api) -> None:
+    path = snapshots_path(api, "demo-db")
+    first = await api.client.post(path, json={"name": "only"}, headers=api.auth())
+    assert first.status_code == 202
+    listing = (await api.client.get(path, headers=api.auth())).json()
+    assert listing["limits"] == {"totalSnapshots": 1, "usedSnapshots": 1, "remainingSnapshots": 0}
+    assert listing["actions"]["canCreate"]["code"] == "snapshot_limit_reached"
+    second = await api.client.post(path, json={"name": "second"}, headers=api.auth())
+    problem = assert_problem(second, 409, "snapshot_limit_reached")
+    assert problem["extensions"] == {"totalSnapshots": 1, "usedSnapshots": 1}
+
+
+async def test_a_deleting_snapshot_frees_its_slot_at_once(api: Api) -> None:
+    path = snapshots_path(api, "demo-db")
+    created = await api.client.post(path, json={"name": "old"}, headers=api.auth())
+    await api.wait_job(created.json()["operation"]["jobId"])
+    deleted = await api.client.delete(f"{path}/old", headers=api.auth())
+    assert deleted.status_code == 202
+    # Accepted while the delete may still be running: it runs first, in arrival order.
+    replacement = await api.client.post(path, json={"name": "new"}, headers=api.auth())
+    assert replacement.status_code == 202
+    job = await api.wait_job(replacement.json()["operation"]["jobId"])
+    assert job["status"] == "completed", job
+    listing = (await api.client.get(path, headers=api.auth())).json()
+    assert [s["name"] for s in listing["data"]] == ["new"]
+
+
+async def test_unknown_snapshot_is_snapshot_not_found(api: Api) -> None:
+    for method, suffix in (("DELETE", "/ghost"), ("POST", "/ghost/actions/restore")):
+        response = await api.client.request(
+            method, snapshots_path(api) + suffix, headers=api.auth()
+        )
+        assert_problem(response, 404, "snapshot_not_found")
+
+
+async def test_nothing_to_restore_closes_the_restore_gate(api: Api) -> None:
+    listing = (await api.client.get(snapshots_path(api), headers=api.auth())).json()
+    assert listing["actions"]["canRestore"]["allowed"] is False
+    assert listing["actions"]["canRestore"]["reason"]
+
+
+async def test_inactive_service_is_vps_not_ready(api: Api) -> None:
+    vps = await api.runtime.services.accounts.add_vps(
+        NewVps(
+            account_name="demo",
+            name="suspended-one",
+            disks=(str(api.disk("demo-web")),),
+            snapshot_slots=2,
+            service_status=ServiceStatus.SUSPENDED,
+        )
+    )
+    path = f"/api/v2/vps/{vps.id}/snapshots"
+    listing = (await api.client.get(path, headers=api.auth())).json()
+    assert listing["actions"]["canCreate"]["code"] == "vps_not_ready"
+    assert listing["actions"]["canRestore"]["code"] == "vps_not_ready"
+    response = await api.client.post(path, json={"name": "x"}, headers=api.auth())
+    assert_problem(response, 409, "vps_not_ready")
+
+
+async def test_problem_pages_exist_for_every_code(api: Api) -> None:
+    response = await api.client.get("/api/v2/vps")
+    problem = response.json()
+    page = await api.client.get(httpx.URL(problem["type"]).path)
+    assert page.status_code == 200
+    assert "text/html" in page.headers["content-type"]
+    assert "401" in page.text
+    index = await api.client.get("/errors")
+    for code in ("snapshot_limit_reached", "rate_limited", "invalid_cursor"):
+        assert f"/errors/{code}" in index.text
+    assert_problem(await api.client.get("/errors/no_such_code"), 404, "not_found")
+
+
+async def test_request_id_is_echoed_when_valid_and_made_when_not(api: Api) -> None:
+    echoed = await api.client.get("/healthz", headers={"X-Request-Id": "req_client-given.1"})
+    assert echoed.headers["x-request-id"] == "req_client-given.1"
+    replaced = await api.client.get("/healthz", headers={"X-Request-Id": "bad id <script>"})
+    assert replaced.headers["x-request-id"].startswith("req_")
+    assert replaced.headers["x-request-id"] != "bad id <script>"
+
+
+async def test_service_endpoints(api: Api) -> None:
+    assert (await api.client.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "hypervisor": "ok"}
+    spec = (await api.client.get("/openapi.json")).json()
+    operations = {
+        op["operationId"]
+        for path in spec["paths"].values()
+        for op in path.values()
+        if isinstance(op, dict) and "operationId" in op
+    }
+    assert {
+        "listVps", "getVps", "listSnapshots", "createSnapshot", "deleteSnapshot",
+        "restoreSnapshot", "getJob",
+    } <= operations
+    assert (await api.client.get("/docs")).status_code == 200
+
+
+class _BrokenDriver(FakeDriver):
+    """A driver with a bug (not a domain error): the API must still answer problem+json."""
+
+    async def power_state(self, vps: Vps) -> PowerState:
+        raise RuntimeError("driver bug: secret internal detail")
+
+
+async def test_an_unexpected_exception_is_a_500_problem_without_internals(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    settings = api_settings(tmp_path)
+    runtime = Runtime.build(settings, store=store, driver=_BrokenDriver())
+    await runtime.services.accounts.create_account("acme")
+    from vpsnap.domain.auth import Scope
+
+    issued = await runtime.services.credentials.issue("acme", frozenset({Scope.READ_VM}))
+    vps = await runtime.services.accounts.add_vps(
+        NewVps(account_name="acme", name="web", disks=(), snapshot_slots=1)
+    )
+    app = create_app(runtime.services, settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get(
+            f"/api/v2/vps/{vps.id}", headers={"Authorization": f"Bearer {issued.secret}"}
+        )
+    body = assert_problem(response, 500, "internal_error")
+    assert "secret internal detail" not in response.text
+    assert "RuntimeError" not in str(body)
