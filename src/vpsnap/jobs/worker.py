@@ -46,6 +46,7 @@ class Worker:
     idle_wakeup_seconds: float = 5.0
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
+    _saturated: bool = False
 
     @property
     def lease(self) -> timedelta:
@@ -72,39 +73,46 @@ class Worker:
         self.events.work_available.set()
 
     async def claim_available(self) -> None:
-        while len(self._running) < self.concurrency and not self._stopping:
-            claimed = await self._claim()
-            if claimed is None:
-                return
-            task = asyncio.create_task(self._run(*claimed), name=f"job:{claimed[0].id}")
+        free = self.concurrency - len(self._running)
+        if free <= 0 or self._stopping:
+            return
+        claimed = await self._claim(free)
+        for job, vps in claimed:
+            task = asyncio.create_task(self._run(job, vps), name=f"job:{job.id}")
             self._running.add(task)
             task.add_done_callback(self._job_done)
+        # Every free slot got a job: more may be waiting, to be claimed when one ends.
+        self._saturated = len(claimed) == free
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        # A slot is free again: look for more work.
-        self.events.work_available.set()
+        if self._saturated:
+            self._saturated = False
+            self.events.work_available.set()
 
-    async def _claim(self) -> tuple[Job, Vps | None] | None:
-        """Take the oldest queued job of this node and let its handler prepare, in one
-        transaction (one round trip less on every job's critical path)."""
+    async def _claim(self, limit: int) -> list[tuple[Job, Vps | None]]:
+        """Take up to ``limit`` queued jobs and let their handlers prepare, in one transaction
+        (one round trip less on every job's critical path)."""
         now = self.clock.now()
+        claimed: list[tuple[Job, Vps | None]] = []
         async with self.store.transaction() as tx:
-            job = await tx.claim_job(self.node, self.worker_id, now, now + self.lease)
-            if job is None:
-                return None
-            vps = await tx.get_vps(job.vps_id)
-            if vps is not None:
-                await HANDLERS[job.type].prepare(tx, job, vps)
-        self.events.job_changed(job.id)
-        return job, vps
+            for job in await tx.claim_jobs(
+                self.node, self.worker_id, now, now + self.lease, limit
+            ):
+                vps = await tx.get_vps(job.vps_id)
+                if vps is not None:
+                    await HANDLERS[job.type].prepare(tx, job, vps)
+                claimed.append((job, vps))
+        for job, _ in claimed:
+            self.events.job_changed(job.id)
+        return claimed
 
     async def run_one(self) -> bool:
         """Claim and run a single job to its end (for tests and tools); False when none."""
-        claimed = await self._claim()
-        if claimed is None:
+        claimed = await self._claim(1)
+        if not claimed:
             return False
-        await self._run(*claimed)
+        await self._run(*claimed[0])
         return True
 
     async def _heartbeat(self, job_id: str) -> None:

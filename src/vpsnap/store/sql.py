@@ -77,12 +77,12 @@ _NEXT_PENDING = (
     .limit(1)
 )
 # At most one job per VPS is ever queued or in progress (the others wait as pending), so the
-# oldest queued job can be taken without looking at its VPS.
+# oldest queued jobs can be taken without looking at their VPSes.
 _NEXT_QUEUED = (
     sa.select(jobs)
     .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
     .order_by(jobs.c.created_at, jobs.c.id)
-    .limit(1)
+    .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
 )
 _EXTEND_LEASE = (
@@ -427,22 +427,23 @@ class SqlTransaction:
         row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
         return _job(row) if row else None
 
-    async def claim_job(
-        self, node: str, worker: str, now: datetime, lease_until: datetime
-    ) -> Job | None:
-        row = await self._one(_NEXT_QUEUED, {"b_node": node})
-        if row is None:
-            return None
-        job = _job(row)
-        claimed = dataclasses.replace(
-            job,
-            status=JobStatus.IN_PROGRESS,
-            attempts=job.attempts + 1,
-            started_at=job.started_at or now,
-            lease_owner=worker,
-            lease_expires_at=lease_until,
-        )
-        await self.update_job(claimed)
+    async def claim_jobs(
+        self, node: str, worker: str, now: datetime, lease_until: datetime, limit: int
+    ) -> list[Job]:
+        rows = await self._all(_NEXT_QUEUED, {"b_node": node, "b_limit": limit})
+        claimed = []
+        for row in rows:
+            job = _job(row)
+            taken = dataclasses.replace(
+                job,
+                status=JobStatus.IN_PROGRESS,
+                attempts=job.attempts + 1,
+                started_at=job.started_at or now,
+                lease_owner=worker,
+                lease_expires_at=lease_until,
+            )
+            await self.update_job(taken)
+            claimed.append(taken)
         return claimed
 
     async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool:
