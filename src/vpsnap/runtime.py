@@ -72,7 +72,7 @@ class Runtime:
             store=store,
             driver=driver,
             accounts=AccountService(store, clock),
-            credentials=CredentialService(store, clock),
+            credentials=CredentialService(store, clock, settings.auth_cache_seconds),
             inventory=InventoryService(store, driver),
             snapshots=SnapshotService(
                 store, events, clock, timedelta(hours=settings.retention_hours)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = 64 * 1024
+    auth_cache_seconds: float = Field(
+        default=5.0, description="How long a checked API key is trusted without a lookup"
+    )
 
     job_lease_seconds: float = 30.0
     worker_concurrency: int = 4

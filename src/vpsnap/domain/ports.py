@@ -155,6 +155,9 @@ class Store(Protocol):
 
 
 class JobWatch(Protocol):
+    latest: Job | None
+    """The job's state as of the last change, when the notifier knew it (saves a re-read)."""
+
     async def wait(self, timeout: float) -> bool:
         """Wait for the next change of the watched job, or the timeout; True when it changed.
 
@@ -172,6 +175,8 @@ class JobEvents(Protocol):
 
     def jobs_queued(self) -> None: ...
 
-    def job_changed(self, job_id: str) -> None: ...
+    def job_changed(self, job_id: str, job: Job | None = None) -> None:
+        """``job`` is the committed new state when the caller has it at hand."""
+        ...
 
     def watch(self, job_id: str) -> AbstractContextManager[JobWatch]: ...

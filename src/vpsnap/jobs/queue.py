@@ -34,32 +34,32 @@ async def promote_next(tx: Transaction, vps_id: str) -> Job | None:
 
 async def complete(
     tx: Transaction, job: Job, now: datetime, result: dict[str, Any] | None
-) -> Job | None:
-    """Mark the job completed; returns the VPS's promoted next job, if any."""
-    await tx.update_job(
-        dataclasses.replace(
-            job,
-            status=JobStatus.COMPLETED,
-            progress=100,
-            result=result,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+) -> tuple[Job, Job | None]:
+    """Mark the job completed; returns it and the VPS's promoted next job, if any."""
+    done = dataclasses.replace(
+        job,
+        status=JobStatus.COMPLETED,
+        progress=100,
+        result=result,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
     )
-    return await promote_next(tx, job.vps_id)
+    await tx.update_job(done)
+    return done, await promote_next(tx, job.vps_id)
 
 
-async def fail(tx: Transaction, job: Job, now: datetime, error: dict[str, Any]) -> Job | None:
-    """Mark the job failed with a problem summary; returns the promoted next job, if any."""
-    await tx.update_job(
-        dataclasses.replace(
-            job,
-            status=JobStatus.FAILED,
-            error=error,
-            finished_at=now,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+async def fail(
+    tx: Transaction, job: Job, now: datetime, error: dict[str, Any]
+) -> tuple[Job, Job | None]:
+    """Mark the job failed with a problem summary; returns it and the promoted next job."""
+    failed = dataclasses.replace(
+        job,
+        status=JobStatus.FAILED,
+        error=error,
+        finished_at=now,
+        lease_owner=None,
+        lease_expires_at=None,
     )
-    return await promote_next(tx, job.vps_id)
+    await tx.update_job(failed)
+    return failed, await promote_next(tx, job.vps_id)

@@ -7,10 +7,13 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vpsnap.domain.model import Job
+
 
 class _Watch:
     def __init__(self) -> None:
         self.changed = asyncio.Event()
+        self.latest: Job | None = None
 
     async def wait(self, timeout: float) -> bool:
         try:
@@ -31,8 +34,9 @@ class InProcessJobEvents:
     def jobs_queued(self) -> None:
         self.work_available.set()
 
-    def job_changed(self, job_id: str) -> None:
+    def job_changed(self, job_id: str, job: Job | None = None) -> None:
         for watch in self._watches.get(job_id, ()):
+            watch.latest = job
             watch.changed.set()
 
     @contextmanager

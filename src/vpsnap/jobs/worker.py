@@ -104,7 +104,7 @@ class Worker:
                     await HANDLERS[job.type].prepare(tx, job, vps)
                 claimed.append((job, vps))
         for job, _ in claimed:
-            self.events.job_changed(job.id)
+            self.events.job_changed(job.id, job)
         return claimed
 
     async def run_one(self) -> bool:
@@ -164,16 +164,15 @@ class Worker:
                 log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
                 return
             if vps is None:
-                promoted = await queue.fail(tx, current, now, error_summary(
-                    error or VpsNotFound("The VPS no longer exists.")
-                ))
+                summary = error_summary(error or VpsNotFound("The VPS no longer exists."))
+                finished, promoted = await queue.fail(tx, current, now, summary)
             elif error is None:
                 result = await handler.succeed(tx, current, vps, facts, now)
-                promoted = await queue.complete(tx, current, now, result)
+                finished, promoted = await queue.complete(tx, current, now, result)
             else:
                 await handler.undo(tx, current, vps)
-                promoted = await queue.fail(tx, current, now, error_summary(error))
-        self.events.job_changed(job.id)
+                finished, promoted = await queue.fail(tx, current, now, error_summary(error))
+        self.events.job_changed(finished.id, finished)
         if promoted is not None:
-            self.events.job_changed(promoted.id)
+            self.events.job_changed(promoted.id, promoted)
             self.events.jobs_queued()

@@ -71,7 +71,8 @@ class JobService:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not await watch.wait(remaining):
                     break
-                job = await self.get(principal, job_id)
+                # Ownership was checked above; the notifier's copy is the committed state.
+                job = watch.latest or await self.get(principal, job_id)
                 if job.status != seen:
                     break
             return job
