@@ -1,0 +1,196 @@
+"""A server killed with SIGKILL mid-job: after a restart the job finishes exactly once.
+
+These tests run the real `vpsnap serve` as a process group, with a `qemu-img` wrapper that
+stalls around the real snapshot command so the kill lands at a chosen moment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+VPSNAP = [sys.executable, "-m", "vpsnap.cli.main"]
+
+# Stalls `qemu-img snapshot ... -c ...` before (STALL_BEFORE) or after (STALL_AFTER) running
+# the real command, leaving a marker file so the test knows where the job is.
+WRAPPER = """#!/bin/sh
+case " $* " in
+  *" -c "*)
+    touch "{marker}.started"
+    [ "$STALL" = before ] && sleep 60
+    /usr/bin/env qemu-img "$@"; rc=$?
+    touch "{marker}.done"
+    [ "$STALL" = after ] && sleep 60
+    exit $rc ;;
+esac
+exec /usr/bin/env qemu-img "$@"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data_dir / f"server-{self.port}.log").open("wb")
+        self.process = subprocess.Popen(
+            [*VPSNAP, "serve", "--port", str(self.port), "--data-dir", str(data_dir)],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the kill takes qemu-img too
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.read_log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise AssertionError(f"server did not start: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.data_dir / f"server-{self.port}.log").read_text(errors="replace")
+
+    def kill(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def admin(data_dir: Path, *args: str) -> str:
+    result = subprocess.run(
+        [*VPSNAP, "admin", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
+    """A data dir with one account, one key, one VPS on a real qcow2 disk."""
+    disk = tmp_path / "web.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    admin(tmp_path, "account", "create", "acme")
+    key = admin(tmp_path, "key", "create", "--account", "acme", "--scopes", "write:all")
+    admin(tmp_path, "vps", "add", "--account", "acme", "--name", "web", "--disk", str(disk),
+          "--slots", "3")
+    yield tmp_path, key, str(disk)
+
+
+def snapshot_names(disk: str) -> list[str]:
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", disk], capture_output=True, check=True
+    )
+    return [s["name"] for s in json.loads(out.stdout).get("snapshots", [])]
+
+
+@pytest.mark.parametrize("stall", ["before", "after"])
+def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
+    setup: tuple[Path, str, str], stall: str
+) -> None:
+    data_dir, key, disk = setup
+    marker = data_dir / "qemu-img-snapshot"
+    wrapper = data_dir / "qemu-img-wrapper"
+    wrapper.write_text(WRAPPER.format(marker=marker))
+    wrapper.chmod(0o755)
+    headers = {"Authorization": f"Bearer {key}"}
+
+    server = Server(data_dir, {"VPSNAP_QEMU_IMG": str(wrapper), "STALL": stall})
+    try:
+        vps_id = httpx.get(f"{server.url}/api/v2/vps", headers=headers).json()["data"][0]["id"]
+        created = httpx.post(
+            f"{server.url}/api/v2/vps/{vps_id}/snapshots",
+            json={"name": "before-upgrade"},
+            headers=headers,
+        )
+        assert created.status_code == 202
+        job_id = created.json()["operation"]["jobId"]
+        waiting_for = Path(f"{marker}.{'started' if stall == 'before' else 'done'}")
+        deadline = time.monotonic() + 30
+        while not waiting_for.exists():
+            assert time.monotonic() < deadline, server.read_log()
+            time.sleep(0.05)
+        job = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=headers).json()
+        assert job["status"] == "in_progress"
+    finally:
+        server.kill()
+    first_log = server.read_log()
+    assert snapshot_names(disk) == ([] if stall == "before" else ["before-upgrade"])
+
+    # The restart runs the real qemu-img: the orphaned job is taken up again at once.
+    restarted = Server(data_dir, {})
+    try:
+        job = httpx.get(
+            f"{restarted.url}/api/jobs/{job_id}",
+            headers={**headers, "Prefer": "wait=30"},
+            timeout=40,
+        ).json()
+        while job["status"] not in ("completed", "failed"):
+            job = httpx.get(
+                f"{restarted.url}/api/jobs/{job_id}",
+                headers={**headers, "Prefer": "wait=30"},
+                timeout=40,
+            ).json()
+        assert job["status"] == "completed", job
+        listing = httpx.get(
+            f"{restarted.url}/api/v2/vps/{vps_id}/snapshots", headers=headers
+        ).json()
+        assert [(s["name"], s["status"]) for s in listing["data"]] == [
+            ("before-upgrade", "available")
+        ]
+    finally:
+        restarted.stop()
+    assert snapshot_names(disk) == ["before-upgrade"]
+    logs = first_log + restarted.read_log()
+    assert logs.count('"event": "job_succeeded"') == 1
+    assert '"event": "job_requeued"' in restarted.read_log()
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused(setup: tuple[Path, str, str]) -> None:
+    data_dir, _, _ = setup
+    server = Server(data_dir, {})
+    try:
+        second = subprocess.run(
+            [*VPSNAP, "serve", "--port", str(free_port()), "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode != 0
+        assert "already using" in second.stderr
+    finally:
+        server.stop()
