@@ -209,7 +209,7 @@ async def test_missing_binary(make_disks: DiskFactory) -> None:
     with pytest.raises(HypervisorError, match="qemu-img not found at /nonexistent/qemu-img"):
         await QemuDriver(broken).probe()
     with pytest.raises(HypervisorError, match="qemu-img not found"):
-        await broken.info(disk)
+        await broken.tool_info(disk)
     with pytest.raises(HypervisorError, match="qemu-io not found at /nonexistent/qemu-io"):
         await broken.read_matches(disk, 0, BLOCK, 0)
 

@@ -26,7 +26,9 @@ about 24 hours. Every error is an RFC 9457 problem document with a stable `code`
 """
 
 
-def create_app(services: Services, settings: Settings, rate_limits: RateLimits | None = None) -> FastAPI:
+def create_app(
+    services: Services, settings: Settings, rate_limits: RateLimits | None = None
+) -> FastAPI:
     app = FastAPI(
         title="vpsnap",
         version=__version__,

@@ -138,9 +138,11 @@ def http_error(exc: StarletteHTTPException) -> DomainError:
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    headers = {"Retry-After": str(exc.extensions["retryAfter"])} if (
-        exc.code == "rate_limited" and "retryAfter" in exc.extensions
-    ) else None
+    headers = (
+        {"Retry-After": str(exc.extensions["retryAfter"])}
+        if (exc.code == "rate_limited" and "retryAfter" in exc.extensions)
+        else None
+    )
     return problem_response(request.scope, exc, headers=headers)
 
 
@@ -166,8 +168,3 @@ async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     error = http_error(exc)
     headers = dict(exc.headers) if exc.headers else None
     return problem_response(request.scope, error, headers=headers)
-
-
-async def unhandled_error_handler(request: Request, exc: Exception) -> JSONResponse:
-    # Logged with the request id by the edge middleware; the client never sees a trace.
-    return problem_response(request.scope, DomainError("Something failed on our side."))

@@ -127,6 +127,7 @@ class CreateSnapshotIn(RequestModel):
 
 # -- operations and jobs ------------------------------------------------------------------------
 
+
 class OperationBody(ApiModel):
     status: JobStatus
     job_id: str

@@ -132,11 +132,15 @@ class Transaction(Protocol):
     ) -> list[Job]:
         """Take up to ``limit`` of the node's oldest queued jobs, leased to ``worker``."""
         ...
+
     async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool: ...
-    async def requeue_orphaned(self, node: str | None, expired_before: datetime | None) -> list[str]:
+    async def requeue_orphaned(
+        self, node: str | None, expired_before: datetime | None
+    ) -> list[str]:
         """Put in-progress jobs whose lease ran out (all of them when ``expired_before`` is
         None) back in the queue; returns their ids."""
         ...
+
     async def count_jobs(self, status: JobStatus) -> int: ...
     async def count_snapshots(self, status: SnapshotStatus) -> int: ...
 
@@ -147,7 +151,6 @@ class Store(Protocol):
         ...
 
     async def ping(self) -> None: ...
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ class Gate:
     reason: str | None = None
     code: str | None = None
 
+    @classmethod
+    def refused(cls, reason: str, code: str) -> Gate:
+        return cls(allowed=False, reason=reason, code=code)
+
 
 ALLOWED = Gate(allowed=True)
 
@@ -58,8 +62,7 @@ def not_on_plan_reason(vps: Vps) -> str:
 
 def service_gate(vps: Vps) -> Gate:
     if vps.service_status is not ServiceStatus.ACTIVE:
-        return Gate(
-            False,
+        return Gate.refused(
             f"The service of {vps.name} is {vps.service_status.value}, not active.",
             "vps_not_ready",
         )
@@ -68,15 +71,14 @@ def service_gate(vps: Vps) -> Gate:
 
 def can_create(vps: Vps, usage: SlotUsage, principal: Principal | None = None) -> Gate:
     if principal is not None and not principal.has(Scope.BACKUP_VM):
-        return Gate(False, "The credential lacks the backup:vm scope.", "forbidden")
+        return Gate.refused("The credential lacks the backup:vm scope.", "forbidden")
     gate = service_gate(vps)
     if not gate.allowed:
         return gate
     if usage.total == 0:
-        return Gate(False, not_on_plan_reason(vps), "snapshots_not_included")
+        return Gate.refused(not_on_plan_reason(vps), "snapshots_not_included")
     if usage.used >= usage.total:
-        return Gate(
-            False,
+        return Gate.refused(
             f"All {usage.total} snapshot slots are in use. Delete a snapshot or add slots "
             f"through POST /api/v2/vps/{vps.id}/actions/config.",
             "snapshot_limit_reached",
@@ -88,10 +90,10 @@ def can_restore(
     vps: Vps, snapshots: Iterable[Snapshot], principal: Principal | None = None
 ) -> Gate:
     if principal is not None and not principal.has(Scope.BACKUP_VM):
-        return Gate(False, "The credential lacks the backup:vm scope.", "forbidden")
+        return Gate.refused("The credential lacks the backup:vm scope.", "forbidden")
     gate = service_gate(vps)
     if not gate.allowed:
         return gate
     if not any(s.status is SnapshotStatus.AVAILABLE for s in snapshots):
-        return Gate(False, "There is no available snapshot to restore to.", "snapshot_not_found")
+        return Gate.refused("There is no available snapshot to restore to.", "snapshot_not_found")
     return ALLOWED

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vpsnap.domain.errors import HypervisorError, VpsNotReady
+from vpsnap.drivers import qcow2
 
 StrPath = str | os.PathLike[str]
 
@@ -80,6 +81,27 @@ class QemuImg:
         return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
     async def info(self, path: StrPath) -> ImageInfo:
+        """Format, sizes and snapshots of an image.
+
+        A plain qcow2 image is read directly (``vpsnap.drivers.qcow2``: microseconds instead of
+        a ~10 ms process); anything else is asked of ``qemu-img info``.
+        """
+        try:
+            image = await asyncio.to_thread(qcow2.read_image, path)
+        except qcow2.Qcow2Unreadable:
+            return await self.tool_info(path)
+        return ImageInfo(
+            format="qcow2",
+            virtual_size=image.virtual_size,
+            actual_size=image.actual_size,
+            snapshots=tuple(
+                DiskSnapshotInfo(s.id, s.name, s.vm_state_size, s.created_at)
+                for s in image.snapshots
+            ),
+        )
+
+    async def tool_info(self, path: StrPath) -> ImageInfo:
+        """``qemu-img info``, the authority on every image format."""
         # -U (force-share) lets this read the header while a VM holds the write lock.
         result = await self._run_checked(
             self.binary, ["info", "--output=json", "-U", _positional(path)], path=path

@@ -96,9 +96,7 @@ class Worker:
         now = self.clock.now()
         claimed: list[tuple[Job, Vps | None]] = []
         async with self.store.transaction() as tx:
-            for job in await tx.claim_jobs(
-                self.node, self.worker_id, now, now + self.lease, limit
-            ):
+            for job in await tx.claim_jobs(self.node, self.worker_id, now, now + self.lease, limit):
                 vps = await tx.get_vps(job.vps_id)
                 if vps is not None:
                     await HANDLERS[job.type].prepare(tx, job, vps)
@@ -120,9 +118,7 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             async with self.store.transaction() as tx:
-                kept = await tx.extend_lease(
-                    job_id, self.worker_id, self.clock.now() + self.lease
-                )
+                kept = await tx.extend_lease(job_id, self.worker_id, self.clock.now() + self.lease)
             if not kept:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
                 return
@@ -137,8 +133,9 @@ class Worker:
         error: DomainError | None = None
         try:
             if vps is None:
-                raise VpsNotFound(f"VPS {job.vps_id} no longer exists.")
-            facts = await handler.perform(self.driver, job, vps)
+                error = VpsNotFound(f"VPS {job.vps_id} no longer exists.")
+            else:
+                facts = await handler.perform(self.driver, job, vps)
         except DomainError as exc:
             error = exc
         except Exception as exc:  # a bug must fail the job, not leave it in progress forever

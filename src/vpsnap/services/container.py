@@ -28,11 +28,11 @@ class Services:
         try:
             await self.store.ping()
             checks["database"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as text
+        except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
         try:
             await self.driver.probe()
             checks["hypervisor"] = "ok"
-        except Exception as exc:  # noqa: BLE001 - same as above
+        except Exception as exc:
             checks["hypervisor"] = f"unavailable: {exc}"
         return checks

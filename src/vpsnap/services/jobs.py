@@ -19,6 +19,7 @@ async def enqueue(
     clock: Clock,
     vps: Vps,
     job_type: JobType,
+    *,
     snapshot_name: str | None,
     payload: dict[str, Any] | None = None,
 ) -> Job:

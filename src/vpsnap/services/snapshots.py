@@ -66,7 +66,7 @@ class SnapshotService:
     clock: Clock
     retention: timedelta
 
-    async def list(self, principal: Principal, vps_id: str) -> SnapshotListing:
+    async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
@@ -109,8 +109,8 @@ class SnapshotService:
                 self.clock,
                 vps,
                 JobType.SNAPSHOT_CREATE,
-                request.name,
-                {
+                snapshot_name=request.name,
+                payload={
                     "includeMemoryState": request.include_memory_state,
                     "quiesce": request.quiesce,
                 },
@@ -143,10 +143,10 @@ class SnapshotService:
                 raise SnapshotBusy(
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
                 )
-            await tx.update_snapshot(
-                dataclasses.replace(snapshot, status=SnapshotStatus.DELETING)
+            await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.DELETING))
+            job = await enqueue(
+                tx, self.clock, vps, JobType.SNAPSHOT_DELETE, snapshot_name=snapshot.name
             )
-            job = await enqueue(tx, self.clock, vps, JobType.SNAPSHOT_DELETE, snapshot.name)
         self.events.jobs_queued()
         return job
 
@@ -162,7 +162,9 @@ class SnapshotService:
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; it cannot be "
                     "restored now."
                 )
-            job = await enqueue(tx, self.clock, vps, JobType.SNAPSHOT_RESTORE, snapshot.name)
+            job = await enqueue(
+                tx, self.clock, vps, JobType.SNAPSHOT_RESTORE, snapshot_name=snapshot.name
+            )
         self.events.jobs_queued()
         return job
 

@@ -298,7 +298,8 @@ class SqlTransaction:
 
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         result = await self.conn.execute(query, params)
-        return result.mappings().first()
+        row: Row | None = result.mappings().first()
+        return row
 
     async def _all(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[Row]:
         result = await self.conn.execute(query, params)

@@ -24,11 +24,9 @@ def _accepted(response: Response, out: OperationOut) -> OperationOut:
 
 
 @router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
-async def list_snapshots(
-    vps_id: str, principal: ReadVm, services: ServicesDep
-) -> SnapshotListOut:
+async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) -> SnapshotListOut:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
-    return snapshot_list_out(await services.snapshots.list(principal, vps_id))
+    return snapshot_list_out(await services.snapshots.listing(principal, vps_id))
 
 
 @router.post(

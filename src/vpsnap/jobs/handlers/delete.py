@@ -32,6 +32,4 @@ class DeleteSnapshotHandler:
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         snapshot = await tx.get_snapshot(vps.id, job.snapshot_name or "")
         if snapshot is not None:
-            await tx.update_snapshot(
-                dataclasses.replace(snapshot, status=SnapshotStatus.AVAILABLE)
-            )
+            await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.AVAILABLE))
