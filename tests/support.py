@@ -19,4 +19,13 @@ class ManualClock:
         self.moment += timedelta(**delta)
 
 
-PROBLEM_MEMBERS = {"type", "title", "status", "detail", "code", "instance", "requestId", "timestamp"}
+PROBLEM_MEMBERS = {
+    "type",
+    "title",
+    "status",
+    "detail",
+    "code",
+    "instance",
+    "requestId",
+    "timestamp",
+}

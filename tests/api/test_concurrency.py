@@ -47,6 +47,4 @@ async def test_simultaneous_creates_of_one_name_accept_exactly_one(api: Api) -> 
         *(api.client.post(path, json={"name": "same"}, headers=api.auth()) for _ in range(8))
     )
     assert sorted(r.status_code for r in responses) == [202] + [409] * 7
-    assert {r.json()["code"] for r in responses if r.status_code == 409} == {
-        "snapshot_name_taken"
-    }
+    assert {r.json()["code"] for r in responses if r.status_code == 409} == {"snapshot_name_taken"}

@@ -17,8 +17,16 @@ async def test_lists_only_the_callers_vpses_with_the_contract_shape(api: Api) ->
     assert body["nextCursor"] is None
     item = body["data"][0]
     assert set(item) == {
-        "id", "name", "primaryIp", "serviceStatus", "powerState", "operatingSystem",
-        "resources", "billing", "node", "createdAt",
+        "id",
+        "name",
+        "primaryIp",
+        "serviceStatus",
+        "powerState",
+        "operatingSystem",
+        "resources",
+        "billing",
+        "node",
+        "createdAt",
     }
     assert item["id"].startswith("vps_")
     assert item["serviceStatus"] == "active"
