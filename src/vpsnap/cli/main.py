@@ -30,7 +30,7 @@ admin.add_typer(key_cmd, name="key")
 admin.add_typer(vps_cmd, name="vps")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
 T = TypeVar("T")
 
 DataDirOption = Annotated[
