@@ -15,12 +15,8 @@ from vpsnap.domain.model import Job, JobStatus
 from vpsnap.domain.ports import Transaction
 
 
-async def still_ours(tx: Transaction, job_id: str, worker: str) -> Job | None:
-    """The job if this worker still holds its lease; None when it was taken over."""
-    job = await tx.get_job(job_id)
-    if job is None or job.status is not JobStatus.IN_PROGRESS or job.lease_owner != worker:
-        return None
-    return job
+class LeaseLost(Exception):
+    """This worker no longer holds the job's lease: another worker owns the job now."""
 
 
 async def promote_next(tx: Transaction, vps_id: str) -> Job | None:
@@ -32,34 +28,28 @@ async def promote_next(tx: Transaction, vps_id: str) -> Job | None:
     return promoted
 
 
-async def complete(
-    tx: Transaction, job: Job, now: datetime, result: dict[str, Any] | None
+async def finish(
+    tx: Transaction,
+    job: Job,
+    worker: str,
+    now: datetime,
+    *,
+    result: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
 ) -> tuple[Job, Job | None]:
-    """Mark the job completed; returns it and the VPS's promoted next job, if any."""
-    done = dataclasses.replace(
+    """Mark the job completed (or failed, with a problem summary) if this worker still holds
+    its lease; returns it and the VPS's promoted next job. Raises ``LeaseLost`` otherwise, which
+    must roll the whole transaction back."""
+    ended = dataclasses.replace(
         job,
-        status=JobStatus.COMPLETED,
-        progress=100,
+        status=JobStatus.FAILED if error is not None else JobStatus.COMPLETED,
+        progress=job.progress if error is not None else 100,
         result=result,
-        finished_at=now,
-        lease_owner=None,
-        lease_expires_at=None,
-    )
-    await tx.update_job(done)
-    return done, await promote_next(tx, job.vps_id)
-
-
-async def fail(
-    tx: Transaction, job: Job, now: datetime, error: dict[str, Any]
-) -> tuple[Job, Job | None]:
-    """Mark the job failed with a problem summary; returns it and the promoted next job."""
-    failed = dataclasses.replace(
-        job,
-        status=JobStatus.FAILED,
         error=error,
         finished_at=now,
         lease_owner=None,
         lease_expires_at=None,
     )
-    await tx.update_job(failed)
-    return failed, await promote_next(tx, job.vps_id)
+    if not await tx.finish_job(ended, worker):
+        raise LeaseLost(job.id)
+    return ended, await promote_next(tx, job.vps_id)

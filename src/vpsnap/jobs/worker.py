@@ -154,21 +154,24 @@ class Worker:
     async def _finish(self, job: Job, error: DomainError | None, facts: dict[str, Any]) -> None:
         handler = HANDLERS[job.type]
         now = self.clock.now()
-        async with self.store.transaction() as tx:
-            vps = await tx.get_vps(job.vps_id, lock=True)
-            current = await queue.still_ours(tx, job.id, self.worker_id)
-            if current is None:
-                log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
-                return
-            if vps is None:
-                summary = error_summary(error or VpsNotFound("The VPS no longer exists."))
-                finished, promoted = await queue.fail(tx, current, now, summary)
-            elif error is None:
-                result = await handler.succeed(tx, current, vps, facts, now)
-                finished, promoted = await queue.complete(tx, current, now, result)
-            else:
-                await handler.undo(tx, current, vps)
-                finished, promoted = await queue.fail(tx, current, now, error_summary(error))
+        try:
+            async with self.store.transaction() as tx:
+                vps = await tx.get_vps(job.vps_id, lock=True)
+                if vps is None or error is not None:
+                    failure = error or VpsNotFound("The VPS no longer exists.")
+                    finished, promoted = await queue.finish(
+                        tx, job, self.worker_id, now, error=error_summary(failure)
+                    )
+                    if vps is not None:
+                        await handler.undo(tx, job, vps)
+                else:
+                    result = await handler.succeed(tx, job, vps, facts, now)
+                    finished, promoted = await queue.finish(
+                        tx, job, self.worker_id, now, result=result
+                    )
+        except queue.LeaseLost:
+            log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
+            return
         self.events.job_changed(finished.id, finished)
         if promoted is not None:
             self.events.job_changed(promoted.id, promoted)

@@ -57,9 +57,19 @@ _UPDATE_SNAPSHOT = snapshots.update().where(
 _REMOVE_SNAPSHOT = snapshots.delete().where(
     snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
 )
+_SET_SNAPSHOT_STATE = (
+    snapshots.update()
+    .where(snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key"))
+    .values(status=_bp("b_status"))
+)
 _SET_CURRENT = vps.update().where(vps.c.id == _bp("b_id"))
 _GET_JOB = sa.select(jobs).where(jobs.c.id == _bp("b_id"))
 _UPDATE_JOB = jobs.update().where(jobs.c.id == _bp("b_id"))
+_FINISH_JOB = jobs.update().where(
+    jobs.c.id == _bp("b_id"),
+    jobs.c.lease_owner == _bp("b_worker"),
+    jobs.c.status == JobStatus.IN_PROGRESS.value,
+)
 _ACTIVE_JOB = (
     sa.select(jobs.c.id)
     .where(
@@ -406,6 +416,33 @@ class SqlTransaction:
         values.update(b_vps=snapshot.vps_id, b_key=values["name_key"])
         await self.conn.execute(_UPDATE_SNAPSHOT, values)
 
+    async def set_snapshot_status(self, vps_id: str, name: str, status: SnapshotStatus) -> None:
+        await self.conn.execute(
+            _SET_SNAPSHOT_STATE,
+            {"b_vps": vps_id, "b_key": name_key(name), "b_status": status.value},
+        )
+
+    async def record_snapshot_taken(
+        self,
+        vps_id: str,
+        name: str,
+        consistency: Consistency,
+        *,
+        includes_memory_state: bool,
+        parent_name: str | None,
+    ) -> None:
+        await self.conn.execute(
+            _UPDATE_SNAPSHOT,
+            {
+                "b_vps": vps_id,
+                "b_key": name_key(name),
+                "status": SnapshotStatus.AVAILABLE.value,
+                "consistency": consistency.value,
+                "includes_memory_state": includes_memory_state,
+                "parent_name": parent_name,
+            },
+        )
+
     async def remove_snapshot(self, vps_id: str, name: str) -> None:
         await self.conn.execute(_REMOVE_SNAPSHOT, {"b_vps": vps_id, "b_key": name_key(name)})
 
@@ -420,6 +457,12 @@ class SqlTransaction:
 
     async def update_job(self, job: Job) -> None:
         await self.conn.execute(_UPDATE_JOB, {"b_id": job.id, **_job_values(job)})
+
+    async def finish_job(self, job: Job, worker: str) -> bool:
+        result = await self.conn.execute(
+            _FINISH_JOB, {"b_id": job.id, "b_worker": worker, **_job_values(job)}
+        )
+        return bool(result.rowcount)
 
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Consistency, Job, SnapshotStatus, Vps
+from vpsnap.domain.model import Consistency, Job, Vps
 from vpsnap.domain.ports import HypervisorDriver, SnapshotRequest, Transaction
 
 
@@ -48,17 +47,13 @@ class CreateSnapshotHandler:
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
         name = job.snapshot_name or ""
-        snapshot = await tx.get_snapshot(vps.id, name)
-        if snapshot is not None:
-            await tx.update_snapshot(
-                dataclasses.replace(
-                    snapshot,
-                    status=SnapshotStatus.AVAILABLE,
-                    consistency=Consistency(facts["consistency"]),
-                    includes_memory_state=bool(facts["includesMemoryState"]),
-                    parent_name=vps.current_snapshot,
-                )
-            )
+        await tx.record_snapshot_taken(
+            vps.id,
+            name,
+            Consistency(facts["consistency"]),
+            includes_memory_state=bool(facts["includesMemoryState"]),
+            parent_name=vps.current_snapshot,
+        )
         await tx.set_current_snapshot(vps.id, name)
         return {"name": name}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -30,6 +29,4 @@ class DeleteSnapshotHandler:
         return {"name": name}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        snapshot = await tx.get_snapshot(vps.id, job.snapshot_name or "")
-        if snapshot is not None:
-            await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.AVAILABLE))
+        await tx.set_snapshot_status(vps.id, job.snapshot_name or "", SnapshotStatus.AVAILABLE)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -11,9 +10,7 @@ from vpsnap.domain.ports import HypervisorDriver, Transaction
 
 
 async def _set_status(tx: Transaction, job: Job, vps: Vps, status: SnapshotStatus) -> None:
-    snapshot = await tx.get_snapshot(vps.id, job.snapshot_name or "")
-    if snapshot is not None:
-        await tx.update_snapshot(dataclasses.replace(snapshot, status=status))
+    await tx.set_snapshot_status(vps.id, job.snapshot_name or "", status)
 
 
 class RestoreSnapshotHandler:
