@@ -116,6 +116,7 @@ class Runtime:
             node=self.settings.node,
             lease_seconds=self.settings.job_lease_seconds,
             concurrency=self.settings.worker_concurrency,
+            max_attempts=self.settings.job_max_attempts,
         )
 
     async def _reap_leases(self, stopping: asyncio.Event) -> None:

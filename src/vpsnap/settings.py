@@ -39,6 +39,9 @@ class Settings(BaseSettings):
 
     job_lease_seconds: float = 30.0
     worker_concurrency: int = 4
+    job_max_attempts: int = Field(
+        default=5, description="A job whose worker died this often is failed, not re-run"
+    )
     job_retention_days: int = 7
 
     qemu_img: str = "qemu-img"

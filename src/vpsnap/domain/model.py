@@ -77,10 +77,6 @@ class JobStatus(StrEnum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED)
 
 
-# Jobs that occupy a VPS's queue: a new job of that VPS waits (pending) behind any of these.
-ACTIVE_JOB_STATUSES = frozenset({JobStatus.QUEUED, JobStatus.IN_PROGRESS})
-
-
 @dataclass(frozen=True, slots=True)
 class Account:
     id: str

@@ -20,13 +20,22 @@ import structlog
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import DomainError, VpsNotFound
 from vpsnap.domain.model import Job, Vps
-from vpsnap.domain.ports import HypervisorDriver, Store
+from vpsnap.domain.ports import HypervisorDriver, Store, Transaction
 from vpsnap.domain.problems import error_summary
 from vpsnap.jobs import queue
 from vpsnap.jobs.handlers import HANDLERS
 from vpsnap.jobs.signals import InProcessJobEvents
 
 log = structlog.get_logger("vpsnap.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A claimed job, its VPS, and why it must fail without running (if it must)."""
+
+    job: Job
+    vps: Vps | None
+    failure: DomainError | None
 
 
 def default_worker_id() -> str:
@@ -43,6 +52,7 @@ class Worker:
     worker_id: str = field(default_factory=default_worker_id)
     lease_seconds: float = 30.0
     concurrency: int = 4
+    max_attempts: int = 5
     idle_wakeup_seconds: float = 5.0
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     _stopping: bool = False
@@ -77,8 +87,8 @@ class Worker:
         if free <= 0 or self._stopping:
             return
         claimed = await self._claim(free)
-        for job, vps in claimed:
-            task = asyncio.create_task(self._run(job, vps), name=f"job:{job.id}")
+        for claim in claimed:
+            task = asyncio.create_task(self._run(claim), name=f"job:{claim.job.id}")
             self._running.add(task)
             task.add_done_callback(self._job_done)
         # Every free slot got a job: more may be waiting, to be claimed when one ends.
@@ -90,27 +100,40 @@ class Worker:
             self._saturated = False
             self.events.work_available.set()
 
-    async def _claim(self, limit: int) -> list[tuple[Job, Vps | None]]:
+    async def _claim(self, limit: int) -> list[Claim]:
         """Take up to ``limit`` queued jobs and let their handlers prepare, in one transaction
         (one round trip less on every job's critical path)."""
         now = self.clock.now()
-        claimed: list[tuple[Job, Vps | None]] = []
         async with self.store.transaction() as tx:
-            for job in await tx.claim_jobs(self.node, self.worker_id, now, now + self.lease, limit):
-                vps = await tx.get_vps(job.vps_id)
-                if vps is not None:
-                    await HANDLERS[job.type].prepare(tx, job, vps)
-                claimed.append((job, vps))
-        for job, _ in claimed:
-            self.events.job_changed(job.id, job)
+            jobs = await tx.claim_jobs(self.node, self.worker_id, now, now + self.lease, limit)
+            claimed = [await self._prepare(tx, job) for job in jobs]
+        for claim in claimed:
+            self.events.job_changed(claim.job.id, claim.job)
         return claimed
+
+    async def _prepare(self, tx: Transaction, job: Job) -> Claim:
+        vps = await tx.get_vps(job.vps_id)
+        if vps is None:
+            return Claim(job, None, VpsNotFound(f"VPS {job.vps_id} no longer exists."))
+        if job.attempts > self.max_attempts:
+            # Its worker died every time: stop before it takes yet another one with it.
+            return Claim(
+                job,
+                vps,
+                DomainError(f"Gave up after {self.max_attempts} attempts; every worker died."),
+            )
+        try:
+            await HANDLERS[job.type].prepare(tx, job, vps)
+        except DomainError as exc:
+            return Claim(job, vps, exc)
+        return Claim(job, vps, None)
 
     async def run_one(self) -> bool:
         """Claim and run a single job to its end (for tests and tools); False when none."""
         claimed = await self._claim(1)
         if not claimed:
             return False
-        await self._run(*claimed[0])
+        await self._run(claimed[0])
         return True
 
     async def _heartbeat(self, job_id: str) -> None:
@@ -123,18 +146,17 @@ class Worker:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
                 return
 
-    async def _run(self, job: Job, vps: Vps | None) -> None:
+    async def _run(self, claim: Claim) -> None:
+        job, vps = claim.job, claim.vps
         handler = HANDLERS[job.type]
         bound = log.bind(job_id=job.id, job_type=job.type.value, vps_id=job.vps_id)
         bound.info("job_started", attempt=job.attempts)
         started = asyncio.get_running_loop().time()
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         facts: dict[str, Any] = {}
-        error: DomainError | None = None
+        error = claim.failure
         try:
-            if vps is None:
-                error = VpsNotFound(f"VPS {job.vps_id} no longer exists.")
-            else:
+            if error is None and vps is not None:
                 facts = await handler.perform(self.driver, job, vps)
         except DomainError as exc:
             error = exc

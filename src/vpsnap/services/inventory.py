@@ -6,11 +6,13 @@ import asyncio
 from dataclasses import dataclass
 
 from vpsnap.domain.auth import Principal
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
 from vpsnap.domain.model import PowerState, Vps
 from vpsnap.domain.ports import HypervisorDriver, Store, VpsFilter
 from vpsnap.services.access import owned_vps
 from vpsnap.services.pagination import decode_cursor, encode_cursor
+
+MAX_PAGE_SIZE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,11 @@ class InventoryService:
     async def list(
         self, principal: Principal, flt: VpsFilter, cursor: str | None, limit: int
     ) -> VpsPage:
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidRequest(
+                f"limit must be between 1 and {MAX_PAGE_SIZE}.",
+                [FieldError("/query/limit", f"Between 1 and {MAX_PAGE_SIZE}.", "out_of_range")],
+            )
         after = decode_cursor(cursor) if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)

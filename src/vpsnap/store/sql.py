@@ -59,7 +59,11 @@ _REMOVE_SNAPSHOT = snapshots.delete().where(
 )
 _SET_SNAPSHOT_STATE = (
     snapshots.update()
-    .where(snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key"))
+    .where(
+        snapshots.c.vps_id == _bp("b_vps"),
+        snapshots.c.name_key == _bp("b_key"),
+        snapshots.c.status == _bp("b_from"),
+    )
     .values(status=_bp("b_status"))
 )
 _SET_CURRENT = vps.update().where(vps.c.id == _bp("b_id"))
@@ -416,10 +420,17 @@ class SqlTransaction:
         values.update(b_vps=snapshot.vps_id, b_key=values["name_key"])
         await self.conn.execute(_UPDATE_SNAPSHOT, values)
 
-    async def set_snapshot_status(self, vps_id: str, name: str, status: SnapshotStatus) -> None:
+    async def set_snapshot_status(
+        self, vps_id: str, name: str, status: SnapshotStatus, *, only_from: SnapshotStatus
+    ) -> None:
         await self.conn.execute(
             _SET_SNAPSHOT_STATE,
-            {"b_vps": vps_id, "b_key": name_key(name), "b_status": status.value},
+            {
+                "b_vps": vps_id,
+                "b_key": name_key(name),
+                "b_status": status.value,
+                "b_from": only_from.value,
+            },
         )
 
     async def record_snapshot_taken(

@@ -15,7 +15,10 @@ from vpsnap.domain.ports import HypervisorDriver, Transaction
 
 
 class JobHandler(Protocol):
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None: ...
+    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+        """Runs in the claim's transaction. May raise ``DomainError`` to fail the job before any
+        hypervisor work, but only before writing anything."""
+        ...
 
     async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
         """Do the hypervisor work; returns facts for ``succeed``. Raises ``DomainError``."""

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from vpsnap.domain.errors import SnapshotLimitReached, SnapshotNameTaken
 from vpsnap.domain.model import Consistency, Job, Vps
-from vpsnap.domain.ports import HypervisorDriver, SnapshotRequest, Transaction
+from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
+from vpsnap.domain.rules import slot_usage
+
+# Disk timestamps come from the hypervisor host's clock, job timestamps from the worker's; the
+# same host in practice, so a second of tolerance is plenty.
+_CLOCK_TOLERANCE = timedelta(seconds=1)
 
 
 class CreateSnapshotHandler:
     async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        return None
+        # The slot was checked when the create was accepted; check again now that it runs. A
+        # delete queued before it frees a slot on acceptance, and if that delete failed, its
+        # snapshot took the slot back: this create must then not push the VPS over its slots.
+        usage = slot_usage(vps, await tx.list_snapshots(vps.id))
+        if usage.used > usage.total:
+            raise SnapshotLimitReached(
+                f"All {usage.total} snapshot slots of {vps.name} are in use: a delete queued "
+                "before this snapshot failed, so its slot was not freed.",
+                extensions={"totalSnapshots": usage.total, "usedSnapshots": usage.used - 1},
+            )
 
     async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
         name = job.snapshot_name or ""
@@ -19,6 +34,11 @@ class CreateSnapshotHandler:
             # A re-run after a worker died: ask the hypervisor what the earlier attempt left.
             present = {p.name: p for p in await driver.list_restore_points(vps)}
             existing = present.get(name)
+            if existing is not None and not _made_by(existing, job):
+                raise SnapshotNameTaken(
+                    f"A snapshot named {name!r} already exists on the disks of {vps.name} "
+                    "but was not made by vpsnap; choose another name."
+                )
             if existing is not None and set(existing.disks) == set(vps.disks):
                 # The earlier attempt finished on the hypervisor before its worker died.
                 return {
@@ -60,3 +80,11 @@ class CreateSnapshotHandler:
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         # The slot is given back at once; the driver already left nothing on disk.
         await tx.remove_snapshot(vps.id, job.snapshot_name or "")
+
+
+def _made_by(point: RestorePoint, job: Job) -> bool:
+    """Whether a restore point was left by an earlier attempt of this job (not made before the
+    job first started, e.g. by hand)."""
+    if point.created_at is None or job.started_at is None:
+        return False
+    return point.created_at >= job.started_at - _CLOCK_TOLERANCE

@@ -29,4 +29,9 @@ class DeleteSnapshotHandler:
         return {"name": name}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        await tx.set_snapshot_status(vps.id, job.snapshot_name or "", SnapshotStatus.AVAILABLE)
+        await tx.set_snapshot_status(
+            vps.id,
+            job.snapshot_name or "",
+            SnapshotStatus.AVAILABLE,
+            only_from=SnapshotStatus.DELETING,
+        )

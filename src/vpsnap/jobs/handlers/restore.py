@@ -9,13 +9,17 @@ from vpsnap.domain.model import Job, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 
 
-async def _set_status(tx: Transaction, job: Job, vps: Vps, status: SnapshotStatus) -> None:
-    await tx.set_snapshot_status(vps.id, job.snapshot_name or "", status)
+async def _move(
+    tx: Transaction, job: Job, vps: Vps, old: SnapshotStatus, new: SnapshotStatus
+) -> None:
+    # Conditional: a delete accepted behind this restore has already made the snapshot
+    # `deleting` (and given its slot back); the restore must not undo that.
+    await tx.set_snapshot_status(vps.id, job.snapshot_name or "", new, only_from=old)
 
 
 class RestoreSnapshotHandler:
     async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        await _set_status(tx, job, vps, SnapshotStatus.RESTORING)
+        await _move(tx, job, vps, SnapshotStatus.AVAILABLE, SnapshotStatus.RESTORING)
 
     async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
         # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
@@ -29,10 +33,10 @@ class RestoreSnapshotHandler:
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
         name = job.snapshot_name or ""
-        await _set_status(tx, job, vps, SnapshotStatus.AVAILABLE)
+        await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
         # The restored snapshot becomes the parent of the next one.
         await tx.set_current_snapshot(vps.id, name)
         return {"name": name, **facts}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        await _set_status(tx, job, vps, SnapshotStatus.AVAILABLE)
+        await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
