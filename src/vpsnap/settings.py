@@ -44,6 +44,19 @@ class Settings(BaseSettings):
     )
     job_retention_days: int = 7
 
+    scheduler_interval_seconds: float = Field(
+        default=30.0, description="How often expiry, schedules and reconciliation run"
+    )
+    reconcile_interval_seconds: float = 300.0
+    capacity_file: Path | None = Field(
+        default=None, description="Operator capacity configuration (TOML): plans, slot prices"
+    )
+    billing_webhook_url: str | None = Field(
+        default=None, description="Called (HMAC-signed POST) before a capacity change commits"
+    )
+    billing_webhook_secret: str | None = None
+    billing_webhook_timeout_seconds: float = 10.0
+
     qemu_img: str = "qemu-img"
     qemu_io: str = "qemu-io"
     qemu_img_timeout_seconds: float = 120.0

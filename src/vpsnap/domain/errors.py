@@ -104,6 +104,18 @@ class VpsNotReady(Conflict):
     code = "vps_not_ready"
 
 
+class SnapshotSlotsInUse(Conflict):
+    code = "snapshot_slots_in_use"
+
+
+class IdempotencyKeyInUse(Conflict):
+    code = "idempotency_key_in_use"
+
+
+class IdempotencyKeyReused(DomainError):
+    code = "idempotency_key_reused"
+
+
 class HypervisorError(DomainError):
     """The hypervisor could not do what was asked (a tool failed, a socket is gone)."""
 

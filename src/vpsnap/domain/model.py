@@ -137,6 +137,8 @@ class Vps:
     resources: Resources = field(default_factory=lambda: Resources(1, 1.0, 0.0))
     billing: Billing | None = None
     current_snapshot: str | None = None
+    plan: str | None = None
+    """The operator's plan id (capacity configuration), when the VPS is on one."""
 
 
 @dataclass(frozen=True, slots=True)

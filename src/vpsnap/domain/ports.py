@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from vpsnap.domain.idempotency import IdempotencyRecord
 from vpsnap.domain.model import (
     Account,
     ApiKey,
@@ -22,6 +23,7 @@ from vpsnap.domain.model import (
     SnapshotStatus,
     Vps,
 )
+from vpsnap.domain.schedules import Schedule
 
 # ---------------------------------------------------------------------------------------------
 # Hypervisor
@@ -166,6 +168,33 @@ class Transaction(Protocol):
 
     async def count_jobs(self, status: JobStatus) -> int: ...
     async def count_snapshots(self, status: SnapshotStatus) -> int: ...
+    async def purge_finished_jobs(self, before: datetime) -> int: ...
+
+    # capacity
+    async def set_snapshot_slots(self, vps_id: str, slots: int) -> None: ...
+
+    # retention
+    async def expired_snapshots(self, now: datetime, limit: int) -> list[Snapshot]:
+        """``available`` snapshots whose ``expires_at`` has passed, soonest first."""
+        ...
+
+    # schedules
+    async def get_schedule(self, vps_id: str) -> Schedule | None: ...
+    async def save_schedule(self, schedule: Schedule) -> None: ...
+    async def delete_schedule(self, vps_id: str) -> bool: ...
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]: ...
+
+    # idempotency
+    async def get_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None: ...
+    async def add_idempotency(self, record: IdempotencyRecord) -> None:
+        """Raises ``IdempotencyKeyInUse`` if (owner, key) is recorded already."""
+        ...
+
+    async def complete_idempotency(
+        self, owner: str, key: str, status: int, headers: dict[str, str], body: str
+    ) -> None: ...
+    async def remove_idempotency(self, owner: str, key: str) -> None: ...
+    async def purge_idempotency(self, now: datetime) -> int: ...
 
 
 class Store(Protocol):

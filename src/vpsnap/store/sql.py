@@ -13,7 +13,8 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from vpsnap.domain.errors import Conflict, SnapshotNameTaken
+from vpsnap.domain.errors import Conflict, IdempotencyKeyInUse, SnapshotNameTaken
+from vpsnap.domain.idempotency import IdempotencyRecord, IdempotencyState
 from vpsnap.domain.model import (
     Account,
     ApiKey,
@@ -32,7 +33,16 @@ from vpsnap.domain.model import (
 )
 from vpsnap.domain.ports import VpsFilter
 from vpsnap.domain.rules import name_key
-from vpsnap.store.tables import accounts, api_keys, jobs, snapshots, vps
+from vpsnap.domain.schedules import Schedule
+from vpsnap.store.tables import (
+    accounts,
+    api_keys,
+    idempotency_records,
+    jobs,
+    snapshot_schedules,
+    snapshots,
+    vps,
+)
 
 Row = Mapping[str, Any]
 _READ_ONLY = "vpsnap_read_only"
@@ -207,6 +217,7 @@ def _vps(row: Row) -> Vps:
         resources=Resources(**row["resources"]),
         billing=Billing(**billing) if billing else None,
         current_snapshot=row["current_snapshot"],
+        plan=row["plan"],
     )
 
 
@@ -228,6 +239,7 @@ def _vps_values(item: Vps) -> dict[str, Any]:
         "billing": dataclasses.asdict(item.billing) if item.billing else None,
         "current_snapshot": item.current_snapshot,
         "created_at": item.created_at,
+        "plan": item.plan,
     }
 
 
@@ -535,3 +547,145 @@ class SqlTransaction:
             .where(snapshots.c.status == status.value)
         )
         return int((await self.conn.execute(query)).scalar_one())
+
+    # capacity ---------------------------------------------------------------------------------
+
+    async def set_snapshot_slots(self, vps_id: str, slots: int) -> None:
+        await self.conn.execute(vps.update().where(vps.c.id == vps_id).values(snapshot_slots=slots))
+
+    # retention --------------------------------------------------------------------------------
+
+    async def expired_snapshots(self, now: datetime, limit: int) -> list[Snapshot]:
+        query = (
+            sa.select(snapshots)
+            .where(
+                snapshots.c.status == SnapshotStatus.AVAILABLE.value,
+                snapshots.c.expires_at <= now,
+            )
+            .order_by(snapshots.c.expires_at)
+            .limit(limit)
+        )
+        return [_snapshot(r) for r in await self._all(query)]
+
+    async def purge_finished_jobs(self, before: datetime) -> int:
+        result = await self.conn.execute(
+            jobs.delete().where(
+                jobs.c.status.in_([JobStatus.COMPLETED.value, JobStatus.FAILED.value]),
+                jobs.c.finished_at < before,
+            )
+        )
+        return int(result.rowcount)
+
+    # schedules --------------------------------------------------------------------------------
+
+    async def get_schedule(self, vps_id: str) -> Schedule | None:
+        row = await self._one(
+            sa.select(snapshot_schedules).where(snapshot_schedules.c.vps_id == vps_id)
+        )
+        return _schedule(row) if row else None
+
+    async def save_schedule(self, schedule: Schedule) -> None:
+        values = dataclasses.asdict(schedule)
+        updated = await self.conn.execute(
+            snapshot_schedules.update()
+            .where(snapshot_schedules.c.vps_id == schedule.vps_id)
+            .values(**values)
+        )
+        if not updated.rowcount:
+            await self.conn.execute(snapshot_schedules.insert(), values)
+
+    async def delete_schedule(self, vps_id: str) -> bool:
+        result = await self.conn.execute(
+            snapshot_schedules.delete().where(snapshot_schedules.c.vps_id == vps_id)
+        )
+        return bool(result.rowcount)
+
+    async def due_schedules(self, now: datetime, limit: int) -> list[Schedule]:
+        query = (
+            sa.select(snapshot_schedules)
+            .where(
+                snapshot_schedules.c.enabled.is_(True),
+                snapshot_schedules.c.next_run_at <= now,
+            )
+            .order_by(snapshot_schedules.c.next_run_at)
+            .limit(limit)
+        )
+        return [_schedule(r) for r in await self._all(query)]
+
+    # idempotency ------------------------------------------------------------------------------
+
+    async def get_idempotency(self, owner: str, key: str) -> IdempotencyRecord | None:
+        row = await self._one(
+            sa.select(idempotency_records).where(
+                idempotency_records.c.owner == owner, idempotency_records.c.key == key
+            )
+        )
+        return _idempotency(row) if row else None
+
+    async def add_idempotency(self, record: IdempotencyRecord) -> None:
+        """Raises ``IdempotencyKeyInUse`` when a record for (owner, key) exists already."""
+        values = dataclasses.asdict(record)
+        values["state"] = record.state.value
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(idempotency_records.insert(), values)
+        except IntegrityError as exc:
+            raise IdempotencyKeyInUse(
+                "A request with this Idempotency-Key is already being handled."
+            ) from exc
+
+    async def complete_idempotency(
+        self, owner: str, key: str, status: int, headers: dict[str, str], body: str
+    ) -> None:
+        await self.conn.execute(
+            idempotency_records.update()
+            .where(idempotency_records.c.owner == owner, idempotency_records.c.key == key)
+            .values(
+                state=IdempotencyState.DONE.value,
+                response_status=status,
+                response_headers=headers,
+                response_body=body,
+            )
+        )
+
+    async def remove_idempotency(self, owner: str, key: str) -> None:
+        await self.conn.execute(
+            idempotency_records.delete().where(
+                idempotency_records.c.owner == owner, idempotency_records.c.key == key
+            )
+        )
+
+    async def purge_idempotency(self, now: datetime) -> int:
+        result = await self.conn.execute(
+            idempotency_records.delete().where(idempotency_records.c.expires_at <= now)
+        )
+        return int(result.rowcount)
+
+
+def _schedule(row: Row) -> Schedule:
+    return Schedule(
+        vps_id=row["vps_id"],
+        enabled=row["enabled"],
+        interval_hours=row["interval_hours"],
+        next_run_at=row["next_run_at"],
+        last_run_at=row["last_run_at"],
+        last_run_status=row["last_run_status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def _idempotency(row: Row) -> IdempotencyRecord:
+    return IdempotencyRecord(
+        owner=row["owner"],
+        key=row["key"],
+        method=row["method"],
+        path=row["path"],
+        fingerprint=row["fingerprint"],
+        state=IdempotencyState(row["state"]),
+        response_status=row["response_status"],
+        response_headers=row["response_headers"],
+        response_body=row["response_body"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )

@@ -88,6 +88,7 @@ vps = sa.Table(
     sa.Column("billing", sa.JSON(), nullable=True),
     sa.Column("current_snapshot", sa.String(40), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("plan", sa.String(100), nullable=True),
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
@@ -132,3 +133,35 @@ jobs = sa.Table(
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
+
+snapshot_schedules = sa.Table(
+    "snapshot_schedules",
+    metadata,
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), primary_key=True),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("interval_hours", sa.Integer(), nullable=False),
+    sa.Column("next_run_at", UtcDateTime(), nullable=True),
+    sa.Column("last_run_at", UtcDateTime(), nullable=True),
+    sa.Column("last_run_status", sa.String(300), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("updated_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_snapshot_schedules_next_run_at", snapshot_schedules.c.next_run_at)
+
+idempotency_records = sa.Table(
+    "idempotency_records",
+    metadata,
+    sa.Column("owner", sa.String(40), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("method", sa.String(10), nullable=False),
+    sa.Column("path", sa.String(500), nullable=False),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("response_status", sa.Integer(), nullable=True),
+    sa.Column("response_headers", sa.JSON(), nullable=True),
+    sa.Column("response_body", sa.Text(), nullable=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("expires_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_idempotency_records_expires_at", idempotency_records.c.expires_at)
+sa.Index("ix_snapshots_expires_at", snapshots.c.expires_at)
