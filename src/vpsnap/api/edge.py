@@ -14,6 +14,7 @@ from vpsnap.api.problems import problem_response
 from vpsnap.api.ratelimit import RateLimited, RateLimits
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ids import new_id
+from vpsnap.metrics import REQUEST_DURATION
 
 log = structlog.get_logger("vpsnap.http")
 
@@ -107,13 +108,20 @@ class EdgeMiddleware:
                 response = problem_response(scope, DomainError("Something failed on our side."))
                 await response(scope, receive, send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            # The route template (not the raw path) keeps the label set small.
+            template = getattr(route, "path", None) or "unmatched"
+            REQUEST_DURATION.labels(template, scope.get("method", ""), str(status["code"])).observe(
+                elapsed
+            )
             log.info(
                 "request_completed",
                 request_id=request_id,
                 method=scope.get("method"),
                 path=scope.get("path"),
                 status=status["code"],
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
             )
 
     async def _limit_body(self, scope: Scope, receive: Receive) -> Receive | None:

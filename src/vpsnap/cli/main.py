@@ -181,5 +181,27 @@ def vps_list(data_dir: DataDirOption = None) -> None:
     out.print(table)
 
 
+@admin.command("reconcile")
+def reconcile_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report only; change nothing.")
+    ] = False,
+    node: Annotated[str | None, typer.Option(help="Only VPSes of this node.")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Compare database and disks: mark vanished snapshots, remove vpsnap's own leftovers,
+    report (never touch) snapshots vpsnap did not make."""
+    from vpsnap.scheduler.reconcile import reconcile  # noqa: PLC0415 - admin-only import
+
+    settings = load_settings(data_dir=data_dir)
+    report = run_admin(settings, lambda rt: reconcile(rt.store, rt.driver, node, dry_run=dry_run))
+    table = Table("action", "vps", "snapshot", "detail", title="dry run" if dry_run else None)
+    for finding in report.findings:
+        table.add_row(
+            finding.action.value, finding.vps_name, finding.snapshot or "", finding.detail
+        )
+    out.print(table if report.findings else "nothing to reconcile: database and disks agree")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

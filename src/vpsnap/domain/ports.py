@@ -88,6 +88,7 @@ class HypervisorDriver(Protocol):
 class VpsFilter:
     name: str | None = None
     primary_ip: str | None = None
+    node: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +153,10 @@ class Transaction(Protocol):
 
     async def has_active_job(self, vps_id: str) -> bool: ...
     async def next_pending_job(self, vps_id: str) -> Job | None: ...
+    async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
+        """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""
+        ...
+
     async def claim_jobs(
         self, node: str, worker: str, now: datetime, lease_until: datetime, limit: int
     ) -> list[Job]:

@@ -25,6 +25,7 @@ from vpsnap.domain.problems import error_summary
 from vpsnap.jobs import queue
 from vpsnap.jobs.handlers import HANDLERS
 from vpsnap.jobs.signals import InProcessJobEvents
+from vpsnap.metrics import JOB_DURATION
 
 log = structlog.get_logger("vpsnap.worker")
 
@@ -167,7 +168,9 @@ class Worker:
             heartbeat.cancel()
         # The final state is written even if the server is shutting down meanwhile.
         await asyncio.shield(self._finish(job, error, facts))
-        elapsed_ms = round((asyncio.get_running_loop().time() - started) * 1000, 1)
+        elapsed = asyncio.get_running_loop().time() - started
+        JOB_DURATION.labels(job.type.value, "failed" if error else "completed").observe(elapsed)
+        elapsed_ms = round(elapsed * 1000, 1)
         if error is None:
             bound.info("job_succeeded", duration_ms=elapsed_ms)
         else:

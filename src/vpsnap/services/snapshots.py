@@ -138,7 +138,7 @@ class SnapshotService:
     async def delete(self, principal: Principal, vps_id: str, name: str) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
-            snapshot = await self._existing(tx, vps, name)
+            snapshot = await self._existing(tx, vps, name, failed_too=True)
             if snapshot.status in (SnapshotStatus.CREATING, SnapshotStatus.DELETING):
                 raise SnapshotBusy(
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
@@ -169,8 +169,16 @@ class SnapshotService:
         return job
 
     @staticmethod
-    async def _existing(tx: Transaction, vps: Vps, name: str) -> Snapshot:
+    async def _existing(
+        tx: Transaction, vps: Vps, name: str, *, failed_too: bool = False
+    ) -> Snapshot:
         snapshot = await tx.get_snapshot(vps.id, name)
-        if snapshot is None or snapshot.status is SnapshotStatus.FAILED:
+        if snapshot is None:
             raise SnapshotNotFound(f"{vps.name} has no snapshot named {name!r}.")
+        if snapshot.status is SnapshotStatus.FAILED and not failed_too:
+            # Reconciliation found it missing from the disks: only deleting it makes sense.
+            raise SnapshotNotFound(
+                f"Snapshot {snapshot.name!r} is missing from the disks of {vps.name} "
+                "(status failed); it can only be deleted."
+            )
         return snapshot

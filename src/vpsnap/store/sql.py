@@ -403,6 +403,8 @@ class SqlTransaction:
             query = query.where(vps.c.name_key == flt.name.lower())
         if flt.primary_ip is not None:
             query = query.where(vps.c.primary_ip == flt.primary_ip)
+        if flt.node is not None:
+            query = query.where(vps.c.node == flt.node)
         if after_id is not None:
             query = query.where(vps.c.id > after_id)
         return [_vps(r) for r in await self._all(query)]
@@ -493,6 +495,14 @@ class SqlTransaction:
     async def next_pending_job(self, vps_id: str) -> Job | None:
         row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
         return _job(row) if row else None
+
+    async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.vps_id == vps_id, jobs.c.snapshot_name == snapshot_name)
+            .order_by(jobs.c.created_at, jobs.c.id)
+        )
+        return [_job(r) for r in await self._all(query)]
 
     async def claim_jobs(
         self, node: str, worker: str, now: datetime, lease_until: datetime, limit: int

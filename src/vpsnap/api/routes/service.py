@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import html
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vpsnap.api.deps import ServicesDep
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.problems import CATALOGUE
+from vpsnap.metrics import render
 
 router = APIRouter(tags=["Service"])
 
@@ -29,6 +31,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         {"status": "ok" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+@router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse)
+async def metrics(services: ServicesDep) -> Response:
+    """Prometheus metrics: request latency, job durations, queue depth, snapshots by status,
+    reconciliation actions."""
+    return Response(await render(services.store), media_type=CONTENT_TYPE_LATEST)
 
 
 def _page(title: str, body: str) -> str:
