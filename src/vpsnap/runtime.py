@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
 
-import structlog
-
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ports import HypervisorDriver
@@ -21,7 +19,9 @@ from vpsnap.drivers.qemu import QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.jobs.signals import InProcessJobEvents
 from vpsnap.jobs.worker import Worker
+from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
 from vpsnap.scheduler.reaper import requeue_orphans
+from vpsnap.scheduler.reconcile import reconcile
 from vpsnap.services.accounts import AccountService
 from vpsnap.services.container import Services
 from vpsnap.services.credentials import CredentialService
@@ -31,8 +31,6 @@ from vpsnap.services.snapshots import SnapshotService
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
 from vpsnap.store.sql import SqlStore
-
-log = structlog.get_logger("vpsnap.runtime")
 
 
 class DataDirInUse(DomainError):
@@ -119,18 +117,31 @@ class Runtime:
             max_attempts=self.settings.job_max_attempts,
         )
 
-    async def _reap_leases(self, stopping: asyncio.Event) -> None:
-        interval = max(self.settings.job_lease_seconds / 3, 0.5)
-        while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), interval)
-                return
-            try:
-                await requeue_orphans(
-                    self.store, self.events, self.clock, self.settings.node, all_in_progress=False
+    def periodic_tasks(self) -> list[PeriodicTask]:
+        settings, node = self.settings, self.settings.node
+
+        async def reap_leases() -> object:
+            return await requeue_orphans(
+                self.store, self.events, self.clock, node, all_in_progress=False
+            )
+
+        async def housekeeping() -> object:
+            now = self.clock.now()
+            async with self.store.transaction() as tx:
+                jobs = await tx.purge_finished_jobs(
+                    now - timedelta(days=settings.job_retention_days)
                 )
-            except Exception:  # the reaper must survive a database hiccup
-                log.exception("lease_reaper_failed")
+                records = await tx.purge_idempotency(now)
+            return jobs, records
+
+        async def reconcile_node() -> object:
+            return await reconcile(self.store, self.driver, node)
+
+        return [
+            PeriodicTask("lease-reaper", max(settings.job_lease_seconds / 3, 0.5), reap_leases),
+            PeriodicTask("housekeeping", settings.scheduler_interval_seconds, housekeeping),
+            PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
+        ]
 
     @contextlib.asynccontextmanager
     async def embedded(self) -> AsyncIterator[None]:
@@ -144,7 +155,7 @@ class Runtime:
         stopping = asyncio.Event()
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(self._reap_leases(stopping), name="lease-reaper"),
+            asyncio.create_task(run_scheduler(self.periodic_tasks(), stopping), name="scheduler"),
         ]
         try:
             yield

@@ -1,0 +1,44 @@
+"""The periodic-task loop: runs at start, on its interval, survives failures, stops by flag."""
+
+from __future__ import annotations
+
+import asyncio
+
+from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
+
+
+async def test_runs_at_once_then_on_interval_and_survives_a_failing_run() -> None:
+    calls: list[str] = []
+    stopping = asyncio.Event()
+
+    async def flaky() -> None:
+        calls.append("flaky")
+        if len(calls) == 1:
+            raise RuntimeError("database hiccup")
+
+    async def steady() -> None:
+        calls.append("steady")
+
+    loop = asyncio.create_task(
+        run_scheduler(
+            [PeriodicTask("flaky", 0.05, flaky), PeriodicTask("steady", 10, steady)], stopping
+        )
+    )
+    await asyncio.sleep(0.3)
+    stopping.set()
+    await asyncio.wait_for(loop, 2)
+    assert calls.count("steady") == 1  # at start only: its interval is far away
+    assert calls.count("flaky") >= 3  # kept running after the first run raised
+
+
+async def test_stopping_waits_for_a_run_in_progress() -> None:
+    stopping = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def slow() -> None:
+        stopping.set()  # asked to stop while running
+        await asyncio.sleep(0.1)
+        finished.set()
+
+    await asyncio.wait_for(run_scheduler([PeriodicTask("slow", 5, slow)], stopping), 2)
+    assert finished.is_set()
