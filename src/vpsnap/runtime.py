@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
 
+from vpsnap.billing.webhook import billing_gateway
+from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ports import HypervisorDriver
@@ -22,9 +24,13 @@ from vpsnap.jobs.worker import Worker
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
 from vpsnap.scheduler.reaper import requeue_orphans
 from vpsnap.scheduler.reconcile import reconcile
+from vpsnap.scheduler.retention import sweep_expired
+from vpsnap.scheduler.schedules import run_due_schedules
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.capacity import CapacityService
 from vpsnap.services.container import Services
 from vpsnap.services.credentials import CredentialService
+from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
 from vpsnap.services.snapshots import SnapshotService
@@ -76,6 +82,13 @@ class Runtime:
                 store, events, clock, timedelta(hours=settings.retention_hours)
             ),
             jobs=JobService(store, events),
+            capacity=CapacityService(
+                store,
+                clock,
+                load_capacity_config(settings.capacity_file),
+                billing_gateway(settings, clock),
+            ),
+            idempotency=IdempotencyService(store, clock),
         )
         return cls(settings, store, driver, events, clock, services)
 
@@ -137,9 +150,22 @@ class Runtime:
         async def reconcile_node() -> object:
             return await reconcile(self.store, self.driver, node)
 
+        async def expire_snapshots() -> object:
+            return await sweep_expired(self.store, self.events, self.clock)
+
+        async def run_schedules() -> object:
+            return await run_due_schedules(
+                self.store,
+                self.events,
+                self.clock,
+                retention=timedelta(hours=settings.retention_hours),
+            )
+
         return [
             PeriodicTask("lease-reaper", max(settings.job_lease_seconds / 3, 0.5), reap_leases),
             PeriodicTask("housekeeping", settings.scheduler_interval_seconds, housekeeping),
+            PeriodicTask("retention", settings.scheduler_interval_seconds, expire_snapshots),
+            PeriodicTask("schedules", settings.scheduler_interval_seconds, run_schedules),
             PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
         ]
 

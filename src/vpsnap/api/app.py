@@ -8,13 +8,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vpsnap import __version__
 from vpsnap.api.edge import EdgeMiddleware
+from vpsnap.api.idempotency import IdempotencyMiddleware
 from vpsnap.api.problems import (
     domain_error_handler,
     http_error_handler,
     validation_error_handler,
 )
 from vpsnap.api.ratelimit import RateLimits
-from vpsnap.api.routes import jobs, service, snapshots, vps
+from vpsnap.api.routes import capacity, jobs, schedules, service, snapshots, vps
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
@@ -46,12 +47,17 @@ def create_app(
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    # Added before the edge so the edge (request ids, body limit, rate limit) stays outermost
+    # and a replayed answer passes through it like a fresh one.
+    app.add_middleware(
+        IdempotencyMiddleware, service=services.idempotency, credentials=services.credentials
+    )
     app.add_middleware(
         EdgeMiddleware,
         rate_limits=app.state.rate_limits,
         max_body_bytes=settings.max_body_bytes,
         public_base_url=settings.public_base_url,
     )
-    for module in (vps, snapshots, jobs, service):
+    for module in (vps, snapshots, schedules, capacity, jobs, service):
         app.include_router(module.router)
     return app

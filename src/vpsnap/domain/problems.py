@@ -93,6 +93,11 @@ CATALOGUE: dict[str, ProblemKind] = {
     "internal_error": ProblemKind(
         500, "Internal error", "Something failed on our side. Retry later; quote the requestId."
     ),
+    "billing_unavailable": ProblemKind(
+        503,
+        "Billing unavailable",
+        "The billing system did not confirm the change; nothing was changed. Retry later.",
+    ),
     "hypervisor_unavailable": ProblemKind(
         503,
         "Hypervisor unavailable",

@@ -1,1 +1,2 @@
-"""Periodic work: the lease reaper now; retention sweeps, schedules and reconciliation later."""
+"""Periodic work of the embedded server: lease reaper, housekeeping, retention sweep,
+snapshot schedules and reconciliation (see ``loop``)."""

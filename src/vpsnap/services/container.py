@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.capacity import CapacityService
 from vpsnap.services.credentials import CredentialService
+from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
 from vpsnap.services.snapshots import SnapshotService
@@ -21,6 +23,8 @@ class Services:
     inventory: InventoryService
     snapshots: SnapshotService
     jobs: JobService
+    capacity: CapacityService
+    idempotency: IdempotencyService
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""

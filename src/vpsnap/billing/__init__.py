@@ -1,0 +1,1 @@
+"""Adapters to the operator's billing system (implementations of ``BillingGateway``)."""
