@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from vpsnap.api.app import create_app
 from vpsnap.cli.demo import seed_demo
+from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
@@ -133,11 +134,21 @@ def api_worker() -> bool:
 
 
 @pytest.fixture
+def api_driver() -> HypervisorDriver | None:
+    """The driver behind the API fixture: None is the real qemu driver (override to swap)."""
+    return None
+
+
+@pytest.fixture
 async def api(
-    store: SqlStore, tmp_path: Path, api_overrides: dict[str, object], api_worker: bool
+    store: SqlStore,
+    tmp_path: Path,
+    api_overrides: dict[str, object],
+    api_worker: bool,
+    api_driver: HypervisorDriver | None,
 ) -> AsyncIterator[Api]:
     settings = api_settings(tmp_path, **api_overrides)
-    runtime = Runtime.build(settings, store=store)
+    runtime = Runtime.build(settings, store=store, driver=api_driver)
     await runtime.prepare()
     tokens = await seed_demo(
         runtime, qemu_img_for(settings), disk_bytes=64 * 1024**2, data_bytes=1024**2

@@ -33,6 +33,7 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.power import PowerService
 from vpsnap.services.snapshots import SnapshotService
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
@@ -89,6 +90,7 @@ class Runtime:
                 billing_gateway(settings, clock),
             ),
             idempotency=IdempotencyService(store, clock),
+            power=PowerService(store, events, clock),
         )
         return cls(settings, store, driver, events, clock, services)
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import ManualClock
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.model import Job, ServiceStatus, Snapshot, Vps
+from vpsnap.domain.model import Job, Machine, ServiceStatus, Snapshot, Vps
 from vpsnap.drivers.fake import FakeDriver
 from vpsnap.jobs.worker import Worker
 from vpsnap.runtime import Runtime
@@ -54,6 +54,7 @@ class World:
         disks: tuple[str, ...] = DISKS,
         status: ServiceStatus = ServiceStatus.ACTIVE,
         account_name: str | None = None,
+        machine: Machine | None = None,
     ) -> Vps:
         return await self.runtime.services.accounts.add_vps(
             NewVps(
@@ -62,6 +63,7 @@ class World:
                 disks=disks,
                 snapshot_slots=slots,
                 service_status=status,
+                machine=machine,
             )
         )
 

@@ -15,7 +15,7 @@ from vpsnap.api.problems import (
     validation_error_handler,
 )
 from vpsnap.api.ratelimit import RateLimits
-from vpsnap.api.routes import capacity, jobs, schedules, service, snapshots, vps
+from vpsnap.api.routes import capacity, jobs, power, schedules, service, snapshots, vps
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
@@ -58,6 +58,6 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         public_base_url=settings.public_base_url,
     )
-    for module in (vps, snapshots, schedules, capacity, jobs, service):
+    for module in (vps, snapshots, schedules, capacity, power, jobs, service):
         app.include_router(module.router)
     return app

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fastapi import Response
+
 from vpsnap.api.schemas import (
     BillingOut,
     GateOut,
@@ -16,7 +18,7 @@ from vpsnap.api.schemas import (
     SnapshotOut,
     VpsOut,
 )
-from vpsnap.domain.model import Job, Snapshot
+from vpsnap.domain.model import Job, JobType, Snapshot
 from vpsnap.domain.rules import Gate
 from vpsnap.services.inventory import VpsView
 from vpsnap.services.snapshots import SnapshotListing
@@ -98,14 +100,24 @@ def snapshot_list_out(listing: SnapshotListing) -> SnapshotListOut:
 
 
 def operation_out(job: Job) -> OperationOut:
+    if job.snapshot_name:
+        result: dict[str, object] | None = {"name": job.snapshot_name}
+    elif job.type is JobType.VPS_POWER:
+        result = {"action": job.payload["action"]}
+    else:
+        result = None
     return OperationOut(
         operation=OperationBody(
-            status=job.status,
-            job_id=job.id,
-            poll_url=poll_url(job.id),
-            result={"name": job.snapshot_name} if job.snapshot_name else None,
+            status=job.status, job_id=job.id, poll_url=poll_url(job.id), result=result
         )
     )
+
+
+def accepted(response: Response, job: Job) -> OperationOut:
+    """A 202 answer for a queued job, with its poll URL in ``Location``."""
+    response.status_code = 202
+    response.headers["Location"] = poll_url(job.id)
+    return operation_out(job)
 
 
 def job_out(job: Job, error: dict[str, object] | None) -> JobOut:

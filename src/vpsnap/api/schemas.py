@@ -166,3 +166,17 @@ class ProblemOut(ApiModel):
     timestamp: str
     errors: list[dict[str, str]] | None = None
     extensions: dict[str, Any] | None = None
+
+
+# -- power ------------------------------------------------------------------------------------
+
+
+class PowerActionIn(RequestModel):
+    """The optional body of start, shutdown, stop and reset: no fields."""
+
+
+class RestartIn(RequestModel):
+    force: bool = Field(
+        default=False,
+        description="Stop hard and start instead of a graceful shutdown and start.",
+    )

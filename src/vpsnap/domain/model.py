@@ -57,7 +57,18 @@ class Consistency(StrEnum):
     MEMORY = "memory"
 
 
+class PowerAction(StrEnum):
+    """What ``POST /api/v2/vps/{id}/actions/{action}`` asks of the VM (docs/power.md)."""
+
+    START = "start"
+    SHUTDOWN = "shutdown"  # graceful: ACPI power button, wait for the guest to power off
+    STOP = "stop"  # hard power off
+    RESTART = "restart"  # graceful shutdown then start; with force, stop then start
+    RESET = "reset"  # hard reset; the process keeps running
+
+
 class JobType(StrEnum):
+    VPS_POWER = "vps.power"
     SNAPSHOT_CREATE = "snapshot.create"
     SNAPSHOT_DELETE = "snapshot.delete"
     SNAPSHOT_RESTORE = "snapshot.restore"
@@ -123,6 +134,36 @@ class Billing:
 
 
 @dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """A QEMU VM that vpsnap starts and supervises itself (its sockets live in the data dir)."""
+
+    memory_mib: int
+    cpus: int
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QmpAttachment:
+    """A QEMU VM run by someone else: vpsnap only talks to its monitor (and guest agent)."""
+
+    qmp_socket: str
+    guest_agent_socket: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LibvirtDomain:
+    """A libvirt domain (by name or UUID) on a connection URI such as ``qemu:///system``."""
+
+    uri: str
+    domain: str
+
+
+Machine = LaunchSpec | QmpAttachment | LibvirtDomain
+"""How vpsnap reaches the VM of a VPS. A VPS without one is only its disk images: it is always
+``stopped`` and snapshotted offline with ``qemu-img``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Vps:
     id: str
     account_id: str
@@ -139,6 +180,7 @@ class Vps:
     current_snapshot: str | None = None
     plan: str | None = None
     """The operator's plan id (capacity configuration), when the VPS is on one."""
+    machine: Machine | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from vpsnap.domain.model import (
     Consistency,
     Job,
     JobStatus,
+    PowerAction,
     PowerState,
     Snapshot,
     SnapshotStatus,
@@ -58,6 +59,12 @@ class RestoreOutcome:
     power_state_after: PowerState
 
 
+@dataclass(frozen=True, slots=True)
+class PowerOutcome:
+    power_state_before: PowerState
+    power_state_after: PowerState
+
+
 class HypervisorDriver(Protocol):
     """One hypervisor backend. Every method raises only ``DomainError`` subclasses.
 
@@ -78,6 +85,18 @@ class HypervisorDriver(Protocol):
     async def delete_snapshot(self, vps: Vps, name: str) -> None: ...
 
     async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome: ...
+
+    async def change_power(
+        self, vps: Vps, action: PowerAction, *, force: bool = False
+    ) -> PowerOutcome:
+        """Carry out ``action`` and return once the VM is in the state it leads to.
+
+        Idempotent: starting a running VM or stopping a stopped one changes nothing and
+        succeeds (jobs may be re-run). ``VpsNotReady`` when the action cannot be done on this
+        VPS (no machine to power, an unmanaged VM that is not running, a guest that ignored a
+        graceful shutdown within the timeout).
+        """
+        ...
 
 
 # ---------------------------------------------------------------------------------------------

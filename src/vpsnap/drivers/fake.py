@@ -17,8 +17,14 @@ from vpsnap.domain.errors import (
     SnapshotNotFound,
     VpsNotReady,
 )
-from vpsnap.domain.model import Consistency, PowerState, Vps
-from vpsnap.domain.ports import RestoreOutcome, RestorePoint, SnapshotRequest, TakenSnapshot
+from vpsnap.domain.model import Consistency, PowerAction, PowerState, Vps
+from vpsnap.domain.ports import (
+    PowerOutcome,
+    RestoreOutcome,
+    RestorePoint,
+    SnapshotRequest,
+    TakenSnapshot,
+)
 from vpsnap.domain.rules import name_key
 
 if TYPE_CHECKING:
@@ -26,12 +32,18 @@ if TYPE_CHECKING:
     from vpsnap.domain.errors import DomainError
     from vpsnap.domain.ports import HypervisorDriver
 
-Operation = Literal["probe", "list", "create", "delete", "restore"]
+Operation = Literal["probe", "list", "create", "delete", "restore", "power"]
 _OPERATIONS: frozenset[str] = frozenset(get_args(Operation))
 
 # The offline QemuDriver cannot touch disks a live VM holds locked; the fake refuses the same.
 _BUSY_STATES = frozenset(
     {PowerState.RUNNING, PowerState.PAUSED, PowerState.STARTING, PowerState.STOPPING}
+)
+
+
+_NO_MACHINE = (
+    "VPS {name} has no VM to power: it is registered with disk images only "
+    "(`vpsnap admin vps add` with --memory-mib, --qmp-socket or a libvirt domain gives it one)."
 )
 
 
@@ -146,6 +158,28 @@ class FakeDriver:
         return RestoreOutcome(
             power_state_before=PowerState.STOPPED, power_state_after=PowerState.STOPPED
         )
+
+    async def change_power(
+        self,
+        vps: Vps,
+        action: PowerAction,
+        *,
+        force: bool = False,  # noqa: ARG002 - a fake VM stops at once either way
+    ) -> PowerOutcome:
+        state = await self._enter("power", vps.id)
+        if vps.machine is None:
+            raise VpsNotReady(_NO_MACHINE.format(name=vps.name))
+        before = state.power_state
+        running = before in _BUSY_STATES
+        if action is PowerAction.RESET and not running:
+            raise VpsNotReady(f"VPS {vps.name} is not running: there is nothing to reset.")
+        after = (
+            PowerState.STOPPED
+            if action in (PowerAction.SHUTDOWN, PowerAction.STOP)
+            else PowerState.RUNNING
+        )
+        state.power_state = after
+        return PowerOutcome(power_state_before=before, power_state_after=after)
 
     # -- helpers ---------------------------------------------------------------------------
 

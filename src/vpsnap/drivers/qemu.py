@@ -14,9 +14,20 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from vpsnap.domain.errors import HypervisorError, SnapshotNameTaken, SnapshotNotFound
-from vpsnap.domain.model import Consistency, PowerState, Vps
-from vpsnap.domain.ports import RestoreOutcome, RestorePoint, SnapshotRequest, TakenSnapshot
+from vpsnap.domain.errors import (
+    HypervisorError,
+    SnapshotNameTaken,
+    SnapshotNotFound,
+    VpsNotReady,
+)
+from vpsnap.domain.model import Consistency, PowerAction, PowerState, Vps
+from vpsnap.domain.ports import (
+    PowerOutcome,
+    RestoreOutcome,
+    RestorePoint,
+    SnapshotRequest,
+    TakenSnapshot,
+)
 from vpsnap.domain.rules import name_key
 
 if TYPE_CHECKING:
@@ -123,6 +134,18 @@ class QemuDriver:
         )
 
     # -- helpers ---------------------------------------------------------------------------
+
+    async def change_power(
+        self,
+        vps: Vps,
+        action: PowerAction,  # noqa: ARG002 - the live half (QMP) acts on it
+        *,
+        force: bool = False,  # noqa: ARG002
+    ) -> PowerOutcome:
+        # Disk images alone have no VM to power. Managed and attached VMs are the live half's.
+        raise VpsNotReady(
+            f"VPS {vps.name} has no VM to power: it is registered with disk images only."
+        )
 
     async def _inspect(self, vps: Vps, *, require_qcow2: bool = False) -> list[ImageInfo]:
         """``qemu-img info`` of every disk, in ``vps.disks`` order."""

@@ -10,6 +10,7 @@ from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import (
     Account,
     Billing,
+    Machine,
     OperatingSystem,
     Resources,
     ServiceStatus,
@@ -30,6 +31,7 @@ class NewVps:
     resources: Resources | None = None
     billing: Billing | None = None
     service_status: ServiceStatus = ServiceStatus.ACTIVE
+    machine: Machine | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class AccountService:
                 operating_system=new.operating_system,
                 resources=new.resources or Resources(1, 1.0, 0.0),
                 billing=new.billing,
+                machine=new.machine,
             )
             await tx.add_vps(vps)
         return vps

@@ -11,6 +11,7 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.power import PowerService
 from vpsnap.services.snapshots import SnapshotService
 
 
@@ -25,6 +26,7 @@ class Services:
     jobs: JobService
     capacity: CapacityService
     idempotency: IdempotencyService
+    power: PowerService
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""

@@ -34,6 +34,7 @@ from vpsnap.domain.model import (
 from vpsnap.domain.ports import VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
+from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -218,6 +219,7 @@ def _vps(row: Row) -> Vps:
         billing=Billing(**billing) if billing else None,
         current_snapshot=row["current_snapshot"],
         plan=row["plan"],
+        machine=machine_from_json(row["machine"]),
     )
 
 
@@ -240,6 +242,7 @@ def _vps_values(item: Vps) -> dict[str, Any]:
         "current_snapshot": item.current_snapshot,
         "created_at": item.created_at,
         "plan": item.plan,
+        "machine": machine_to_json(item.machine),
     }
 
 

@@ -89,6 +89,8 @@ vps = sa.Table(
     sa.Column("current_snapshot", sa.String(40), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("plan", sa.String(100), nullable=True),
+    # How to reach the VM (store/machines.py); NULL: disk images only.
+    sa.Column("machine", sa.JSON(), nullable=True),
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
-from vpsnap.api.presenters import operation_out, poll_url, snapshot_list_out
+from vpsnap.api.presenters import accepted, snapshot_list_out
 from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, ProblemOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
 
@@ -15,12 +15,6 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
     for code in (400, 401, 403, 404, 409, 429)
 }
-
-
-def _accepted(response: Response, out: OperationOut) -> OperationOut:
-    response.status_code = 202
-    response.headers["Location"] = poll_url(out.operation.job_id)
-    return out
 
 
 @router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
@@ -56,7 +50,7 @@ async def create_snapshot(
             quiesce=body.quiesce,
         ),
     )
-    return _accepted(response, operation_out(job))
+    return accepted(response, job)
 
 
 @router.delete(
@@ -77,7 +71,7 @@ async def delete_snapshot(
     """Queue the deletion of a snapshot; its slot is free at once."""
     await rate_limits.hit_vps_mutation(principal.account_id, vps_id)
     job = await services.snapshots.delete(principal, vps_id, snapshot_id)
-    return _accepted(response, operation_out(job))
+    return accepted(response, job)
 
 
 @router.post(
@@ -98,4 +92,4 @@ async def restore_snapshot(
     """Queue a rollback of the VPS's disks to the snapshot (power state is kept)."""
     await rate_limits.hit_vps_mutation(principal.account_id, vps_id)
     job = await services.snapshots.restore(principal, vps_id, snapshot_id)
-    return _accepted(response, operation_out(job))
+    return accepted(response, job)

@@ -1,0 +1,49 @@
+"""Power actions (start, shutdown, stop, restart, reset): queued as ``vps.power`` jobs.
+
+A power action goes through the VPS's job queue like a snapshot operation, so it never runs
+in the middle of a snapshot or restore of the same VPS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vpsnap.domain.auth import Principal
+from vpsnap.domain.clock import Clock
+from vpsnap.domain.errors import VpsNotReady
+from vpsnap.domain.model import Job, JobType, PowerAction
+from vpsnap.domain.ports import JobEvents, Store
+from vpsnap.domain.rules import service_gate
+from vpsnap.services.access import owned_vps
+from vpsnap.services.jobs import enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class PowerService:
+    store: Store
+    events: JobEvents
+    clock: Clock
+
+    async def request(
+        self, principal: Principal, vps_id: str, action: PowerAction, *, force: bool = False
+    ) -> Job:
+        async with self.store.transaction() as tx:
+            vps = await owned_vps(tx, principal, vps_id, lock=True)
+            gate = service_gate(vps)
+            if not gate.allowed:
+                raise VpsNotReady(gate.reason or "The VPS is not ready.")
+            if vps.machine is None:
+                # Refused here, not in the job: the answer cannot change by waiting.
+                raise VpsNotReady(
+                    f"{vps.name} has no VM to power: it is registered with disk images only."
+                )
+            job = await enqueue(
+                tx,
+                self.clock,
+                vps,
+                JobType.VPS_POWER,
+                snapshot_name=None,
+                payload={"action": action.value, "force": force},
+            )
+        self.events.jobs_queued()
+        return job
