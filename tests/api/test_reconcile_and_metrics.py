@@ -158,3 +158,30 @@ async def test_metrics_expose_requests_jobs_queue_and_snapshots(api: Api) -> Non
     assert metric(text, "vpsnap_jobs", status="queued") == 0
     assert metric(text, "vpsnap_snapshots", status="available") == 1
     assert "vpsnap_reconciliation_actions_total" in text or "vpsnap_reconciliation_actions" in text
+
+
+async def test_answers_made_before_routing_are_labelled_with_their_route(api: Api) -> None:
+    """An idempotent replay is answered before routing; it still counts under its route
+    template, and only unknown paths count as ``unmatched``. (The registry is per process, so
+    the test compares counts before and after.)"""
+    path = f"/api/v2/vps/{api.vps_ids['demo-db']}/snapshots"
+    template = "/api/v2/vps/{vps_id}/snapshots"
+    count = "vpsnap_http_request_duration_seconds_count"
+
+    async def counts() -> tuple[float, float, float]:
+        text = (await api.client.get("/metrics")).text
+        return (
+            metric(text, count, route=template, method="POST", status="202"),
+            metric(text, count, route="unmatched", method="POST", status="202"),
+            metric(text, count, route="unmatched", method="GET", status="404"),
+        )
+
+    before = await counts()
+    headers = {**api.auth(), "Idempotency-Key": "metrics-replay"}
+    for _ in range(2):
+        response = await api.client.post(path, headers=headers, json={"name": "replayed"})
+        assert response.status_code == 202, response.text
+    assert response.headers["idempotent-replayed"] == "true"
+    await api.client.get("/no/such/thing", headers=api.auth())
+    after = await counts()
+    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 0, 1]

@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Iterator
 
 import structlog
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsnap.api.problems import problem_response
@@ -109,12 +111,9 @@ class EdgeMiddleware:
                 await response(scope, receive, send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            # The route template (not the raw path) keeps the label set small.
-            template = getattr(route, "path", None) or "unmatched"
-            REQUEST_DURATION.labels(template, scope.get("method", ""), str(status["code"])).observe(
-                elapsed
-            )
+            REQUEST_DURATION.labels(
+                route_template(scope), scope.get("method", ""), str(status["code"])
+            ).observe(elapsed)
             log.info(
                 "request_completed",
                 request_id=request_id,
@@ -164,3 +163,34 @@ class EdgeMiddleware:
             return await receive()
 
         return replay
+
+
+def route_template(scope: Scope) -> str:
+    """The route template of a request (not the raw path: it keeps the label set small).
+
+    Answers made before routing (an idempotent replay, a rate limit, a too-large body) have no
+    route in the scope yet; they are matched against the app's routes here instead (rare, so
+    the walk is not cached).
+    """
+    path: str | None = getattr(scope.get("route"), "path", None)
+    if path:
+        return path
+    partial: str | None = None
+    for route in _leaf_routes(getattr(scope.get("app"), "router", None)):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route.path
+        if match is Match.PARTIAL and partial is None:
+            partial = route.path
+    return partial or "unmatched"
+
+
+def _leaf_routes(router: object) -> Iterator[Route]:
+    # FastAPI keeps an included router as one wrapper entry (``original_router``); the
+    # templates are on the routes inside it.
+    for route in getattr(router, "routes", ()):
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner)
+        elif isinstance(route, Route):
+            yield route
