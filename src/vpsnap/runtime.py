@@ -17,7 +17,9 @@ from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ports import HypervisorDriver
-from vpsnap.drivers.qemu import QemuDriver
+from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
+from vpsnap.drivers.machines import ManagedMachines
+from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.jobs.signals import InProcessJobEvents
 from vpsnap.jobs.worker import Worker
@@ -50,6 +52,20 @@ def qemu_img_for(settings: Settings) -> QemuImg:
     )
 
 
+def qemu_driver_for(settings: Settings) -> QemuDriver:
+    timeouts = LiveTimeouts(
+        qmp=settings.qmp_timeout_seconds,
+        status=settings.power_state_timeout_seconds,
+        guest_agent=settings.guest_agent_timeout_seconds,
+        shutdown=settings.shutdown_timeout_seconds,
+        snapshot_job=settings.vm_snapshot_timeout_seconds,
+    )
+    machines = ManagedMachines(
+        settings.data_dir, settings.qemu_system, timeout=settings.qmp_timeout_seconds
+    )
+    return QemuDriver(qemu_img_for(settings), machines, timeouts)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -71,7 +87,14 @@ class Runtime:
     ) -> Runtime:
         clock = clock or SystemClock()
         store = store or SqlStore.from_url(settings.resolved_database_url())
-        driver = driver or QemuDriver(qemu_img_for(settings))
+        driver = driver or DispatchingDriver(
+            qemu_driver_for(settings),
+            libvirt_driver_factory(
+                shutdown_timeout=settings.shutdown_timeout_seconds,
+                status_timeout=settings.power_state_timeout_seconds,
+                call_timeout=settings.vm_snapshot_timeout_seconds,
+            ),
+        )
         events = InProcessJobEvents()
         services = Services(
             store=store,

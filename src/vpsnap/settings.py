@@ -60,6 +60,28 @@ class Settings(BaseSettings):
     qemu_img: str = "qemu-img"
     qemu_io: str = "qemu-io"
     qemu_img_timeout_seconds: float = 120.0
+    qemu_system: str = Field(
+        default="qemu-system-x86_64", description="Runs the VMs vpsnap starts itself (managed)"
+    )
+    qmp_timeout_seconds: float = Field(
+        default=10.0, description="Connecting to a VM's QMP monitor and each ordinary command"
+    )
+    power_state_timeout_seconds: float = Field(
+        default=1.0, description="A power-state read; past it the API reports `unknown`"
+    )
+    guest_agent_timeout_seconds: float = Field(
+        default=3.0, description="Each guest-agent exchange; no answer: crash-consistent snapshot"
+    )
+    shutdown_timeout_seconds: float = Field(
+        default=60.0, description="How long a graceful shutdown may take before `use stop`"
+    )
+    vm_snapshot_timeout_seconds: float = Field(
+        default=600.0, description="Saving or loading a running VM's RAM state"
+    )
+    demo_vm: bool = Field(
+        default=True,
+        description="`serve --demo` runs demo-web as a managed VM (when qemu-system exists)",
+    )
 
     log_level: str = "info"
 

@@ -91,7 +91,7 @@ async def test_another_accounts_vps_answers_404(api: Api, vm: str, action: str) 
 
 
 async def test_a_disk_only_vps_is_refused_at_once(api: Api) -> None:
-    response = await api.client.post(_path(api.vps_ids["demo-web"], "start"), headers=api.auth())
+    response = await api.client.post(_path(api.vps_ids["demo-db"], "start"), headers=api.auth())
     assert_problem(response, 409, "vps_not_ready")
     assert "disk images only" in response.json()["detail"]
 

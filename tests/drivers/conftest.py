@@ -7,11 +7,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from vpsnap.drivers.machines import ManagedMachines
+from vpsnap.drivers.qemu import LiveTimeouts
 from vpsnap.drivers.qemu_img import QemuImg
 
+from .libvirt_lab import lab, libvirt_conn, libvirt_driver  # noqa: F401 - fixtures
 from .support import DiskFactory
+from .vm_support import qemu_pids_under
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 
@@ -27,3 +32,23 @@ def qemu_img() -> QemuImg:
 @pytest.fixture
 def make_disks(qemu_img: QemuImg, tmp_path: Path) -> DiskFactory:
     return DiskFactory(qemu_img, tmp_path)
+
+
+@pytest.fixture
+async def machines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ManagedMachines]:
+    """A data dir for managed VMs; every VM started in it is gone after the test (checked)."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("qemu-system-x86_64 is not on PATH; install qemu-system-x86 (scripts/install)")
+    # A short path: unix socket paths are limited to 107 bytes.
+    root = tmp_path_factory.mktemp("vm")
+    managed = ManagedMachines(root, timeout=30.0)
+    yield managed
+    for vps_id, _ in list(managed.running()):
+        await managed.kill(vps_id)
+    assert qemu_pids_under(root) == [], "a QEMU process outlived its test"
+
+
+@pytest.fixture
+def live_timeouts() -> LiveTimeouts:
+    # Short waits: a guest without an OS never answers the agent nor the power button.
+    return LiveTimeouts(qmp=10.0, status=2.0, guest_agent=1.0, shutdown=1.5, snapshot_job=60.0)

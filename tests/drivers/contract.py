@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from vpsnap.domain.errors import SnapshotNameTaken, SnapshotNotFound
-from vpsnap.domain.model import Consistency, PowerState, Vps
+from vpsnap.domain.model import Consistency, PowerAction, PowerState, Vps
 from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest
 
 if TYPE_CHECKING:
@@ -206,4 +206,178 @@ class DriverContract:
         await env.write(PATTERN_C)
 
         await env.driver.restore_snapshot(env.vps, "2")
+        assert await env.holds(PATTERN_A)
+
+
+class LiveDriverContract:
+    """What every driver does with a VPS whose VM runs.
+
+    The ``live_env`` fixture gives a VPS with a machine the driver can start and stop (a VM
+    vpsnap manages), running, with no guest agent answering.
+    """
+
+    async def test_disk_snapshot_of_a_running_vm_keeps_it_running(
+        self, live_env: DriverEnv
+    ) -> None:
+        env = live_env
+        taken = await env.driver.create_snapshot(
+            env.vps, SnapshotRequest(name="live", quiesce=False)
+        )
+
+        assert taken.consistency is Consistency.CRASH
+        assert taken.includes_memory_state is False
+        assert await env.driver.power_state(env.vps) is PowerState.RUNNING
+        [point] = await env.driver.list_restore_points(env.vps)
+        assert (point.name, point.disks, point.vm_state_size) == ("live", env.vps.disks, 0)
+
+    async def test_snapshot_with_memory_state(self, live_env: DriverEnv) -> None:
+        env = live_env
+        taken = await env.driver.create_snapshot(
+            env.vps, SnapshotRequest(name="ram", include_memory_state=True)
+        )
+
+        assert taken.consistency is Consistency.MEMORY
+        assert taken.includes_memory_state is True
+        assert await env.driver.power_state(env.vps) is PowerState.RUNNING
+        [point] = await env.driver.list_restore_points(env.vps)
+        assert point.name == "ram"
+        assert point.vm_state_size > 0
+
+    async def test_quiesce_without_an_answering_agent_is_crash_consistent(
+        self, live_env: DriverEnv
+    ) -> None:
+        env = live_env
+        taken = await env.driver.create_snapshot(env.vps, SnapshotRequest(name="q", quiesce=True))
+        assert taken.consistency is Consistency.CRASH
+        assert [p.name for p in await env.driver.list_restore_points(env.vps)] == ["q"]
+
+    async def test_duplicate_name_is_refused_on_a_running_vm(self, live_env: DriverEnv) -> None:
+        env = live_env
+        await snapshot(env, "alpha")
+        with pytest.raises(SnapshotNameTaken):
+            await snapshot(env, "ALPHA")
+        with pytest.raises(SnapshotNameTaken):
+            await env.driver.create_snapshot(
+                env.vps, SnapshotRequest(name="alpha", include_memory_state=True)
+            )
+        assert names(await env.driver.list_restore_points(env.vps)) == ["alpha"]
+
+    async def test_restore_of_a_disk_snapshot_keeps_the_vm_running(
+        self, live_env: DriverEnv
+    ) -> None:
+        env = live_env
+        await env.write(PATTERN_A)
+        await snapshot(env, "before")
+        await env.write(PATTERN_B)
+
+        outcome = await env.driver.restore_snapshot(env.vps, "before")
+
+        assert (outcome.power_state_before, outcome.power_state_after) == (
+            PowerState.RUNNING,
+            PowerState.RUNNING,
+        )
+        assert await env.driver.power_state(env.vps) is PowerState.RUNNING
+        assert await env.holds(PATTERN_A)
+        assert names(await env.driver.list_restore_points(env.vps)) == ["before"]
+
+    async def test_restore_with_memory_state_keeps_the_vm_running(
+        self, live_env: DriverEnv
+    ) -> None:
+        env = live_env
+        await env.write(PATTERN_A)
+        await env.driver.create_snapshot(
+            env.vps, SnapshotRequest(name="ram", include_memory_state=True)
+        )
+        await env.write(PATTERN_B)
+
+        outcome = await env.driver.restore_snapshot(env.vps, "ram")
+
+        assert (outcome.power_state_before, outcome.power_state_after) == (
+            PowerState.RUNNING,
+            PowerState.RUNNING,
+        )
+        assert await env.holds(PATTERN_A)
+        assert not await env.holds(PATTERN_B)
+
+    async def test_delete_on_a_running_vm_both_kinds(self, live_env: DriverEnv) -> None:
+        env = live_env
+        await snapshot(env, "disk")
+        await env.driver.create_snapshot(
+            env.vps, SnapshotRequest(name="ram", include_memory_state=True)
+        )
+        await snapshot(env, "keep")
+
+        await env.driver.delete_snapshot(env.vps, "ram")
+        await env.driver.delete_snapshot(env.vps, "disk")
+        await env.driver.delete_snapshot(env.vps, "disk")  # gone already: fine
+        await env.driver.delete_snapshot(env.vps, "never-existed")
+
+        assert names(await env.driver.list_restore_points(env.vps)) == ["keep"]
+        assert await env.driver.power_state(env.vps) is PowerState.RUNNING
+
+    async def test_stop_and_start_are_idempotent(self, live_env: DriverEnv) -> None:
+        env = live_env
+        stopped = await env.driver.change_power(env.vps, PowerAction.STOP)
+        assert (stopped.power_state_before, stopped.power_state_after) == (
+            PowerState.RUNNING,
+            PowerState.STOPPED,
+        )
+        assert await env.driver.power_state(env.vps) is PowerState.STOPPED
+        again = await env.driver.change_power(env.vps, PowerAction.STOP)
+        assert again.power_state_after is PowerState.STOPPED
+
+        started = await env.driver.change_power(env.vps, PowerAction.START)
+        assert (started.power_state_before, started.power_state_after) == (
+            PowerState.STOPPED,
+            PowerState.RUNNING,
+        )
+        again = await env.driver.change_power(env.vps, PowerAction.START)
+        assert (again.power_state_before, again.power_state_after) == (
+            PowerState.RUNNING,
+            PowerState.RUNNING,
+        )
+
+    async def test_reset_keeps_the_vm_running(self, live_env: DriverEnv) -> None:
+        env = live_env
+        outcome = await env.driver.change_power(env.vps, PowerAction.RESET)
+        assert outcome.power_state_after is PowerState.RUNNING
+
+    async def test_forced_restart_ends_running(self, live_env: DriverEnv) -> None:
+        env = live_env
+        outcome = await env.driver.change_power(env.vps, PowerAction.RESTART, force=True)
+        assert (outcome.power_state_before, outcome.power_state_after) == (
+            PowerState.RUNNING,
+            PowerState.RUNNING,
+        )
+
+    async def test_restore_of_a_stopped_vm_keeps_it_stopped(self, live_env: DriverEnv) -> None:
+        env = live_env
+        await env.write(PATTERN_A)
+        await env.driver.create_snapshot(
+            env.vps, SnapshotRequest(name="ram", include_memory_state=True)
+        )
+        await env.driver.change_power(env.vps, PowerAction.STOP)
+        await env.write(PATTERN_B)
+
+        outcome = await env.driver.restore_snapshot(env.vps, "ram")
+
+        assert (outcome.power_state_before, outcome.power_state_after) == (
+            PowerState.STOPPED,
+            PowerState.STOPPED,
+        )
+        assert await env.holds(PATTERN_A)
+
+    async def test_snapshot_taken_while_stopped_restores_after_start(
+        self, live_env: DriverEnv
+    ) -> None:
+        env = live_env
+        await env.driver.change_power(env.vps, PowerAction.STOP)
+        await env.write(PATTERN_A)
+        await snapshot(env, "offline")
+        await env.driver.change_power(env.vps, PowerAction.START)
+        await env.write(PATTERN_B)
+
+        await env.driver.restore_snapshot(env.vps, "offline")
+
+        assert await env.driver.power_state(env.vps) is PowerState.RUNNING
         assert await env.holds(PATTERN_A)

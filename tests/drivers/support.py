@@ -7,7 +7,7 @@ import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from vpsnap.domain.model import ServiceStatus, Vps
+from vpsnap.domain.model import Machine, ServiceStatus, Vps
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 DISK_SIZE = 64 * 1024 * 1024
 
 
-def make_vps(disks: tuple[str, ...], vps_id: str = "vps-1") -> Vps:
+def make_vps(disks: tuple[str, ...], vps_id: str = "vps-1", machine: Machine | None = None) -> Vps:
     return Vps(
         id=vps_id,
         account_id="acct-1",
@@ -28,6 +28,7 @@ def make_vps(disks: tuple[str, ...], vps_id: str = "vps-1") -> Vps:
         snapshot_slots=5,
         service_status=ServiceStatus.ACTIVE,
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
+        machine=machine,
     )
 
 

@@ -1,4 +1,4 @@
-"""The driver contract, run against the in-memory FakeDriver, and the fake's test controls."""
+"""The driver contracts, run against the in-memory FakeDriver, and the fake's test controls."""
 
 from __future__ import annotations
 
@@ -8,21 +8,19 @@ from typing import TYPE_CHECKING
 import pytest
 
 from vpsnap.domain.errors import HypervisorError, VpsNotReady
-from vpsnap.domain.model import PowerState
+from vpsnap.domain.model import LaunchSpec, PowerState
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.fake import FakeDriver
 
-from .contract import DriverContract, DriverEnv
+from .contract import DriverContract, DriverEnv, LiveDriverContract
 from .support import make_vps
 
 if TYPE_CHECKING:
     from vpsnap.domain.model import Vps
 
 
-@pytest.fixture
-def driver_env() -> DriverEnv:
-    driver = FakeDriver()
-    vps = make_vps(("/fake/disk0.qcow2", "/fake/disk1.qcow2"))
+def fake_env(vps: Vps, driver: FakeDriver | None = None) -> DriverEnv:
+    driver = driver or FakeDriver()
 
     async def write(pattern: int) -> None:
         driver.write(vps.id, f"pattern-{pattern:02x}")
@@ -33,7 +31,26 @@ def driver_env() -> DriverEnv:
     return DriverEnv(driver=driver, vps=vps, write=write, holds=holds)
 
 
+@pytest.fixture
+def driver_env() -> DriverEnv:
+    return fake_env(make_vps(("/fake/disk0.qcow2", "/fake/disk1.qcow2")))
+
+
 class TestFakeDriverContract(DriverContract):
+    pass
+
+
+@pytest.fixture
+def live_env() -> DriverEnv:
+    vps = make_vps(
+        ("/fake/disk0.qcow2", "/fake/disk1.qcow2"), machine=LaunchSpec(memory_mib=64, cpus=1)
+    )
+    driver = FakeDriver()
+    driver.set_power_state(vps.id, PowerState.RUNNING)
+    return fake_env(vps, driver)
+
+
+class TestFakeDriverLiveContract(LiveDriverContract):
     pass
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from vpsnap.domain.errors import HypervisorError
-from vpsnap.domain.model import Job, JobStatus
+from vpsnap.domain.model import Consistency, Job, JobStatus, LaunchSpec, PowerState
 from vpsnap.domain.ports import RestorePoint, SnapshotRequest
 from vpsnap.drivers.fake import FakeDriver
 from vpsnap.jobs.handlers import HANDLERS
@@ -122,6 +122,29 @@ async def test_create_rerun_after_the_hypervisor_work_completes_exactly_once(
     assert await world.statuses(vps.id) == {"one": "available"}
     assert (await world.vps(vps.id)).current_snapshot == "one"
     assert await world.run_all() == 0
+
+
+async def test_create_rerun_of_a_live_snapshot_with_ram_keeps_its_consistency(
+    world: World,
+) -> None:
+    vps = await world.add_vps(machine=LaunchSpec(memory_mib=64, cpus=1))
+    world.driver.set_power_state(vps.id, PowerState.RUNNING)
+    job = await world.runtime.services.snapshots.create(
+        world.principal, vps.id, CreateSnapshot("live", include_memory_state=True)
+    )
+    claimed = await _claim_as(world, "dead-worker")
+    await HANDLERS[claimed.type].perform(world.driver, claimed, vps)
+    world.clock.advance(seconds=LEASE_SECONDS + 1)
+    await _reap(world)
+
+    assert await world.run_all() == 1
+
+    assert (await world.job(job.id)).status is JobStatus.COMPLETED
+    snapshot = await world.snapshot(vps.id, "live")
+    assert snapshot is not None
+    # The re-run finds the RAM state on disk: it must not downgrade the snapshot to "crash".
+    assert (snapshot.consistency, snapshot.includes_memory_state) == (Consistency.MEMORY, True)
+    assert _creates(world.driver) == 1
 
 
 async def test_create_rerun_after_dying_half_way_redoes_every_disk(world: World) -> None:

@@ -1,17 +1,29 @@
-"""Demo data for ``vpsnap serve --demo``: two accounts, four VPSes on real qcow2 disks, keys.
+"""Demo data for ``vpsnap serve --demo``: two accounts, four VPSes on real qcow2 disks, keys,
+and ``demo-web`` as a running VM that vpsnap manages (when qemu-system-x86_64 is installed).
 
-Idempotent: a second start reuses the accounts, VPSes, disks and keys that exist.
+Idempotent: a second start reuses the accounts, VPSes, disks and keys that exist, and finds
+demo-web's VM again if it still runs.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from vpsnap.domain.auth import Scope
-from vpsnap.domain.errors import Unauthorized
-from vpsnap.domain.model import Billing, OperatingSystem, Resources
+from vpsnap.domain.errors import DomainError, Unauthorized
+from vpsnap.domain.model import (
+    Billing,
+    LaunchSpec,
+    OperatingSystem,
+    PowerAction,
+    PowerState,
+    Resources,
+)
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
@@ -19,6 +31,12 @@ from vpsnap.services.accounts import NewVps
 DEMO_DISK_BYTES = 2 * 1024**3
 DEMO_DATA_BYTES = 16 * 1024**2
 DEMO_PATTERN = 0x5A
+# The first thing a new user snapshots is a live VM. It needs no OS (it sits in the firmware),
+# so it needs little memory either.
+DEMO_VM = LaunchSpec(memory_mib=64, cpus=1)
+DEMO_VM_NAME = "demo-web"
+
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +85,14 @@ async def seed_demo(
     accounts = runtime.services.accounts
     for name in ("demo", "other"):
         await accounts.ensure_account(name)
+    qemu_system = shutil.which(runtime.settings.qemu_system) if runtime.settings.demo_vm else None
+    if runtime.settings.demo_vm and qemu_system is None:
+        _log.warning(
+            "demo_vm_unavailable",
+            vps=DEMO_VM_NAME,
+            reason=f"{runtime.settings.qemu_system} is not installed (apt install "
+            "qemu-system-x86); the VPS is registered with its disk only",
+        )
     for item in DEMO_VPSES:
         disk = (runtime.settings.data_dir / "disks" / f"{item.name}.qcow2").resolve()
         await _ensure_disk(qemu_img, disk, disk_bytes, data_bytes)
@@ -82,6 +108,7 @@ async def seed_demo(
                     operating_system=OperatingSystem("Debian 12", "linux", "12", "bookworm"),
                     resources=Resources(cpu_cores=1, memory_gb=1.0, storage_gb=2.0),
                     billing=Billing("5.00", "EUR", "monthly"),
+                    machine=DEMO_VM if item.name == DEMO_VM_NAME and qemu_system else None,
                 )
             )
     tokens_path = runtime.settings.data_dir / "demo-tokens.json"
@@ -103,3 +130,27 @@ async def seed_demo(
     tokens_path.write_text(json.dumps(result, indent=2) + "\n")
     tokens_path.chmod(0o600)
     return result
+
+
+async def start_demo_vm(runtime: Runtime) -> PowerState | None:
+    """Start demo-web's VM unless it runs already (a restarted demo finds it again).
+
+    Returns its power state, or None when demo-web has no VM (no qemu-system at seeding time).
+    """
+    vps = await runtime.services.accounts.find_vps("demo", DEMO_VM_NAME)
+    if vps is None or vps.machine is None:
+        return None
+    try:
+        # Idempotent: a running VM is left as it is.
+        outcome = await runtime.driver.change_power(vps, PowerAction.START)
+    except DomainError as exc:
+        # The demo is still useful without it: demo-web then snapshots offline.
+        _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, error=exc.detail)
+        return await runtime.driver.power_state(vps)
+    _log.info(
+        "demo_vm_ready",
+        vps=DEMO_VM_NAME,
+        power_state_before=outcome.power_state_before.value,
+        power_state_after=outcome.power_state_after.value,
+    )
+    return outcome.power_state_after

@@ -13,6 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vpsnap.cli.client_commands import add_client_commands
+from vpsnap.cli.libvirt_import import import_libvirt
+from vpsnap.cli.vps_machine import machine_from_options
 from vpsnap.domain.auth import parse_scopes
 from vpsnap.domain.errors import DomainError
 from vpsnap.runtime import Runtime, qemu_img_for
@@ -28,6 +31,8 @@ app.add_typer(admin, name="admin")
 admin.add_typer(account_cmd, name="account")
 admin.add_typer(key_cmd, name="key")
 admin.add_typer(vps_cmd, name="vps")
+vps_cmd.command("import-libvirt")(import_libvirt)
+add_client_commands(app)  # vps, snapshots, jobs: through the API, with the SDK
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # one error, one line: easy to grep
@@ -128,10 +133,44 @@ def vps_add(
     slots: Annotated[int, typer.Option(min=0, max=1000, help="Snapshot slots.")],
     node: Annotated[str | None, typer.Option(help="Hypervisor node.")] = None,
     primary_ip: Annotated[str | None, typer.Option("--primary-ip")] = None,
+    memory_mib: Annotated[
+        int | None,
+        typer.Option("--memory-mib", min=16, help="A VM vpsnap starts and supervises: its RAM."),
+    ] = None,
+    cpus: Annotated[
+        int | None, typer.Option(min=1, max=256, help="vCPUs of that VM (default 1).")
+    ] = None,
+    qemu_arg: Annotated[
+        list[str] | None,
+        typer.Option("--qemu-arg", help="Extra qemu-system argument of that VM; repeatable."),
+    ] = None,
+    qmp_socket: Annotated[
+        Path | None,
+        typer.Option("--qmp-socket", help="A VM someone else runs: its QMP socket (attach)."),
+    ] = None,
+    guest_agent_socket: Annotated[
+        Path | None,
+        typer.Option("--guest-agent-socket", help="That VM's guest-agent socket, if any."),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Register a VPS whose disks are qcow2 images on this node."""
+    """Register a VPS whose disks are qcow2 images on this node.
+
+    Without --memory-mib or --qmp-socket it is disk images only (always stopped; snapshots with
+    qemu-img). docs/vms.md explains managed and attached VMs.
+    """
     settings = load_settings(data_dir=data_dir)
+    try:
+        machine = machine_from_options(
+            memory_mib=memory_mib,
+            cpus=cpus,
+            qemu_args=qemu_arg or (),
+            qmp_socket=qmp_socket,
+            guest_agent_socket=guest_agent_socket,
+        )
+    except DomainError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
 
     async def add(rt: Runtime) -> str:
         qemu_img = qemu_img_for(settings)
@@ -155,6 +194,7 @@ def vps_add(
                 snapshot_slots=slots,
                 node=node or settings.node,
                 primary_ip=primary_ip,
+                machine=machine,
             )
         )
         return vps.id

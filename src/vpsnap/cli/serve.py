@@ -6,7 +6,7 @@ import uvicorn
 from rich.console import Console
 
 from vpsnap.api.app import create_app
-from vpsnap.cli.demo import seed_demo
+from vpsnap.cli.demo import seed_demo, start_demo_vm
 from vpsnap.logging import configure_logging
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
@@ -31,6 +31,7 @@ async def run_server(settings: Settings, *, demo: bool) -> None:
     async with runtime.embedded():
         if demo:
             tokens = await seed_demo(runtime, qemu_img_for(settings))
+            await start_demo_vm(runtime)
             _print_welcome(settings, tokens)
         app = create_app(runtime.services, settings)
         config = uvicorn.Config(

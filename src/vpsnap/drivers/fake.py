@@ -1,7 +1,9 @@
 """In-memory ``HypervisorDriver`` for fast service unit tests, with fault injection.
 
 Never the default or demo driver: it touches no disk, so nothing it reports is real. It follows
-the offline ``QemuDriver``'s semantics, which the shared driver contract tests hold it to.
+``QemuDriver``'s semantics, which the shared driver contract tests hold it to: a VPS without a
+machine is disk images only (a "running" one has its disks locked), a VPS with a machine that
+runs is snapshotted live, and a restore keeps its power state.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from vpsnap.domain.errors import (
     SnapshotNotFound,
     VpsNotReady,
 )
-from vpsnap.domain.model import Consistency, PowerAction, PowerState, Vps
+from vpsnap.domain.model import Consistency, PowerAction, PowerState, QmpAttachment, Vps
 from vpsnap.domain.ports import (
     PowerOutcome,
     RestoreOutcome,
@@ -53,6 +55,7 @@ class _FakeVps:
     saved_content: dict[str, str] = field(default_factory=dict)
     content: str = ""
     power_state: PowerState = PowerState.STOPPED
+    guest_agent: bool = False
 
 
 @dataclass(slots=True)
@@ -86,6 +89,10 @@ class FakeDriver:
 
     def set_power_state(self, vps_id: str, state: PowerState) -> None:
         self._state(vps_id).power_state = state
+
+    def set_guest_agent(self, vps_id: str, *, answering: bool) -> None:
+        """Whether a guest agent answers inside the VM (quiesced snapshots freeze through it)."""
+        self._state(vps_id).guest_agent = answering
 
     def fail_next(self, operation: Operation, error: DomainError) -> None:
         """Make the next call of ``operation`` raise ``error`` without changing anything."""
@@ -132,19 +139,31 @@ class FakeDriver:
                 raise SnapshotNameTaken(
                     f"a snapshot named {request.name} already exists on disk {vps.disks[0]}"
                 )
-        self._require_unlocked(vps, state)
+        taken = TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        if _is_live(vps, state):
+            # As over QMP: RAM only when asked, a freeze only when an agent answers.
+            if request.include_memory_state:
+                taken = TakenSnapshot(consistency=Consistency.MEMORY, includes_memory_state=True)
+            elif request.quiesce and state.guest_agent:
+                taken = TakenSnapshot(Consistency.FILESYSTEM, includes_memory_state=False)
+        else:
+            self._require_unlocked(vps, state)
         state.points[request.name] = RestorePoint(
-            name=request.name, disks=vps.disks, vm_state_size=0, created_at=self._clock.now()
+            name=request.name,
+            disks=vps.disks,
+            vm_state_size=_FAKE_VM_STATE_SIZE if taken.includes_memory_state else 0,
+            created_at=self._clock.now(),
         )
         state.saved_content[request.name] = state.content
-        return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        return taken
 
     async def delete_snapshot(self, vps: Vps, name: str) -> None:
         state = await self._enter("delete", vps.id)
         self._require_disks(vps, state)
         if name not in state.points:
             return
-        self._require_unlocked(vps, state)
+        if not _is_live(vps, state):
+            self._require_unlocked(vps, state)
         del state.points[name]
         del state.saved_content[name]
 
@@ -153,10 +172,18 @@ class FakeDriver:
         self._require_disks(vps, state)
         if name not in state.points:
             raise SnapshotNotFound(f"snapshot {name} does not exist on disk {vps.disks[0]}")
-        self._require_unlocked(vps, state)
+        if not _is_live(vps, state):
+            self._require_unlocked(vps, state)
+        elif not state.points[name].vm_state_size and isinstance(vps.machine, QmpAttachment):
+            # Disk-only restore means stop + roll back + start, and vpsnap cannot start an
+            # attached VM.
+            raise VpsNotReady(
+                f"VPS {vps.name} is a running VM that vpsnap does not manage; stop it first."
+            )
         state.content = state.saved_content[name]
+        # Live or not, the VM ends in the power state it started in.
         return RestoreOutcome(
-            power_state_before=PowerState.STOPPED, power_state_after=PowerState.STOPPED
+            power_state_before=state.power_state, power_state_after=state.power_state
         )
 
     async def change_power(
@@ -173,6 +200,9 @@ class FakeDriver:
         running = before in _BUSY_STATES
         if action is PowerAction.RESET and not running:
             raise VpsNotReady(f"VPS {vps.name} is not running: there is nothing to reset.")
+        starts = action in (PowerAction.START, PowerAction.RESTART)
+        if starts and not running and isinstance(vps.machine, QmpAttachment):
+            raise VpsNotReady(f"VPS {vps.name} is not running: its owner must start it.")
         after = (
             PowerState.STOPPED
             if action in (PowerAction.SHUTDOWN, PowerAction.STOP)
@@ -211,6 +241,13 @@ class FakeDriver:
                 f"Disk {vps.disks[0]} is in use by another process (most likely the running "
                 "VM). Stop the VM before snapshotting or restoring it."
             )
+
+
+_FAKE_VM_STATE_SIZE = 1024 * 1024
+
+
+def _is_live(vps: Vps, state: _FakeVps) -> bool:
+    return vps.machine is not None and state.power_state in (PowerState.RUNNING, PowerState.PAUSED)
 
 
 def _checked(operation: str) -> str:

@@ -1,26 +1,34 @@
-"""QEMU hypervisor driver: qcow2 internal snapshots of VPSes whose VM is not running.
+"""QEMU hypervisor driver: qcow2 internal snapshots of stopped and running VMs, power actions.
 
-This is the offline half, done with ``qemu-img`` on the disk files. A running VM holds the write
-lock on its disks, which surfaces as ``VpsNotReady``; snapshots of running VMs (over QMP) are a
-separate, later piece that will sit next to these methods.
+A VPS's ``machine`` says how its VM is reached: none (disk images only, always stopped),
+a ``LaunchSpec`` (a VM vpsnap starts itself, ``vpsnap.drivers.machines``) or a
+``QmpAttachment`` (someone else's VM, reached through its QMP socket). While the VM's process
+runs it holds its disks locked, so snapshots go through QMP (``vpsnap.drivers.live``);
+otherwise through ``qemu-img`` on the files (``vpsnap.drivers.offline``). docs/vms.md has the
+rules per kind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
-from vpsnap.domain.errors import (
-    HypervisorError,
-    SnapshotNameTaken,
-    SnapshotNotFound,
-    VpsNotReady,
+from vpsnap.domain.errors import DomainError, HypervisorError, VpsNotReady
+from vpsnap.domain.model import (
+    Consistency,
+    LaunchSpec,
+    LibvirtDomain,
+    PowerAction,
+    PowerState,
+    QmpAttachment,
+    Vps,
 )
-from vpsnap.domain.model import Consistency, PowerAction, PowerState, Vps
 from vpsnap.domain.ports import (
     PowerOutcome,
     RestoreOutcome,
@@ -28,185 +36,430 @@ from vpsnap.domain.ports import (
     SnapshotRequest,
     TakenSnapshot,
 )
-from vpsnap.domain.rules import name_key
+from vpsnap.drivers import live
+from vpsnap.drivers.guest_agent import GuestAgent
+from vpsnap.drivers.offline import DiskImages, refuse_taken_name, restorable
+from vpsnap.drivers.qmp import Monitor, MonitorGone, open_monitor
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from vpsnap.domain.ports import HypervisorDriver
+    from vpsnap.drivers.machines import ManagedMachines
     from vpsnap.drivers.qemu_img import ImageInfo, QemuImg
 
 _log = structlog.get_logger(__name__)
 
-_QCOW2 = "qcow2"
+_POLL_SECONDS = 0.1
+_NO_MACHINE = (
+    "VPS {name} has no VM to power: it is registered with disk images only "
+    "(`vpsnap admin vps add` with --memory-mib or --qmp-socket gives it one)."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveTimeouts:
+    """How long vpsnap waits for a running VM (seconds)."""
+
+    qmp: float = 10.0
+    """Connecting to QMP and each ordinary command."""
+    status: float = 1.0
+    """A power-state read for the API: past this the state is reported ``unknown``."""
+    guest_agent: float = 3.0
+    """Each guest-agent exchange (sync, freeze, thaw): no answer means no agent."""
+    shutdown: float = 60.0
+    """A graceful shutdown: the guest must power off within this, else "use stop"."""
+    snapshot_job: float = 600.0
+    """Saving or loading RAM state (grows with the VM's memory)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Vm:
+    """Where the VM of a VPS is reached."""
+
+    job_socket: str
+    status_socket: str
+    agent_socket: str | None
+    launch: LaunchSpec | None  # None: attached, vpsnap cannot start it
 
 
 class QemuDriver:
-    """``HypervisorDriver`` for stopped QEMU VMs with qcow2 disks."""
+    """``HypervisorDriver`` for QEMU VMs with qcow2 disks.
 
-    def __init__(self, qemu_img: QemuImg) -> None:
+    Without ``machines`` (no data dir), managed VMs cannot be started; disk-only and attached
+    VPSes work as ever.
+    """
+
+    def __init__(
+        self,
+        qemu_img: QemuImg,
+        machines: ManagedMachines | None = None,
+        timeouts: LiveTimeouts | None = None,
+    ) -> None:
+        self._images = DiskImages(qemu_img)
+        self._machines = machines
+        self._timeouts = timeouts or LiveTimeouts()
+        # QEMU serves one client per monitor socket; in-process callers queue here instead of
+        # in the socket's backlog, where they would time out behind each other.
+        self._socket_locks: dict[str, asyncio.Lock] = {}
         self._qemu_img = qemu_img
 
     async def probe(self) -> None:
         await self._qemu_img.version()
 
+    # -- reading ---------------------------------------------------------------------------
+
     async def power_state(self, vps: Vps) -> PowerState:
-        # Without QMP the only thing to know offline is whether the disks are there at all.
+        vm = self._vm(vps)
+        if vm is None or (vm.launch is not None and not self._process_alive(vps)):
+            return await self._offline_state(vps)
+        try:
+            async with self._monitor(vm.status_socket, self._timeouts.status) as monitor:
+                return await live.run_state(monitor)
+        except MonitorGone:
+            return await self._offline_state(vps)
+        except HypervisorError as exc:
+            # Busy (a snapshot holds an attached VM's only monitor) or stuck: say so, don't hang.
+            _log.info("power_state_unknown", vps_id=vps.id, reason=exc.detail)
+            return PowerState.UNKNOWN
+
+    async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
+        # The snapshot table is read from the files even while the VM runs: QEMU writes it
+        # synchronously, and reading needs no monitor (so listing never waits behind a job).
+        return await self._images.list_restore_points(vps)
+
+    # -- snapshots -------------------------------------------------------------------------
+
+    async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot:
+        async with self._live_monitor(vps) as (vm, monitor):
+            if monitor is None:
+                return await self._images.create_snapshot(vps, request)
+            assert vm is not None  # a monitor means a VM
+            infos = await self._images.inspect(vps, require_qcow2=True)
+            refuse_taken_name(vps, infos, request.name)
+            nodes = await live.disk_nodes(monitor, vps.disks)
+            if request.include_memory_state:
+                return await self._save_vm(vps, monitor, nodes, request.name)
+            return await self._snapshot_disks(vm, request, monitor, nodes)
+
+    async def delete_snapshot(self, vps: Vps, name: str) -> None:
+        async with self._live_monitor(vps) as (_, monitor):
+            if monitor is None:
+                await self._images.delete_snapshot(vps, name)
+                return
+            infos = await self._images.inspect(vps)
+            holders = [
+                disk
+                for disk, info in zip(vps.disks, infos, strict=True)
+                if info.snapshots_named(name)
+            ]
+            if not holders:
+                return  # a re-run delete job finds it gone already
+            for disk, info in zip(vps.disks, infos, strict=True):
+                if len(info.snapshots_named(name)) > 1:
+                    raise HypervisorError(
+                        f"disk {disk} has several snapshots named {name!r}; vpsnap will not "
+                        "guess which one to delete"
+                    )
+            nodes = dict(zip(vps.disks, await live.disk_nodes(monitor, vps.disks), strict=True))
+            with_ram = any(s.vm_state_size for i in infos for s in i.snapshots_named(name))
+            if with_ram:
+                await live.delete_vm(
+                    monitor,
+                    [nodes[d] for d in holders],
+                    name,
+                    timeout=self._timeouts.snapshot_job,
+                )
+            else:
+                await live.delete_disk_snapshot(monitor, [nodes[d] for d in holders], name)
+
+    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
+        before = await self.power_state(vps)
+        async with self._live_monitor(vps) as (vm, monitor):
+            if monitor is None:
+                await self._images.restore_snapshot(vps, name)
+                return RestoreOutcome(before, await self.power_state(vps))
+            assert vm is not None  # a monitor means a VM
+            infos = await self._images.inspect(vps, require_qcow2=True)
+            found = restorable(vps, infos, name)
+            ram_disks = [d for d, s in zip(vps.disks, found, strict=True) if s.vm_state_size]
+            if ram_disks:
+                _refuse_id_lookalike(vps, infos, name)
+                nodes = dict(zip(vps.disks, await live.disk_nodes(monitor, vps.disks), strict=True))
+                await live.load_vm(
+                    monitor,
+                    list(nodes.values()),
+                    name,
+                    vmstate_node=nodes[ram_disks[0]],
+                    timeout=self._timeouts.snapshot_job,
+                )
+                return RestoreOutcome(before, await live.run_state(monitor))
+            if vm.launch is None:
+                raise VpsNotReady(
+                    f"VPS {vps.name} is a running VM that vpsnap does not manage, and snapshot "
+                    f"{name} has no RAM state: its disks cannot be rolled back under it. Stop the "
+                    "VM first (its owner starts it again), then restore."
+                )
+            await self._end_process(vps, monitor)
+        # The monitor is closed: QEMU is gone, so its disks are free for qemu-img.
+        paused = before is PowerState.PAUSED
+        try:
+            await self._images.restore_snapshot(vps, name)
+        except BaseException:
+            # Whatever failed, the VM must not stay off because of a restore: start it again on
+            # the disks as they are, and report the restore's own error.
+            with contextlib.suppress(DomainError):
+                await self._start_managed(vps, vm.launch, paused=paused)
+            raise
+        await self._start_managed(vps, vm.launch, paused=paused)
+        return RestoreOutcome(before, await self.power_state(vps))
+
+    # -- power -----------------------------------------------------------------------------
+
+    async def change_power(
+        self, vps: Vps, action: PowerAction, *, force: bool = False
+    ) -> PowerOutcome:
+        vm = self._vm(vps)
+        if vm is None:
+            raise VpsNotReady(_NO_MACHINE.format(name=vps.name))
+        before = await self.power_state(vps)
+        if vm.launch is not None:
+            await self._power_managed(vps, vm.launch, action, force=force)
+        else:
+            await self._power_attached(vps, vm, action, force=force)
+        return PowerOutcome(before, await self.power_state(vps))
+
+    async def _power_managed(
+        self, vps: Vps, spec: LaunchSpec, action: PowerAction, *, force: bool
+    ) -> None:
+        async with self._live_monitor(vps) as (_, monitor):
+            if monitor is None:
+                if action in (PowerAction.START, PowerAction.RESTART):
+                    await self._start_managed(vps, spec, paused=False)
+                elif action is PowerAction.RESET:
+                    raise VpsNotReady(f"VPS {vps.name} is not running: there is nothing to reset.")
+                return  # shutdown / stop of a stopped VM: already done
+            match action:
+                case PowerAction.START:
+                    await _resume(monitor)
+                case PowerAction.RESET:
+                    await monitor.execute("system_reset")
+                case PowerAction.STOP:
+                    await self._end_process(vps, monitor)
+                case PowerAction.SHUTDOWN:
+                    await self._shut_down(vps, monitor)
+                case PowerAction.RESTART if force:
+                    await self._end_process(vps, monitor)
+                case PowerAction.RESTART:
+                    await self._shut_down(vps, monitor)
+        if action is PowerAction.RESTART:
+            await self._start_managed(vps, spec, paused=False)
+
+    async def _power_attached(self, vps: Vps, vm: _Vm, action: PowerAction, *, force: bool) -> None:
+        async with self._live_monitor(vps) as (_, monitor):
+            if monitor is None:
+                if action in (PowerAction.SHUTDOWN, PowerAction.STOP):
+                    return
+                raise VpsNotReady(
+                    f"VPS {vps.name} is not running, and it is a VM vpsnap does not manage "
+                    f"(attached through {vm.job_socket}): its owner must start it."
+                )
+            match action:
+                case PowerAction.START:
+                    await _resume(monitor)
+                case PowerAction.RESET:
+                    await monitor.execute("system_reset")
+                case PowerAction.RESTART if force:
+                    # Stop+start is impossible without the process; a hard reset is the same
+                    # for the guest.
+                    await monitor.execute("system_reset")
+                case PowerAction.RESTART:
+                    raise VpsNotReady(
+                        f"VPS {vps.name} is a VM vpsnap does not manage: after a graceful "
+                        "shutdown only its owner can start it again. Use restart with force "
+                        "(a hard reset) or reset."
+                    )
+                case PowerAction.STOP:
+                    await monitor.execute("quit")
+                case PowerAction.SHUTDOWN:
+                    await monitor.execute("system_powerdown")
+        if action in (PowerAction.STOP, PowerAction.SHUTDOWN):
+            limit = self._timeouts.qmp if action is PowerAction.STOP else self._timeouts.shutdown
+            if not await self._wait_for(vps, PowerState.STOPPED, limit):
+                raise VpsNotReady(_ignored_shutdown(vps, limit))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _vm(self, vps: Vps) -> _Vm | None:
+        match vps.machine:
+            case None:
+                return None
+            case LaunchSpec():
+                machine = self._managed().dir_for(vps.id)
+                return _Vm(
+                    job_socket=str(machine.qmp_socket),
+                    status_socket=str(machine.status_socket),
+                    agent_socket=str(machine.guest_agent_socket),
+                    launch=vps.machine,
+                )
+            case QmpAttachment():
+                return _Vm(
+                    job_socket=vps.machine.qmp_socket,
+                    status_socket=vps.machine.qmp_socket,
+                    agent_socket=vps.machine.guest_agent_socket,
+                    launch=None,
+                )
+            case LibvirtDomain():
+                raise HypervisorError(
+                    f"VPS {vps.name} is a libvirt domain; the QEMU driver cannot reach it"
+                )
+
+    def _managed(self) -> ManagedMachines:
+        if self._machines is None:
+            raise HypervisorError("this vpsnap has no data dir for VMs it starts itself")
+        return self._machines
+
+    def _process_alive(self, vps: Vps) -> bool:
+        return self._managed().pid(vps.id) is not None
+
+    @contextlib.asynccontextmanager
+    async def _monitor(self, socket_path: str, timeout: float) -> AsyncIterator[Monitor]:
+        lock = self._socket_locks.setdefault(socket_path, asyncio.Lock())
+        try:
+            async with asyncio.timeout(timeout):
+                await lock.acquire()
+        except TimeoutError:
+            raise HypervisorError(
+                f"the QMP socket {socket_path} is busy with another operation"
+            ) from None
+        try:
+            async with open_monitor(socket_path, timeout) as monitor:
+                yield monitor
+        finally:
+            lock.release()
+
+    @contextlib.asynccontextmanager
+    async def _live_monitor(self, vps: Vps) -> AsyncIterator[tuple[_Vm | None, Monitor | None]]:
+        """The job monitor of the VPS's VM while its process runs, else None."""
+        vm = self._vm(vps)
+        async with contextlib.AsyncExitStack() as stack:
+            monitor: Monitor | None = None
+            if vm is not None and (vm.launch is None or self._process_alive(vps)):
+                with contextlib.suppress(MonitorGone):  # an attached VM that is not running
+                    monitor = await stack.enter_async_context(
+                        self._monitor(vm.job_socket, self._timeouts.qmp)
+                    )
+            yield vm, monitor
+
+    async def _offline_state(self, vps: Vps) -> PowerState:
+        # Without a VM process the only thing to know is whether the disks are there at all.
         if not vps.disks:
             return PowerState.ERROR
         exists = await asyncio.gather(*(asyncio.to_thread(Path(d).exists) for d in vps.disks))
         return PowerState.STOPPED if all(exists) else PowerState.ERROR
 
-    async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
-        infos = await self._inspect(vps)
-        merged: dict[str, _MergedPoint] = {}
-        for disk, info in zip(vps.disks, infos, strict=True):
-            for snap in info.snapshots:
-                point = merged.get(snap.name)
-                if point is None:
-                    merged[snap.name] = _MergedPoint([disk], snap.vm_state_size, snap.created_at)
-                    continue
-                # A name duplicated on one disk (made outside vpsnap) still lists the disk once.
-                if disk not in point.disks:
-                    point.disks.append(disk)
-                point.vm_state_size = max(point.vm_state_size, snap.vm_state_size)
-                point.created_at = min(point.created_at, snap.created_at)
-        ordered = sorted(merged.items(), key=lambda item: item[1].created_at)
-        return [
-            RestorePoint(
-                name=name,
-                disks=tuple(point.disks),
-                vm_state_size=point.vm_state_size,
-                created_at=point.created_at,
+    async def _snapshot_disks(
+        self, vm: _Vm, request: SnapshotRequest, monitor: Monitor, nodes: tuple[str, ...]
+    ) -> TakenSnapshot:
+        freeze: contextlib.AbstractAsyncContextManager[bool] = contextlib.nullcontext(
+            enter_result=False
+        )
+        agent = vm.agent_socket if request.quiesce else None
+        # A channel no agent has opened answers nothing: skip the wait for the agent's timeout.
+        if agent is not None and await live.agent_channel_open(monitor, agent) is not False:
+            freeze = GuestAgent(agent, self._timeouts.guest_agent).frozen_filesystems()
+        async with freeze as frozen:
+            # One transaction: QEMU snapshots every disk or, on any error, none.
+            await live.take_disk_snapshot(monitor, nodes, request.name)
+        consistency = Consistency.FILESYSTEM if frozen else Consistency.CRASH
+        return TakenSnapshot(consistency=consistency, includes_memory_state=False)
+
+    async def _save_vm(
+        self, vps: Vps, monitor: Monitor, nodes: tuple[str, ...], name: str
+    ) -> TakenSnapshot:
+        # No freeze around a RAM snapshot: RAM is consistent by itself, and a guest frozen at
+        # save time would come back frozen on every restore of it.
+        try:
+            await live.save_vm(
+                monitor, nodes, name, vmstate_node=nodes[0], timeout=self._timeouts.snapshot_job
             )
-            for name, point in ordered
-        ]
+        except HypervisorError as exc:
+            await self._undo_create(vps, monitor, nodes, name, exc)
+            raise
+        return TakenSnapshot(consistency=Consistency.MEMORY, includes_memory_state=True)
 
-    async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot:
-        # A stopped VM has no RAM to save and no guest agent to quiesce, so include_memory_state
-        # and quiesce do not change anything here: the result is always crash-consistent.
-        name = request.name
-        infos = await self._inspect(vps, require_qcow2=True)
-        for disk, info in zip(vps.disks, infos, strict=True):
-            # qcow2 would happily take a duplicate; vpsnap names are unique per VPS ignoring case.
-            if any(name_key(s.name) == name_key(name) for s in info.snapshots):
-                raise SnapshotNameTaken(f"a snapshot named {name} already exists on disk {disk}")
-
-        done: list[str] = []
-        for disk in vps.disks:
-            try:
-                await self._qemu_img.create_snapshot(disk, name)
-            except BaseException as exc:
-                # All disks or none: undo what this call created, including on this disk in case
-                # qemu-img wrote the snapshot and then failed or was killed (the name was not
-                # there before, so any snapshot with it now is ours).
-                await self._roll_back_create(vps, name, done, failed_disk=disk, cause=exc)
-                raise
-            done.append(disk)
-
-        return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
-
-    async def delete_snapshot(self, vps: Vps, name: str) -> None:
-        infos = await self._inspect(vps)
-        for disk, info in zip(vps.disks, infos, strict=True):
-            # Disks without it are fine: a re-run delete job finds some or all already gone.
-            if info.snapshots_named(name):
-                await self._qemu_img.delete_snapshot(disk, name)
-
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
-        infos = await self._inspect(vps, require_qcow2=True)
-        # Check every disk before reverting any, so a missing snapshot never leaves a VPS with
-        # some disks rolled back and others not.
-        for disk, info in zip(vps.disks, infos, strict=True):
-            found = info.snapshots_named(name)
-            if not found:
-                raise SnapshotNotFound(f"snapshot {name} does not exist on disk {disk}")
-            if len(found) > 1:
-                raise HypervisorError(
-                    f"disk {disk} has {len(found)} snapshots named {name}; "
-                    "vpsnap will not guess which one to restore"
-                )
-        for disk in vps.disks:
-            # apply_snapshot resolves the name to its id: qemu-img -a matches ids first.
-            await self._qemu_img.apply_snapshot(disk, name)
-        return RestoreOutcome(
-            power_state_before=PowerState.STOPPED, power_state_after=PowerState.STOPPED
-        )
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    async def change_power(
+    async def _undo_create(
         self,
         vps: Vps,
-        action: PowerAction,  # noqa: ARG002 - the live half (QMP) acts on it
-        *,
-        force: bool = False,  # noqa: ARG002
-    ) -> PowerOutcome:
-        # Disk images alone have no VM to power. Managed and attached VMs are the live half's.
-        raise VpsNotReady(
-            f"VPS {vps.name} has no VM to power: it is registered with disk images only."
-        )
-
-    async def _inspect(self, vps: Vps, *, require_qcow2: bool = False) -> list[ImageInfo]:
-        """``qemu-img info`` of every disk, in ``vps.disks`` order."""
-        if not vps.disks:
-            raise HypervisorError(f"VPS {vps.name} has no disks configured")
-        results = await asyncio.gather(
-            *(self._qemu_img.info(disk) for disk in vps.disks), return_exceptions=True
-        )
-        infos: list[ImageInfo] = []
-        # gather waited for every qemu-img; report the first disk that failed, in disk order.
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            infos.append(result)
-        if require_qcow2:
-            for disk, info in zip(vps.disks, infos, strict=True):
-                if info.format != _QCOW2:
-                    raise HypervisorError(
-                        f"disk {disk} is a {info.format} image; internal snapshots need qcow2 "
-                        f"(convert it with: qemu-img convert -O qcow2 {disk} <new file>)"
-                    )
-        return infos
-
-    async def _roll_back_create(
-        self,
-        vps: Vps,
+        monitor: Monitor,
+        nodes: tuple[str, ...],
         name: str,
-        created: list[str],
-        *,
-        failed_disk: str,
-        cause: BaseException,
+        cause: HypervisorError,
     ) -> None:
-        for disk in created:
-            await self._delete_quietly(vps, disk, name, cause)
+        # The name was free before, so whatever carries it now is this attempt's leftover.
         try:
-            info = await self._qemu_img.info(failed_disk)
-        except Exception:
-            # The disk that just failed may well be unreadable; nothing to undo can be seen.
-            return
-        if info.snapshots_named(name):
-            await self._delete_quietly(vps, failed_disk, name, cause)
+            infos = await self._images.inspect(vps)
+            leftover = [
+                node for node, info in zip(nodes, infos, strict=True) if info.snapshots_named(name)
+            ]
+            await live.delete_disk_snapshot(monitor, leftover, name)
+        except HypervisorError as exc:
+            _log.warning("snapshot_rollback_failed", vps_id=vps.id, snapshot=name, error=str(exc))
+            cause.add_note(f"rollback could not delete snapshot {name}: {exc}; delete it by hand")
 
-    async def _delete_quietly(self, vps: Vps, disk: str, name: str, cause: BaseException) -> None:
+    async def _start_managed(self, vps: Vps, spec: LaunchSpec, *, paused: bool) -> None:
+        await self._managed().launch(vps, spec)
+        if paused:
+            socket = str(self._managed().dir_for(vps.id).qmp_socket)
+            async with self._monitor(socket, self._timeouts.qmp) as monitor:
+                await monitor.execute("stop")
+
+    async def _end_process(self, vps: Vps, monitor: Monitor) -> None:
+        """Hard power-off of a managed VM: ``quit``, and SIGKILL if QEMU does not exit."""
         try:
-            await self._qemu_img.delete_snapshot(disk, name)
-        except Exception as exc:
-            # The original failure is what the caller must see; this one is attached to it.
-            _log.warning(
-                "snapshot_rollback_failed", vps_id=vps.id, disk=disk, snapshot=name, error=str(exc)
-            )
-            cause.add_note(
-                f"rollback could not delete snapshot {name} from disk {disk}: {exc}; "
-                "delete it by hand"
-            )
+            await monitor.execute("quit")
+        except HypervisorError as exc:
+            _log.warning("vm_quit_failed", vps_id=vps.id, error=exc.detail)
+        if not await self._managed().wait_exit(vps.id, self._timeouts.qmp):
+            await self._managed().kill(vps.id)
+
+    async def _shut_down(self, vps: Vps, monitor: Monitor) -> None:
+        await monitor.execute("system_powerdown")
+        limit = self._timeouts.shutdown
+        if not await self._managed().wait_exit(vps.id, limit):
+            raise VpsNotReady(_ignored_shutdown(vps, limit))
+
+    async def _wait_for(self, vps: Vps, state: PowerState, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.power_state(vps) is not state:
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        return True
 
 
-@dataclass(slots=True)
-class _MergedPoint:
-    disks: list[str]
-    vm_state_size: int
-    created_at: datetime
+async def _resume(monitor: Monitor) -> None:
+    # Starting a running VM changes nothing; a paused one continues.
+    if await live.run_state(monitor) is PowerState.PAUSED:
+        await monitor.execute("cont")
+
+
+def _ignored_shutdown(vps: Vps, limit: float) -> str:
+    return (
+        f"VPS {vps.name} did not power off within {limit:g}s of the ACPI power button (the guest "
+        "ignored it, or has no OS that handles it). Use stop to power it off hard."
+    )
+
+
+def _refuse_id_lookalike(vps: Vps, infos: list[ImageInfo], name: str) -> None:
+    # snapshot-load finds the disk snapshot by id first, then by name (qcow2's goto), so a name
+    # equal to another snapshot's id would load the wrong disk state under the right RAM.
+    for disk, info in zip(vps.disks, infos, strict=True):
+        if any(s.id == name and s.name != name for s in info.snapshots):
+            raise HypervisorError(
+                f"snapshot {name!r} cannot be restored with its RAM state: on disk {disk} another "
+                f"snapshot has the id {name}, and QEMU would load that one. Stop the VM and "
+                "restore the disks only."
+            )
 
 
 if TYPE_CHECKING:

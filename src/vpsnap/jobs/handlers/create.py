@@ -40,10 +40,13 @@ class CreateSnapshotHandler:
                     "but was not made by vpsnap; choose another name."
                 )
             if existing is not None and set(existing.disks) == set(vps.disks):
-                # The earlier attempt finished on the hypervisor before its worker died.
+                # The earlier attempt finished on the hypervisor before its worker died. RAM
+                # state shows on disk; a filesystem freeze leaves no trace, so without RAM
+                # only crash consistency can be claimed.
+                with_memory = existing.vm_state_size > 0
                 return {
-                    "consistency": Consistency.CRASH.value,
-                    "includesMemoryState": existing.vm_state_size > 0,
+                    "consistency": (Consistency.MEMORY if with_memory else Consistency.CRASH).value,
+                    "includesMemoryState": with_memory,
                 }
             if existing is not None:
                 # It died half-way: start again from nothing.

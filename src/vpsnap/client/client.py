@@ -1,0 +1,137 @@
+"""``Client`` and ``AsyncClient``: a connection (URL, key, timeouts, retries) and the API's
+resources. Both share every operation; only the transport differs."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Generic, Self
+
+import httpx
+
+from vpsnap import __version__
+from vpsnap.client._http import RetryPolicy
+from vpsnap.client._runners import Async, AsyncRunner, M, Runner, Sync, SyncRunner
+from vpsnap.client.errors import ConfigurationError
+from vpsnap.client.inventory import Inventory
+from vpsnap.client.jobs import Jobs
+from vpsnap.client.snapshots import Snapshots
+
+DEFAULT_URL = "http://127.0.0.1:8080"  # where `vpsnap serve` listens by default
+DEFAULT_TIMEOUT = 30.0
+URL_ENV = "VPSNAP_URL"
+API_KEY_ENV = "VPSNAP_API_KEY"
+
+Timeout = float | httpx.Timeout
+
+
+def connection_settings(url: str | None, api_key: str | None) -> tuple[str, str]:
+    """Arguments first, then ``VPSNAP_URL`` / ``VPSNAP_API_KEY``; the URL defaults to the
+    local server."""
+    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    api_key = api_key or os.environ.get(API_KEY_ENV)
+    if not api_key:
+        raise ConfigurationError(f"no API key: give one (api_key=, --api-key) or set {API_KEY_ENV}")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"the vpsnap URL must start with http:// or https://: {url!r}")
+    return url.rstrip("/"), api_key
+
+
+def default_headers(api_key: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {api_key}",
+        "Accept": "application/json",
+        "User-Agent": f"vpsnap-client/{__version__}",
+    }
+
+
+class _Resources(Generic[M]):
+    vps: Inventory[M]
+    """The account's VPSes; buying snapshot slots."""
+    snapshots: Snapshots[M]
+    """Snapshots of a VPS, and ``create_safely``."""
+    jobs: Jobs[M]
+    """Jobs by id; waiting for them."""
+
+    def _attach(self, url: str, runner: Runner[M]) -> None:
+        self.url = url
+        self.vps = Inventory(runner)
+        self.snapshots = Snapshots(runner)
+        self.jobs = Jobs(runner)
+
+
+class Client(_Resources[Sync]):
+    """The synchronous client::
+
+        with Client() as client:  # VPSNAP_URL, VPSNAP_API_KEY
+            snapshot = client.snapshots.create_safely("web-1", "before-upgrade")
+
+    ``timeout`` (seconds, or an ``httpx.Timeout``) bounds each request; a long-poll adds its
+    wait to the read timeout. ``transport`` replaces the network (tests, proxies).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        url, key = connection_settings(url, api_key)
+        self._http = httpx.Client(
+            base_url=url, headers=default_headers(key), timeout=timeout, transport=transport
+        )
+        self._attach(url, SyncRunner(self._http, retry or RetryPolicy()))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncClient(_Resources[Async]):
+    """The asynchronous client: the same API, every call awaited::
+
+    async with AsyncClient() as client:
+        snapshot = await client.snapshots.create_safely("web-1", "before-upgrade")
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: Timeout = DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        url, key = connection_settings(url, api_key)
+        self._http = httpx.AsyncClient(
+            base_url=url, headers=default_headers(key), timeout=timeout, transport=transport
+        )
+        self._attach(url, AsyncRunner(self._http, retry or RetryPolicy()))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,270 @@
+"""QEMU processes that vpsnap starts itself (managed VMs), one directory each in the data dir.
+
+``<data-dir>/machines/<vps-id>/`` holds the job monitor ``qmp.sock``, the status monitor
+``qmp-status.sock`` (so an API read of the power state never waits behind a running snapshot),
+the guest-agent channel ``qga.sock`` and QEMU's ``pid`` file. QEMU daemonizes into its own
+session, so a VM outlives a vpsnap restart; vpsnap finds it again through that directory.
+"Never orphaned": a pid counts only if /proc shows a QEMU started with this directory's
+socket, so a recycled pid is never mistaken for the VM (or killed), and stale files from a VM
+that died are removed before the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from vpsnap.domain.errors import HypervisorError
+from vpsnap.domain.model import LaunchSpec, Vps
+
+_log = structlog.get_logger(__name__)
+
+# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_POLL_SECONDS = 0.05
+_MAX_ERROR_CHARS = 2000
+
+
+def disk_node(index: int) -> str:
+    """The QMP node name of a managed VM's disk ``index`` (its qcow2 format node)."""
+    return f"vd{index}"
+
+
+def disk_device(index: int) -> str:
+    """The qdev id of a managed VM's disk ``index``."""
+    return f"vd{index}-dev"
+
+
+@dataclass(frozen=True, slots=True)
+class MachineDir:
+    path: Path
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.path / "qmp.sock"
+
+    @property
+    def status_socket(self) -> Path:
+        return self.path / "qmp-status.sock"
+
+    @property
+    def guest_agent_socket(self) -> Path:
+        return self.path / "qga.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.path / "pid"
+
+    def files(self) -> tuple[Path, ...]:
+        return (self.qmp_socket, self.status_socket, self.guest_agent_socket, self.pidfile)
+
+
+class ManagedMachines:
+    """Starts, finds and ends the QEMU processes of managed VMs under one data dir."""
+
+    def __init__(
+        self, data_dir: Path, qemu_system: str = "qemu-system-x86_64", timeout: float = 30.0
+    ) -> None:
+        self.root = data_dir.resolve() / "machines"
+        self.qemu_system = qemu_system
+        self.timeout = timeout
+
+    def dir_for(self, vps_id: str) -> MachineDir:
+        if not vps_id or "/" in vps_id or vps_id.startswith("."):
+            raise HypervisorError(f"unusable VPS id for a machine directory: {vps_id!r}")
+        return MachineDir(self.root / vps_id)
+
+    def pid(self, vps_id: str) -> int | None:
+        """The pid of the VPS's running QEMU, or None. Cheap (two small file reads)."""
+        machine = self.dir_for(vps_id)
+        try:
+            pid = int(machine.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _is_our_qemu(pid, machine) else None
+
+    def _exiting(self, vps_id: str) -> bool:
+        """The pidfile's process is dying: its memory is gone (empty cmdline) but it may still
+        hold files, such as the disks' locks, until it is a zombie."""
+        try:
+            pid = int(self.dir_for(vps_id).pidfile.read_text().strip())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        # The state letter follows the parenthesised command name, which may contain spaces.
+        state = stat.rpartition(")")[2].split()[0]
+        return not cmdline and state not in ("Z", "X")
+
+    def running(self) -> Iterator[tuple[str, int]]:
+        """(vps id, pid) of every managed VM of this data dir that is running now."""
+        if not self.root.is_dir():
+            return
+        for entry in sorted(self.root.iterdir()):
+            pid = self.pid(entry.name)
+            if pid is not None:
+                yield entry.name, pid
+
+    async def launch(self, vps: Vps, spec: LaunchSpec) -> int:
+        """Start the VM (it must not be running) and return its pid once QMP is listening."""
+        machine = self.dir_for(vps.id)
+        if self.pid(vps.id) is not None:
+            raise HypervisorError(f"the VM of {vps.name} is already running")
+        # A VM that was just killed may still be releasing its disks' locks.
+        if not await self.wait_exit(vps.id, self.timeout):
+            raise HypervisorError(f"the previous VM of {vps.name} is still exiting")
+        await asyncio.to_thread(_prepare_dir, machine)
+        argv = [self.qemu_system, *launch_arguments(vps, spec, machine)]
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise HypervisorError(f"cannot run {self.qemu_system}: {exc}") from exc
+        try:
+            # With -daemonize the first process exits once the VM is set up (sockets bound).
+            async with asyncio.timeout(self.timeout):
+                _, stderr = await process.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            await self.kill(vps.id)
+            raise HypervisorError(
+                f"{self.qemu_system} did not start within {self.timeout:g}s"
+            ) from None
+        if process.returncode != 0:
+            await asyncio.to_thread(_remove_files, machine)
+            message = _without_cpu_warnings(stderr.decode("utf-8", errors="replace"))
+            raise HypervisorError(
+                f"{self.qemu_system} failed to start the VM of {vps.name} "
+                f"(exit {process.returncode}): {message[:_MAX_ERROR_CHARS] or 'no output'}"
+            )
+        pid = self.pid(vps.id)
+        if pid is None:
+            raise HypervisorError(f"the VM of {vps.name} exited right after it started")
+        _log.info("vm_launched", vps_id=vps.id, pid=pid)
+        return pid
+
+    async def wait_exit(self, vps_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` for the VM's process to end; True when it has."""
+        # The daemonized QEMU is not our child, so there is nothing to waitpid() on: poll.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.pid(vps_id) is not None or self._exiting(vps_id):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(_POLL_SECONDS)
+        await asyncio.to_thread(_remove_files, self.dir_for(vps_id))
+        return True
+
+    async def kill(self, vps_id: str) -> None:
+        """End the VM's process at once (SIGKILL) and remove its files."""
+        pid = self.pid(vps_id)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not await self.wait_exit(vps_id, self.timeout):
+                raise HypervisorError(f"QEMU process {pid} did not end after SIGKILL")
+            _log.warning("vm_killed", vps_id=vps_id, pid=pid)
+        await asyncio.to_thread(_remove_files, self.dir_for(vps_id))
+
+
+def launch_arguments(vps: Vps, spec: LaunchSpec, machine: MachineDir) -> list[str]:
+    """The qemu-system command line (without the program) of a managed VM."""
+    for socket in (machine.qmp_socket, machine.status_socket, machine.guest_agent_socket):
+        if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+            raise HypervisorError(
+                f"socket path {socket} is longer than {_MAX_SOCKET_PATH} bytes, the limit of "
+                "unix sockets; use a shorter data dir"
+            )
+    args = [
+        "-name",
+        _option_value(f"vpsnap-{vps.id}"),
+        # KVM when the host has it, else plain emulation: tests and small labs run anywhere.
+        "-machine",
+        "accel=kvm:tcg",
+        "-m",
+        str(spec.memory_mib),
+        "-smp",
+        str(spec.cpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+    ]
+    for index, disk in enumerate(vps.disks):
+        file_node = f"{disk_node(index)}-file"
+        # JSON form: no escaping rules for file names with commas or equals signs.
+        args += [
+            "-blockdev",
+            json.dumps({"driver": "file", "filename": disk, "node-name": file_node}),
+            "-blockdev",
+            json.dumps({"driver": "qcow2", "file": file_node, "node-name": disk_node(index)}),
+            "-device",
+            f"virtio-blk-pci,drive={disk_node(index)},id={disk_device(index)}",
+        ]
+    for chardev, socket in (("qmp", machine.qmp_socket), ("qmp-status", machine.status_socket)):
+        args += [
+            "-chardev",
+            f"socket,id={chardev},path={_option_value(str(socket))},server=on,wait=off",
+            "-mon",
+            f"chardev={chardev},mode=control",
+        ]
+    args += [
+        "-chardev",
+        f"socket,id=qga,path={_option_value(str(machine.guest_agent_socket))},server=on,wait=off",
+        "-device",
+        "virtio-serial-pci,id=serial0",
+        "-device",
+        "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+        "-daemonize",
+        "-pidfile",
+        str(machine.pidfile),
+        *spec.extra_args,
+    ]
+    return args
+
+
+def _is_our_qemu(pid: int, machine: MachineDir) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    # A zombie has an empty cmdline; a recycled pid has someone else's.
+    return os.fsencode(_option_value(str(machine.qmp_socket))) in cmdline
+
+
+def _prepare_dir(machine: MachineDir) -> None:
+    machine.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # The VM is not running, so any socket or pid file here is left over from one that died.
+    _remove_files(machine)
+
+
+def _remove_files(machine: MachineDir) -> None:
+    for path in machine.files():
+        path.unlink(missing_ok=True)
+
+
+def _option_value(text: str) -> str:
+    # In QEMU's key=value option syntax a literal comma is written twice.
+    return text.replace(",", ",,")
+
+
+def _without_cpu_warnings(stderr: str) -> str:
+    # TCG prints a line per CPU feature it cannot emulate; they bury the real error.
+    lines = [
+        line for line in stderr.splitlines() if "host doesn't support requested feature" not in line
+    ]
+    return "\n".join(lines).strip()

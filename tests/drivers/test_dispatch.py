@@ -1,0 +1,65 @@
+"""DispatchingDriver: each VPS reaches the driver of its machine; libvirt is optional."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import pytest
+
+from vpsnap.domain.errors import HypervisorError
+from vpsnap.domain.model import LibvirtDomain, PowerState, QmpAttachment
+from vpsnap.domain.ports import HypervisorDriver, SnapshotRequest
+from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
+from vpsnap.drivers.fake import FakeDriver
+
+from .support import make_vps
+
+DISK_VPS = make_vps(("/fake/disk0.qcow2",), "vps-disk")
+QMP_VPS = dataclasses.replace(make_vps(("/fake/q.qcow2",), "vps-qmp"), machine=QmpAttachment("/q"))
+LIBVIRT_VPS = dataclasses.replace(
+    make_vps(("/fake/l.qcow2",), "vps-lv"), machine=LibvirtDomain("qemu:///system", "web")
+)
+
+
+async def test_libvirt_domains_go_to_libvirt_and_everything_else_to_qemu() -> None:
+    qemu, libvirt = FakeDriver(), FakeDriver()
+    built: list[HypervisorDriver] = []
+
+    def factory() -> HypervisorDriver:
+        built.append(libvirt)
+        return libvirt
+
+    driver = DispatchingDriver(qemu, factory)
+    await driver.probe()
+    assert built == []  # libvirt is loaded only once a VPS needs it
+
+    for vps in (DISK_VPS, QMP_VPS, LIBVIRT_VPS):
+        await driver.create_snapshot(vps, SnapshotRequest(name="s"))
+        await driver.power_state(vps)
+    await driver.restore_snapshot(LIBVIRT_VPS, "s")
+
+    assert qemu.calls == [("probe", ""), ("create", "vps-disk"), ("create", "vps-qmp")]
+    assert libvirt.calls == [("create", "vps-lv"), ("restore", "vps-lv")]
+    assert len(built) == 1  # one libvirt driver, reused
+    await driver.probe()
+    assert qemu.calls[-1] == ("probe", "")
+    assert libvirt.calls[-1] == ("probe", "")
+
+
+async def test_without_libvirt_python_a_libvirt_vps_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules makes `import libvirt` raise ImportError, as on a host without it.
+    monkeypatch.setitem(sys.modules, "libvirt", None)
+    monkeypatch.delitem(sys.modules, "vpsnap.drivers.libvirt", raising=False)
+    qemu = FakeDriver()
+    driver = DispatchingDriver(qemu, libvirt_driver_factory())
+
+    with pytest.raises(HypervisorError) as caught:
+        await driver.power_state(LIBVIRT_VPS)
+
+    assert "vpsnap[libvirt]" in caught.value.detail
+    assert caught.value.code == "hypervisor_unavailable"
+    # Everything else still works.
+    assert await driver.power_state(DISK_VPS) is PowerState.STOPPED

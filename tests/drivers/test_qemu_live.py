@@ -1,0 +1,378 @@
+"""QemuDriver with real running VMs: what only QEMU shows (RAM state on disk, ignored power
+buttons, re-attach, stale files, attached VMs, the guest agent)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from vpsnap.domain.errors import HypervisorError, VpsNotReady
+from vpsnap.domain.model import (
+    Consistency,
+    LaunchSpec,
+    PowerAction,
+    PowerState,
+    QmpAttachment,
+    Vps,
+)
+from vpsnap.domain.ports import SnapshotRequest
+from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
+from vpsnap.drivers.qmp import open_monitor
+
+from .support import DiskFactory, make_vps
+from .vm_support import GuestAgentStandIn, VmData, qemu_pids_under
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from vpsnap.drivers.qemu_img import QemuImg
+
+pytestmark = pytest.mark.qemu
+
+VM = LaunchSpec(memory_mib=64, cpus=1)
+
+
+@pytest.fixture
+def driver(qemu_img: QemuImg, machines: ManagedMachines, live_timeouts: LiveTimeouts) -> QemuDriver:
+    return QemuDriver(qemu_img, machines, live_timeouts)
+
+
+async def running_vps(driver: QemuDriver, make_disks: DiskFactory, count: int = 1) -> Vps:
+    vps = make_vps(await make_disks(count), machine=VM)
+    outcome = await driver.change_power(vps, PowerAction.START)
+    assert outcome.power_state_after is PowerState.RUNNING
+    return vps
+
+
+async def attached_vps(
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    agent_socket: str | None = None,
+    *,
+    read_only_second_disk: bool = False,
+) -> Vps:
+    """A VM started "by someone else" (here: QEMU run directly), registered by its socket."""
+    owner = make_vps(await make_disks(2, prefix="owned"), vps_id="owner-vm")
+    machine = machines.dir_for(owner.id)
+    machine.path.mkdir(parents=True)
+    args = launch_arguments(owner, VM, machine)
+    if read_only_second_disk:
+        # A disk QEMU cannot write makes the snapshot transaction fail after the freeze.
+        args = [_read_only(arg) if "vd1" in arg and arg.startswith("{") else arg for arg in args]
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, stderr.decode()
+    return make_vps(
+        owner.disks,
+        vps_id="attached",
+        machine=QmpAttachment(str(machine.qmp_socket), agent_socket),
+    )
+
+
+def _read_only(blockdev: str) -> str:
+    return json.dumps({**json.loads(blockdev), "read-only": True})
+
+
+# -- RAM state, power buttons -----------------------------------------------------------------
+
+
+async def test_ram_state_is_on_the_disk_as_qemu_img_shows_it(
+    driver: QemuDriver, make_disks: DiskFactory
+) -> None:
+    vps = await running_vps(driver, make_disks, count=2)
+    await driver.create_snapshot(vps, SnapshotRequest(name="ram", include_memory_state=True))
+
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-img", "info", "--output=json", "-U", vps.disks[0], stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    [snap] = json.loads(out)["snapshots"]
+    assert snap["name"] == "ram"
+    assert snap["vm-state-size"] > 0
+    # The RAM lives on the first disk only; the second has the disk state.
+    [point] = await driver.list_restore_points(vps)
+    assert point.disks == vps.disks
+    assert await driver.power_state(vps) is PowerState.RUNNING
+
+
+async def test_graceful_shutdown_ignored_by_the_guest_says_use_stop(
+    driver: QemuDriver, make_disks: DiskFactory, live_timeouts: LiveTimeouts
+) -> None:
+    # No OS in the guest, so nothing handles the ACPI power button.
+    vps = await running_vps(driver, make_disks)
+    started = time.monotonic()
+    with pytest.raises(VpsNotReady, match="Use stop"):
+        await driver.change_power(vps, PowerAction.SHUTDOWN)
+    assert time.monotonic() - started < live_timeouts.shutdown + 3
+    assert await driver.power_state(vps) is PowerState.RUNNING
+
+    with pytest.raises(VpsNotReady, match="Use stop"):
+        await driver.change_power(vps, PowerAction.RESTART)
+    outcome = await driver.change_power(vps, PowerAction.STOP)
+    assert outcome.power_state_after is PowerState.STOPPED
+
+
+async def test_paused_vm_stays_paused_through_a_restore_and_start_continues_it(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    vps = await running_vps(driver, make_disks)
+    await driver.create_snapshot(vps, SnapshotRequest(name="disk", quiesce=False))
+    async with open_monitor(str(machines.dir_for(vps.id).qmp_socket), 10) as monitor:
+        await monitor.execute("stop")
+    assert await driver.power_state(vps) is PowerState.PAUSED
+
+    outcome = await driver.restore_snapshot(vps, "disk")
+    assert (outcome.power_state_before, outcome.power_state_after) == (
+        PowerState.PAUSED,
+        PowerState.PAUSED,
+    )
+
+    started = await driver.change_power(vps, PowerAction.START)
+    assert started.power_state_after is PowerState.RUNNING
+
+
+async def test_power_of_a_vps_without_a_machine_is_refused(
+    driver: QemuDriver, make_disks: DiskFactory
+) -> None:
+    vps = make_vps(await make_disks(1))
+    with pytest.raises(VpsNotReady, match="disk images only"):
+        await driver.change_power(vps, PowerAction.START)
+
+
+# -- re-attach, stale files, no orphans ------------------------------------------------------
+
+
+async def test_a_new_driver_on_the_same_data_dir_finds_the_running_vm(
+    driver: QemuDriver,
+    qemu_img: QemuImg,
+    make_disks: DiskFactory,
+    machines: ManagedMachines,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    vps = await running_vps(driver, make_disks)
+    pid = machines.pid(vps.id)
+
+    # What an API restart amounts to: nothing survives but the data dir.
+    restarted_machines = ManagedMachines(machines.root.parent)
+    restarted = QemuDriver(qemu_img, restarted_machines, live_timeouts)
+
+    assert await restarted.power_state(vps) is PowerState.RUNNING
+    again = await restarted.change_power(vps, PowerAction.START)
+    assert again.power_state_before is PowerState.RUNNING
+    assert restarted_machines.pid(vps.id) == pid  # re-attached, not started twice
+    taken = await restarted.create_snapshot(vps, SnapshotRequest(name="after-restart"))
+    assert taken.consistency is Consistency.CRASH
+    assert [p.name for p in await restarted.list_restore_points(vps)] == ["after-restart"]
+
+
+async def test_a_vm_killed_behind_our_back_is_stopped_and_starts_again(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    vps = await running_vps(driver, make_disks)
+    pid = machines.pid(vps.id)
+    assert pid is not None
+    os.kill(pid, 9)
+    for _ in range(100):
+        if machines.pid(vps.id) is None:
+            break
+        await asyncio.sleep(0.05)
+
+    machine = machines.dir_for(vps.id)
+    assert machine.qmp_socket.exists()  # QEMU had no chance to clean up
+    assert await driver.power_state(vps) is PowerState.STOPPED
+
+    outcome = await driver.change_power(vps, PowerAction.START)
+    assert outcome.power_state_after is PowerState.RUNNING
+    assert machines.pid(vps.id) not in (None, pid)
+
+
+async def test_a_stale_pidfile_naming_another_process_is_never_trusted(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    vps = make_vps(await make_disks(1), machine=VM)
+    machine = machines.dir_for(vps.id)
+    machine.path.mkdir(parents=True)
+    # This test's own pid: alive, but not a QEMU of this directory.
+    machine.pidfile.write_text(f"{os.getpid()}\n")
+    machine.qmp_socket.write_text("")
+
+    assert machines.pid(vps.id) is None
+    assert await driver.power_state(vps) is PowerState.STOPPED
+    stopped = await driver.change_power(vps, PowerAction.STOP)
+    assert stopped.power_state_after is PowerState.STOPPED  # and pytest still lives
+
+    await driver.change_power(vps, PowerAction.START)
+    assert machines.pid(vps.id) not in (None, os.getpid())
+
+
+async def test_stop_leaves_no_process_and_no_files(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    vps = await running_vps(driver, make_disks)
+    await driver.change_power(vps, PowerAction.STOP)
+
+    assert qemu_pids_under(machines.root) == []
+    assert [p for p in machines.dir_for(vps.id).files() if p.exists()] == []
+
+
+async def test_a_failed_launch_reports_qemus_error(
+    qemu_img: QemuImg, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    driver = QemuDriver(qemu_img, machines)
+    vps = make_vps(await make_disks(1), machine=LaunchSpec(64, 1, ("-no-such-option",)))
+    with pytest.raises(HypervisorError, match="no-such-option"):
+        await driver.change_power(vps, PowerAction.START)
+    assert machines.pid(vps.id) is None
+
+
+# -- attached VMs ------------------------------------------------------------------------------
+
+
+async def test_attached_vm_live_snapshots_and_what_vpsnap_cannot_do(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory, qemu_img: QemuImg
+) -> None:
+    vps = await attached_vps(machines, make_disks)
+    assert isinstance(vps.machine, QmpAttachment)
+    data = VmData(qemu_img, vps.disks, vps.machine.qmp_socket, is_running=lambda: True)
+    assert await driver.power_state(vps) is PowerState.RUNNING
+
+    await data.write(0xA1)
+    await driver.create_snapshot(vps, SnapshotRequest(name="disk", quiesce=False))
+    await driver.create_snapshot(vps, SnapshotRequest(name="ram", include_memory_state=True))
+    await data.write(0xB2)
+
+    with pytest.raises(VpsNotReady, match="Stop the VM first"):
+        await driver.restore_snapshot(vps, "disk")
+    outcome = await driver.restore_snapshot(vps, "ram")
+    assert outcome.power_state_after is PowerState.RUNNING
+    assert await data.holds(0xA1)
+    with pytest.raises(VpsNotReady, match="restart with force"):
+        await driver.change_power(vps, PowerAction.RESTART)
+    await driver.change_power(vps, PowerAction.RESTART, force=True)
+
+    stopped = await driver.change_power(vps, PowerAction.STOP)
+    assert stopped.power_state_after is PowerState.STOPPED
+    with pytest.raises(VpsNotReady, match="its owner must start it"):
+        await driver.change_power(vps, PowerAction.START)
+    # Stopped, its disks are free: the offline path takes over.
+    await driver.restore_snapshot(vps, "disk")
+    assert [p.name for p in await driver.list_restore_points(vps)] == ["disk", "ram"]
+
+
+async def test_a_busy_monitor_reads_as_unknown_quickly(
+    driver: QemuDriver,
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    vps = await attached_vps(machines, make_disks)
+    assert isinstance(vps.machine, QmpAttachment)
+    async with open_monitor(vps.machine.qmp_socket, 10):
+        # Someone else holds the only monitor of this VM.
+        started = time.monotonic()
+        assert await driver.power_state(vps) is PowerState.UNKNOWN
+        assert time.monotonic() - started < live_timeouts.status + 1
+    assert await driver.power_state(vps) is PowerState.RUNNING
+
+
+async def test_status_reads_of_a_managed_vm_do_not_wait_for_its_job_monitor(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    vps = await running_vps(driver, make_disks)
+    async with open_monitor(str(machines.dir_for(vps.id).qmp_socket), 10):
+        assert await driver.power_state(vps) is PowerState.RUNNING
+
+
+# -- guest agent -------------------------------------------------------------------------------
+
+
+async def test_no_agent_in_the_guest_gives_a_crash_consistent_snapshot_at_once(
+    driver: QemuDriver, make_disks: DiskFactory, live_timeouts: LiveTimeouts
+) -> None:
+    # The managed VM has the agent channel, but no OS opened it: QEMU says so, no waiting.
+    vps = await running_vps(driver, make_disks)
+    started = time.monotonic()
+    taken = await driver.create_snapshot(vps, SnapshotRequest(name="q", quiesce=True))
+    elapsed = time.monotonic() - started
+
+    assert taken.consistency is Consistency.CRASH
+    assert elapsed < live_timeouts.guest_agent
+    assert [p.name for p in await driver.list_restore_points(vps)] == ["q"]
+
+
+async def test_an_agent_that_never_answers_costs_one_timeout(
+    driver: QemuDriver,
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    tmp_path: Path,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"), silent=True)
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        started = time.monotonic()
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="q", quiesce=True))
+        elapsed = time.monotonic() - started
+
+    assert taken.consistency is Consistency.CRASH
+    assert live_timeouts.guest_agent <= elapsed < live_timeouts.guest_agent + 2
+    # Only the handshake was tried: no freeze was sent, so none needs a thaw.
+    assert agent.calls == ["guest-sync-delimited"]
+    assert [p.name for p in await driver.list_restore_points(vps)] == ["q"]
+
+
+async def test_an_answering_agent_freezes_and_thaws(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory, tmp_path: Path
+) -> None:
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"))
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
+
+    assert taken.consistency is Consistency.FILESYSTEM
+    assert agent.calls == ["guest-sync-delimited", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+
+
+async def test_thaw_is_sent_when_the_snapshot_fails(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory, tmp_path: Path
+) -> None:
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"))
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path, read_only_second_disk=True)
+        with pytest.raises(HypervisorError, match="read only"):
+            await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
+
+    assert agent.calls[-1] == "guest-fsfreeze-thaw"
+    assert "guest-fsfreeze-freeze" in agent.calls
+    assert await driver.list_restore_points(vps) == []  # the transaction left nothing
+
+
+async def test_a_late_freeze_is_still_thawed_and_not_claimed(
+    driver: QemuDriver,
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    tmp_path: Path,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    agent = GuestAgentStandIn(
+        str(tmp_path / "qga.sock"), freeze_delay=live_timeouts.guest_agent + 0.5
+    )
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="late", quiesce=True))
+        # The thaw is answered once the late freeze reply has been written.
+        for _ in range(100):
+            if "guest-fsfreeze-thaw" in agent.calls:
+                break
+            await asyncio.sleep(0.05)
+
+    assert taken.consistency is Consistency.CRASH
+    assert agent.calls[-1] == "guest-fsfreeze-thaw"

@@ -1,0 +1,164 @@
+"""Helpers for tests with real running VMs: guest-visible data, process checks, a QGA stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vpsnap.drivers import live
+from vpsnap.drivers.qmp import open_monitor
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from vpsnap.drivers.qemu_img import QemuImg
+
+# Data lands at different places on each disk so a restore of only one disk cannot pass.
+REGIONS = ((0, 64 * 1024), (1024 * 1024, 128 * 1024))
+
+
+def qemu_pids_under(root: Path) -> list[int]:
+    """Pids of every live process whose command line mentions ``root`` (our VMs)."""
+    needle = str(root).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+async def write_running(qmp_socket: str, disk: str, offset: int, length: int, pattern: int) -> None:
+    """Write a pattern through the running VM's own block layer (HMP ``qemu-io``), flushed.
+
+    The VM holds the image's write lock, so no other process may write it; QEMU itself can.
+    """
+    async with open_monitor(qmp_socket, 10) as monitor:
+        [node] = await live.disk_nodes(monitor, [disk])
+        qdev = await live.qdev_of(monitor, node)
+        for command in (f"write -P 0x{pattern:02x} {offset} {length}", "flush"):
+            output = await monitor.human(f'qemu-io -d {qdev} "{command}"')
+            # HMP qemu-io prints its report to QEMU's stdout; only errors come back here.
+            assert output == "", output
+
+
+async def flush_running(qmp_socket: str, disk: str) -> None:
+    async with open_monitor(qmp_socket, 10) as monitor:
+        [node] = await live.disk_nodes(monitor, [disk])
+        qdev = await live.qdev_of(monitor, node)
+        assert await monitor.human(f'qemu-io -d {qdev} "flush"') == ""
+
+
+async def read_shared(disk: str, offset: int, length: int, pattern: int) -> bool:
+    """Check a pattern with a read-only, lock-sharing qemu-io next to the running VM."""
+    proc = await asyncio.create_subprocess_exec(
+        "qemu-io",
+        "-U",
+        "-r",
+        "-f",
+        "qcow2",
+        "-c",
+        f"read -P 0x{pattern:02x} {offset} {length}",
+        disk,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode()
+    if "Pattern verification failed" in text:
+        return False
+    assert f"read {length}/{length} bytes" in text, text
+    return True
+
+
+@dataclass
+class VmData:
+    """The guest-visible data of a VPS's disks, whether its VM runs or not."""
+
+    qemu_img: QemuImg
+    disks: tuple[str, ...]
+    qmp_socket: str
+    is_running: Any  # () -> bool
+
+    async def write(self, pattern: int) -> None:
+        for disk, (offset, length) in zip(self.disks, REGIONS, strict=True):
+            if self.is_running():
+                await write_running(self.qmp_socket, disk, offset, length, pattern)
+            else:
+                await self.qemu_img.write_pattern(disk, offset, length, pattern)
+
+    async def holds(self, pattern: int) -> bool:
+        results = []
+        for disk, (offset, length) in zip(self.disks, REGIONS, strict=True):
+            if self.is_running():
+                await flush_running(self.qmp_socket, disk)
+                results.append(await read_shared(disk, offset, length, pattern))
+            else:
+                results.append(await self.qemu_img.read_matches(disk, offset, length, pattern))
+        return all(results)
+
+
+@dataclass
+class GuestAgentStandIn:
+    """A unix-socket server speaking the guest agent's protocol, recording what it was asked.
+
+    ``freeze_delay`` makes the freeze answer late (after the client's timeout); ``silent``
+    accepts connections and reads, but never answers (an agent channel with no agent behind).
+    """
+
+    path: str
+    freeze_delay: float = 0.0
+    silent: bool = False
+    calls: list[str] = field(default_factory=list)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[GuestAgentStandIn]:
+        server = await asyncio.start_unix_server(self._client, path=self.path)
+        try:
+            yield self
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                text = line.strip(b"\xff \r\n")
+                if not text:
+                    continue
+                request = json.loads(text)
+                command = request["execute"]
+                self.calls.append(command)
+                if self.silent:
+                    continue
+                if command == "guest-sync-delimited":
+                    writer.write(b"\xff" + _reply(request["arguments"]["id"]))
+                elif command == "guest-sync":
+                    writer.write(_reply(request["arguments"]["id"]))
+                elif command == "guest-fsfreeze-freeze":
+                    await asyncio.sleep(self.freeze_delay)
+                    writer.write(_reply(2))  # number of filesystems frozen
+                elif command == "guest-fsfreeze-thaw":
+                    writer.write(_reply(2))
+                else:
+                    writer.write(
+                        json.dumps({"error": {"class": "CommandNotFound"}}).encode() + b"\n"
+                    )
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+def _reply(value: object) -> bytes:
+    return json.dumps({"return": value}).encode() + b"\n"
