@@ -45,51 +45,46 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LiveServer:
-    _names = itertools.count(1)
+class ServerProcess:
+    """``vpsnap serve`` as a process group of its own (a stop or kill takes its qemu-img
+    children too), started on a free port and waited for until ``ready_path`` answers 200.
 
-    def __init__(self, data_dir: Path, **settings: str) -> None:
+    Each instance logs to ``server-<port>.log`` in the data dir, so a restarted server on the
+    same data dir keeps the first one's log.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *serve_args: str,
+        env: dict[str, str],
+        ready_path: str = "/readyz",
+    ) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        qemu_img = shutil.which("qemu-img")
-        assert qemu_img is not None, "qemu-img is not installed (run scripts/install)"
-        wrapper = data_dir / "slow-qemu-img"
-        wrapper.write_text(SLOW_QEMU_IMG.format(seconds=SLOW_SECONDS, qemu_img=qemu_img))
-        wrapper.chmod(0o755)
-        env = {
-            **os.environ,
-            "VPSNAP_LOG_LEVEL": "warning",
-            "VPSNAP_QEMU_IMG": str(wrapper),
-            "VPSNAP_RATE_LIMIT_PER_KEY": "100000/minute",
-            "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "100000/minute",
-            # No demo VM: it would outlive the server (managed VMs do) and every test run.
-            "VPSNAP_DEMO_VM": "false",
-            **settings,
-        }
-        self.log_path = data_dir / "server.log"
+        self.log_path = data_dir / f"server-{self.port}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [VPSNAP, "serve", "--demo", "--port", str(self.port), "--data-dir", str(data_dir)],
-            env=env,
+            [VPSNAP, "serve", *serve_args, "--port", str(self.port), "--data-dir", str(data_dir)],
+            env={**os.environ, **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a stop takes qemu-img too
+            start_new_session=True,
         )
         try:
-            self._wait_ready()
+            self._wait_ready(ready_path)
         except BaseException:
             self.stop()
             raise
-        self.tokens: dict[str, str] = json.loads((data_dir / "demo-tokens.json").read_text())
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, ready_path: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"vpsnap serve exited:\n{self.read_log()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -98,6 +93,12 @@ class LiveServer:
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no shutdown code runs."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT)
+        self._log.close()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -108,6 +109,30 @@ class LiveServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=STOP_TIMEOUT)
         self._log.close()
+
+
+class LiveServer(ServerProcess):
+    """``vpsnap serve --demo`` with a qemu-img that can be made slow, for the SDK and CLI."""
+
+    _names = itertools.count(1)
+
+    def __init__(self, data_dir: Path, **settings: str) -> None:
+        qemu_img = shutil.which("qemu-img")
+        assert qemu_img is not None, "qemu-img is not installed (run scripts/install)"
+        wrapper = data_dir / "slow-qemu-img"
+        wrapper.write_text(SLOW_QEMU_IMG.format(seconds=SLOW_SECONDS, qemu_img=qemu_img))
+        wrapper.chmod(0o755)
+        env = {
+            "VPSNAP_LOG_LEVEL": "warning",
+            "VPSNAP_QEMU_IMG": str(wrapper),
+            "VPSNAP_RATE_LIMIT_PER_KEY": "100000/minute",
+            "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "100000/minute",
+            # No demo VM: it would outlive the server (managed VMs do) and every test run.
+            "VPSNAP_DEMO_VM": "false",
+            **settings,
+        }
+        super().__init__(data_dir, "--demo", env=env)
+        self.tokens: dict[str, str] = json.loads((data_dir / "demo-tokens.json").read_text())
 
     def key(self, label: str = "full") -> str:
         return self.tokens[label]

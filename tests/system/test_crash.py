@@ -7,11 +7,7 @@ stalls around the real snapshot command so the kill lands at a chosen moment.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.live_server import VPSNAP, ServerProcess, free_port
+
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
-VPSNAP = [sys.executable, "-m", "vpsnap.cli.main"]
 
 # Stalls `qemu-img snapshot ... -c ...` before (STALL_BEFORE) or after (STALL_AFTER) running
 # the real command, leaving a marker file so the test knows where the job is.
@@ -39,58 +36,13 @@ exec /usr/bin/env qemu-img "$@"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (data_dir / f"server-{self.port}.log").open("wb")
-        self.process = subprocess.Popen(
-            [*VPSNAP, "serve", "--port", str(self.port), "--data-dir", str(data_dir)],
-            env={**os.environ, **env},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: the kill takes qemu-img too
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.read_log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise AssertionError(f"server did not start: {self.read_log()}")
-
-    def read_log(self) -> str:
-        return (self.data_dir / f"server-{self.port}.log").read_text(errors="replace")
-
-    def kill(self) -> None:
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.log.close()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.log.close()
+def start_server(data_dir: Path, env: dict[str, str]) -> ServerProcess:
+    return ServerProcess(data_dir, env=env, ready_path="/healthz")
 
 
 def admin(data_dir: Path, *args: str) -> str:
     result = subprocess.run(
-        [*VPSNAP, "admin", *args, "--data-dir", str(data_dir)],
+        [VPSNAP, "admin", *args, "--data-dir", str(data_dir)],
         capture_output=True,
         text=True,
         check=True,
@@ -140,7 +92,7 @@ def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
     wrapper.chmod(0o755)
     headers = {"Authorization": f"Bearer {key}"}
 
-    server = Server(data_dir, {"VPSNAP_QEMU_IMG": str(wrapper), "STALL": stall})
+    server = start_server(data_dir, {"VPSNAP_QEMU_IMG": str(wrapper), "STALL": stall})
     try:
         vps_id = httpx.get(f"{server.url}/api/v2/vps", headers=headers).json()["data"][0]["id"]
         created = httpx.post(
@@ -163,7 +115,7 @@ def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
     assert snapshot_names(disk) == ([] if stall == "before" else ["before-upgrade"])
 
     # The restart runs the real qemu-img: the orphaned job is taken up again at once.
-    restarted = Server(data_dir, {})
+    restarted = start_server(data_dir, {})
     try:
         job = httpx.get(
             f"{restarted.url}/api/jobs/{job_id}",
@@ -193,10 +145,10 @@ def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
 
 def test_a_second_server_on_the_same_data_dir_is_refused(setup: tuple[Path, str, str]) -> None:
     data_dir, _, _ = setup
-    server = Server(data_dir, {})
+    server = start_server(data_dir, {})
     try:
         second = subprocess.run(
-            [*VPSNAP, "serve", "--port", str(free_port()), "--data-dir", str(data_dir)],
+            [VPSNAP, "serve", "--port", str(free_port()), "--data-dir", str(data_dir)],
             capture_output=True,
             text=True,
             timeout=60,
