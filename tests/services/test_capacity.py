@@ -36,6 +36,7 @@ from vpsnap.domain.capacity import (
     format_amount,
     price_change,
     slot_request_errors,
+    slots_in_use_reason,
 )
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import (
@@ -809,3 +810,14 @@ def test_gateway_from_settings() -> None:
 def test_unusable_gateway_settings_are_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(BillingConfigError, match=message):
         billing_gateway(Settings(**values))
+
+
+async def test_the_slots_in_use_reason_reads_right_for_one_and_many(world: World) -> None:
+    vps = await world.add_vps(name="db", slots=2)
+    assert slots_in_use_reason(vps, ["a"], 0) == (
+        "db has 1 snapshot holding slots (a); delete it before going down to 0 slots."
+    )
+    assert slots_in_use_reason(vps, ["a", "b", "c"], 1) == (
+        "db has 3 snapshots holding slots (a, b, c); delete at least 2 of them before going "
+        "down to 1 slot."
+    )

@@ -256,7 +256,10 @@ def commit_gate(vps: Vps, snapshots: Iterable[Snapshot], requested: int) -> Gate
 
 def slots_in_use_reason(vps: Vps, in_use: list[str], requested: int) -> str:
     excess = len(in_use) - requested
+    held = f"{len(in_use)} snapshot{'s' if len(in_use) != 1 else ''}"
+    target = f"{requested} slot{'s' if requested != 1 else ''}"
+    which = "it" if len(in_use) == 1 else f"at least {excess} of them"
     return (
-        f"{vps.name} has {len(in_use)} snapshots holding slots ({', '.join(in_use)}); delete at "
-        f"least {excess} of them before going down to {requested} slots."
+        f"{vps.name} has {held} holding slots ({', '.join(in_use)}); delete {which} before "
+        f"going down to {target}."
     )
