@@ -255,6 +255,34 @@ async def test_service_endpoints(api: Api) -> None:
     assert (await api.client.get("/docs")).status_code == 200
 
 
+async def test_the_openapi_document_lists_the_problems_the_app_answers(api: Api) -> None:
+    # Found by tests/api/test_fuzz.py: `GET /api/v2/vps?cursor=` (400), `GET /api/v2/vps`
+    # without a key (401), `GET /api/v2/vps/0` (404) and `GET /errors/0` (404) answered
+    # statuses the document did not list, while it listed a 422 the app never answers.
+    spec = (await api.client.get("/openapi.json")).json()
+    problem = {"schema": {"$ref": "#/components/schemas/ProblemOut"}}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            assert "429" in responses, (method, path)
+            for status, response in responses.items():
+                if int(status) >= 400 and path != "/readyz":
+                    assert response["content"] == {"application/problem+json": problem}, (
+                        method,
+                        path,
+                        status,
+                    )
+    assert {"HTTPValidationError", "ValidationError"}.isdisjoint(spec["components"]["schemas"])
+    assert {"400", "401", "403"} <= set(spec["paths"]["/api/v2/vps"]["get"]["responses"])
+    get_vps = spec["paths"]["/api/v2/vps/{vps_id}"]["get"]["responses"]
+    assert {"401", "403", "404"} <= set(get_vps)
+    assert "404" in spec["paths"]["/errors/{code}"]["get"]["responses"]
+    assert "503" in spec["paths"]["/readyz"]["get"]["responses"]
+    create = spec["paths"]["/api/v2/vps/{vps_id}/snapshots"]["post"]["responses"]
+    assert {"400", "413", "415"} <= set(create)
+
+
 class _BrokenDriver(FakeDriver):
     """A driver with a bug (not a domain error): the API must still answer problem+json."""
 
@@ -283,3 +311,23 @@ async def test_an_unexpected_exception_is_a_500_problem_without_internals(
     body = assert_problem(response, 500, "internal_error")
     assert "secret internal detail" not in response.text
     assert "RuntimeError" not in str(body)
+
+
+async def test_the_openapi_document_declares_both_ways_to_present_a_key(api: Api) -> None:
+    spec = (await api.client.get("/openapi.json")).json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key as `Authorization: Bearer <key>`.",
+    }
+    assert (schemes["apiKeyHeader"]["in"], schemes["apiKeyHeader"]["name"]) == (
+        "header",
+        "X-API-Key",
+    )
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            expected = (
+                [{"bearerKey": []}, {"apiKeyHeader": []}] if path.startswith("/api/") else None
+            )
+            assert operation.get("security") == expected, path

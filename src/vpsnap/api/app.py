@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vpsnap import __version__
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import IdempotencyMiddleware
+from vpsnap.api.openapi import VpsnapApi
 from vpsnap.api.problems import (
     domain_error_handler,
     http_error_handler,
@@ -29,8 +29,8 @@ about 24 hours. Every error is an RFC 9457 problem document with a stable `code`
 
 def create_app(
     services: Services, settings: Settings, rate_limits: RateLimits | None = None
-) -> FastAPI:
-    app = FastAPI(
+) -> VpsnapApi:
+    app = VpsnapApi(
         title="vpsnap",
         version=__version__,
         description=DESCRIPTION,

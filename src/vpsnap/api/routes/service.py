@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vpsnap.api.deps import ServicesDep
+from vpsnap.api.openapi import problem_responses
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.problems import CATALOGUE
 from vpsnap.metrics import render
@@ -22,7 +23,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", operation_id="readyz")
+@router.get(
+    "/readyz",
+    operation_id="readyz",
+    # Not a problem document: the same report as the 200, saying which check is down.
+    responses={503: {"description": "Not ready: `checks` says which dependency is down."}},
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
     """The database and the hypervisor are reachable (503 when one is not)."""
     checks = await services.readiness()
@@ -60,7 +66,12 @@ async def error_index() -> HTMLResponse:
     return HTMLResponse(_page("Error codes", f"<h1>Error codes</h1><ul>{items}</ul>"))
 
 
-@router.get("/errors/{code}", operation_id="describeErrorCode", response_class=HTMLResponse)
+@router.get(
+    "/errors/{code}",
+    operation_id="describeErrorCode",
+    response_class=HTMLResponse,
+    responses=problem_responses(404),
+)
 async def error_page(code: str) -> HTMLResponse:
     """The human explanation behind a problem's `type` URL."""
     kind = CATALOGUE.get(code)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from vpsnap.api.deps import ReadVm, ServicesDep
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import vps_out
 from vpsnap.api.schemas import VpsOut, VpsPageOut
 from vpsnap.domain.ports import VpsFilter
@@ -14,7 +15,12 @@ from vpsnap.domain.ports import VpsFilter
 router = APIRouter(prefix="/api/v2/vps", tags=["VPS"])
 
 
-@router.get("", operation_id="listVps", response_model=VpsPageOut)
+@router.get(
+    "",
+    operation_id="listVps",
+    response_model=VpsPageOut,
+    responses=problem_responses(400, 401, 403),
+)
 async def list_vps(
     principal: ReadVm,
     services: ServicesDep,
@@ -34,7 +40,12 @@ async def list_vps(
     )
 
 
-@router.get("/{vps_id}", operation_id="getVps", response_model=VpsOut)
+@router.get(
+    "/{vps_id}",
+    operation_id="getVps",
+    response_model=VpsOut,
+    responses=problem_responses(401, 403, 404),
+)
 async def get_vps(vps_id: str, principal: ReadVm, services: ServicesDep) -> VpsOut:
     """One VPS, with its power state as the hypervisor reports it now."""
     return vps_out(await services.inventory.get(principal, vps_id))
