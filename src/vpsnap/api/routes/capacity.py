@@ -19,8 +19,8 @@ from vpsnap.api.capacity_schemas import (
     UpgradeOptionsOut,
 )
 from vpsnap.api.deps import ReadVm, ServicesDep, require
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import gate_out
-from vpsnap.api.schemas import ProblemOut
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.capacity import SNAPSHOT_SLOTS_KEY, PriceChange, format_amount
 from vpsnap.domain.capacity import Price as DomainPrice
@@ -36,11 +36,8 @@ def get_capacity(services: ServicesDep) -> CapacityService:
 CapacityDep = Annotated[CapacityService, Depends(get_capacity)]
 WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
 
-_PROBLEM = {"model": ProblemOut, "content": {"application/problem+json": {}}}
-_READ_ERRORS: dict[int | str, dict[str, object]] = dict.fromkeys((401, 403, 404, 429), _PROBLEM)
-_CONFIG_ERRORS: dict[int | str, dict[str, object]] = dict.fromkeys(
-    (400, 401, 403, 404, 409, 429, 503), _PROBLEM
-)
+_READ_ERRORS = problem_responses(401, 403, 404, 429)
+_CONFIG_ERRORS = problem_responses(400, 401, 403, 404, 409, 429, 503)
 
 
 def price_out(price: DomainPrice) -> PriceOut:

@@ -12,8 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Response
 
 from vpsnap.api.deps import RateLimitsDep, ServicesDep, require
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import accepted
-from vpsnap.api.schemas import OperationOut, PowerActionIn, ProblemOut, RestartIn
+from vpsnap.api.schemas import OperationOut, PowerActionIn, RestartIn
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.model import PowerAction
 
@@ -21,10 +22,7 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/actions", tags=["Power"])
 
 PowerVm = Annotated[Principal, Depends(require(Scope.POWER_VM))]
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 429)
-}
+_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
 
 _SUMMARIES = {
     PowerAction.START: "Start the VM (nothing changes when it runs already).",

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Response
 
 from vpsnap.api.deps import ReadVm, ServicesDep, require
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import gate_out
 from vpsnap.api.schedule_schemas import (
     ScheduleActionsOut,
@@ -14,7 +15,7 @@ from vpsnap.api.schedule_schemas import (
     ScheduleOut,
     ScheduleStateOut,
 )
-from vpsnap.api.schemas import LimitsOut, ProblemOut
+from vpsnap.api.schemas import LimitsOut
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.services.schedules import ScheduleService, ScheduleView
 
@@ -22,10 +23,7 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshot-schedules", tags=["Sche
 
 WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 429)
-}
+_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
 
 
 def get_schedule_service(services: ServicesDep) -> ScheduleService:

@@ -5,16 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import accepted, snapshot_list_out
-from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, ProblemOut, SnapshotListOut
+from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
 
 router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 429)
-}
+_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
 
 
 @router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
