@@ -103,7 +103,11 @@ class Runtime:
             credentials=CredentialService(store, clock, settings.auth_cache_seconds),
             inventory=InventoryService(store, driver),
             snapshots=SnapshotService(
-                store, events, clock, timedelta(hours=settings.retention_hours)
+                store,
+                events,
+                clock,
+                timedelta(hours=settings.retention_hours),
+                max_jobs_per_vps=settings.max_jobs_per_vps,
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(
@@ -113,7 +117,7 @@ class Runtime:
                 billing_gateway(settings, clock),
             ),
             idempotency=IdempotencyService(store, clock),
-            power=PowerService(store, events, clock),
+            power=PowerService(store, events, clock, max_jobs_per_vps=settings.max_jobs_per_vps),
         )
         return cls(settings, store, driver, events, clock, services)
 
@@ -152,7 +156,9 @@ class Runtime:
             node=self.settings.node,
             lease_seconds=self.settings.job_lease_seconds,
             concurrency=self.settings.worker_concurrency,
+            slow_concurrency=self.settings.worker_slow_concurrency,
             max_attempts=self.settings.job_max_attempts,
+            grace_seconds=self.settings.shutdown_grace_seconds,
         )
 
     def periodic_tasks(self) -> list[PeriodicTask]:
@@ -173,7 +179,7 @@ class Runtime:
             return jobs, records
 
         async def reconcile_node() -> object:
-            return await reconcile(self.store, self.driver, node)
+            return await reconcile(self.store, self.driver, node, clock=self.clock)
 
         async def expire_snapshots() -> object:
             return await sweep_expired(self.store, self.events, self.clock)

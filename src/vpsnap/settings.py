@@ -38,7 +38,21 @@ class Settings(BaseSettings):
     )
 
     job_lease_seconds: float = 30.0
-    worker_concurrency: int = 4
+    worker_concurrency: int = Field(
+        default=4, description="Quick jobs run at once (snapshots, deletes, disk restores)"
+    )
+    worker_slow_concurrency: int = Field(
+        default=2,
+        description="Slow jobs run at once (graceful shutdowns, snapshots and restores with RAM)",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0,
+        description="On SIGTERM running jobs get this long to finish, then go back to the queue",
+    )
+    max_jobs_per_vps: int = Field(
+        default=20,
+        description="Unfinished jobs one VPS may have; more answer 429 vps_queue_full",
+    )
     job_max_attempts: int = Field(
         default=5, description="A job whose worker died this often is failed, not re-run"
     )

@@ -11,8 +11,10 @@ import pytest
 
 from tests.support import ManualClock
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.model import Job, Machine, ServiceStatus, Snapshot, Vps
+from vpsnap.domain.model import Job, JobLane, Machine, ServiceStatus, Snapshot, Vps
+from vpsnap.domain.ports import ClaimRequest
 from vpsnap.drivers.fake import FakeDriver
+from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.worker import Worker
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
@@ -82,6 +84,23 @@ class World:
             worker_id=worker_id,
             lease_seconds=lease_seconds,
         )
+
+    async def claim(self, worker_id: str, limit: int = 1, node: str = "local") -> list[Job]:
+        """What a worker's claim does, without running anything afterwards (it "dies")."""
+        now = self.clock.now()
+        request = ClaimRequest(
+            node=node,
+            worker=worker_id,
+            now=now,
+            lease_until=now + timedelta(seconds=LEASE_SECONDS),
+            free={JobLane.QUICK: limit, JobLane.SLOW: limit},
+        )
+        async with self.store.transaction() as tx:
+            return await tx.claim_jobs(request)
+
+    def journal(self, job: Job, worker_id: str) -> JobJournal:
+        """The journal a worker holding ``job``'s lease writes (for handlers run by hand)."""
+        return JobJournal(self.store, self.clock, job, worker_id)
 
     async def run_all(self) -> int:
         """Run queued jobs one by one until none is left; returns how many ran."""

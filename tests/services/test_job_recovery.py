@@ -22,11 +22,7 @@ from .conftest import DISKS, LEASE_SECONDS, World
 
 async def _claim_as(world: World, worker_id: str) -> Job:
     """What a worker's claim does, without running anything afterwards (it "dies")."""
-    now = world.clock.now()
-    async with world.store.transaction() as tx:
-        [job] = await tx.claim_jobs(
-            "local", worker_id, now, now + timedelta(seconds=LEASE_SECONDS), 1
-        )
+    [job] = await world.claim(worker_id)
     return job
 
 
@@ -105,7 +101,9 @@ async def test_create_rerun_after_the_hypervisor_work_completes_exactly_once(
     )
     claimed = await _claim_as(world, "dead-worker")
     # The worker took the snapshot on the hypervisor, then died before recording it.
-    await HANDLERS[claimed.type].perform(world.driver, claimed, vps)
+    await HANDLERS[claimed.type].perform(
+        world.driver, claimed, vps, world.journal(claimed, "dead-worker")
+    )
     world.clock.advance(seconds=LEASE_SECONDS + 1)
     assert await _reap(world) == [job.id]
 
@@ -133,7 +131,9 @@ async def test_create_rerun_of_a_live_snapshot_with_ram_keeps_its_consistency(
         world.principal, vps.id, CreateSnapshot("live", include_memory_state=True)
     )
     claimed = await _claim_as(world, "dead-worker")
-    await HANDLERS[claimed.type].perform(world.driver, claimed, vps)
+    await HANDLERS[claimed.type].perform(
+        world.driver, claimed, vps, world.journal(claimed, "dead-worker")
+    )
     world.clock.advance(seconds=LEASE_SECONDS + 1)
     await _reap(world)
 
@@ -152,8 +152,9 @@ async def test_create_rerun_after_dying_half_way_redoes_every_disk(world: World)
     job = await world.runtime.services.snapshots.create(
         world.principal, vps.id, CreateSnapshot("one")
     )
-    await _claim_as(world, "dead-worker")
-    # The first disk got the snapshot, the second did not.
+    claimed = await _claim_as(world, "dead-worker")
+    # It recorded its intent, then the first disk got the snapshot, the second did not.
+    await world.journal(claimed, "dead-worker").open_intent(vps, "one")
     first_disk_only = dataclasses.replace(vps, disks=DISKS[:1])
     await world.driver.create_snapshot(first_disk_only, SnapshotRequest("one"))
     assert [p.disks for p in await world.driver.list_restore_points(vps)] == [DISKS[:1]]
@@ -193,7 +194,9 @@ async def test_delete_rerun_after_the_hypervisor_work_completes(world: World) ->
     await world.run_all()
     job = await snapshots.delete(world.principal, vps.id, "one")
     claimed = await _claim_as(world, "dead-worker")
-    await HANDLERS[claimed.type].perform(world.driver, claimed, vps)
+    await HANDLERS[claimed.type].perform(
+        world.driver, claimed, vps, world.journal(claimed, "dead-worker")
+    )
     world.clock.advance(seconds=LEASE_SECONDS + 1)
     await _reap(world)
 

@@ -144,11 +144,11 @@ async def test_background_worker_runs_different_vpses_in_parallel_one_job_per_vp
     worker_task = asyncio.create_task(worker.run())
     try:
         for _ in range(250):
-            if len(world.driver.calls) >= 2:
+            if len(world.driver.changes()) >= 2:
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)  # room for a wrong third call to show up
-        assert sorted(world.driver.calls) == sorted([("create", web.id), ("create", db.id)])
+        assert sorted(world.driver.changes()) == sorted([("create", web.id), ("create", db.id)])
 
         world.driver.release("create")
         for job in jobs:

@@ -64,7 +64,7 @@ async def test_a_power_action_waits_behind_a_snapshot_job_of_the_same_vps(world:
     assert power.status is JobStatus.PENDING
     assert await world.run_all() == 2
     # The snapshot was taken of the stopped VM, then the VM started: arrival order.
-    assert [op for op, vps_id in world.driver.calls if vps_id == vps.id][-2:] == [
+    assert [op for op, vps_id in world.driver.changes() if vps_id == vps.id][-2:] == [
         "create",
         "power",
     ]

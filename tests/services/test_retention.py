@@ -171,7 +171,7 @@ async def test_the_expire_job_waits_behind_the_vps_running_job(world: World) -> 
     assert await world.run_all() == 2
     assert (await world.job(create.id)).status is JobStatus.COMPLETED
     assert (await world.job(job_id)).status is JobStatus.COMPLETED
-    assert [op for op, _ in world.driver.calls] == ["create", "delete"]
+    assert [op for op, _ in world.driver.changes()] == ["create", "delete"]
     assert await world.statuses(vps.id) == {"new": "available"}
 
 

@@ -60,8 +60,13 @@ async def test_create_shows_creating_then_available_after_the_job(world: World) 
     assert await world.runtime.worker().run_one() is True
 
     listing = await world.listing(vps.id)
-    # The job does not move the timestamps: createdAt is when it was asked for.
-    assert listing.snapshots == [dataclasses.replace(creating, status=SnapshotStatus.AVAILABLE)]
+    # The job does not move the timestamps: createdAt is when it was asked for. It records the
+    # hypervisor's own creation date, the proof that the snapshot on disk is vpsnap's.
+    assert listing.snapshots == [
+        dataclasses.replace(
+            creating, status=SnapshotStatus.AVAILABLE, disk_created_at=world.clock.now()
+        )
+    ]
     done = await world.job(job.id)
     assert done.status is JobStatus.COMPLETED
     assert done.result == {"name": "before-upgrade"}

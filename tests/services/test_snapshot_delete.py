@@ -98,21 +98,90 @@ async def test_deleting_an_unknown_snapshot_is_not_found(world: World) -> None:
     assert await world.run_all() == 0
 
 
-async def test_deleting_the_current_snapshot_leaves_the_next_one_without_parent(
-    world: World,
-) -> None:
+async def test_deleting_the_current_snapshot_makes_its_parent_current(world: World) -> None:
     vps = await world.add_vps()
     await _available(world, vps.id, "one", "two")
     assert (await world.snapshot(vps.id, "two")).parent_name == "one"  # type: ignore[union-attr]
 
     await world.runtime.services.snapshots.delete(world.principal, vps.id, "two")
     await world.run_all()
-    assert (await world.vps(vps.id)).current_snapshot is None
+    assert (await world.vps(vps.id)).current_snapshot == "one"
     await _available(world, vps.id, "three")
 
     three = await world.snapshot(vps.id, "three")
     assert three is not None
-    assert three.parent_name is None
+    assert three.parent_name == "one"
+
+
+async def _parents(world: World, vps_id: str) -> dict[str, str | None]:
+    return {s.name: s.parent_name for s in (await world.listing(vps_id)).snapshots}
+
+
+async def test_a_deleted_parent_re_links_its_children_so_a_reused_name_is_no_parent(
+    world: World,
+) -> None:
+    """Issue 9, kind 6: create alpha, 1, 2; delete 1; create a new 1. Snapshot 2 must not name
+    the new, unrelated 1 as its parent: deleting 1 re-linked 2 to alpha (as Proxmox does)."""
+    vps = await world.add_vps(slots=4)
+    await _available(world, vps.id, "alpha", "1", "2")
+    assert await _parents(world, vps.id) == {"alpha": None, "1": "alpha", "2": "1"}
+
+    await world.runtime.services.snapshots.delete(world.principal, vps.id, "1")
+    await world.run_all()
+    await _available(world, vps.id, "1")
+
+    parents = await _parents(world, vps.id)
+    assert parents == {"alpha": None, "2": "alpha", "1": "2"}
+    # A parent always exists and is older.
+    listing = {s.name: s for s in (await world.listing(vps.id)).snapshots}
+    for name, parent in parents.items():
+        if parent is not None:
+            assert listing[parent].created_at <= listing[name].created_at
+
+
+@pytest.mark.parametrize("how", ["expiry", "rotation", "failed-row"])
+async def test_every_way_a_snapshot_row_goes_re_links_its_children(world: World, how: str) -> None:
+    """The same invariant for the other paths that remove a snapshot row: the retention sweep,
+    a schedule's rotation and the delete of a row reconciliation marked failed (all go through
+    the store's ``remove_snapshot``)."""
+    from datetime import timedelta
+
+    from vpsnap.domain.model import SnapshotOrigin, SnapshotStatus
+    from vpsnap.scheduler.retention import sweep_expired
+
+    vps = await world.add_vps(slots=3)
+    await _available(world, vps.id, "a", "b", "c")
+    if how == "expiry":
+        async with world.store.transaction() as tx:
+            b = await tx.get_snapshot(vps.id, "b")
+            assert b is not None
+            import dataclasses
+
+            await tx.update_snapshot(
+                dataclasses.replace(b, expires_at=world.clock.now() - timedelta(seconds=1))
+            )
+        await sweep_expired(world.store, world.runtime.events, world.clock)
+    elif how == "rotation":
+        async with world.store.transaction() as tx:
+            b = await tx.get_snapshot(vps.id, "b")
+            assert b is not None
+            import dataclasses
+
+            await tx.update_snapshot(
+                dataclasses.replace(
+                    b, origin=SnapshotOrigin.SCHEDULED, status=SnapshotStatus.DELETING
+                )
+            )
+            await tx.remove_snapshot(vps.id, "b")
+    else:
+        async with world.store.transaction() as tx:
+            await tx.set_snapshot_status(
+                vps.id, "b", SnapshotStatus.FAILED, only_from=SnapshotStatus.AVAILABLE
+            )
+        await world.runtime.services.snapshots.delete(world.principal, vps.id, "b")
+    await world.run_all()
+
+    assert await _parents(world, vps.id) == {"a": None, "c": "a"}
 
 
 async def test_deleting_an_older_snapshot_keeps_the_current_one_as_parent(world: World) -> None:

@@ -138,9 +138,10 @@ def http_error(exc: StarletteHTTPException) -> DomainError:
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
+    # rate_limited and vps_queue_full say when to come back.
     headers = (
         {"Retry-After": str(exc.extensions["retryAfter"])}
-        if (exc.code == "rate_limited" and "retryAfter" in exc.extensions)
+        if "retryAfter" in exc.extensions
         else None
     )
     return problem_response(request.scope, exc, headers=headers)

@@ -11,6 +11,7 @@ problem+json (status and title come from ``vpsnap.api.problems``), the SDK rebui
     ├── Forbidden               (extensions.requiredScopes)
     ├── NotFound                (vps_not_found, snapshot_not_found, job_not_found)
     ├── Conflict                (snapshot_name_taken, snapshot_limit_reached, ...)
+    ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
     └── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
 """
 
@@ -114,6 +115,12 @@ class IdempotencyKeyInUse(Conflict):
 
 class IdempotencyKeyReused(DomainError):
     code = "idempotency_key_reused"
+
+
+class VpsQueueFull(DomainError):
+    """The VPS has as many unfinished jobs as it may queue; retry once some have run."""
+
+    code = "vps_queue_full"
 
 
 class HypervisorError(DomainError):

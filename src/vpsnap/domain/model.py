@@ -76,6 +76,18 @@ class JobType(StrEnum):
     SNAPSHOT_SCHEDULED = "snapshot.scheduled"
 
 
+class JobLane(StrEnum):
+    """Which worker slots a job may take (docs/how-snapshots-work.md, "Fair queues").
+
+    Jobs that can wait on a guest or write a VM's RAM for minutes (a graceful shutdown, a
+    snapshot with RAM state) run in the ``slow`` lane, so they never hold every slot that a
+    40 ms snapshot of another tenant needs.
+    """
+
+    QUICK = "quick"
+    SLOW = "slow"
+
+
 class JobStatus(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"
@@ -195,6 +207,12 @@ class Snapshot:
     parent_name: str | None
     created_at: datetime
     expires_at: datetime
+    disk_created_at: datetime | None = None
+    """The creation time the hypervisor recorded for this snapshot when vpsnap made it (qcow2's
+    date, the oldest over the disks): proof that a snapshot of this name on disk is the one
+    vpsnap wrote. None for snapshots recorded before vpsnap kept it, and while ``creating``."""
+    missing_since: datetime | None = None
+    """When reconciliation first found it missing from the disks; None while it is seen."""
 
     @property
     def holds_slot(self) -> bool:
@@ -219,3 +237,33 @@ class Job:
     finished_at: datetime | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
+    lane: JobLane = JobLane.QUICK
+    journal: JsonObject = field(default_factory=dict)
+    """Facts the job recorded durably while it ran (``vpsnap.jobs.journal``): what it found
+    before touching anything and which steps took effect, read by a re-run after a crash."""
+
+
+class IntentState(StrEnum):
+    OPEN = "open"
+    DONE = "done"
+    UNDONE = "undone"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteIntent:
+    """A job's durable note, made after its pre-checks and before the hypervisor call, that it
+    is about to write snapshot ``name`` on the VPS's ``disks``.
+
+    Only an intent proves that a snapshot on disk without a database row is vpsnap's own
+    leftover: ``open`` until the job's outcome is settled (``done``: the snapshot row owns it
+    now; ``undone``: nothing of it is on disk).
+    """
+
+    id: str
+    vps_id: str
+    name: str
+    job_id: str
+    disks: tuple[str, ...]
+    state: IntentState
+    created_at: datetime
+    closed_at: datetime | None = None

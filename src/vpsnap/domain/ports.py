@@ -6,23 +6,27 @@ the job handlers depend only on the protocols.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from vpsnap.domain.idempotency import IdempotencyRecord
 from vpsnap.domain.model import (
     Account,
     ApiKey,
     Consistency,
+    IntentState,
     Job,
+    JobLane,
     JobStatus,
     PowerAction,
     PowerState,
     Snapshot,
     SnapshotStatus,
     Vps,
+    WriteIntent,
 )
 from vpsnap.domain.schedules import Schedule
 
@@ -116,6 +120,22 @@ class StoredKey:
     account: Account
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks of the queue: jobs of ``node`` for its free slots per lane.
+
+    ``account_share`` caps, per lane, how many jobs of one account may be in progress on the
+    node at once (None: no cap), so that one tenant never occupies every slot of a lane.
+    """
+
+    node: str
+    worker: str
+    now: datetime
+    lease_until: datetime
+    free: Mapping[JobLane, int]
+    account_share: Mapping[JobLane, int] = field(default_factory=dict)
+
+
 class Transaction(Protocol):
     """One database transaction. Everything a service does in one use case goes through one."""
 
@@ -155,11 +175,28 @@ class Transaction(Protocol):
         *,
         includes_memory_state: bool,
         parent_name: str | None,
+        disk_created_at: datetime | None = None,
     ) -> None:
         """The snapshot exists on the hypervisor: it becomes ``available`` with these facts."""
         ...
 
-    async def remove_snapshot(self, vps_id: str, name: str) -> None: ...
+    async def set_snapshot_missing_since(
+        self, vps_id: str, name: str, at: datetime | None
+    ) -> None: ...
+
+    async def remove_snapshot(self, vps_id: str, name: str) -> None:
+        """Remove the row; its children and the VPS's current pointer move to its parent."""
+        ...
+
+    # write intents
+    async def add_write_intent(self, intent: WriteIntent) -> None: ...
+    async def close_write_intents(
+        self, job_id: str, state: IntentState, at: datetime, *, name: str | None = None
+    ) -> int:
+        """Close the job's open intents (only those for ``name`` when given); returns how many."""
+        ...
+
+    async def open_write_intents(self, vps_id: str) -> list[WriteIntent]: ...
 
     # jobs
     async def add_job(self, job: Job, node: str) -> None: ...
@@ -170,16 +207,24 @@ class Transaction(Protocol):
         (the job was re-queued and someone else owns it now)."""
         ...
 
+    async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
+        """Store the job's journal if ``worker`` still holds its lease; False if it does not."""
+        ...
+
+    async def count_unfinished_jobs(self, vps_id: str) -> int: ...
     async def has_active_job(self, vps_id: str) -> bool: ...
     async def next_pending_job(self, vps_id: str) -> Job | None: ...
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""
         ...
 
-    async def claim_jobs(
-        self, node: str, worker: str, now: datetime, lease_until: datetime, limit: int
-    ) -> list[Job]:
-        """Take up to ``limit`` of the node's oldest queued jobs, leased to ``worker``."""
+    async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        """Take the node's oldest queued jobs that fit the free slots of their lane and the
+        account shares, leased to the worker."""
+        ...
+
+    async def hand_back(self, job_id: str, worker: str) -> bool:
+        """Put a job this worker holds back in the queue (shutdown), not counting the attempt."""
         ...
 
     async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool: ...

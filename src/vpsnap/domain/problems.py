@@ -87,6 +87,12 @@ CATALOGUE: dict[str, ProblemKind] = {
     "unsupported_media_type": ProblemKind(
         415, "Unsupported media type", "Send the request body as `application/json`."
     ),
+    "vps_queue_full": ProblemKind(
+        429,
+        "VPS queue full",
+        "The VPS has as many unfinished jobs as it may queue (`VPSNAP_MAX_JOBS_PER_VPS`). Wait "
+        "`Retry-After` seconds, or for the queued jobs to finish, and retry.",
+    ),
     "rate_limited": ProblemKind(
         429, "Rate limited", "Too many requests. Wait `Retry-After` seconds and retry."
     ),

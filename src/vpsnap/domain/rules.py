@@ -7,7 +7,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.model import ServiceStatus, Snapshot, SnapshotStatus, Vps
+from vpsnap.domain.model import (
+    JobLane,
+    JobType,
+    PowerAction,
+    ServiceStatus,
+    Snapshot,
+    SnapshotStatus,
+    Vps,
+)
 
 SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
 _NAME_RE = re.compile(SNAPSHOT_NAME_PATTERN)
@@ -97,3 +105,20 @@ def can_restore(
     if not any(s.status is SnapshotStatus.AVAILABLE for s in snapshots):
         return Gate.refused("There is no available snapshot to restore to.", "snapshot_not_found")
     return ALLOWED
+
+
+def lane_for(job_type: JobType, payload: dict[str, object], snapshot: Snapshot | None) -> JobLane:
+    """The worker lane of a job: ``slow`` for work that can wait on a guest or write RAM for
+    minutes (a graceful shutdown or restart, a snapshot with RAM state, a restore of one),
+    ``quick`` for the rest."""
+    slow = False
+    if job_type is JobType.VPS_POWER:
+        action = payload.get("action")
+        slow = action == PowerAction.SHUTDOWN.value or (
+            action == PowerAction.RESTART.value and not payload.get("force")
+        )
+    elif job_type in (JobType.SNAPSHOT_CREATE, JobType.SNAPSHOT_SCHEDULED):
+        slow = bool(payload.get("includeMemoryState"))
+    elif job_type is JobType.SNAPSHOT_RESTORE:
+        slow = snapshot is not None and snapshot.includes_memory_state
+    return JobLane.SLOW if slow else JobLane.QUICK

@@ -81,6 +81,10 @@ class FakeDriver:
 
     # -- test controls ---------------------------------------------------------------------
 
+    def changes(self) -> list[tuple[str, str]]:
+        """``calls`` without the reads (``list``, ``probe``): what could change a VM or disk."""
+        return [(op, vps_id) for op, vps_id in self.calls if op not in ("list", "probe")]
+
     def write(self, vps_id: str, data: str) -> None:
         self._state(vps_id).content = data
 

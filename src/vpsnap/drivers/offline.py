@@ -35,7 +35,9 @@ class DiskImages:
         self._qemu_img = qemu_img
 
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
-        return restore_points(vps, await self.inspect(vps))
+        # A registered disk that is not qcow2 (any more: a damaged header reads as raw) cannot
+        # say which snapshots it holds; "none" would be a wrong answer, so it is an error.
+        return restore_points(vps, await self.inspect(vps, require_qcow2=True))
 
     async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot:
         # A stopped VM has no RAM to save and no guest agent to quiesce, so include_memory_state

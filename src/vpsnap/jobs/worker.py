@@ -1,8 +1,14 @@
 """The worker loop: claim jobs of this node, hold their leases, run their handlers.
 
-A worker runs up to ``concurrency`` jobs at once (never two of one VPS: the queue keeps the
-others pending). It sleeps on a wake-up event, not a polling timer; the timer is only the
-safety net for leases that expire while nothing else happens.
+A worker runs up to ``concurrency`` quick jobs and ``slow_concurrency`` slow ones at once
+(lanes: ``domain.model.JobLane``), never two of one VPS (the queue keeps the others pending),
+and never more than a share of a lane for one account (docs/how-snapshots-work.md, "Fair
+queues"). It sleeps on a wake-up event, not a polling timer; the timer is only the safety net
+for leases that expire while nothing else happens.
+
+Stopping (SIGTERM) stops claiming, lets running jobs finish for ``grace_seconds``, then hands
+the rest back to the queue (lease released, attempt not counted) and cancels them: a re-run
+reads their journal and finishes what they started.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import structlog
 
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import DomainError, VpsNotFound
-from vpsnap.domain.model import Job, Vps
-from vpsnap.domain.ports import HypervisorDriver, Store, Transaction
+from vpsnap.domain.model import Job, JobLane, Vps
+from vpsnap.domain.ports import ClaimRequest, HypervisorDriver, Store, Transaction
 from vpsnap.domain.problems import error_summary
 from vpsnap.jobs import queue
 from vpsnap.jobs.handlers import HANDLERS
+from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.signals import InProcessJobEvents
 from vpsnap.metrics import JOB_DURATION
 
@@ -53,21 +60,33 @@ class Worker:
     worker_id: str = field(default_factory=default_worker_id)
     lease_seconds: float = 30.0
     concurrency: int = 4
+    slow_concurrency: int = 2
     max_attempts: int = 5
+    grace_seconds: float = 30.0
     idle_wakeup_seconds: float = 5.0
-    _running: set[asyncio.Task[None]] = field(default_factory=set)
+    _running: dict[asyncio.Task[None], Job] = field(default_factory=dict)
+    _cutting: set[str] = field(default_factory=set)
     _stopping: bool = False
-    _saturated: bool = False
 
     @property
     def lease(self) -> timedelta:
         return timedelta(seconds=self.lease_seconds)
 
-    async def run(self) -> None:
-        """Run until ``stop()``; jobs in flight then finish, including their final writes.
+    def _slots(self) -> dict[JobLane, int]:
+        return {JobLane.QUICK: self.concurrency, JobLane.SLOW: self.slow_concurrency}
 
-        Stopping is a flag, not task cancellation: a cancel landing inside a database call
-        could leave a connection mid-transaction (and SQLite's write lock held).
+    def account_share(self) -> dict[JobLane, int]:
+        """At most this many jobs of one account run at once per lane: one slot of every lane
+        stays for the others (a lane of one slot is shared first come, first served)."""
+        return {lane: max(1, slots - 1) for lane, slots in self._slots().items()}
+
+    async def run(self) -> None:
+        """Run until ``stop()``; jobs in flight then get ``grace_seconds`` to finish, including
+        their final writes, and are handed back to the queue after that.
+
+        Stopping starts with a flag, not task cancellation: a cancel landing inside a database
+        call could leave a connection mid-transaction (and SQLite's write lock held). Only the
+        hypervisor work of a job past its grace is cancelled, never its final write.
         """
         log.info("worker_started", worker=self.worker_id, node=self.node)
         while not self._stopping:
@@ -75,38 +94,62 @@ class Worker:
             await self.claim_available()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.events.work_available.wait(), self.idle_wakeup_seconds)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        await self._drain()
         log.info("worker_stopped", worker=self.worker_id)
 
     def stop(self) -> None:
         self._stopping = True
         self.events.work_available.set()
 
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        _, late = await asyncio.wait(set(self._running), timeout=self.grace_seconds)
+        if not late:
+            return
+        for task in late:
+            job = self._running.get(task)
+            if job is not None:
+                self._cutting.add(job.id)
+                log.warning("job_cut_short", job_id=job.id, grace_seconds=self.grace_seconds)
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
     async def claim_available(self) -> None:
-        free = self.concurrency - len(self._running)
-        if free <= 0 or self._stopping:
+        if self._stopping:
+            return
+        free = self._slots()
+        for job in self._running.values():
+            free[job.lane] -= 1
+        free = {lane: n for lane, n in free.items() if n > 0}
+        if not free:
             return
         claimed = await self._claim(free)
         for claim in claimed:
             task = asyncio.create_task(self._run(claim), name=f"job:{claim.job.id}")
-            self._running.add(task)
+            self._running[task] = claim.job
             task.add_done_callback(self._job_done)
-        # Every free slot got a job: more may be waiting, to be claimed when one ends.
-        self._saturated = len(claimed) == free
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        if self._saturated:
-            self._saturated = False
-            self.events.work_available.set()
+        self._running.pop(task, None)
+        # A slot is free: more may be waiting, including jobs passed over because their
+        # account had its share of a lane, which only an end of one of its jobs lets run.
+        self.events.work_available.set()
 
-    async def _claim(self, limit: int) -> list[Claim]:
-        """Take up to ``limit`` queued jobs and let their handlers prepare, in one transaction
-        (one round trip less on every job's critical path)."""
+    async def _claim(self, free: dict[JobLane, int]) -> list[Claim]:
+        """Take queued jobs for the free slots and let their handlers prepare, in one
+        transaction (one round trip less on every job's critical path)."""
         now = self.clock.now()
+        request = ClaimRequest(
+            node=self.node,
+            worker=self.worker_id,
+            now=now,
+            lease_until=now + self.lease,
+            free=free,
+            account_share=self.account_share(),
+        )
         async with self.store.transaction() as tx:
-            jobs = await tx.claim_jobs(self.node, self.worker_id, now, now + self.lease, limit)
+            jobs = await tx.claim_jobs(request)
             claimed = [await self._prepare(tx, job) for job in jobs]
         for claim in claimed:
             self.events.job_changed(claim.job.id, claim.job)
@@ -131,7 +174,11 @@ class Worker:
 
     async def run_one(self) -> bool:
         """Claim and run a single job to its end (for tests and tools); False when none."""
-        claimed = await self._claim(1)
+        claimed = await self._claim({JobLane.QUICK: 1, JobLane.SLOW: 1})
+        for extra in claimed[1:]:
+            # One job at a time: a second one (of the other lane) goes back untouched.
+            async with self.store.transaction() as tx:
+                await tx.hand_back(extra.job.id, self.worker_id)
         if not claimed:
             return False
         await self._run(claimed[0])
@@ -151,14 +198,24 @@ class Worker:
         job, vps = claim.job, claim.vps
         handler = HANDLERS[job.type]
         bound = log.bind(job_id=job.id, job_type=job.type.value, vps_id=job.vps_id)
-        bound.info("job_started", attempt=job.attempts)
+        bound.info("job_started", attempt=job.attempts, lane=job.lane.value)
         started = asyncio.get_running_loop().time()
         heartbeat = asyncio.create_task(self._heartbeat(job.id))
         facts: dict[str, Any] = {}
         error = claim.failure
         try:
             if error is None and vps is not None:
-                facts = await handler.perform(self.driver, job, vps)
+                journal = JobJournal(self.store, self.clock, job, self.worker_id)
+                facts = await handler.perform(self.driver, job, vps, journal)
+        except queue.LeaseLost:
+            bound.warning("job_lease_lost", worker=self.worker_id)
+            return
+        except asyncio.CancelledError:
+            if job.id not in self._cutting:
+                raise
+            # Past the shutdown grace: the next worker re-runs it from its journal.
+            await asyncio.shield(self._hand_back(job))
+            return
         except DomainError as exc:
             error = exc
         except Exception as exc:  # a bug must fail the job, not leave it in progress forever
@@ -175,6 +232,13 @@ class Worker:
             bound.info("job_succeeded", duration_ms=elapsed_ms)
         else:
             bound.info("job_failed", duration_ms=elapsed_ms, code=error.code, detail=error.detail)
+
+    async def _hand_back(self, job: Job) -> None:
+        async with self.store.transaction() as tx:
+            handed = await tx.hand_back(job.id, self.worker_id)
+        if handed:
+            log.warning("job_handed_back", job_id=job.id, worker=self.worker_id)
+            self.events.job_changed(job.id)
 
     async def _finish(self, job: Job, error: DomainError | None, facts: dict[str, Any]) -> None:
         handler = HANDLERS[job.type]

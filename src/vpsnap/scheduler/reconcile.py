@@ -1,40 +1,56 @@
 """Reconciliation: compare each VPS's snapshots in the database with what the hypervisor holds.
 
-- A database snapshot that vanished from the disks (all or some) is marked ``failed``, which
-  frees its slot; it can still be deleted (to clear the row).
-- A snapshot on disk that a vpsnap create job made and then gave up on (the job failed, the
-  rollback could not remove it) is removed from the disks.
-- A snapshot on disk that vpsnap never made is reported and never touched.
+Invariants (docs/how-snapshots-work.md, "Reconciliation"):
+
+- **Only repeated, unambiguous observations change anything.** A disk that cannot be read (a
+  tool failed, the image is not qcow2 any more, a header is damaged) says nothing about its
+  snapshots: the VPS is reported and retried on the next pass. A snapshot missing from a
+  readable disk is first *suspected* (``missing_since``); only when it is still missing on a
+  pass at least ``confirm_after`` later is it marked ``failed``, which frees its slot. A
+  ``failed`` snapshot that is on its disks again (the one vpsnap made) is ``available`` again.
+- **vpsnap deletes on disk only what it can prove it wrote.** A snapshot on disk without a row
+  is removed only when an open write intent covers it: a job recorded that it was about to
+  write that name on that VPS, the job is over, and the snapshot is no older than the intent.
+  Anything else is reported as foreign and never touched.
 
 VPSes with a job queued or running are skipped: a job in flight legitimately makes the two
-sides differ for a moment.
+sides differ for a moment. Every change is made under the VPS row lock after checking again that
+no job has been queued since the scan.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
+from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
-from vpsnap.domain.model import JobStatus, JobType, SnapshotStatus, Vps
-from vpsnap.domain.ports import HypervisorDriver, RestorePoint, Store, VpsFilter
+from vpsnap.domain.model import IntentState, Snapshot, SnapshotStatus, Vps, WriteIntent
+from vpsnap.domain.ports import HypervisorDriver, RestorePoint, Store, Transaction, VpsFilter
+from vpsnap.jobs.handlers.ownership import is_the_recorded_one
 from vpsnap.metrics import RECONCILIATION_ACTIONS
 
 log = structlog.get_logger("vpsnap.reconcile")
 
 _PAGE = 200
-# Disk timestamps come from the hypervisor host's clock, job timestamps from the worker's.
+# Disk timestamps come from the hypervisor host's clock, intent timestamps from the worker's.
 _CLOCK_TOLERANCE = timedelta(seconds=1)
+DEFAULT_CONFIRM_AFTER = timedelta(seconds=60)
 
 
 class Action(enum.StrEnum):
+    SUSPECTED_MISSING = "suspected_missing"
     MARKED_MISSING = "marked_missing"
+    REAPPEARED = "reappeared"
     REMOVED_LEFTOVER = "removed_leftover"
+    SETTLED_INTENT = "settled_intent"
     REPORTED_FOREIGN = "reported_foreign"
     SKIPPED_BUSY = "skipped_busy"
+    UNREADABLE = "unreadable"
     FAILED = "failed"
 
 
@@ -56,16 +72,37 @@ class Report:
         return sum(1 for f in self.findings if f.action is action)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    store: Store
+    driver: HypervisorDriver
+    report: Report
+    now: datetime
+    confirm_after: timedelta
+
+    def note(self, action: Action, vps: Vps, snapshot: str | None, detail: str) -> None:
+        self.report.findings.append(Finding(action, vps.id, vps.name, snapshot, detail))
+
+
 async def reconcile(
-    store: Store, driver: HypervisorDriver, node: str | None, *, dry_run: bool = False
+    store: Store,
+    driver: HypervisorDriver,
+    node: str | None,
+    *,
+    dry_run: bool = False,
+    clock: Clock | None = None,
+    confirm_after: timedelta = DEFAULT_CONFIRM_AFTER,
 ) -> Report:
+    """One pass over the VPSes of ``node`` (all nodes when None); returns what it found and did
+    (nothing is changed with ``dry_run``)."""
     report = Report(dry_run=dry_run)
+    run = _Pass(store, driver, report, (clock or SystemClock()).now(), confirm_after)
     after: str | None = None
     while True:
         async with store.transaction(read_only=True) as tx:
             page = await tx.list_vps(None, VpsFilter(node=node), after, _PAGE)
         for vps in page:
-            await _reconcile_vps(store, driver, vps, report)
+            await _reconcile_vps(run, vps)
         if len(page) < _PAGE:
             break
         after = page[-1].id
@@ -83,93 +120,152 @@ async def reconcile(
     return report
 
 
-async def _reconcile_vps(store: Store, driver: HypervisorDriver, vps: Vps, report: Report) -> None:
-    async with store.transaction(read_only=True) as tx:
+async def _reconcile_vps(run: _Pass, vps: Vps) -> None:
+    async with run.store.transaction(read_only=True) as tx:
         busy = await tx.has_active_job(vps.id)
     if busy:
-        report.findings.append(
-            Finding(Action.SKIPPED_BUSY, vps.id, vps.name, None, "a job is queued or running")
-        )
+        run.note(Action.SKIPPED_BUSY, vps, None, "a job is queued or running")
         return
     try:
-        on_disk = {p.name: p for p in await driver.list_restore_points(vps)}
+        points = await run.driver.list_restore_points(vps)
     except DomainError as exc:
-        report.findings.append(Finding(Action.FAILED, vps.id, vps.name, None, exc.detail))
+        # Not "the snapshots are gone": nothing is concluded from a disk that cannot be read.
+        run.note(Action.UNREADABLE, vps, None, f"could not read the disks, retried: {exc.detail}")
         return
-    async with store.transaction(read_only=True) as tx:
+    on_disk = {p.name: p for p in points}
+    async with run.store.transaction(read_only=True) as tx:
         known = {s.name: s for s in await tx.list_snapshots(vps.id)}
+        intents = await tx.open_write_intents(vps.id)
 
-    for name, snapshot in known.items():
-        point = on_disk.get(name)
-        if snapshot.status is SnapshotStatus.FAILED or _complete(point, vps):
-            continue
-        where = "any disk" if point is None else "every disk"
-        report.findings.append(
-            Finding(
-                Action.MARKED_MISSING,
-                vps.id,
-                vps.name,
-                name,
-                f"in the database as {snapshot.status.value} but missing from {where}",
-            )
+    for snapshot in known.values():
+        await _check_row(run, vps, snapshot, on_disk.get(snapshot.name))
+    for point in points:
+        row = known.get(point.name)
+        if row is None or not is_the_recorded_one(point, row.disk_created_at):
+            await _check_unknown(run, vps, point, intents, has_row=row is not None)
+    for intent in intents:
+        if intent.name not in on_disk:
+            await _settle_intent(run, vps, intent)
+
+
+async def _check_row(run: _Pass, vps: Vps, snapshot: Snapshot, point: RestorePoint | None) -> None:
+    name = snapshot.name
+    whole = (
+        point is not None
+        and set(point.disks) == set(vps.disks)
+        and is_the_recorded_one(point, snapshot.disk_created_at)
+    )
+    if snapshot.status is SnapshotStatus.FAILED:
+        if whole:
+            run.note(Action.REAPPEARED, vps, name, "on every disk again: available")
+            await _locked(run, vps, lambda tx: _reappeared(tx, vps, name))
+        return
+    if snapshot.status is not SnapshotStatus.AVAILABLE:
+        return  # creating/deleting/restoring without a job: a job's end is being written
+    if whole:
+        if snapshot.missing_since is not None:
+            await _locked(run, vps, lambda tx: tx.set_snapshot_missing_since(vps.id, name, None))
+        return
+    if point is None:
+        where = "any disk"
+    elif set(point.disks) != set(vps.disks):
+        where = "some disks"
+    else:
+        where = "its disks (another snapshot carries its name)"
+    since = snapshot.missing_since
+    if since is None or run.now - since < run.confirm_after:
+        run.note(Action.SUSPECTED_MISSING, vps, name, f"missing from {where}; checked again later")
+        if since is None:
+            await _locked(run, vps, lambda tx: tx.set_snapshot_missing_since(vps.id, name, run.now))
+        return
+    run.note(
+        Action.MARKED_MISSING,
+        vps,
+        name,
+        f"missing from {where} since {since.isoformat()}: marked failed",
+    )
+    await _locked(
+        run,
+        vps,
+        lambda tx: tx.set_snapshot_status(
+            vps.id, name, SnapshotStatus.FAILED, only_from=SnapshotStatus.AVAILABLE
+        ),
+    )
+
+
+async def _reappeared(tx: Transaction, vps: Vps, name: str) -> None:
+    await tx.set_snapshot_status(
+        vps.id, name, SnapshotStatus.AVAILABLE, only_from=SnapshotStatus.FAILED
+    )
+    await tx.set_snapshot_missing_since(vps.id, name, None)
+
+
+async def _check_unknown(
+    run: _Pass, vps: Vps, point: RestorePoint, intents: list[WriteIntent], *, has_row: bool
+) -> None:
+    intent = _covering_intent(point, intents)
+    if intent is None or has_row:
+        run.note(
+            Action.REPORTED_FOREIGN,
+            vps,
+            point.name,
+            "on disk but not made by vpsnap: left alone",
         )
-        if not report.dry_run:
-            await _mark_missing(store, vps, name, snapshot.status)
+        return
+    run.note(
+        Action.REMOVED_LEFTOVER,
+        vps,
+        point.name,
+        f"left on disk by job {intent.job_id}, which recorded that it was writing it",
+    )
 
-    for name in sorted(on_disk.keys() - known.keys()):
-        if await _left_by_failed_job(store, vps, on_disk[name]):
-            report.findings.append(
-                Finding(
-                    Action.REMOVED_LEFTOVER,
-                    vps.id,
-                    vps.name,
-                    name,
-                    "left on disk by a vpsnap create job that failed",
-                )
-            )
-            if not report.dry_run:
-                await driver.delete_snapshot(vps, name)
-        else:
-            report.findings.append(
-                Finding(
-                    Action.REPORTED_FOREIGN,
-                    vps.id,
-                    vps.name,
-                    name,
-                    "on disk but not made by vpsnap: left alone",
-                )
-            )
+    async def remove(tx: Transaction) -> None:
+        if await tx.get_snapshot(vps.id, point.name) is not None:
+            return  # a create of that name was accepted since the scan: it is not leftover
+        # Under the VPS lock, so that no job of this VPS can start meanwhile.
+        await run.driver.delete_snapshot(vps, point.name)
+        await tx.close_write_intents(intent.job_id, IntentState.UNDONE, run.now, name=point.name)
+
+    await _locked(run, vps, remove)
 
 
-def _complete(point: RestorePoint | None, vps: Vps) -> bool:
-    return point is not None and set(point.disks) == set(vps.disks)
-
-
-async def _mark_missing(store: Store, vps: Vps, name: str, seen: SnapshotStatus) -> None:
-    async with store.transaction() as tx:
-        locked = await tx.get_vps(vps.id, lock=True)
-        # Re-check under the lock: a job queued since the scan owns the snapshot now.
-        if locked is None or await tx.has_active_job(vps.id):
-            return
-        await tx.set_snapshot_status(vps.id, name, SnapshotStatus.FAILED, only_from=seen)
-
-
-async def _left_by_failed_job(store: Store, vps: Vps, point: RestorePoint) -> bool:
-    """Provably vpsnap's leftover: a create job of this name failed, and the snapshot on disk
-    was made while that job ran. Anything else (no such job, or a snapshot older or younger
-    than the failed attempt, e.g. one whose name clash made the job fail) is not touched."""
-    async with store.transaction(read_only=True) as tx:
-        history = await tx.jobs_for_snapshot(vps.id, point.name)
-    if point.created_at is None:
-        return False
-    for job in history:
+def _covering_intent(point: RestorePoint, intents: list[WriteIntent]) -> WriteIntent | None:
+    for intent in intents:
         if (
-            job.type in (JobType.SNAPSHOT_CREATE, JobType.SNAPSHOT_SCHEDULED)
-            and job.status is JobStatus.FAILED
-            and job.started_at is not None
-            and job.finished_at is not None
-            and job.started_at - _CLOCK_TOLERANCE <= point.created_at
-            and point.created_at <= job.finished_at + _CLOCK_TOLERANCE
+            intent.name == point.name
+            and point.created_at is not None
+            and point.created_at >= intent.created_at - _CLOCK_TOLERANCE
         ):
-            return True
-    return False
+            return intent
+    return None
+
+
+async def _settle_intent(run: _Pass, vps: Vps, intent: WriteIntent) -> None:
+    run.note(
+        Action.SETTLED_INTENT,
+        vps,
+        intent.name,
+        f"job {intent.job_id} is over and left nothing of it on disk",
+    )
+    await _locked(
+        run,
+        vps,
+        lambda tx: tx.close_write_intents(
+            intent.job_id, IntentState.UNDONE, run.now, name=intent.name
+        ),
+    )
+
+
+async def _locked(run: _Pass, vps: Vps, change: Callable[[Transaction], Awaitable[object]]) -> None:
+    """Apply ``change`` under the VPS row lock, unless a job was queued since the scan (it owns
+    the VPS's snapshots now) or this is a dry run."""
+    if run.report.dry_run:
+        return
+    try:
+        async with run.store.transaction() as tx:
+            locked = await tx.get_vps(vps.id, lock=True)
+            if locked is None or await tx.has_active_job(vps.id):
+                return
+            await change(tx)
+    except DomainError as exc:
+        run.note(Action.FAILED, vps, None, exc.detail)

@@ -8,10 +8,15 @@ from typing import Any
 
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import JobNotFound
+from vpsnap.domain.errors import JobNotFound, VpsQueueFull
 from vpsnap.domain.ids import new_id
-from vpsnap.domain.model import Job, JobStatus, JobType, Vps
+from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.rules import lane_for
+
+# What a caller told "queue full" should wait before trying again (seconds): long enough for a
+# few quick jobs to run, short enough not to matter to a script.
+QUEUE_FULL_RETRY_SECONDS = 5
 
 
 async def enqueue(
@@ -22,13 +27,26 @@ async def enqueue(
     *,
     snapshot_name: str | None,
     payload: dict[str, Any] | None = None,
+    snapshot: Snapshot | None = None,
+    max_unfinished: int | None = None,
 ) -> Job:
     """Queue a job for a VPS whose row the caller has locked.
 
     Jobs of one VPS never run concurrently: behind an unfinished job the new one waits as
-    ``pending`` and is promoted, in arrival order, when the one before it ends.
+    ``pending`` and is promoted, in arrival order, when the one before it ends. ``snapshot`` is
+    the snapshot the job acts on, when it exists (it decides the lane of a restore).
+
+    Raises ``VpsQueueFull`` when ``max_unfinished`` is given and the VPS already has that many
+    unfinished jobs: requests of users are bounded, the scheduler's own work (expiry) is not.
     """
+    if max_unfinished is not None and await tx.count_unfinished_jobs(vps.id) >= max_unfinished:
+        raise VpsQueueFull(
+            f"{vps.name} already has {max_unfinished} unfinished jobs, the most one VPS may "
+            f"queue. Retry in {QUEUE_FULL_RETRY_SECONDS} s or once some have run.",
+            extensions={"retryAfter": QUEUE_FULL_RETRY_SECONDS, "maxJobs": max_unfinished},
+        )
     waiting = await tx.has_active_job(vps.id)
+    payload = payload or {}
     job = Job(
         id=new_id("job"),
         account_id=vps.account_id,
@@ -36,12 +54,13 @@ async def enqueue(
         type=job_type,
         status=JobStatus.PENDING if waiting else JobStatus.QUEUED,
         snapshot_name=snapshot_name,
-        payload=payload or {},
+        payload=payload,
         progress=0,
         result=None,
         error=None,
         attempts=0,
         created_at=clock.now(),
+        lane=lane_for(job_type, payload, snapshot),
     )
     await tx.add_job(job, vps.node)
     return job

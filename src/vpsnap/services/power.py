@@ -23,6 +23,8 @@ class PowerService:
     store: Store
     events: JobEvents
     clock: Clock
+    max_jobs_per_vps: int | None = None
+    """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
 
     async def request(
         self, principal: Principal, vps_id: str, action: PowerAction, *, force: bool = False
@@ -44,6 +46,7 @@ class PowerService:
                 JobType.VPS_POWER,
                 snapshot_name=None,
                 payload={"action": action.value, "force": force},
+                max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()
         return job

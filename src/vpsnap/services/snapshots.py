@@ -65,6 +65,8 @@ class SnapshotService:
     events: JobEvents
     clock: Clock
     retention: timedelta
+    max_jobs_per_vps: int | None = None
+    """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
@@ -114,6 +116,7 @@ class SnapshotService:
                     "includeMemoryState": request.include_memory_state,
                     "quiesce": request.quiesce,
                 },
+                max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()
         return job
@@ -145,7 +148,13 @@ class SnapshotService:
                 )
             await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.DELETING))
             job = await enqueue(
-                tx, self.clock, vps, JobType.SNAPSHOT_DELETE, snapshot_name=snapshot.name
+                tx,
+                self.clock,
+                vps,
+                JobType.SNAPSHOT_DELETE,
+                snapshot_name=snapshot.name,
+                snapshot=snapshot,
+                max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()
         return job
@@ -163,7 +172,13 @@ class SnapshotService:
                     "restored now."
                 )
             job = await enqueue(
-                tx, self.clock, vps, JobType.SNAPSHOT_RESTORE, snapshot_name=snapshot.name
+                tx,
+                self.clock,
+                vps,
+                JobType.SNAPSHOT_RESTORE,
+                snapshot_name=snapshot.name,
+                snapshot=snapshot,
+                max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()
         return job

@@ -20,7 +20,9 @@ from vpsnap.domain.model import (
     ApiKey,
     Billing,
     Consistency,
+    IntentState,
     Job,
+    JobLane,
     JobStatus,
     JobType,
     OperatingSystem,
@@ -30,8 +32,9 @@ from vpsnap.domain.model import (
     SnapshotOrigin,
     SnapshotStatus,
     Vps,
+    WriteIntent,
 )
-from vpsnap.domain.ports import VpsFilter
+from vpsnap.domain.ports import ClaimRequest, VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
 from vpsnap.store.machines import machine_from_json, machine_to_json
@@ -43,6 +46,7 @@ from vpsnap.store.tables import (
     snapshot_schedules,
     snapshots,
     vps,
+    write_intents,
 )
 
 Row = Mapping[str, Any]
@@ -109,6 +113,26 @@ _NEXT_QUEUED = (
     .order_by(jobs.c.created_at, jobs.c.id)
     .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
+)
+_RECORD_JOURNAL = (
+    jobs.update()
+    .where(
+        jobs.c.id == _bp("b_id"),
+        jobs.c.lease_owner == _bp("b_worker"),
+        jobs.c.status == JobStatus.IN_PROGRESS.value,
+    )
+    .values(journal=_bp("journal"))
+)
+_UNFINISHED = [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.PENDING.value]
+_COUNT_UNFINISHED = (
+    sa.select(sa.func.count())
+    .select_from(jobs)
+    .where(jobs.c.vps_id == _bp("b_vps"), jobs.c.status.in_(_UNFINISHED))
+)
+_IN_PROGRESS_BY_ACCOUNT = (
+    sa.select(jobs.c.account_id, sa.func.count().label("n"))
+    .where(jobs.c.node == _bp("b_node"), jobs.c.status == JobStatus.IN_PROGRESS.value)
+    .group_by(jobs.c.account_id)
 )
 _EXTEND_LEASE = (
     jobs.update()
@@ -258,6 +282,8 @@ def _snapshot(row: Row) -> Snapshot:
         parent_name=row["parent_name"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        disk_created_at=row["disk_created_at"],
+        missing_since=row["missing_since"],
     )
 
 
@@ -274,6 +300,8 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "parent_name": item.parent_name,
         "created_at": item.created_at,
         "expires_at": item.expires_at,
+        "disk_created_at": item.disk_created_at,
+        "missing_since": item.missing_since,
     }
 
 
@@ -295,6 +323,8 @@ def _job(row: Row) -> Job:
         finished_at=row["finished_at"],
         lease_owner=row["lease_owner"],
         lease_expires_at=row["lease_expires_at"],
+        lane=JobLane(row["lane"]),
+        journal=row["journal"] or {},
     )
 
 
@@ -316,7 +346,22 @@ def _job_values(item: Job) -> dict[str, Any]:
         "finished_at": item.finished_at,
         "lease_owner": item.lease_owner,
         "lease_expires_at": item.lease_expires_at,
+        "lane": item.lane.value,
+        "journal": item.journal or None,
     }
+
+
+def _write_intent(row: Row) -> WriteIntent:
+    return WriteIntent(
+        id=row["id"],
+        vps_id=row["vps_id"],
+        name=row["name"],
+        job_id=row["job_id"],
+        disks=tuple(row["disks"]),
+        state=IntentState(row["state"]),
+        created_at=row["created_at"],
+        closed_at=row["closed_at"],
+    )
 
 
 class SqlTransaction:
@@ -458,6 +503,7 @@ class SqlTransaction:
         *,
         includes_memory_state: bool,
         parent_name: str | None,
+        disk_created_at: datetime | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -468,11 +514,80 @@ class SqlTransaction:
                 "consistency": consistency.value,
                 "includes_memory_state": includes_memory_state,
                 "parent_name": parent_name,
+                "disk_created_at": disk_created_at,
+                "missing_since": None,
             },
         )
 
+    async def set_snapshot_missing_since(self, vps_id: str, name: str, at: datetime | None) -> None:
+        await self.conn.execute(
+            _UPDATE_SNAPSHOT,
+            {"b_vps": vps_id, "b_key": name_key(name), "missing_since": at},
+        )
+
     async def remove_snapshot(self, vps_id: str, name: str) -> None:
-        await self.conn.execute(_REMOVE_SNAPSHOT, {"b_vps": vps_id, "b_key": name_key(name)})
+        key = name_key(name)
+        row = await self._one(_GET_SNAPSHOT, {"b_vps": vps_id, "b_key": key})
+        if row is None:
+            return
+        # The chain stays whole (as Proxmox re-links on delete): the removed snapshot's
+        # children and the VPS's current pointer move to its parent, which is older still.
+        parent = row["parent_name"]
+        await self.conn.execute(
+            snapshots.update()
+            .where(
+                snapshots.c.vps_id == vps_id,
+                sa.func.lower(snapshots.c.parent_name) == key,
+            )
+            .values(parent_name=parent)
+        )
+        await self.conn.execute(
+            vps.update()
+            .where(vps.c.id == vps_id, sa.func.lower(vps.c.current_snapshot) == key)
+            .values(current_snapshot=parent)
+        )
+        await self.conn.execute(_REMOVE_SNAPSHOT, {"b_vps": vps_id, "b_key": key})
+
+    # write intents ------------------------------------------------------------------------------
+
+    async def add_write_intent(self, intent: WriteIntent) -> None:
+        await self.conn.execute(
+            write_intents.insert().values(
+                id=intent.id,
+                vps_id=intent.vps_id,
+                name_key=name_key(intent.name),
+                name=intent.name,
+                job_id=intent.job_id,
+                disks=list(intent.disks),
+                state=intent.state.value,
+                created_at=intent.created_at,
+                closed_at=intent.closed_at,
+            )
+        )
+
+    async def close_write_intents(
+        self, job_id: str, state: IntentState, at: datetime, *, name: str | None = None
+    ) -> int:
+        condition = sa.and_(
+            write_intents.c.job_id == job_id, write_intents.c.state == IntentState.OPEN.value
+        )
+        if name is not None:
+            condition = sa.and_(condition, write_intents.c.name_key == name_key(name))
+        result = await self.conn.execute(
+            write_intents.update().where(condition).values(state=state.value, closed_at=at)
+        )
+        return int(result.rowcount)
+
+    async def open_write_intents(self, vps_id: str) -> list[WriteIntent]:
+        query = (
+            sa.select(write_intents)
+            .where(
+                write_intents.c.vps_id == vps_id,
+                write_intents.c.state == IntentState.OPEN.value,
+            )
+            .order_by(write_intents.c.created_at, write_intents.c.id)
+        )
+        return [_write_intent(r) for r in await self._all(query)]
 
     # jobs -------------------------------------------------------------------------------------
 
@@ -492,6 +607,15 @@ class SqlTransaction:
         )
         return bool(result.rowcount)
 
+    async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
+        result = await self.conn.execute(
+            _RECORD_JOURNAL, {"b_id": job_id, "b_worker": worker, "journal": journal}
+        )
+        return bool(result.rowcount)
+
+    async def count_unfinished_jobs(self, vps_id: str) -> int:
+        return int((await self.conn.execute(_COUNT_UNFINISHED, {"b_vps": vps_id})).scalar_one())
+
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
 
@@ -507,23 +631,38 @@ class SqlTransaction:
         )
         return [_job(r) for r in await self._all(query)]
 
-    async def claim_jobs(
-        self, node: str, worker: str, now: datetime, lease_until: datetime, limit: int
-    ) -> list[Job]:
-        rows = await self._all(_NEXT_QUEUED, {"b_node": node, "b_limit": limit})
+    async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
+        wanted = sum(request.free.values())
+        if wanted <= 0:
+            return []
+        # A few more candidates than free slots, so that jobs of an account at its share (or
+        # of a full lane) can be passed over without a second round trip.
+        rows = await self._all(_NEXT_QUEUED, {"b_node": request.node, "b_limit": wanted * 4 + 8})
+        busy = dict(
+            (r["account_id"], r["n"])
+            for r in await self._all(_IN_PROGRESS_BY_ACCOUNT, {"b_node": request.node})
+        )
+        free = dict(request.free)
         claimed = []
         for row in rows:
             job = _job(row)
+            share = request.account_share.get(job.lane)
+            if free.get(job.lane, 0) <= 0:
+                continue
+            if share is not None and busy.get(job.account_id, 0) >= share:
+                continue
             taken = dataclasses.replace(
                 job,
                 status=JobStatus.IN_PROGRESS,
                 attempts=job.attempts + 1,
-                started_at=job.started_at or now,
-                lease_owner=worker,
-                lease_expires_at=lease_until,
+                started_at=job.started_at or request.now,
+                lease_owner=request.worker,
+                lease_expires_at=request.lease_until,
             )
             await self.update_job(taken)
             claimed.append(taken)
+            free[job.lane] -= 1
+            busy[job.account_id] = busy.get(job.account_id, 0) + 1
         return claimed
 
     async def extend_lease(self, job_id: str, worker: str, lease_until: datetime) -> bool:
@@ -531,6 +670,24 @@ class SqlTransaction:
             _EXTEND_LEASE, {"b_id": job_id, "b_worker": worker, "b_until": lease_until}
         )
         return result.rowcount > 0
+
+    async def hand_back(self, job_id: str, worker: str) -> bool:
+        # Not a death: the attempt the claim counted is given back too.
+        result = await self.conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == worker,
+                jobs.c.status == JobStatus.IN_PROGRESS.value,
+            )
+            .values(
+                status=JobStatus.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=jobs.c.attempts - 1,
+            )
+        )
+        return bool(result.rowcount)
 
     async def requeue_orphaned(
         self, node: str | None, expired_before: datetime | None

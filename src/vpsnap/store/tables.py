@@ -110,6 +110,9 @@ snapshots = sa.Table(
     sa.Column("parent_name", sa.String(40), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
+    # The qcow2 date of the snapshot as vpsnap made it: proof of ownership before deleting.
+    sa.Column("disk_created_at", UtcDateTime(), nullable=True),
+    sa.Column("missing_since", UtcDateTime(), nullable=True),
 )
 
 jobs = sa.Table(
@@ -132,9 +135,30 @@ jobs = sa.Table(
     sa.Column("finished_at", UtcDateTime(), nullable=True),
     sa.Column("lease_owner", sa.String(200), nullable=True),
     sa.Column("lease_expires_at", UtcDateTime(), nullable=True),
+    sa.Column("lane", sa.String(10), nullable=False, server_default="quick"),
+    # What the job recorded while it ran (jobs/journal.py); NULL: nothing yet.
+    sa.Column("journal", sa.JSON(), nullable=True),
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
+
+# Kept independently of jobs (which are purged): an open intent is the only proof that a
+# snapshot on disk without a row is vpsnap's own leftover.
+write_intents = sa.Table(
+    "write_intents",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), nullable=False),
+    sa.Column("name_key", sa.String(40), nullable=False),
+    sa.Column("name", sa.String(40), nullable=False),
+    sa.Column("job_id", sa.String(40), nullable=False),
+    sa.Column("disks", sa.JSON(), nullable=False),
+    sa.Column("state", sa.String(10), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("closed_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_write_intents_vps_state", write_intents.c.vps_id, write_intents.c.state)
+sa.Index("ix_write_intents_job", write_intents.c.job_id)
 
 snapshot_schedules = sa.Table(
     "snapshot_schedules",

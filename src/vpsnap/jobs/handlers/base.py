@@ -1,8 +1,10 @@
 """The shape of a job handler, split so the worker owns leases, transactions and signals.
 
-``perform`` talks to the hypervisor only, outside any transaction; ``prepare``, ``succeed`` and
-``undo`` touch the database only, inside the worker's transactions. Every ``perform`` must be
-safe to run again after a crash: it first asks the driver what already exists.
+``perform`` talks to the hypervisor, outside any transaction, and records what it is about to
+do and what it found in the job's journal (``vpsnap.jobs.journal``); ``prepare``, ``succeed``
+and ``undo`` touch the database only, inside the worker's transactions. Every ``perform`` must
+be safe to run again after a crash: it reads the journal and asks the driver what exists, and
+finishes the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Protocol
 
 from vpsnap.domain.model import Job, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
+from vpsnap.jobs.journal import JobJournal
 
 
 class JobHandler(Protocol):
@@ -20,8 +23,11 @@ class JobHandler(Protocol):
         hypervisor work, but only before writing anything."""
         ...
 
-    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
-        """Do the hypervisor work; returns facts for ``succeed``. Raises ``DomainError``."""
+    async def perform(
+        self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
+    ) -> dict[str, Any]:
+        """Do the hypervisor work; returns facts for ``succeed``. Raises ``DomainError`` (or
+        ``LeaseLost`` from the journal, when another worker owns the job now)."""
         ...
 
     async def succeed(

@@ -1,18 +1,26 @@
-"""``snapshot.create``: take the snapshot on every disk, then mark it available."""
+"""``snapshot.create``: take the snapshot on every disk, then mark it available.
+
+Ownership (``jobs.handlers.ownership``): the write intent is recorded after the name check and
+right before the driver writes; a failure before it (name taken, disk locked, not qcow2) leaves
+nothing vpsnap may delete, and a snapshot of the name found on disk without this job's intent
+is someone else's, never touched.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.errors import SnapshotLimitReached, SnapshotNameTaken
-from vpsnap.domain.model import Consistency, Job, Vps
+import structlog
+
+from vpsnap.domain.errors import DomainError, SnapshotLimitReached, SnapshotNameTaken
+from vpsnap.domain.model import Consistency, IntentState, Job, Vps
 from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
 from vpsnap.domain.rules import slot_usage
+from vpsnap.jobs.handlers.ownership import clashing_point, find_point
+from vpsnap.jobs.journal import JobJournal
 
-# Disk timestamps come from the hypervisor host's clock, job timestamps from the worker's; the
-# same host in practice, so a second of tolerance is plenty.
-_CLOCK_TOLERANCE = timedelta(seconds=1)
+log = structlog.get_logger("vpsnap.worker")
 
 
 class CreateSnapshotHandler:
@@ -28,66 +36,106 @@ class CreateSnapshotHandler:
                 extensions={"totalSnapshots": usage.total, "usedSnapshots": usage.used - 1},
             )
 
-    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+    async def perform(
+        self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
+    ) -> dict[str, Any]:
         name = job.snapshot_name or ""
-        if job.attempts > 1:
-            # A re-run after a worker died: ask the hypervisor what the earlier attempt left.
-            present = {p.name: p for p in await driver.list_restore_points(vps)}
-            existing = present.get(name)
-            if existing is not None and not _made_by(existing, job):
-                raise SnapshotNameTaken(
-                    f"A snapshot named {name!r} already exists on the disks of {vps.name} "
-                    "but was not made by vpsnap; choose another name."
-                )
-            if existing is not None and set(existing.disks) == set(vps.disks):
-                # The earlier attempt finished on the hypervisor before its worker died. RAM
-                # state shows on disk; a filesystem freeze leaves no trace, so without RAM
-                # only crash consistency can be claimed.
-                with_memory = existing.vm_state_size > 0
-                return {
-                    "consistency": (Consistency.MEMORY if with_memory else Consistency.CRASH).value,
-                    "includesMemoryState": with_memory,
-                }
-            if existing is not None:
-                # It died half-way: start again from nothing.
-                await driver.delete_snapshot(vps, name)
-        # On a first attempt the driver itself refuses a name already on disk (a snapshot
-        # vpsnap did not make, which it never touches) with SnapshotNameTaken.
-        taken = await driver.create_snapshot(
-            vps,
-            SnapshotRequest(
-                name=name,
-                include_memory_state=bool(job.payload.get("includeMemoryState", False)),
-                quiesce=bool(job.payload.get("quiesce", True)),
-            ),
+        ours = journal.intended == name
+        present = await driver.list_restore_points(vps)
+        clash = clashing_point(present, name)
+        if clash is not None and not (ours and clash.name == name):
+            # Made by someone else (or by vpsnap under a row that no longer exists): reported,
+            # never touched, and no intent was recorded for it.
+            raise SnapshotNameTaken(
+                f"A snapshot named {clash.name!r} already exists on the disks of {vps.name} "
+                "but was not made by vpsnap; choose another name."
+            )
+        if clash is not None:
+            # An earlier attempt of this job wrote it before its worker died.
+            if set(clash.disks) == set(vps.disks):
+                return _facts_of_existing(clash)
+            # It died half-way through a multi-disk create: start again from nothing.
+            await driver.delete_snapshot(vps, name)
+        if not ours:
+            await journal.open_intent(vps, name)
+        request = SnapshotRequest(
+            name=name,
+            include_memory_state=bool(job.payload.get("includeMemoryState", False)),
+            quiesce=bool(job.payload.get("quiesce", True)),
         )
+        try:
+            taken = await driver.create_snapshot(vps, request)
+        except SnapshotNameTaken:
+            # The driver checks the name before it writes anything, so whatever carries the
+            # name now (made in the instant since the check above) is not ours.
+            await journal.close_intent(name, IntentState.UNDONE)
+            raise
+        except DomainError:
+            await settle_failed_write(driver, vps, name, journal)
+            raise
+        made = find_point(await driver.list_restore_points(vps), name)
         return {
             "consistency": taken.consistency.value,
             "includesMemoryState": taken.includes_memory_state,
+            "diskCreatedAt": _iso(made.created_at) if made is not None else None,
         }
 
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
         name = job.snapshot_name or ""
+        recorded = facts.get("diskCreatedAt")
         await tx.record_snapshot_taken(
             vps.id,
             name,
             Consistency(facts["consistency"]),
             includes_memory_state=bool(facts["includesMemoryState"]),
             parent_name=vps.current_snapshot,
+            disk_created_at=datetime.fromisoformat(recorded) if recorded else None,
         )
         await tx.set_current_snapshot(vps.id, name)
+        # The row owns the snapshot now.
+        await tx.close_write_intents(job.id, IntentState.DONE, now, name=name)
         return {"name": name}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        # The slot is given back at once; the driver already left nothing on disk.
+        # The slot is given back at once. What the failed attempt may have left on disk is
+        # covered by its write intent (settled in perform, or by reconciliation).
         await tx.remove_snapshot(vps.id, job.snapshot_name or "")
 
 
-def _made_by(point: RestorePoint, job: Job) -> bool:
-    """Whether a restore point was left by an earlier attempt of this job (not made before the
-    job first started, e.g. by hand)."""
-    if point.created_at is None or job.started_at is None:
-        return False
-    return point.created_at >= job.started_at - _CLOCK_TOLERANCE
+async def settle_failed_write(
+    driver: HypervisorDriver, vps: Vps, name: str, journal: JobJournal
+) -> None:
+    """After a failed write (the driver has rolled back what it could): close the intent when
+    nothing called ``name`` is left on any disk; otherwise leave it open, so reconciliation —
+    which may delete only what an open intent covers — removes the leftover."""
+    try:
+        left = find_point(await driver.list_restore_points(vps), name)
+    except DomainError as exc:
+        log.warning("write_intent_left_open", vps_id=vps.id, snapshot=name, reason=exc.detail)
+        return
+    if left is None:
+        await journal.close_intent(name, IntentState.UNDONE)
+    else:
+        log.warning(
+            "write_intent_left_open",
+            vps_id=vps.id,
+            snapshot=name,
+            reason="a leftover of the failed write is on disk; reconciliation removes it",
+        )
+
+
+def _facts_of_existing(point: RestorePoint) -> dict[str, Any]:
+    # RAM state shows on disk; a filesystem freeze leaves no trace, so without RAM only crash
+    # consistency can be claimed.
+    with_memory = point.vm_state_size > 0
+    return {
+        "consistency": (Consistency.MEMORY if with_memory else Consistency.CRASH).value,
+        "includesMemoryState": with_memory,
+        "diskCreatedAt": _iso(point.created_at),
+    }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None

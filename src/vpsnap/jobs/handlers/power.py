@@ -11,13 +11,16 @@ from typing import Any
 
 from vpsnap.domain.model import Job, PowerAction, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
+from vpsnap.jobs.journal import JobJournal
 
 
 class PowerHandler:
     async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
         return None
 
-    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+    async def perform(
+        self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
+    ) -> dict[str, Any]:
         action = PowerAction(job.payload["action"])
         outcome = await driver.change_power(vps, action, force=bool(job.payload.get("force")))
         return {

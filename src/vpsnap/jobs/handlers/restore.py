@@ -1,12 +1,22 @@
-"""``snapshot.restore``: roll every disk back to the snapshot, keeping the power state."""
+"""``snapshot.restore``: roll every disk back to the snapshot, keeping the power state.
+
+The power state the VM had is recorded in the journal before anything is touched, so a re-run
+after a crash (say, between stopping the VM and starting it again on the restored disks) ends
+in the state the user had, not in whatever the crash left.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Job, SnapshotStatus, Vps
+from vpsnap.domain.errors import SnapshotNotFound
+from vpsnap.domain.model import Job, PowerAction, PowerState, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
+from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
+from vpsnap.jobs.journal import JobJournal
+
+POWER_STATE_BEFORE = "powerStateBefore"
 
 
 async def _move(
@@ -21,13 +31,35 @@ class RestoreSnapshotHandler:
     async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
         await _move(tx, job, vps, SnapshotStatus.AVAILABLE, SnapshotStatus.RESTORING)
 
-    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
+    async def perform(
+        self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
+    ) -> dict[str, Any]:
+        name = job.snapshot_name or ""
+        recorded = journal.facts.get(POWER_STATE_BEFORE)
+        if isinstance(recorded, str):
+            before = PowerState(recorded)
+        else:
+            before = await driver.power_state(vps)
+            await journal.record(**{POWER_STATE_BEFORE: before.value})
+        row = await journal.snapshot(vps.id, name)
+        point = find_point(await driver.list_restore_points(vps), name)
+        if (
+            point is not None
+            and row is not None
+            and not is_the_recorded_one(point, row.disk_created_at)
+        ):
+            # Rolling back to someone else's snapshot of the same name would be wrong data.
+            raise SnapshotNotFound(
+                f"Snapshot {name!r} of {vps.name} is no longer on its disks (a different "
+                "snapshot carries its name now); it can only be deleted."
+            )
         # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
-        outcome = await driver.restore_snapshot(vps, job.snapshot_name or "")
-        return {
-            "powerStateBefore": outcome.power_state_before.value,
-            "powerStateAfter": outcome.power_state_after.value,
-        }
+        outcome = await driver.restore_snapshot(vps, name)
+        after = outcome.power_state_after
+        if before is PowerState.RUNNING and after is PowerState.STOPPED:
+            # An earlier attempt stopped the VM and died before starting it again.
+            after = (await driver.change_power(vps, PowerAction.START)).power_state_after
+        return {"powerStateBefore": before.value, "powerStateAfter": after.value}
 
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime

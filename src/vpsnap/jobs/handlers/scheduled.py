@@ -18,7 +18,9 @@ import structlog
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.model import Job, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
-from vpsnap.jobs.handlers.create import CreateSnapshotHandler
+from vpsnap.jobs.handlers.create import CreateSnapshotHandler, settle_failed_write
+from vpsnap.jobs.handlers.delete import delete_own_snapshot
+from vpsnap.jobs.journal import JobJournal
 
 log = structlog.get_logger("vpsnap.worker")
 
@@ -60,27 +62,35 @@ class ScheduledSnapshotHandler:
     async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
         await self._create.prepare(tx, job, vps)
 
-    async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
-        facts = await self._create.perform(driver, job, vps)
+    async def perform(
+        self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
+    ) -> dict[str, Any]:
+        facts = await self._create.perform(driver, job, vps, journal)
         replaced = _replaced(job)
         if replaced is None:
             return facts
         try:
-            # Deleting what a re-run finds already gone succeeds.
-            await driver.delete_snapshot(vps, replaced)
+            row = await journal.snapshot(vps.id, replaced)
+            recorded = row.disk_created_at if row is not None else None
+            # Deleting what a re-run finds already gone succeeds; a snapshot of that name that
+            # is not the one vpsnap made is left alone (its row still goes).
+            await delete_own_snapshot(driver, vps, replaced, recorded)
         except DomainError as exc:
             # Keep the old restore point and take the new one back: the failed run then
-            # changes nothing, and the VPS never holds more snapshots than it has slots.
+            # changes nothing, and the VPS never holds more snapshots than it has slots. The
+            # new one is this job's own (its write intent is still open).
+            name = job.snapshot_name or ""
             try:
-                await driver.delete_snapshot(vps, job.snapshot_name or "")
+                await driver.delete_snapshot(vps, name)
             except DomainError as cleanup:
-                # Reconciliation removes it: a failed scheduled job provably made it.
                 log.warning(
                     "scheduled_rollback_failed",
                     job_id=job.id,
-                    snapshot=job.snapshot_name,
+                    snapshot=name,
                     detail=cleanup.detail,
                 )
+            # Closes the intent when nothing is left, else reconciliation removes the rest.
+            await settle_failed_write(driver, vps, name, journal)
             raise DomainError(
                 f"Could not delete {replaced!r} to make room: {exc.detail}",
                 code=exc.code,
