@@ -638,10 +638,10 @@ class SqlTransaction:
         # A few more candidates than free slots, so that jobs of an account at its share (or
         # of a full lane) can be passed over without a second round trip.
         rows = await self._all(_NEXT_QUEUED, {"b_node": request.node, "b_limit": wanted * 4 + 8})
-        busy = dict(
-            (r["account_id"], r["n"])
+        busy = {
+            r["account_id"]: r["n"]
             for r in await self._all(_IN_PROGRESS_BY_ACCOUNT, {"b_node": request.node})
-        )
+        }
         free = dict(request.free)
         claimed = []
         for row in rows:
