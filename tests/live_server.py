@@ -100,6 +100,21 @@ class ServerProcess:
         self.process.wait(timeout=STOP_TIMEOUT)
         self._log.close()
 
+    def kill_server_only(self) -> None:
+        """SIGKILL of the server process alone (``kill -9 PID``): children in sessions of
+        their own, such as qemu-img, are not signalled by this."""
+        self.process.kill()
+        self.process.wait(timeout=STOP_TIMEOUT)
+        self._log.close()
+
+    def terminate(self) -> int:
+        """SIGTERM to the server process alone, as systemd's stop does; returns its exit code
+        once it has exited."""
+        self.process.terminate()
+        code = self.process.wait(timeout=STOP_TIMEOUT)
+        self._log.close()
+        return code
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -18,14 +18,12 @@ pytestmark = pytest.mark.qemu
 
 async def start_demo(settings: Settings) -> PowerState | None:
     runtime = Runtime.build(settings)
-    try:
-        await runtime.prepare()
+    # As `serve --demo` does: the start is a job, run by the embedded worker.
+    async with runtime.embedded():
         await seed_demo(
             runtime, qemu_img_for(settings), disk_bytes=16 * 1024**2, data_bytes=1024**2
         )
         return await start_demo_vm(runtime)
-    finally:
-        await runtime.close()
 
 
 async def stop_demo(settings: Settings) -> None:

@@ -413,3 +413,80 @@ async def test_a_job_whose_worker_keeps_dying_is_given_up(world: World) -> None:
     assert "Gave up after 5 attempts" in failed.error["detail"]
     assert _creates(world.driver) == 0
     assert await world.statuses(vps.id) == {}
+
+
+# -- issue 9, kind 11: re-runs finish from the recorded steps ----------------------------------
+
+
+async def test_a_restore_rerun_after_a_crash_between_stop_and_start_ends_running(
+    world: World,
+) -> None:
+    """SIGKILL during a disk-only restore of a running VM, after QEMU exited: the re-run must
+    end in the power state the user had (running), and report running → running."""
+    vps = await world.add_vps(machine=LaunchSpec(memory_mib=64, cpus=1))
+    await world.runtime.services.snapshots.create(world.principal, vps.id, CreateSnapshot("one"))
+    await world.run_all()
+    world.driver.set_power_state(vps.id, PowerState.RUNNING)
+    job = await world.runtime.services.snapshots.restore(world.principal, vps.id, "one")
+    claimed = await _claim_as(world, "dead-worker")
+    # The first attempt recorded the power state, stopped the VM, and died.
+    await world.journal(claimed, "dead-worker").record(powerStateBefore="running")
+    world.driver.set_power_state(vps.id, PowerState.STOPPED)
+    world.clock.advance(seconds=LEASE_SECONDS + 1)
+    assert await _reap(world) == [job.id]
+
+    assert await world.run_all() == 1
+
+    done = await world.job(job.id)
+    assert done.status is JobStatus.COMPLETED, done.error
+    assert done.result == {
+        "name": "one",
+        "powerStateBefore": "running",
+        "powerStateAfter": "running",
+    }
+    assert await world.driver.power_state(vps) is PowerState.RUNNING
+
+
+async def test_stop_hands_back_a_job_that_outlives_the_grace_and_the_next_run_finishes_it(
+    world: World,
+) -> None:
+    """SIGTERM while a long job runs: the worker stops claiming, waits ``grace_seconds``, then
+    puts the job back in the queue (not counting the attempt) instead of leaving it
+    ``in_progress`` until the next start."""
+    vps = await world.add_vps()
+    job = await world.runtime.services.snapshots.create(
+        world.principal, vps.id, CreateSnapshot("slow")
+    )
+    world.driver.block("create")
+    worker = dataclasses.replace(world.runtime.worker(), grace_seconds=0.2)
+    running = asyncio.create_task(worker.run())
+    await world.driver.wait_blocked("create")
+    worker.stop()
+    await asyncio.wait_for(running, 5)
+
+    handed = await world.job(job.id)
+    assert (handed.status, handed.lease_owner, handed.attempts) == (JobStatus.QUEUED, None, 0)
+    # The journal keeps what the attempt recorded: its intent to write "slow".
+    assert handed.journal["intent"]["name"] == "slow"
+    world.driver.release("create")
+    assert await world.run_all() == 1
+    done = await world.job(job.id)
+    assert (done.status, done.attempts) == (JobStatus.COMPLETED, 1)
+    assert _creates(world.driver) == 2  # the cut attempt never got past the gate
+    assert [p.name for p in await world.driver.list_restore_points(vps)] == ["slow"]
+
+
+async def test_stop_lets_a_job_within_the_grace_finish(world: World) -> None:
+    vps = await world.add_vps()
+    job = await world.runtime.services.snapshots.create(
+        world.principal, vps.id, CreateSnapshot("quick")
+    )
+    world.driver.block("create")
+    worker = dataclasses.replace(world.runtime.worker(), grace_seconds=5)
+    running = asyncio.create_task(worker.run())
+    await world.driver.wait_blocked("create")
+    worker.stop()
+    await asyncio.sleep(0.1)
+    world.driver.release("create")
+    await asyncio.wait_for(running, 5)
+    assert (await world.job(job.id)).status is JobStatus.COMPLETED

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from vpsnap.domain.auth import Scope
+from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.errors import DomainError, Unauthorized
 from vpsnap.domain.model import (
     Billing,
+    JobStatus,
     LaunchSpec,
     OperatingSystem,
     PowerAction,
@@ -132,25 +134,38 @@ async def seed_demo(
     return result
 
 
-async def start_demo_vm(runtime: Runtime) -> PowerState | None:
+async def start_demo_vm(runtime: Runtime, *, timeout: float = 60.0) -> PowerState | None:
     """Start demo-web's VM unless it runs already (a restarted demo finds it again).
 
-    Returns its power state, or None when demo-web has no VM (no qemu-system at seeding time).
+    The start is a ``vps.power`` job like any other, so it runs after whatever the VPS's
+    queue holds: a restore re-queued after a crash finishes first (and ends the VM where the
+    user had it) instead of racing this start for the VM's files. Needs a running worker
+    (``Runtime.embedded``); waits up to ``timeout`` seconds. Returns the VM's power state, or
+    None when demo-web has no VM (no qemu-system at seeding time).
     """
     vps = await runtime.services.accounts.find_vps("demo", DEMO_VM_NAME)
     if vps is None or vps.machine is None:
         return None
+    principal = Principal(vps.account_id, frozenset({Scope.WRITE_ALL}))
+    jobs = runtime.services.jobs
     try:
         # Idempotent: a running VM is left as it is.
-        outcome = await runtime.driver.change_power(vps, PowerAction.START)
+        job = await runtime.services.power.request(principal, vps.id, PowerAction.START)
+        deadline = time.monotonic() + timeout
+        while not job.status.is_terminal and time.monotonic() < deadline:
+            job = await jobs.wait(principal, job.id, deadline - time.monotonic())
     except DomainError as exc:
-        # The demo is still useful without it: demo-web then snapshots offline.
         _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, error=exc.detail)
+        return await runtime.driver.power_state(vps)
+    if job.status is not JobStatus.COMPLETED or job.result is None:
+        # The demo is still useful without it: demo-web then snapshots offline.
+        detail = (job.error or {}).get("detail", f"the start job is {job.status.value}")
+        _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, job_id=job.id, error=detail)
         return await runtime.driver.power_state(vps)
     _log.info(
         "demo_vm_ready",
         vps=DEMO_VM_NAME,
-        power_state_before=outcome.power_state_before.value,
-        power_state_after=outcome.power_state_after.value,
+        power_state_before=job.result["powerStateBefore"],
+        power_state_after=job.result["powerStateAfter"],
     )
-    return outcome.power_state_after
+    return PowerState(job.result["powerStateAfter"])

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class MachineDir:
     def pidfile(self) -> Path:
         return self.path / "pid"
 
+    @property
+    def lockfile(self) -> Path:
+        return self.path / "launch.lock"
+
     def files(self) -> tuple[Path, ...]:
         return (self.qmp_socket, self.status_socket, self.guest_agent_socket, self.pidfile)
 
@@ -76,6 +81,7 @@ class ManagedMachines:
         self.root = data_dir.resolve() / "machines"
         self.qemu_system = qemu_system
         self.timeout = timeout
+        self._launching: dict[str, asyncio.Lock] = {}
 
     def dir_for(self, vps_id: str) -> MachineDir:
         if not vps_id or "/" in vps_id or vps_id.startswith("."):
@@ -113,9 +119,39 @@ class ManagedMachines:
             if pid is not None:
                 yield entry.name, pid
 
+    @contextlib.asynccontextmanager
+    async def _launch_lock(self, machine: MachineDir, vps_id: str) -> AsyncIterator[None]:
+        """One launch of a VM at a time, in this process (asyncio lock) and across processes
+        (``flock`` on the machine dir's lock file): a second launch that checked "not running"
+        before the first wrote its pid file would otherwise remove that file and leave an
+        untracked QEMU holding the disks."""
+        async with self._launching.setdefault(vps_id, asyncio.Lock()):
+            await asyncio.to_thread(machine.path.mkdir, parents=True, exist_ok=True, mode=0o700)
+            handle = await asyncio.to_thread(machine.lockfile.open, "a")
+            try:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + self.timeout
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if loop.time() >= deadline:
+                            raise HypervisorError(
+                                f"another process is starting the VM of {vps_id}"
+                            ) from None
+                        await asyncio.sleep(_POLL_SECONDS)
+                yield
+            finally:
+                handle.close()  # releases the flock
+
     async def launch(self, vps: Vps, spec: LaunchSpec) -> int:
         """Start the VM (it must not be running) and return its pid once QMP is listening."""
         machine = self.dir_for(vps.id)
+        async with self._launch_lock(machine, vps.id):
+            return await self._launch(vps, spec, machine)
+
+    async def _launch(self, vps: Vps, spec: LaunchSpec, machine: MachineDir) -> int:
         if self.pid(vps.id) is not None:
             raise HypervisorError(f"the VM of {vps.name} is already running")
         # A VM that was just killed may still be releasing its disks' locks.

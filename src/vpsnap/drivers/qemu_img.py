@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import json
 import os
 import signal
@@ -27,6 +29,24 @@ _LOCK_MARKERS = ('Failed to get "write" lock', 'Failed to get shared "write" loc
 _LOCK_HINT = "Is another process using the image"
 _PATTERN_MISMATCH = "Pattern verification failed"
 _MAX_DETAIL_CHARS = 2000
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Loaded here, in the parent: the child between fork and exec must not dlopen anything.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with(parent: int) -> None:
+    """Runs in the child before exec: the kernel SIGKILLs it if vpsnap dies first.
+
+    A ``qemu-img`` left running by a killed server would go on writing (and hold the image's
+    lock) after the restarted server re-ran the job, and create a snapshot nobody records.
+    Killed instead, it leaves a consistent image (qcow2 commits a snapshot by writing its
+    table last) that the re-run finds with or without the snapshot, and knows why (its write
+    intent). Linux only, like vpsnap.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        # vpsnap died between fork and prctl: nobody is left to want the result.
+        os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +262,7 @@ class QemuImg:
                 # Own process group, so a timeout also kills anything the program started
                 # (a wrapper script's children would otherwise keep the pipes open).
                 start_new_session=True,
+                preexec_fn=functools.partial(_die_with, os.getpid()),
             )
         except FileNotFoundError as exc:
             raise HypervisorError(f"{_tool_name(program)} not found at {program}") from exc
