@@ -126,3 +126,25 @@ async def test_operation_ids_are_stable(api: Api) -> None:
         for op in item.values()
     }
     assert {"startVps", "shutdownVps", "stopVps", "restartVps", "resetVps"} <= ids
+
+
+@pytest.mark.parametrize("api_overrides", [{"max_jobs_per_vps": 2}])
+@pytest.mark.parametrize("api_worker", [False])
+async def test_a_full_vps_queue_answers_429_with_retry_after(api: Api) -> None:
+    """Issue 9, kind 11c: 192 queued power calls on one VPS made about 3 hours of queue. A
+    VPS's queue is bounded; the request beyond it is refused with a code and records nothing."""
+    vps = api.vps_ids["demo-web"]
+    for _ in range(2):
+        response = await api.client.post(f"/api/v2/vps/{vps}/actions/stop", headers=api.auth())
+        assert response.status_code == 202, response.text
+    refused = await api.client.post(
+        f"/api/v2/vps/{vps}/snapshots", json={"name": "late"}, headers=api.auth()
+    )
+    assert refused.status_code == 429
+    assert refused.headers["content-type"] == "application/problem+json"
+    body = refused.json()
+    assert body["code"] == "vps_queue_full"
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert body["extensions"]["maxJobs"] == 2
+    listing = await api.client.get(f"/api/v2/vps/{vps}/snapshots", headers=api.auth())
+    assert listing.json()["data"] == []

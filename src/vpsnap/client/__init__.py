@@ -38,6 +38,7 @@ from vpsnap.client.errors import (
     VpsnapError,
     VpsNotFound,
     VpsNotReady,
+    VpsQueueFull,
 )
 from vpsnap.client.inventory import Inventory, VpsRef
 from vpsnap.client.jobs import Job, Jobs, Operation
@@ -120,6 +121,7 @@ __all__ = [
     "Vps",
     "VpsNotFound",
     "VpsNotReady",
+    "VpsQueueFull",
     "VpsRef",
     "VpsnapError",
 ]

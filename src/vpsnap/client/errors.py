@@ -23,6 +23,7 @@
     │   ├── IdempotencyKeyInUse
     │   └── CannotMakeRoom         create_safely could not free or buy a slot (reason_code, hint)
     ├── RateLimited                429 (retry_after), after the SDK's own retries
+    │   └── VpsQueueFull           429: the VPS has as many unfinished jobs as it may queue
     ├── ServerError                5xx, after the SDK's own retries
     │   ├── BillingUnavailable     503
     │   └── HypervisorUnavailable  503
@@ -194,6 +195,12 @@ class RateLimited(VpsnapError):
         return float(value) if isinstance(value, int | float) else None
 
 
+class VpsQueueFull(RateLimited):
+    """The VPS has as many unfinished jobs as it may queue; retry after ``retry_after``."""
+
+    code = "vps_queue_full"
+
+
 class ServerError(VpsnapError):
     code = "internal_error"
 
@@ -262,6 +269,7 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         SnapshotSlotsInUse,
         IdempotencyKeyInUse,
         RateLimited,
+        VpsQueueFull,
         ServerError,
         BillingUnavailable,
         HypervisorUnavailable,
