@@ -17,10 +17,15 @@ from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ports import HypervisorDriver
+from vpsnap.domain.storage import SpaceGuard
+from vpsnap.domain.webhooks import RetryPolicy
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
 from vpsnap.drivers.machines import ManagedMachines
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
+from vpsnap.events.addresses import AddressPolicy
+from vpsnap.events.delivery import WebhookDispatcher, WebhookSender
+from vpsnap.jobs.data_stores import WriteGuard, publish_data_stores
 from vpsnap.jobs.signals import InProcessJobEvents
 from vpsnap.jobs.worker import Worker
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
@@ -29,6 +34,7 @@ from vpsnap.scheduler.reconcile import reconcile
 from vpsnap.scheduler.retention import sweep_expired
 from vpsnap.scheduler.schedules import run_due_schedules
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.audit import AuditService
 from vpsnap.services.capacity import CapacityService
 from vpsnap.services.container import Services
 from vpsnap.services.credentials import CredentialService
@@ -37,13 +43,30 @@ from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
 from vpsnap.services.power import PowerService
 from vpsnap.services.snapshots import SnapshotService
-from vpsnap.settings import Settings
+from vpsnap.services.webhooks import WebhookService
+from vpsnap.settings import ConfigFileError, Settings
 from vpsnap.store import migrate
 from vpsnap.store.sql import SqlStore
 
 
 class DataDirInUse(DomainError):
     code = "conflict"
+
+
+def space_guard(settings: Settings) -> SpaceGuard:
+    return SpaceGuard(
+        floor_bytes=int(settings.storage_free_floor),
+        margin_bytes=int(settings.storage_snapshot_margin),
+        # Several missed publications: the node is not publishing, its numbers mean little.
+        stale_after=timedelta(seconds=max(5 * settings.data_store_interval_seconds, 60)),
+    )
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    try:
+        return AddressPolicy.from_settings(settings.webhook_allowed_networks)
+    except ValueError as exc:
+        raise ConfigFileError(f"VPSNAP_WEBHOOK_ALLOWED_NETWORKS: {exc}") from None
 
 
 def qemu_img_for(settings: Settings) -> QemuImg:
@@ -108,6 +131,7 @@ class Runtime:
                 clock,
                 timedelta(hours=settings.retention_hours),
                 max_jobs_per_vps=settings.max_jobs_per_vps,
+                space=space_guard(settings),
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(
@@ -118,6 +142,8 @@ class Runtime:
             ),
             idempotency=IdempotencyService(store, clock),
             power=PowerService(store, events, clock, max_jobs_per_vps=settings.max_jobs_per_vps),
+            audit=AuditService(store),
+            webhooks=WebhookService(store, clock, address_policy(settings)),
         )
         return cls(settings, store, driver, events, clock, services)
 
@@ -159,6 +185,7 @@ class Runtime:
             slow_concurrency=self.settings.worker_slow_concurrency,
             max_attempts=self.settings.job_max_attempts,
             grace_seconds=self.settings.shutdown_grace_seconds,
+            write_guard=WriteGuard(space_guard(self.settings), self.clock),
         )
 
     def periodic_tasks(self) -> list[PeriodicTask]:
@@ -176,7 +203,13 @@ class Runtime:
                     now - timedelta(days=settings.job_retention_days)
                 )
                 records = await tx.purge_idempotency(now)
-            return jobs, records
+                audit = await tx.purge_audit_events(
+                    now - timedelta(days=settings.audit_retention_days)
+                )
+                deliveries = await tx.purge_webhook_history(
+                    now - timedelta(days=settings.webhook_retention_days)
+                )
+            return jobs, records, audit, deliveries
 
         async def reconcile_node() -> object:
             return await reconcile(self.store, self.driver, node, clock=self.clock)
@@ -190,7 +223,14 @@ class Runtime:
                 self.events,
                 self.clock,
                 retention=timedelta(hours=settings.retention_hours),
+                space=space_guard(settings),
             )
+
+        dispatcher = self.webhook_dispatcher()
+
+        async def publish_data_stores_of_node() -> object:
+            # The agent's work in scale-out (it alone sees the node's disks).
+            return await publish_data_stores(self.store, self.clock, node)
 
         return [
             PeriodicTask("lease-reaper", max(settings.job_lease_seconds / 3, 0.5), reap_leases),
@@ -198,7 +238,28 @@ class Runtime:
             PeriodicTask("retention", settings.scheduler_interval_seconds, expire_snapshots),
             PeriodicTask("schedules", settings.scheduler_interval_seconds, run_schedules),
             PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
+            # Issue 12: the scheduler delivers webhooks (one process in scale-out); the node
+            # publishes its data stores' free space.
+            PeriodicTask(
+                "webhooks", settings.webhook_delivery_interval_seconds, dispatcher.deliver_due
+            ),
+            PeriodicTask(
+                "data-stores", settings.data_store_interval_seconds, publish_data_stores_of_node
+            ),
         ]
+
+    def webhook_dispatcher(self) -> WebhookDispatcher:
+        settings = self.settings
+        return WebhookDispatcher(
+            self.store,
+            self.clock,
+            WebhookSender(address_policy(settings), timeout=settings.webhook_timeout_seconds),
+            RetryPolicy(
+                base=timedelta(seconds=settings.webhook_retry_base_seconds),
+                cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+                window=timedelta(hours=settings.webhook_retry_window_hours),
+            ),
+        )
 
     @contextlib.asynccontextmanager
     async def embedded(self) -> AsyncIterator[None]:

@@ -9,6 +9,7 @@ from vpsnap import __version__
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import IdempotencyMiddleware
 from vpsnap.api.openapi import VpsnapApi
+from vpsnap.api.origin import OriginMiddleware
 from vpsnap.api.problems import (
     domain_error_handler,
     http_error_handler,
@@ -47,6 +48,8 @@ def create_app(
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    # Innermost: the request id and client address the edge settled, for the audit trail.
+    app.add_middleware(OriginMiddleware)
     # Added before the edge so the edge (request ids, body limit, rate limit) stays outermost
     # and a replayed answer passes through it like a fresh one.
     app.add_middleware(

@@ -20,6 +20,7 @@ from vpsnap.client.errors import (
     HypervisorUnavailable,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
+    InsufficientStorage,
     InvalidRequest,
     JobFailed,
     JobNotFound,
@@ -39,6 +40,7 @@ from vpsnap.client.errors import (
     VpsNotFound,
     VpsNotReady,
     VpsQueueFull,
+    WebhookNotFound,
 )
 from vpsnap.client.inventory import Inventory, VpsRef
 from vpsnap.client.jobs import Job, Jobs, Operation
@@ -83,6 +85,7 @@ __all__ = [
     "HypervisorUnavailable",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
+    "InsufficientStorage",
     "InvalidRequest",
     "Inventory",
     "Job",
@@ -124,4 +127,5 @@ __all__ = [
     "VpsQueueFull",
     "VpsRef",
     "VpsnapError",
+    "WebhookNotFound",
 ]

@@ -12,7 +12,8 @@
     ├── NotFound                   404 not_found
     │   ├── VpsNotFound
     │   ├── SnapshotNotFound
-    │   └── JobNotFound
+    │   ├── JobNotFound
+    │   └── WebhookNotFound
     ├── Conflict                   409 conflict
     │   ├── SnapshotNameTaken
     │   ├── SnapshotsNotIncluded
@@ -26,7 +27,8 @@
     │   └── VpsQueueFull           429: the VPS has as many unfinished jobs as it may queue
     ├── ServerError                5xx, after the SDK's own retries
     │   ├── BillingUnavailable     503
-    │   └── HypervisorUnavailable  503
+    │   ├── HypervisorUnavailable  503
+    │   └── InsufficientStorage    507: the VPS's data store would run too low on free space
     ├── JobFailed                  the job ended ``failed``: its problem, and ``error`` rebuilt
     └── JobTimeout                 the job did not end within the wait's timeout
 
@@ -213,6 +215,17 @@ class HypervisorUnavailable(ServerError):
     code = "hypervisor_unavailable"
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
+class InsufficientStorage(ServerError):
+    """507: the snapshot would leave the data store below the operator's free-space floor;
+    nothing was written. Retrying helps only once space is freed."""
+
+    code = "insufficient_storage"
+
+
 class JobFailed(VpsnapError):
     """The job ended ``failed``. ``job`` is its last state; ``error`` is its problem document
     rebuilt as an exception (e.g. ``SnapshotNameTaken``), so callers can branch on it."""
@@ -273,6 +286,8 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         ServerError,
         BillingUnavailable,
         HypervisorUnavailable,
+        WebhookNotFound,
+        InsufficientStorage,
     )
 }
 _BY_CODE |= {"invalid_json": InvalidRequest, "invalid_cursor": InvalidRequest}

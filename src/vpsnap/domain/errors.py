@@ -127,3 +127,17 @@ class HypervisorError(DomainError):
     """The hypervisor could not do what was asked (a tool failed, a socket is gone)."""
 
     code = "hypervisor_unavailable"
+
+
+# -- operations (issue 12) -----------------------------------------------------------------------
+
+
+class InsufficientStorage(DomainError):
+    """The data store of the VPS's disks would fall below the free-space floor
+    (``vpsnap.domain.storage``): refused before anything is written."""
+
+    code = "insufficient_storage"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"

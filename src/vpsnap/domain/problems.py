@@ -108,6 +108,16 @@ CATALOGUE: dict[str, ProblemKind] = {
         503,
         "Hypervisor unavailable",
         "The hypervisor could not perform the operation. Retry later.",
+    ),  # -- operations (issue 12) --
+    "webhook_not_found": ProblemKind(
+        404, "Webhook not found", "No webhook endpoint with this id exists in the caller's account."
+    ),
+    "insufficient_storage": ProblemKind(
+        507,
+        "Insufficient storage",
+        "The filesystem holding the VPS's disks would run too low on free space if this "
+        "snapshot were taken (a snapshot with RAM state writes the whole RAM). Nothing was "
+        "written. Delete snapshots, or ask the operator to free space, then retry.",
     ),
 }
 

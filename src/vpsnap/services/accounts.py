@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.ids import new_id
@@ -17,6 +18,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import Store, VpsFilter
+from vpsnap.events.audit import AuditTrail, operator_actor
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +41,25 @@ class AccountService:
     store: Store
     clock: Clock
 
-    async def create_account(self, name: str) -> Account:
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.store, self.clock)
+
+    async def create_account(self, name: str, *, actor: Actor | None = None) -> Account:
+        """Create an account; audited as ``account.create`` by ``actor`` (default: the OS user
+        running this process, as for every operator action here)."""
+        actor = actor or operator_actor()
         account = Account(id=new_id("acct"), name=name, created_at=self.clock.now())
-        async with self.store.transaction() as tx:
+        target = Target("account", account.id)
+        action = AuditAction.ACCOUNT_CREATE
+        async with (
+            self.audit.refusals(actor, action, account_id=None, target=target),
+            self.store.transaction() as tx,
+        ):
             await tx.add_account(account)
+            await self.audit.record(
+                tx, actor, action, account_id=account.id, target=target, details={"name": name}
+            )
         return account
 
     async def ensure_account(self, name: str) -> Account:
@@ -50,7 +67,15 @@ class AccountService:
             existing = await tx.find_account_by_name(name)
         return existing or await self.create_account(name)
 
-    async def add_vps(self, new: NewVps) -> Vps:
+    async def add_vps(self, new: NewVps, *, actor: Actor | None = None) -> Vps:
+        """Register a VPS; audited as ``vps.add`` by ``actor`` (default: the OS user)."""
+        actor = actor or operator_actor()
+        async with self.audit.refusals(
+            actor, AuditAction.VPS_ADD, account_id=None, target=Target("vps", new.name)
+        ):
+            return await self._add_vps(new, actor)
+
+    async def _add_vps(self, new: NewVps, actor: Actor) -> Vps:
         async with self.store.transaction() as tx:
             account = await tx.find_account_by_name(new.account_name)
             if account is None:
@@ -71,6 +96,15 @@ class AccountService:
                 machine=new.machine,
             )
             await tx.add_vps(vps)
+            await self.audit.record(
+                tx,
+                actor,
+                AuditAction.VPS_ADD,
+                account_id=account.id,
+                target=Target("vps", vps.id),
+                vps_id=vps.id,
+                details={"name": vps.name, "node": vps.node, "snapshotSlots": vps.snapshot_slots},
+            )
         return vps
 
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.audit import AuditService
 from vpsnap.services.capacity import CapacityService
 from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
@@ -13,6 +14,7 @@ from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
 from vpsnap.services.power import PowerService
 from vpsnap.services.snapshots import SnapshotService
+from vpsnap.services.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,8 @@ class Services:
     capacity: CapacityService
     idempotency: IdempotencyService
     power: PowerService
+    audit: AuditService
+    webhooks: WebhookService
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""

@@ -8,12 +8,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import NotFound, Unauthorized
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import ApiKey
 from vpsnap.domain.ports import Store
+from vpsnap.events.audit import AuditTrail, operator_actor
 
 KEY_PREFIX = "vpsnap_"
 
@@ -55,7 +57,25 @@ class CredentialService:
     _cache: dict[str, _Cached] = field(default_factory=dict)
 
     async def issue(
-        self, account_name: str, scopes: frozenset[Scope], expires_in: timedelta | None = None
+        self,
+        account_name: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None = None,
+        *,
+        actor: Actor | None = None,
+    ) -> IssuedKey:
+        """Issue a key (audited as ``key.create`` by ``actor``, default: the OS user)."""
+        actor = actor or operator_actor()
+        audit = AuditTrail(self.store, self.clock)
+        async with audit.refusals(actor, AuditAction.KEY_CREATE, account_id=None):
+            return await self._issue(account_name, scopes, expires_in, actor)
+
+    async def _issue(
+        self,
+        account_name: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None,
+        actor: Actor,
     ) -> IssuedKey:
         now = self.clock.now()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -72,12 +92,37 @@ class CredentialService:
                 revoked_at=None,
             )
             await tx.add_api_key(key, hash_secret(secret))
+            await AuditTrail(self.store, self.clock).record(
+                tx,
+                actor,
+                AuditAction.KEY_CREATE,
+                account_id=account.id,
+                target=Target("key", key.id),
+                details={
+                    "scopes": sorted(key.scopes),
+                    "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
+                },
+            )
         return IssuedKey(key=key, secret=secret)
 
-    async def revoke(self, key_id: str) -> None:
-        async with self.store.transaction() as tx:
+    async def revoke(self, key_id: str, *, actor: Actor | None = None) -> None:
+        """Revoke a key (audited as ``key.revoke`` by ``actor``, default: the OS user)."""
+        actor = actor or operator_actor()
+        audit = AuditTrail(self.store, self.clock)
+        target = Target("key", key_id)
+        async with (
+            audit.refusals(actor, AuditAction.KEY_REVOKE, account_id=None, target=target),
+            self.store.transaction() as tx,
+        ):
             if not await tx.revoke_api_key(key_id, self.clock.now()):
                 raise NotFound(f"No active API key with id {key_id!r}.")
+            await audit.record(
+                tx,
+                actor,
+                AuditAction.KEY_REVOKE,
+                account_id=await tx.api_key_account(key_id),
+                target=target,
+            )
         for digest, cached in list(self._cache.items()):
             if cached.principal.key_id == key_id:
                 del self._cache[digest]

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from vpsnap.domain.audit import Actor
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import JobNotFound, VpsQueueFull
@@ -13,6 +14,7 @@ from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.rules import lane_for
+from vpsnap.events.context import current_origin
 
 # What a caller told "queue full" should wait before trying again (seconds): long enough for a
 # few quick jobs to run, short enough not to matter to a script.
@@ -29,6 +31,7 @@ async def enqueue(
     payload: dict[str, Any] | None = None,
     snapshot: Snapshot | None = None,
     max_unfinished: int | None = None,
+    created_by: Actor | None = None,
 ) -> Job:
     """Queue a job for a VPS whose row the caller has locked.
 
@@ -38,6 +41,7 @@ async def enqueue(
 
     Raises ``VpsQueueFull`` when ``max_unfinished`` is given and the VPS already has that many
     unfinished jobs: requests of users are bounded, the scheduler's own work (expiry) is not.
+    The job records ``created_by`` and the id of the request being served (if any).
     """
     if max_unfinished is not None and await tx.count_unfinished_jobs(vps.id) >= max_unfinished:
         raise VpsQueueFull(
@@ -61,6 +65,8 @@ async def enqueue(
         attempts=0,
         created_at=clock.now(),
         lane=lane_for(job_type, payload, snapshot),
+        request_id=current_origin().request_id,
+        created_by=created_by,
     )
     await tx.add_job(job, vps.node)
     return job

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import (
@@ -36,8 +37,11 @@ from vpsnap.domain.rules import (
     service_gate,
     slot_usage,
 )
+from vpsnap.domain.storage import SpaceGuard
+from vpsnap.events.audit import AuditTrail
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.storage import check_space, published_stores, space_gate
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +71,44 @@ class SnapshotService:
     retention: timedelta
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
+    space: SpaceGuard = field(default_factory=SpaceGuard)
+    """The free space a create must leave on the VPS's data store (``insufficient_storage``)."""
+
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.store, self.clock)
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
+            stores = await published_stores(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
+        gate = can_create(vps, usage, principal)
+        if gate.allowed:
+            gate = space_gate(vps, stores, self.space, self.clock.now())
         return SnapshotListing(
             vps=vps,
             snapshots=snapshots,
             usage=usage,
             available=available,
             reason=None if available else not_on_plan_reason(vps),
-            can_create=can_create(vps, usage, principal),
+            can_create=gate,
             can_restore=can_restore(vps, snapshots, principal),
         )
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
+        """Accept a snapshot (contract 6.2): checks, the ``creating`` row, the job and the
+        audit event in one transaction; a refusal is audited as ``failed``."""
+        actor, target = Actor.of(principal), Target("snapshot", request.name)
+        action = AuditAction.SNAPSHOT_CREATE
+        async with self.audit.refusals(
+            actor, action, account_id=principal.account_id, target=target, vps_id=vps_id
+        ):
+            return await self._create(principal, vps_id, request)
+
+    async def _create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
         async with self.store.transaction() as tx:
             # The VPS row lock serializes concurrent creates: the slot check and the insert
             # below see every snapshot committed before them.
@@ -92,6 +116,9 @@ class SnapshotService:
             snapshots = await tx.list_snapshots(vps.id)
             self._check_can_create(vps, snapshots, request.name)
             now = self.clock.now()
+            await check_space(
+                tx, vps, self.space, now, include_memory_state=request.include_memory_state
+            )
             await tx.add_snapshot(
                 Snapshot(
                     vps_id=vps.id,
@@ -117,9 +144,24 @@ class SnapshotService:
                     "quiesce": request.quiesce,
                 },
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_CREATE, vps, job)
         self.events.jobs_queued()
         return job
+
+    async def _audited(
+        self, tx: Transaction, principal: Principal, action: AuditAction, vps: Vps, job: Job
+    ) -> None:
+        await self.audit.record(
+            tx,
+            Actor.of(principal),
+            action,
+            account_id=principal.account_id,
+            target=Target("snapshot", job.snapshot_name or ""),
+            vps_id=vps.id,
+            details={"jobId": job.id},
+        )
 
     @staticmethod
     def _check_can_create(vps: Vps, snapshots: list[Snapshot], name: str) -> None:
@@ -139,6 +181,16 @@ class SnapshotService:
             )
 
     async def delete(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.audit.refusals(
+            Actor.of(principal),
+            AuditAction.SNAPSHOT_DELETE,
+            account_id=principal.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps_id,
+        ):
+            return await self._delete(principal, vps_id, name)
+
+    async def _delete(self, principal: Principal, vps_id: str, name: str) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshot = await self._existing(tx, vps, name, failed_too=True)
@@ -155,11 +207,23 @@ class SnapshotService:
                 snapshot_name=snapshot.name,
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_DELETE, vps, job)
         self.events.jobs_queued()
         return job
 
     async def restore(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.audit.refusals(
+            Actor.of(principal),
+            AuditAction.SNAPSHOT_RESTORE,
+            account_id=principal.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps_id,
+        ):
+            return await self._restore(principal, vps_id, name)
+
+    async def _restore(self, principal: Principal, vps_id: str, name: str) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshot = await self._existing(tx, vps, name)
@@ -179,7 +243,9 @@ class SnapshotService:
                 snapshot_name=snapshot.name,
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_RESTORE, vps, job)
         self.events.jobs_queued()
         return job
 

@@ -13,6 +13,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from vpsnap.domain.audit import Actor
 from vpsnap.domain.errors import Conflict, IdempotencyKeyInUse, SnapshotNameTaken
 from vpsnap.domain.idempotency import IdempotencyRecord, IdempotencyState
 from vpsnap.domain.model import (
@@ -38,6 +39,7 @@ from vpsnap.domain.ports import ClaimRequest, VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
 from vpsnap.store.machines import machine_from_json, machine_to_json
+from vpsnap.store.operations import OperationsQueries
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -325,6 +327,8 @@ def _job(row: Row) -> Job:
         lease_expires_at=row["lease_expires_at"],
         lane=JobLane(row["lane"]),
         journal=row["journal"] or {},
+        request_id=row["request_id"],
+        created_by=Actor.from_json(row["created_by"]) if row["created_by"] else None,
     )
 
 
@@ -348,6 +352,8 @@ def _job_values(item: Job) -> dict[str, Any]:
         "lease_expires_at": item.lease_expires_at,
         "lane": item.lane.value,
         "journal": item.journal or None,
+        "request_id": item.request_id,
+        "created_by": item.created_by.as_json() if item.created_by else None,
     }
 
 
@@ -364,7 +370,7 @@ def _write_intent(row: Row) -> WriteIntent:
     )
 
 
-class SqlTransaction:
+class SqlTransaction(OperationsQueries):
     """Implements ``vpsnap.domain.ports.Transaction`` on one connection inside BEGIN/COMMIT."""
 
     def __init__(self, conn: AsyncConnection) -> None:
