@@ -16,7 +16,17 @@ from vpsnap.api.problems import (
     validation_error_handler,
 )
 from vpsnap.api.ratelimit import RateLimits
-from vpsnap.api.routes import capacity, jobs, power, schedules, service, snapshots, vps
+from vpsnap.api.routes import (
+    audit,
+    capacity,
+    jobs,
+    power,
+    schedules,
+    service,
+    snapshots,
+    vps,
+    webhooks,
+)
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
@@ -62,5 +72,7 @@ def create_app(
         public_base_url=settings.public_base_url,
     )
     for module in (vps, snapshots, schedules, capacity, power, jobs, service):
+        app.include_router(module.router)
+    for module in (audit, webhooks):  # operations (issue 12)
         app.include_router(module.router)
     return app
