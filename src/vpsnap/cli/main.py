@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,11 +17,14 @@ from rich.table import Table
 from vpsnap.cli.client_commands import add_client_commands
 from vpsnap.cli.libvirt_import import import_libvirt
 from vpsnap.cli.vps_machine import machine_from_options
+from vpsnap.domain.audit import AuditEvent, AuditFilter
 from vpsnap.domain.auth import parse_scopes
+from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import DomainError
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.services.accounts import NewVps
-from vpsnap.settings import Settings
+from vpsnap.settings import ConfigFileError, Settings
+from vpsnap.settings import load_settings as settings_from_file
 
 app = typer.Typer(help="vpsnap: VPS snapshot control plane.", no_args_is_help=True)
 admin = typer.Typer(help="Operator administration (works directly on the database).")
@@ -43,9 +47,32 @@ DataDirOption = Annotated[
 ]
 
 
+_config_path: Path | None = None
+
+
+@app.callback()
+def main_options(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Settings file (TOML; default /etc/vpsnap/vpsnap.toml when it exists, or env "
+            "VPSNAP_CONFIG). Flags and VPSNAP_* variables win over it.",
+        ),
+    ] = None,
+) -> None:
+    """vpsnap: VPS snapshot control plane."""
+    global _config_path  # noqa: PLW0603 - one option of the whole command line
+    _config_path = config
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Environment first, then whatever flags were given on the command line."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """Flags given on the command line, then the environment, then the configuration file."""
+    try:
+        return settings_from_file(_config_path, **overrides)
+    except ConfigFileError as exc:
+        err.print(f"[red]error:[/red] {exc.detail}")
+        raise typer.Exit(2) from None
 
 
 def run_admin(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> T:
@@ -241,6 +268,95 @@ def reconcile_command(
             finding.action.value, finding.vps_name, finding.snapshot or "", finding.detail
         )
     out.print(table if report.findings else "nothing to reconcile: database and disks agree")
+
+
+@admin.command("audit")
+def audit_command(
+    account: Annotated[str | None, typer.Option(help="Only this account (its name).")] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(help="From this time (ISO 8601; UTC unless an offset is given)."),
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="Before this time.")] = None,
+    action: Annotated[str | None, typer.Option(help="e.g. snapshot.restore, key.revoke")] = None,
+    vps: Annotated[str | None, typer.Option("--vps", help="Only this VPS (its id).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="At most this many.")] = 100,
+    output: Annotated[
+        str, typer.Option("-o", "--output", help="table or json (one object per line)")
+    ] = "table",
+    data_dir: DataDirOption = None,
+) -> None:
+    """The audit trail of every account (newest first): who did what, when, from where."""
+    if output not in ("table", "json"):
+        err.print("[red]error:[/red] --output must be table or json")
+        raise typer.Exit(2)
+
+    async def read(rt: Runtime) -> list[AuditEvent]:
+        account_id = None
+        if account is not None:
+            found = await rt.services.accounts.find_account(account)
+            if found is None:
+                raise DomainError(f"no account named {account!r}")
+            account_id = found.id
+        flt = AuditFilter(
+            account_id=account_id,
+            vps_id=vps,
+            action=action,
+            since=_aware(since),
+            until=_aware(until),
+        )
+        events: list[AuditEvent] = []
+        cursor = None
+        while len(events) < limit:
+            page = await rt.services.audit.list(flt, cursor, min(1000, limit - len(events)))
+            events.extend(page.items)
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        return events
+
+    events = run_admin(load_settings(data_dir=data_dir), read)
+    if output == "json":
+        for event in events:
+            sys.stdout.write(json.dumps(audit_json(event), separators=(",", ":")) + "\n")
+        return
+    table = Table("time", "account", "actor", "action", "outcome", "target", "request", "client")
+    for event in events:
+        table.add_row(
+            event.occurred_at.strftime("%Y-%m-%d %H:%M:%S"),
+            event.account_id or "",
+            f"{event.actor.kind.value}:{event.actor.id}",
+            event.action,
+            event.outcome.value + (f" ({event.problem_code})" if event.problem_code else ""),
+            f"{event.target.type}:{event.target.id}" if event.target else "",
+            event.request_id or "",
+            event.client_ip or "",
+        )
+    out.print(table)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    """An audit event as ``-o json`` prints it (the API's member names, plus the account)."""
+    return {
+        "id": event.id,
+        "occurredAt": format_timestamp(event.occurred_at),
+        "accountId": event.account_id,
+        "actor": event.actor.as_json(),
+        "action": event.action,
+        "outcome": event.outcome.value,
+        "target": {"type": event.target.type, "id": event.target.id} if event.target else None,
+        "vpsId": event.vps_id,
+        "requestId": event.request_id,
+        "clientIp": event.client_ip,
+        "problemCode": event.problem_code,
+        "details": event.details,
+    }
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -107,6 +107,10 @@ class AccountService:
             )
         return vps
 
+    async def find_account(self, name: str) -> Account | None:
+        async with self.store.transaction(read_only=True) as tx:
+            return await tx.find_account_by_name(name)
+
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:
         async with self.store.transaction(read_only=True) as tx:
             account = await tx.find_account_by_name(account_name)
