@@ -64,6 +64,15 @@ def signed_headers(secret: str, message_id: str, body: str, at: datetime) -> dic
     }
 
 
+def _duration(span: timedelta) -> str:
+    seconds = span.total_seconds()
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 def encode_body(payload: dict[str, object]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
@@ -175,7 +184,8 @@ class WebhookDispatcher:
         now = self.clock.now()
         number = message.attempts + 1
         async with self.store.transaction() as tx:
-            endpoint = await tx.get_webhook_endpoint(message.endpoint_id)
+            # Locked: messages of one endpoint settle one at a time, so it is disabled once.
+            endpoint = await tx.get_webhook_endpoint(message.endpoint_id, lock=True)
             if endpoint is None:
                 return
             if attempt is None:
@@ -215,7 +225,11 @@ class WebhookDispatcher:
                     )
                 await tx.update_webhook_message(updated)
                 endpoint = dataclasses.replace(endpoint, last_failure_at=now)
-                if next_at is None and self._unreachable_all_window(endpoint, now):
+                if (
+                    next_at is None
+                    and endpoint.enabled
+                    and self._unreachable_all_window(endpoint, now)
+                ):
                     await self._disable(tx, endpoint, now)
                 else:
                     await tx.update_webhook_endpoint(endpoint)
@@ -236,8 +250,8 @@ class WebhookDispatcher:
 
     async def _disable(self, tx: Transaction, endpoint: WebhookEndpoint, now: datetime) -> None:
         reason = (
-            f"every delivery failed for {self.retry.window.total_seconds() / 3600:g} h; "
-            "delete the endpoint and create it again once the receiver works"
+            f"every delivery failed for {_duration(self.retry.window)}; delete the endpoint "
+            "and create it again once the receiver works"
         )
         disabled = dataclasses.replace(
             endpoint, enabled=False, disabled_at=now, disabled_reason=reason

@@ -119,10 +119,11 @@ class OperationsQueries:
             .values(**_endpoint_values(endpoint))
         )
 
-    async def get_webhook_endpoint(self, endpoint_id: str) -> WebhookEndpoint | None:
-        row = await self._fetch_one(
-            sa.select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)
-        )
+    async def get_webhook_endpoint(
+        self, endpoint_id: str, *, lock: bool = False
+    ) -> WebhookEndpoint | None:
+        query = sa.select(webhook_endpoints).where(webhook_endpoints.c.id == endpoint_id)
+        row = await self._fetch_one(query.with_for_update() if lock else query)
         return _endpoint(row) if row else None
 
     async def list_webhook_endpoints(self, account_id: str) -> list[WebhookEndpoint]:
