@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog.testing
 from fastapi.routing import APIRoute
 
 from tests.conftest import Api
@@ -352,3 +353,16 @@ async def test_the_client_address_is_the_peer_without_a_trusted_proxy(api: Api) 
     )
     [event] = await audit_events(api, action="snapshot.create")
     assert event["clientIp"] == "127.0.0.1"
+
+
+async def test_the_access_log_names_the_account_key_and_client(api: Api) -> None:
+    with structlog.testing.capture_logs() as logs:
+        await api.client.get("/api/v2/vps", headers={**api.auth(), "X-Request-Id": "req-log-1"})
+        await api.client.get("/api/v2/vps", headers={"X-Request-Id": "req-log-2"})
+    lines = {e["request_id"]: e for e in logs if e["event"] == "request_completed"}
+    principal = await api.runtime.services.credentials.authenticate(api.tokens["full"])
+    assert lines["req-log-1"]["key_id"] == principal.key_id
+    assert lines["req-log-1"]["account_id"] == principal.account_id
+    assert lines["req-log-1"]["client_ip"] == "127.0.0.1"
+    assert lines["req-log-2"]["key_id"] is None  # not authenticated: 401
+    assert lines["req-log-2"]["status"] == 401

@@ -127,7 +127,9 @@ http {{
         deadline = time.monotonic() + 20
         while True:
             try:
-                httpx.get(f"https://localhost:{https_port}/healthz", verify=trusting(cert), timeout=2)
+                httpx.get(
+                    f"https://localhost:{https_port}/healthz", verify=trusting(cert), timeout=2
+                )
                 break
             except httpx.TransportError:
                 assert time.monotonic() < deadline, (conf_dir / "error.log").read_text()

@@ -44,7 +44,10 @@ async def authenticated(request: Request, services: ServicesDep) -> Principal:
             "Authentication is required: send `Authorization: Bearer <api key>` "
             "or `X-API-Key: <api key>`."
         )
-    return await services.credentials.authenticate(credential)
+    principal = await services.credentials.authenticate(credential)
+    # For the access log (edge): who this request turned out to be.
+    request.scope.setdefault("state", {})["principal"] = principal
+    return principal
 
 
 CallerDep = Annotated[Principal, Depends(authenticated)]
