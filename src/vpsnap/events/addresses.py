@@ -60,6 +60,13 @@ class Destination:
     address: IpAddress
 
 
+async def lookup(host: str, port: int) -> list[IpAddress]:
+    """Every address ``host`` resolves to (the system resolver); ``socket.gaierror`` if none."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    # Strip an IPv6 zone (fe80::1%eth0): the address itself decides.
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+
+
 def parse_url(url: str) -> httpx.URL:
     """The URL if it can be a webhook at all (http or https, a host, no credentials)."""
     if len(url) > MAX_URL_LENGTH:
@@ -84,13 +91,9 @@ async def resolve(url: str, policy: AddressPolicy) -> Destination:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
+            addresses = await lookup(host, port)
         except (socket.gaierror, UnicodeError):
             raise AddressRefused(f"The host {host!r} does not resolve.") from None
-        # Strip an IPv6 zone (fe80::1%eth0): the address itself decides.
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     refused = [a for a in addresses if not policy.allows(a)]
     if refused or not addresses:
         # Every address must pass: a name with one public and one private address would
