@@ -50,7 +50,13 @@ async def test_events_committed_before_a_crash_are_delivered_after_the_restart(
                     f"/api/v2/vps/{vps_id}/snapshots", json={"name": "before-crash"}
                 )
                 job_id = created.json()["operation"]["jobId"]
-                job = (await api.get(f"/api/jobs/{job_id}", headers={"Prefer": "wait=30"})).json()
+                # A long-poll answers at each change of status: ask until the job has ended.
+                for _ in range(10):
+                    job = (
+                        await api.get(f"/api/jobs/{job_id}", headers={"Prefer": "wait=30"})
+                    ).json()
+                    if job["status"] in ("completed", "failed"):
+                        break
                 assert job["status"] == "completed", job
                 await asyncio.sleep(0.5)
                 assert receiver.received == []  # committed, not delivered
