@@ -26,6 +26,7 @@ _DESCRIPTIONS = {
     415: "Unsupported Media Type",
     429: "Too Many Requests",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 

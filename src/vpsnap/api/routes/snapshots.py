@@ -26,7 +26,8 @@ async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) 
     operation_id="createSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    # 507 insufficient_storage: the VPS's data store would run too low (docs/operations.md).
+    responses={**_ERRORS, **problem_responses(507)},
 )
 async def create_snapshot(
     vps_id: str,
