@@ -85,6 +85,20 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # -- dashboard sessions (issue 11) --
+    session_idle_timeout_seconds: float = Field(
+        default=30 * 60.0, gt=0, description="A dashboard session ends this long after its last use"
+    )
+    session_lifetime_seconds: float = Field(
+        default=12 * 3600.0, gt=0, description="A dashboard session ends this long after sign-in"
+    )
+    login_failures_per_ip: str = Field(
+        default="30/15minutes", description="Failed sign-ins allowed per client IP (`limits` rate)"
+    )
+    login_failures_per_account: str = Field(
+        default="5/15minutes", description="Failed sign-ins allowed per email address"
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
