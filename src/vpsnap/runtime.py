@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
 
+from argon2 import PasswordHasher
+
 from vpsnap.billing.webhook import billing_gateway
 from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
@@ -108,7 +110,13 @@ class Runtime:
             ),
         )
         events = InProcessJobEvents()
-        passwords = Passwords()
+        passwords = Passwords(
+            PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_kib,
+                parallelism=settings.password_hash_parallelism,
+            )
+        )
         inventory = InventoryService(store, driver)
         services = Services(
             store=store,

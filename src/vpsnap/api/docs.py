@@ -1,8 +1,9 @@
-"""Interactive API docs (Swagger UI at ``/docs``, ReDoc at ``/redoc``) from assets vpsnap
-serves itself, so they work offline and load nothing from a CDN.
+"""Interactive API docs (Swagger UI at ``/docs``) from assets vpsnap serves itself, so they
+work offline and load nothing from a CDN.
 
-The assets come from the ``fastapi-offline`` package (Swagger UI 5 and ReDoc bundles); only
-its static folder is used, the pages are FastAPI's own with local URLs.
+The assets come from the ``fastapi-offline`` package (its Swagger UI 5 bundle); only its
+static folder is used, the page is FastAPI's own with local URLs. ``/redoc`` redirects to
+``/docs``: the ReDoc bundle fetches its logo from a CDN.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.openapi.docs import (
-    get_redoc_html,
-    get_swagger_ui_html,
-    get_swagger_ui_oauth2_redirect_html,
-)
-from fastapi.responses import HTMLResponse
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/static/docs"
 
 
 def install_docs(app: FastAPI) -> None:
-    """Serve ``/docs`` and ``/redoc``; the app must be built with ``docs_url=None`` and
-    ``redoc_url=None`` (FastAPI's own pages point at a CDN)."""
+    """Serve ``/docs`` (and send ``/redoc`` there); the app must be built with
+    ``docs_url=None`` and ``redoc_url=None`` (FastAPI's own pages point at a CDN)."""
     folder = Path(str(files("fastapi_offline") / "static"))
     app.mount(ASSETS, StaticFiles(directory=folder), name="docs-assets")
     title = f"{app.title} API"
@@ -45,11 +42,5 @@ def install_docs(app: FastAPI) -> None:
         return get_swagger_ui_oauth2_redirect_html()
 
     @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title=title,
-            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )
+    async def redoc() -> RedirectResponse:
+        return RedirectResponse("/docs")
