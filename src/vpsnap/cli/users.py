@@ -88,17 +88,14 @@ def user_list(
 ) -> None:
     """Every dashboard user (of one account with --account)."""
     rows = _run(data_dir, lambda rt: rt.services.users.list(account))
-    table = Table("id", "email", "account", "role", "state", "created")
+    # The address identifies a user in every command, so no id column (it keeps the table
+    # readable in 80 columns).
+    table = Table("email", "account", "role", "state", "created")
     for row in rows:
         user = row.user
         state = "disabled" if user.disabled_at else "active"
         table.add_row(
-            user.id,
-            user.email,
-            row.account_name,
-            user.role.value,
-            state,
-            user.created_at.isoformat(),
+            user.email, row.account_name, user.role.value, state, f"{user.created_at:%Y-%m-%d}"
         )
     out.print(table)
 
