@@ -29,13 +29,7 @@ TIMEOUT_MS = 20_000
 
 @pytest.fixture(scope="session")
 def panel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(
-        tmp_path_factory.mktemp("panel-server"),
-        # Real argon2id at its lowest allowed cost: the suite signs in many times.
-        VPSNAP_PASSWORD_HASH_TIME_COST="1",
-        VPSNAP_PASSWORD_HASH_MEMORY_KIB="8192",
-        VPSNAP_PASSWORD_HASH_PARALLELISM="1",
-    )
+    live = LiveServer(tmp_path_factory.mktemp("panel-server"))
     yield live
     live.stop()
 

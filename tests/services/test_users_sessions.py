@@ -261,3 +261,35 @@ def test_origin_normalization() -> None:
     assert origin_of("http://[::1]:8080/") == "http://[::1]:8080"
     assert origin_of("null") is None
     assert origin_of("javascript:alert(1)") is None
+
+
+def test_default_password_costs_are_rfc_9106s_second_profile(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from vpsnap.runtime import Runtime
+    from vpsnap.settings import Settings
+
+    runtime = Runtime.build(Settings(data_dir=Path(str(tmp_path))))
+    hasher = runtime.services.users.passwords.hasher
+    assert (hasher.time_cost, hasher.memory_cost, hasher.parallelism) == (3, 64 * 1024, 4)
+    assert hasher.type.name == "ID"
+
+
+async def test_a_hash_made_with_other_costs_is_upgraded_at_sign_in(
+    world: World, users: UserService, sessions: SessionService
+) -> None:
+    import dataclasses
+
+    from argon2 import PasswordHasher
+
+    from vpsnap.services.passwords import Passwords
+
+    await users.create("alice", "ann@example.com", Role.OWNER, PASSWORD)
+    assert "m=8192,t=1,p=1" in await password_hash(world, "ann@example.com")
+    stronger = Passwords(PasswordHasher(time_cost=2, memory_cost=16 * 1024, parallelism=1))
+
+    await dataclasses.replace(sessions, passwords=stronger).sign_in("ann@example.com", PASSWORD)
+
+    upgraded = await password_hash(world, "ann@example.com")
+    assert "m=16384,t=2,p=1" in upgraded
+    await dataclasses.replace(sessions, passwords=stronger).sign_in("ann@example.com", PASSWORD)
