@@ -1,5 +1,5 @@
-"""Browser fixtures: one real ``vpsnap serve --demo`` process and one headless Debian Chromium
-per test session; a fresh browser context (cookies, viewport) per test, which records any
+"""Browser fixtures: one real ``vpsnap serve --demo`` process per test session and one headless
+Debian Chromium for the browser tests; a fresh browser context (cookies, viewport) per test, which records any
 request to another origin (there must be none: vpsnap serves every asset itself)."""
 
 from __future__ import annotations
@@ -34,13 +34,16 @@ def panel_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServe
     live.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while sync Playwright runs, its event loop is the running loop
+# of this thread, and pytest-asyncio cannot run the async tests of the other modules. Every
+# browser test is in test_browser.py, so this is still one browser per test run.
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # No skip: scripts/install installs Debian's chromium; without it the run must fail.
     assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: run scripts/install"

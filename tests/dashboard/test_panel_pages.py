@@ -297,3 +297,14 @@ async def test_no_panel_page_references_another_origin(api: Api) -> None:
             assert "default-src 'self'" in page.headers["content-security-policy"]
             urls = re.findall(r"""(?:src|href|action)="([^"]+)\"""", page.text)
             assert all(not re.match(r"^(https?:)?//", u) for u in urls), (path, urls)
+
+
+async def test_the_root_leads_to_the_panel(api: Api) -> None:
+    """Issue 11's report: ``/`` was a 404 problem document."""
+    async with panel_client(api) as anonymous, panel_client(api, DEMO) as client:
+        root = await anonymous.get("/", follow_redirects=True)
+        signed_in = await client.get("/", follow_redirects=True)
+    assert root.status_code == 200
+    assert str(root.url).endswith("/login?next=/vps")
+    assert signed_in.status_code == 200
+    assert "Your VPSes" in signed_in.text
