@@ -173,6 +173,31 @@ def test_sign_in_create_and_watch_it_become_available_without_reload(
     expect(page.locator("#live-status")).to_contain_text("Create snapshot slow-first: Completed")
 
 
+def test_a_failed_job_shows_its_problem_in_words_without_reload(
+    context: BrowserContext, panel_server: LiveServer
+) -> None:
+    vps = add_vps(panel_server, 3)
+    # A snapshot vpsnap did not make: a create of that name fails (vpsnap never touches it).
+    panel_server.foreign_snapshot(vps, "taken")
+    page = context.new_page()
+    sign_in(page, panel_server, DEMO)
+    open_vps(page, vps)
+    create_snapshot(page, "slow-a")  # 2 s each: the failing job waits behind them
+    create_snapshot(page, "slow-b")
+    create_snapshot(page, "taken")
+    page.evaluate("window.__sameDocument = true")
+    waiting = page.locator("li.job").filter(has_text="Create snapshot taken")
+    assert waiting.get_attribute("data-job-status") in ("pending", "queued", "in_progress")
+
+    failed = page.locator("li.job").filter(has_text="Create snapshot taken")
+    expect(failed.locator(".job-status")).to_have_text("Failed", timeout=JOB_TIMEOUT_MS)
+    expect(failed.locator(".job-error")).to_contain_text("Snapshot name taken:")
+    assert page.evaluate("window.__sameDocument") is True
+    expect(page.locator('tr[data-snapshot="taken"]')).to_have_count(0)
+    wait_available(page, "slow-b")
+    expect(page.get_by_text("Slots: 2 of 3 used")).to_be_visible()
+
+
 def test_restore_asks_first_and_brings_the_disk_back(
     context: BrowserContext, panel_server: LiveServer
 ) -> None:
