@@ -173,6 +173,26 @@ def test_sign_in_create_and_watch_it_become_available_without_reload(
     expect(page.locator("#live-status")).to_contain_text("Create snapshot slow-first: Completed")
 
 
+def test_without_server_sent_events_the_page_polls(
+    context: BrowserContext, panel_server: LiveServer
+) -> None:
+    """The fallback: a browser without EventSource still sees the job end without a reload."""
+    vps = add_vps(panel_server, 2)
+    page = context.new_page()
+    page.add_init_script("delete window.EventSource")
+    streams: list[str] = []
+    page.on("request", lambda r: streams.append(r.url) if r.url.endswith("/events") else None)
+    sign_in(page, panel_server, DEMO)
+    open_vps(page, vps)
+    create_snapshot(page, "slow-polled")
+    page.evaluate("window.__sameDocument = true")
+    expect(snapshot_status(page, "slow-polled")).to_have_text("creating")
+
+    wait_available(page, "slow-polled")
+    assert page.evaluate("window.__sameDocument") is True
+    assert streams == []  # it really polled
+
+
 def test_a_failed_job_shows_its_problem_in_words_without_reload(
     context: BrowserContext, panel_server: LiveServer
 ) -> None:
