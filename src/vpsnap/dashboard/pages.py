@@ -15,7 +15,7 @@ from vpsnap.dashboard import words
 from vpsnap.dashboard.web import DashboardRoute, Form, Page, SignedIn, field, redirect, render
 from vpsnap.domain.auth import Scope
 from vpsnap.domain.errors import Conflict, DomainError, NotFound
-from vpsnap.domain.model import Job, PowerAction, PowerState
+from vpsnap.domain.model import Job, PowerAction, PowerState, Snapshot, Vps
 from vpsnap.domain.rules import DESCRIPTION_MAX_LENGTH, is_valid_snapshot_name
 from vpsnap.services.panel import VpsPage
 from vpsnap.services.snapshots import CreateSnapshot
@@ -110,7 +110,7 @@ async def create_snapshot(
     return render(request, "vps.html", context, page=page, status_code=400)
 
 
-async def _snapshot_or_404(page: Page, vps_id: str, name: str) -> tuple[Any, Any]:
+async def _snapshot_or_404(page: Page, vps_id: str, name: str) -> tuple[Vps, Snapshot]:
     principal = page.context.principal
     vps = await page.services.panel.vps(principal, vps_id)
     snapshot = await page.services.panel.snapshot(principal, vps_id, name)
