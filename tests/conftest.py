@@ -110,12 +110,21 @@ class Api:
         raise AssertionError(f"job {job_id} did not finish")
 
 
+# Real argon2id, at the lowest cost the settings allow: every API test seeds three demo users.
+CHEAP_PASSWORD_HASHES = {
+    "password_hash_time_cost": 1,
+    "password_hash_memory_kib": 8 * 1024,
+    "password_hash_parallelism": 1,
+}
+
+
 def api_settings(data_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": data_dir,
         "rate_limit_per_key": "100000/minute",
         "rate_limit_snapshot_mutations_per_vps": "100000/minute",
         "job_lease_seconds": 5.0,
+        **CHEAP_PASSWORD_HASHES,
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -144,6 +144,10 @@ class LiveServer(ServerProcess):
             "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "100000/minute",
             # No demo VM: it would outlive the server (managed VMs do) and every test run.
             "VPSNAP_DEMO_VM": "false",
+            # Real argon2id at its lowest allowed cost: the demo seeds three panel users.
+            "VPSNAP_PASSWORD_HASH_TIME_COST": "1",
+            "VPSNAP_PASSWORD_HASH_MEMORY_KIB": "8192",
+            "VPSNAP_PASSWORD_HASH_PARALLELISM": "1",
             **settings,
         }
         super().__init__(data_dir, "--demo", env=env)

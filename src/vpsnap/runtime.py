@@ -12,11 +12,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import IO
 
+from argon2 import PasswordHasher
+
 from vpsnap.billing.webhook import billing_gateway
 from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.ports import HypervisorDriver
+from vpsnap.domain.users import SessionPolicy
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
 from vpsnap.drivers.machines import ManagedMachines
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
@@ -35,8 +38,12 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.panel import PanelService
+from vpsnap.services.passwords import Passwords
 from vpsnap.services.power import PowerService
+from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
+from vpsnap.services.users import UserService
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
 from vpsnap.store.sql import SqlStore
@@ -64,6 +71,13 @@ def qemu_driver_for(settings: Settings) -> QemuDriver:
         settings.data_dir, settings.qemu_system, timeout=settings.qmp_timeout_seconds
     )
     return QemuDriver(qemu_img_for(settings), machines, timeouts)
+
+
+def session_policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(seconds=settings.session_idle_timeout_seconds),
+        lifetime=timedelta(seconds=settings.session_lifetime_seconds),
+    )
 
 
 @dataclass
@@ -96,12 +110,20 @@ class Runtime:
             ),
         )
         events = InProcessJobEvents()
+        passwords = Passwords(
+            PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_kib,
+                parallelism=settings.password_hash_parallelism,
+            )
+        )
+        inventory = InventoryService(store, driver)
         services = Services(
             store=store,
             driver=driver,
             accounts=AccountService(store, clock),
             credentials=CredentialService(store, clock, settings.auth_cache_seconds),
-            inventory=InventoryService(store, driver),
+            inventory=inventory,
             snapshots=SnapshotService(
                 store,
                 events,
@@ -118,6 +140,9 @@ class Runtime:
             ),
             idempotency=IdempotencyService(store, clock),
             power=PowerService(store, events, clock, max_jobs_per_vps=settings.max_jobs_per_vps),
+            users=UserService(store, clock, passwords),
+            sessions=SessionService(store, clock, passwords, session_policy(settings)),
+            panel=PanelService(store, inventory),
         )
         return cls(settings, store, driver, events, clock, services)
 
@@ -176,7 +201,8 @@ class Runtime:
                     now - timedelta(days=settings.job_retention_days)
                 )
                 records = await tx.purge_idempotency(now)
-            return jobs, records
+            sessions = await self.services.sessions.purge()
+            return jobs, records, sessions
 
         async def reconcile_node() -> object:
             return await reconcile(self.store, self.driver, node, clock=self.clock)

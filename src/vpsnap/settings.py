@@ -99,6 +99,25 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # -- dashboard sessions (issue 11) --
+    session_idle_timeout_seconds: float = Field(
+        default=30 * 60.0, gt=0, description="A dashboard session ends this long after its last use"
+    )
+    session_lifetime_seconds: float = Field(
+        default=12 * 3600.0, gt=0, description="A dashboard session ends this long after sign-in"
+    )
+    login_failures_per_ip: str = Field(
+        default="30/15minutes", description="Failed sign-ins allowed per client IP (`limits` rate)"
+    )
+    # argon2id cost of dashboard passwords; the defaults are argon2-cffi's (RFC 9106's second
+    # recommended profile). A hash made with other costs is upgraded at the next sign-in.
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_memory_kib: int = Field(default=64 * 1024, ge=8 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1)
+    login_failures_per_account: str = Field(
+        default="5/15minutes", description="Failed sign-ins allowed per email address"
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -149,7 +150,7 @@ def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
 
     settings = Settings(data_dir=tmp_path)
 
-    async def seed() -> tuple[dict[str, str], list[tuple[str, str, int]]]:
+    async def seed() -> tuple[dict[str, Any], list[tuple[str, str, int]]]:
         runtime = Runtime.build(settings)
         await runtime.prepare()
         tokens = await seed_demo(
@@ -169,7 +170,14 @@ def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
         ("other-web", "other", 2),
     ]
     assert json.loads((tmp_path / "demo-tokens.json").read_text()) == first_tokens
-    assert set(first_tokens) == {"full", "readonly", "other"}
+    assert set(first_tokens) == {"full", "readonly", "other", "users"}
+    # The dashboard users (issue 11), each with a generated password.
+    assert set(first_tokens["users"]) == {
+        "demo@example.com",
+        "viewer@example.com",
+        "other@example.com",
+    }
+    assert all(len(p) >= 12 for p in first_tokens["users"].values())
     second_tokens, second_rows = asyncio.run(seed())
     assert second_tokens == first_tokens
     assert sorted(second_rows) == sorted(first_rows)

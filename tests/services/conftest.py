@@ -146,7 +146,12 @@ def driver(clock: ManualClock) -> FakeDriver:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        data_dir=tmp_path, retention_hours=RETENTION_HOURS, job_lease_seconds=LEASE_SECONDS
+        data_dir=tmp_path,
+        retention_hours=RETENTION_HOURS,
+        job_lease_seconds=LEASE_SECONDS,
+        password_hash_time_cost=1,
+        password_hash_memory_kib=8 * 1024,
+        password_hash_parallelism=1,
     )
 
 

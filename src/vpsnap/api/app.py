@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vpsnap import __version__
+from vpsnap import __version__, dashboard
+from vpsnap.api.docs import install_docs
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import IdempotencyMiddleware
 from vpsnap.api.openapi import VpsnapApi
@@ -16,6 +17,7 @@ from vpsnap.api.problems import (
 )
 from vpsnap.api.ratelimit import RateLimits
 from vpsnap.api.routes import capacity, jobs, power, schedules, service, snapshots, vps
+from vpsnap.dashboard.web import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
@@ -34,8 +36,8 @@ def create_app(
         title="vpsnap",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served from local assets by install_docs
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.services = services
@@ -46,7 +48,7 @@ def create_app(
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(StarletteHTTPException, html_errors_for_browsers(http_error_handler))
     # Added before the edge so the edge (request ids, body limit, rate limit) stays outermost
     # and a replayed answer passes through it like a fresh one.
     app.add_middleware(
@@ -60,4 +62,7 @@ def create_app(
     )
     for module in (vps, snapshots, schedules, capacity, power, jobs, service):
         app.include_router(module.router)
+    install_docs(app)
+    # -- the web panel (issue 11) --
+    dashboard.install(app, settings)
     return app

@@ -8,10 +8,12 @@ demo-web's VM again if it still runs.
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,6 +28,7 @@ from vpsnap.domain.model import (
     PowerState,
     Resources,
 )
+from vpsnap.domain.users import Role
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
@@ -48,6 +51,13 @@ class DemoVps:
     slots: int
     primary_ip: str
 
+
+# Dashboard users (issue 11); their passwords are generated and kept in demo-tokens.json.
+DEMO_USERS = (
+    ("demo@example.com", "demo", Role.OWNER),
+    ("viewer@example.com", "demo", Role.VIEWER),
+    ("other@example.com", "other", Role.OWNER),
+)
 
 DEMO_VPSES = (
     DemoVps("demo", "demo-web", 3, "203.0.113.10"),
@@ -76,14 +86,36 @@ async def _key_still_valid(runtime: Runtime, secret: object) -> bool:
     return True
 
 
+async def _seed_users(runtime: Runtime, known: object) -> dict[str, str]:
+    """The demo's dashboard users with a password each: a password from the last start is
+    kept while it still works, anything else gets a new one."""
+    users = runtime.services.users
+    known_passwords = known if isinstance(known, dict) else {}
+    existing = {row.user.email for row in await users.list()}
+    passwords: dict[str, str] = {}
+    for email, account, role in DEMO_USERS:
+        password = known_passwords.get(email)
+        if email in existing:
+            if not (isinstance(password, str) and await users.password_matches(email, password)):
+                password = secrets.token_urlsafe(12)
+                await users.set_password(email, password)
+        else:
+            password = secrets.token_urlsafe(12)
+            await users.create(account, email, role, password)
+        assert isinstance(password, str)
+        passwords[email] = password
+    return passwords
+
+
 async def seed_demo(
     runtime: Runtime,
     qemu_img: QemuImg,
     *,
     disk_bytes: int = DEMO_DISK_BYTES,
     data_bytes: int = DEMO_DATA_BYTES,
-) -> dict[str, str]:
-    """Create what is missing of the demo; returns the tokens written to demo-tokens.json."""
+) -> dict[str, Any]:
+    """Create what is missing of the demo; returns what is written to demo-tokens.json: the
+    keys by label (``full``, ``readonly``, ``other``) and ``users``, email → password."""
     accounts = runtime.services.accounts
     for name in ("demo", "other"):
         await accounts.ensure_account(name)
@@ -122,13 +154,14 @@ async def seed_demo(
         "readonly": ("demo", frozenset({Scope.READ_VM})),
         "other": ("other", frozenset({Scope.WRITE_ALL})),
     }
-    result: dict[str, str] = {}
+    result: dict[str, Any] = {}
     for label, (account, scopes) in wanted.items():
         secret = tokens.get(label)
         if isinstance(secret, str) and await _key_still_valid(runtime, secret):
             result[label] = secret
         else:
             result[label] = (await runtime.services.credentials.issue(account, scopes)).secret
+    result["users"] = await _seed_users(runtime, tokens.get("users"))
     tokens_path.write_text(json.dumps(result, indent=2) + "\n")
     tokens_path.chmod(0o600)
     return result

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from vpsnap.cli.client_commands import add_client_commands
 from vpsnap.cli.libvirt_import import import_libvirt
+from vpsnap.cli.users import user_cmd
 from vpsnap.cli.vps_machine import machine_from_options
 from vpsnap.domain.auth import parse_scopes
 from vpsnap.domain.errors import DomainError
@@ -31,6 +32,7 @@ app.add_typer(admin, name="admin")
 admin.add_typer(account_cmd, name="account")
 admin.add_typer(key_cmd, name="key")
 admin.add_typer(vps_cmd, name="vps")
+admin.add_typer(user_cmd, name="user")
 vps_cmd.command("import-libvirt")(import_libvirt)
 add_client_commands(app)  # vps, snapshots, jobs: through the API, with the SDK
 

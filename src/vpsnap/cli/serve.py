@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from rich.console import Console
@@ -17,12 +18,18 @@ from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
 
 
-def _print_welcome(settings: Settings, tokens: dict[str, str]) -> None:
+def _print_welcome(settings: Settings, tokens: dict[str, Any]) -> None:
     url = f"http://{settings.host}:{settings.port}"
     console = Console(stderr=True)
     console.print(f"\n[bold]vpsnap demo[/bold] at {url}  (API docs: {url}/docs)")
     console.print(f"keys are in {settings.data_dir / 'demo-tokens.json'}")
-    console.print(f"demo key (write:all): {tokens['full']}\n")
+    console.print(f"demo key (write:all): {tokens['full']}")
+    users: dict[str, str] = tokens.get("users", {})
+    if "demo@example.com" in users:
+        console.print(
+            f"dashboard: {url}/ — sign in as demo@example.com, password {users['demo@example.com']}"
+        )
+    console.print()
     console.print("Try it:")
     console.print(
         f"  curl -s -H 'Authorization: Bearer {tokens['full']}' {url}/api/v2/vps\n",

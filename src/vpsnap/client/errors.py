@@ -9,6 +9,7 @@
     ├── AmbiguousVps               a name or IP that matches more than one VPS
     ├── Unauthorized               401
     ├── Forbidden                  403 (required_scopes)
+    │   └── CsrfFailed             403 csrf_failed: a session-cookie change not from our pages
     ├── NotFound                   404 not_found
     │   ├── VpsNotFound
     │   ├── SnapshotNotFound
@@ -120,6 +121,13 @@ class Forbidden(VpsnapError):
     @property
     def required_scopes(self) -> tuple[str, ...]:
         return tuple(self.extensions.get("requiredScopes", ()))
+
+
+class CsrfFailed(Forbidden):
+    """A change authenticated by the dashboard's session cookie that did not come from the
+    dashboard's own pages. Scripts should authenticate with an API key instead."""
+
+    code = "csrf_failed"
 
 
 class NotFound(VpsnapError):
@@ -256,6 +264,7 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         IdempotencyKeyReused,
         Unauthorized,
         Forbidden,
+        CsrfFailed,
         NotFound,
         VpsNotFound,
         SnapshotNotFound,

@@ -38,6 +38,8 @@ class Principal:
     account_id: str
     scopes: frozenset[Scope]
     key_id: str | None = None
+    user_id: str | None = None
+    """Set when the caller is a dashboard user signed in with a session (then no key_id)."""
 
     def has(self, scope: Scope) -> bool:
         # write:all is the vpsnap catch-all scope: it grants every other scope.

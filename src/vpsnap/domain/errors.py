@@ -9,6 +9,7 @@ problem+json (status and title come from ``vpsnap.api.problems``), the SDK rebui
     ├── InvalidCursor
     ├── Unauthorized
     ├── Forbidden               (extensions.requiredScopes)
+    │   └── CsrfFailed          (csrf_failed: a cookie request not from our own pages)
     ├── NotFound                (vps_not_found, snapshot_not_found, job_not_found)
     ├── Conflict                (snapshot_name_taken, snapshot_limit_reached, ...)
     ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
@@ -63,6 +64,13 @@ class Unauthorized(DomainError):
 
 class Forbidden(DomainError):
     code = "forbidden"
+
+
+class CsrfFailed(Forbidden):
+    """A cookie-authenticated request that changes state did not prove it came from our own
+    pages (Origin / Sec-Fetch-Site, and the form token in the panel)."""
+
+    code = "csrf_failed"
 
 
 class NotFound(DomainError):

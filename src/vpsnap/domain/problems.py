@@ -37,6 +37,15 @@ CATALOGUE: dict[str, ProblemKind] = {
         "Missing scope",
         "The credential is valid but lacks a scope; `extensions.requiredScopes` lists it.",
     ),
+    # -- dashboard sessions (issue 11) --
+    "csrf_failed": ProblemKind(
+        403,
+        "Cross-site request refused",
+        "A request authenticated by the `hostup_session` cookie that changes state must come "
+        "from vpsnap's own pages: same-origin `Origin` (or `Sec-Fetch-Site: same-origin`), and "
+        "the form's CSRF token in the panel. Scripts should use an API key instead.",
+    ),
+    # --
     "not_found": ProblemKind(404, "Not found", "There is no resource at this path."),
     "vps_not_found": ProblemKind(
         404, "VPS not found", "No VPS with this id exists in the caller's account."

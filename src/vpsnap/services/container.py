@@ -11,8 +11,11 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.panel import PanelService
 from vpsnap.services.power import PowerService
+from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
+from vpsnap.services.users import UserService
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,10 @@ class Services:
     capacity: CapacityService
     idempotency: IdempotencyService
     power: PowerService
+    # dashboard (issue 11)
+    users: UserService
+    sessions: SessionService
+    panel: PanelService
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""

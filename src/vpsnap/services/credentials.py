@@ -74,6 +74,32 @@ class CredentialService:
             await tx.add_api_key(key, hash_secret(secret))
         return IssuedKey(key=key, secret=secret)
 
+    # -- the dashboard's API keys page (issue 11): an owner manages their own account's keys --
+
+    async def issue_for_account(
+        self, account_id: str, scopes: frozenset[Scope], expires_in: timedelta | None = None
+    ) -> IssuedKey:
+        """Like ``issue``, for an account known by id (the signed-in owner's)."""
+        async with self.store.transaction(read_only=True) as tx:
+            account = await tx.get_account(account_id)
+        if account is None:
+            raise NotFound(f"No account with id {account_id!r}.")
+        return await self.issue(account.name, scopes, expires_in)
+
+    async def list_for_account(self, account_id: str) -> list[ApiKey]:
+        """The account's keys, newest first, revoked and expired ones included."""
+        async with self.store.transaction(read_only=True) as tx:
+            return await tx.list_api_keys(account_id)
+
+    async def revoke_for_account(self, account_id: str, key_id: str) -> None:
+        """Revoke one of the account's keys; another account's key is ``NotFound`` (as a
+        missing one), so nobody learns which key ids exist."""
+        async with self.store.transaction(read_only=True) as tx:
+            key = await tx.get_api_key(key_id)
+        if key is None or key.account_id != account_id:
+            raise NotFound(f"No active API key with id {key_id!r}.")
+        await self.revoke(key_id)
+
     async def revoke(self, key_id: str) -> None:
         async with self.store.transaction() as tx:
             if not await tx.revoke_api_key(key_id, self.clock.now()):

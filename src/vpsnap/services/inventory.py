@@ -44,6 +44,10 @@ class InventoryService:
         except DomainError:
             return PowerState.UNKNOWN
 
+    async def power_state(self, vps: Vps) -> PowerState:
+        """The VPS's power state as its host sees it now; ``unknown`` when that fails."""
+        return await self._power_state(vps)
+
     async def list(
         self, principal: Principal, flt: VpsFilter, cursor: str | None, limit: int
     ) -> VpsPage:

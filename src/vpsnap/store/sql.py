@@ -34,17 +34,20 @@ from vpsnap.domain.model import (
     Vps,
     WriteIntent,
 )
-from vpsnap.domain.ports import ClaimRequest, VpsFilter
+from vpsnap.domain.ports import ClaimRequest, StoredSession, StoredUser, VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
+from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.tables import (
     accounts,
     api_keys,
     idempotency_records,
     jobs,
+    sessions,
     snapshot_schedules,
     snapshots,
+    users,
     vps,
     write_intents,
 )
@@ -58,6 +61,18 @@ _bp = sa.bindparam
 _GET_VPS = sa.select(vps).where(vps.c.id == _bp("b_id"))
 _GET_VPS_LOCKED = _GET_VPS.with_for_update()
 _FIND_KEY = sa.select(api_keys).where(api_keys.c.secret_hash == _bp("b_hash"))
+_FIND_USER = sa.select(users).where(users.c.email == _bp("b_email"))
+# Every authenticated panel request runs this: one indexed join, built once.
+_FIND_SESSION = (
+    sa.select(
+        users,
+        sessions.c.id.label("session_id"),
+        sessions.c.created_at.label("session_created_at"),
+        sessions.c.last_seen_at,
+    )
+    .select_from(sessions.join(users, sessions.c.user_id == users.c.id))
+    .where(sessions.c.token_hash == _bp("b_hash"))
+)
 _LIST_SNAPSHOTS = (
     sa.select(snapshots)
     .where(snapshots.c.vps_id == _bp("b_vps"))
@@ -222,6 +237,17 @@ def _api_key(row: Row) -> ApiKey:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
+    )
+
+
+def _user(row: Row) -> User:
+    return User(
+        id=row["id"],
+        account_id=row["account_id"],
+        email=row["email"],
+        role=Role(row["role"]),
+        created_at=row["created_at"],
+        disabled_at=row["disabled_at"],
     )
 
 
@@ -422,6 +448,117 @@ class SqlTransaction:
             .values(revoked_at=at)
         )
         return result.rowcount > 0
+
+    # dashboard users and sessions -------------------------------------------------------------
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._one(sa.select(accounts).where(accounts.c.id == account_id))
+        return _account(row) if row else None
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one(sa.select(api_keys).where(api_keys.c.id == key_id))
+        return _api_key(row) if row else None
+
+    async def list_api_keys(self, account_id: str) -> list[ApiKey]:
+        query = (
+            sa.select(api_keys)
+            .where(api_keys.c.account_id == account_id)
+            .order_by(api_keys.c.id.desc())
+        )
+        return [_api_key(r) for r in await self._all(query)]
+
+    async def add_user(self, user: User, password_hash: str) -> None:
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    users.insert().values(
+                        id=user.id,
+                        account_id=user.account_id,
+                        email=user.email,
+                        password_hash=password_hash,
+                        role=user.role.value,
+                        created_at=user.created_at,
+                        disabled_at=user.disabled_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"a user with the email {user.email!r} already exists") from exc
+
+    async def find_user_by_email(self, email: str) -> StoredUser | None:
+        row = await self._one(_FIND_USER, {"b_email": email})
+        return StoredUser(_user(row), row["password_hash"]) if row else None
+
+    async def list_users(self, account_id: str | None) -> list[User]:
+        query = sa.select(users).order_by(users.c.email)
+        if account_id is not None:
+            query = query.where(users.c.account_id == account_id)
+        return [_user(r) for r in await self._all(query)]
+
+    async def set_user_password(self, user_id: str, password_hash: str) -> None:
+        await self.conn.execute(
+            users.update().where(users.c.id == user_id).values(password_hash=password_hash)
+        )
+
+    async def disable_user(self, user_id: str, at: datetime) -> bool:
+        result = await self.conn.execute(
+            users.update()
+            .where(users.c.id == user_id, users.c.disabled_at.is_(None))
+            .values(disabled_at=at)
+        )
+        return result.rowcount > 0
+
+    async def add_session(self, session: Session, token_hash: str) -> None:
+        await self.conn.execute(
+            sessions.insert().values(
+                id=session.id,
+                user_id=session.user_id,
+                token_hash=token_hash,
+                created_at=session.created_at,
+                last_seen_at=session.last_seen_at,
+            )
+        )
+
+    async def find_session(self, token_hash: str) -> StoredSession | None:
+        row = await self._one(_FIND_SESSION, {"b_hash": token_hash})
+        if row is None:
+            return None
+        session = Session(
+            id=row["session_id"],
+            user_id=row["id"],
+            created_at=row["session_created_at"],
+            last_seen_at=row["last_seen_at"],
+        )
+        return StoredSession(session, _user(row))
+
+    async def touch_session(self, session_id: str, at: datetime) -> None:
+        await self.conn.execute(
+            sessions.update().where(sessions.c.id == session_id).values(last_seen_at=at)
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.conn.execute(sessions.delete().where(sessions.c.id == session_id))
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        result = await self.conn.execute(sessions.delete().where(sessions.c.user_id == user_id))
+        return int(result.rowcount)
+
+    async def purge_sessions(self, seen_before: datetime, created_before: datetime) -> int:
+        result = await self.conn.execute(
+            sessions.delete().where(
+                sa.or_(
+                    sessions.c.last_seen_at < seen_before,
+                    sessions.c.created_at < created_before,
+                )
+            )
+        )
+        return int(result.rowcount)
+
+    async def list_jobs(self, vps_id: str, before_id: str | None, limit: int) -> list[Job]:
+        query = sa.select(jobs).where(jobs.c.vps_id == vps_id)
+        if before_id is not None:
+            query = query.where(jobs.c.id < before_id)
+        query = query.order_by(jobs.c.id.desc()).limit(limit)
+        return [_job(r) for r in await self._all(query)]
 
     # inventory --------------------------------------------------------------------------------
 

@@ -191,3 +191,32 @@ idempotency_records = sa.Table(
 )
 sa.Index("ix_idempotency_records_expires_at", idempotency_records.c.expires_at)
 sa.Index("ix_snapshots_expires_at", snapshots.c.expires_at)
+
+# -- dashboard users and sessions (issue 11, migration 0006) ------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    # Normalized (trimmed, lowercased): one user per address across all accounts, so signing
+    # in needs nothing but the address.
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("disabled_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_users_account_id", users.c.account_id)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False),
+    # SHA-256 of the cookie value: the database never holds a usable session token.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_sessions_user_id", sessions.c.user_id)
