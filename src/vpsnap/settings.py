@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "info"
+    log_format: str = Field(
+        default="auto", description="`json`, `console`, or `auto`: console on a terminal"
+    )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -143,7 +143,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
 def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
     import asyncio
 
-    from vpsnap.cli.demo import seed_demo
+    from vpsnap.demo import seed_demo
     from vpsnap.runtime import Runtime, qemu_img_for
     from vpsnap.settings import Settings
 

@@ -69,6 +69,7 @@ api_keys = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("last_used_at", UtcDateTime(), nullable=True),  # migration 0009
 )
 
 vps = sa.Table(
@@ -135,6 +136,7 @@ jobs = sa.Table(
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
+sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
 
 snapshot_schedules = sa.Table(
     "snapshot_schedules",
