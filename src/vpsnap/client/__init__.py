@@ -6,7 +6,7 @@ Installs with ``pip install vpsnap`` (httpx only; no server dependencies). See d
 
 from vpsnap.client._http import NO_RETRIES, RetryPolicy
 from vpsnap.client._room import MakeRoom, Step
-from vpsnap.client._runners import Async, Sync
+from vpsnap.client._runners import Async, AsyncPager, Page, Sync, SyncPager
 from vpsnap.client.client import API_KEY_ENV, DEFAULT_URL, URL_ENV, AsyncClient, Client
 from vpsnap.client.errors import (
     AmbiguousVps,
@@ -52,12 +52,16 @@ from vpsnap.client.models import (
     ProductPlan,
     QuantityOption,
     Resources,
+    Schedule,
+    ScheduleState,
+    ServerVersion,
     Snapshot,
     SnapshotActions,
     SnapshotList,
     UpgradeOptions,
     Vps,
 )
+from vpsnap.client.schedules import Schedules
 from vpsnap.client.snapshots import Snapshots
 
 __all__ = [
@@ -68,6 +72,7 @@ __all__ = [
     "AmbiguousVps",
     "Async",
     "AsyncClient",
+    "AsyncPager",
     "Billing",
     "BillingUnavailable",
     "CannotMakeRoom",
@@ -94,6 +99,7 @@ __all__ = [
     "NotFound",
     "OperatingSystem",
     "Operation",
+    "Page",
     "Price",
     "PriceChange",
     "ProductPlan",
@@ -101,7 +107,11 @@ __all__ = [
     "RateLimited",
     "Resources",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleState",
+    "Schedules",
     "ServerError",
+    "ServerVersion",
     "Snapshot",
     "SnapshotActions",
     "SnapshotBusy",
@@ -114,6 +124,7 @@ __all__ = [
     "SnapshotsNotIncluded",
     "Step",
     "Sync",
+    "SyncPager",
     "Unauthorized",
     "UnexpectedResponse",
     "UpgradeOptions",
