@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 # The console script of this venv: the entry point users run, not a module path.
 VPSNAP = str(Path(sys.executable).with_name("vpsnap"))

@@ -19,9 +19,9 @@ from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.errors import Conflict, DomainError, Unauthorized
 from vpsnap.domain.model import (
     Billing,
+    Job,
     LaunchSpec,
     OperatingSystem,
-    Job,
     PowerAction,
     PowerState,
     Resources,
@@ -201,11 +201,13 @@ async def reset_demo(runtime: Runtime) -> DemoReset:
         principal = Principal(account_id=vps.account_id, scopes=frozenset(Scope))
         async with runtime.store.transaction(read_only=True) as tx:
             snapshots = await tx.list_snapshots(vps.id)
-        for snapshot in snapshots:
-            if snapshot.status is not SnapshotStatus.DELETING:
-                deletions.append(
-                    await runtime.services.snapshots.delete(principal, vps.id, snapshot.name)
-                )
+        deletions.extend(
+            [
+                await runtime.services.snapshots.delete(principal, vps.id, snapshot.name)
+                for snapshot in snapshots
+                if snapshot.status is not SnapshotStatus.DELETING
+            ]
+        )
         async with runtime.store.transaction() as tx:
             if await tx.delete_schedule(vps.id):
                 schedules_removed.append(vps.name)

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.live_server import LiveServer, free_port
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vpsnap.cli.client_output import relative
+from vpsnap.cli.output import relative
 from vpsnap.cli.exit_codes import ExitCode, exit_code_for
 from vpsnap.client import errors
 

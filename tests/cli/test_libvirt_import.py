@@ -7,10 +7,10 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.drivers.libvirt_lab import URI, LibvirtLab, connect_or_skip
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.domain.model import LibvirtDomain, PowerState
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.runtime import Runtime

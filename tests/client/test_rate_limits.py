@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.client.support import Recording
 from tests.live_server import LiveServer
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.client import Client, RateLimited, RetryPolicy
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]

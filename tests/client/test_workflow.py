@@ -10,10 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.live_server import LiveServer
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.client import (
     AsyncClient,
     CannotMakeRoom,

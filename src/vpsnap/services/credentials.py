@@ -74,7 +74,12 @@ class CredentialService:
     _use_recorded: dict[str, float] = field(default_factory=dict)
 
     async def issue(
-        self, account_name: str, scopes: frozenset[Scope], expires_in: timedelta | None = None
+        self,
+        account_name: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None = None,
+        *,
+        name: str | None = None,
     ) -> IssuedKey:
         now = self.clock.now()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -89,6 +94,7 @@ class CredentialService:
                 created_at=now,
                 expires_at=now + expires_in if expires_in is not None else None,
                 revoked_at=None,
+                name=name,
             )
             await tx.add_api_key(key, hash_secret(secret))
         return IssuedKey(key=key, secret=secret)

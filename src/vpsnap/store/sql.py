@@ -199,6 +199,7 @@ def _api_key(row: Row) -> ApiKey:
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
         last_used_at=row["last_used_at"],
+        name=row["name"],
     )
 
 
@@ -364,6 +365,7 @@ class SqlTransaction:
                 created_at=key.created_at,
                 expires_at=key.expires_at,
                 revoked_at=key.revoked_at,
+                name=key.name,
             )
         )
 
@@ -437,9 +439,7 @@ class SqlTransaction:
         editable = ("name", "name_key", "node", "disks", "snapshot_slots", "primary_ip", "machine")
         try:
             await self.conn.execute(
-                vps.update()
-                .where(vps.c.id == vps_item.id)
-                .values({k: values[k] for k in editable})
+                vps.update().where(vps.c.id == vps_item.id).values({k: values[k] for k in editable})
             )
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc

@@ -70,6 +70,7 @@ api_keys = sa.Table(
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
     sa.Column("last_used_at", UtcDateTime(), nullable=True),  # migration 0009
+    sa.Column("name", sa.String(100), nullable=True),  # migration 0009
 )
 
 vps = sa.Table(
