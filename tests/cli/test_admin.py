@@ -30,7 +30,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     assert code == 0
     assert "acct_" in out
     code, _, err = vpsnap(tmp_path, "admin", "account", "create", "acme")
-    assert code == 1
+    assert code == 4
     assert "already exists" in err
 
     code, out, err = vpsnap(
@@ -85,7 +85,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     code, out, _ = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
     assert code == 0
     code, _, err = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
-    assert code == 1
+    assert code == 3
     assert "No active API key" in err
 
 
@@ -99,7 +99,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
     code, _, err = vpsnap(
         tmp_path, "admin", "key", "create", "--account", "nobody", "--scopes", "read:vm"
     )
-    assert code == 1
+    assert code == 3
     assert "No account named 'nobody'" in err
 
     code, _, err = vpsnap(
@@ -116,7 +116,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "does not exist" in err
 
     raw = tmp_path / "disk.raw"
@@ -135,7 +135,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "raw, not qcow2" in err
     assert "qemu-img convert" in err
 

@@ -106,7 +106,7 @@ def test_import_errors_name_what_is_wrong(lab: LibvirtLab, tmp_path: Path) -> No
     assert vpsnap(data, "admin", "account", "create", "acme")[0] == 0
 
     code, _, err = vpsnap(data, "admin", "vps", "import-libvirt", "--account", "nobody")
-    assert code == 1
+    assert code == 3
     assert "No account named 'nobody'" in err
 
     code, _, err = vpsnap(

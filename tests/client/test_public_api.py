@@ -52,7 +52,9 @@ def test_all_is_complete() -> None:
 
 def test_importing_the_sdk_loads_nothing_of_the_server() -> None:
     probe = (
-        "import sys, vpsnap.client, vpsnap.cli.client_commands, vpsnap.cli.entry;"
+        "import sys, vpsnap.client, vpsnap.cli.entry, vpsnap.cli.commands.vps,"
+        " vpsnap.cli.commands.snapshots, vpsnap.cli.commands.jobs, vpsnap.cli.commands.schedules,"
+        " vpsnap.cli.commands.context, vpsnap.cli.commands.version;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'sqlalchemy', 'pydantic', 'pydantic_settings', 'structlog', 'uvicorn'} "
         "or m.startswith(('vpsnap.domain', 'vpsnap.api', 'vpsnap.services', 'vpsnap.store', "

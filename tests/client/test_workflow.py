@@ -138,7 +138,7 @@ def test_when_every_slot_is_used_it_fails_saying_why_and_what_to_do(
     assert error.reason_code == "snapshot_limit_reached"
     assert "all 1 snapshot slot(s)" in str(error)
     assert "only (available)" in str(error)
-    assert "'delete-oldest' or 'buy-slot'" in error.hint
+    assert 'make_room="delete-oldest" or make_room="buy-slot"' in error.hint
     assert listed(client, vps) == [("only", "available")]
 
 

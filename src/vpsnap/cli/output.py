@@ -52,6 +52,8 @@ def field(name: str, default: str = "-") -> Callable[[Row], object]:
         value: Any = row
         for part in name.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
+        if isinstance(value, bool):
+            return "yes" if value else "no"
         return default if value is None else value
 
     return get

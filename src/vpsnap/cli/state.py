@@ -146,6 +146,18 @@ def connection_options(function: F) -> F:
     return function
 
 
+def output_option(function: F) -> F:
+    """``-o`` alone, for commands that take no connection options."""
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(OUTPUTS),
+        callback=_store,
+        expose_value=False,
+        help="table (default) for people; json or yaml for scripts.",
+    )(function)
+
+
 def listing_options(function: F) -> F:
     """``--no-header``, ``--columns``, ``--wide`` of every read command."""
     options = [

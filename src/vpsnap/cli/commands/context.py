@@ -11,7 +11,7 @@ import click
 
 from vpsnap.cli import config
 from vpsnap.cli.output import Column, field, print_result, say, show
-from vpsnap.cli.state import UsageProblem, connection_options, listing_options, state
+from vpsnap.cli.state import UsageProblem, listing_options, output_option, state
 
 CONTEXT_COLUMNS = (
     Column("active", field("active", "")),
@@ -71,7 +71,7 @@ def _read_key() -> str:
     help="Check URL and key with the server before saving.",
 )
 @click.option("--use/--no-use", default=True, show_default=True, help="Make it the active one.")
-@connection_options
+@output_option
 def create(name: str, url: str, verify: bool, use: bool) -> None:
     """Save a context. The key is asked for (hidden), or read from stdin:
     `vpsnap context create demo --url http://127.0.0.1:8080 < key-file`."""
@@ -107,7 +107,7 @@ def create(name: str, url: str, verify: bool, use: bool) -> None:
 
 @group.command("use")
 @name_argument
-@connection_options
+@output_option
 def use(name: str) -> None:
     """Make a context the active one."""
     loaded, path = _load()
@@ -120,7 +120,7 @@ def use(name: str) -> None:
 
 
 @group.command("list")
-@connection_options
+@output_option
 @listing_options
 def list_() -> None:
     """Every context (never its key); * marks the active one."""
@@ -137,7 +137,7 @@ def list_() -> None:
 
 
 @group.command("active")
-@connection_options
+@output_option
 def active() -> None:
     """The name of the context in use (--context, VPSNAP_CONTEXT, or the active one)."""
     loaded, _ = _load()
@@ -151,7 +151,7 @@ def active() -> None:
 
 @group.command("delete")
 @name_argument
-@connection_options
+@output_option
 def delete(name: str) -> None:
     """Forget a context (and its key)."""
     loaded, path = _load()

@@ -120,6 +120,8 @@ def create(
     timeout: float,
 ) -> None:
     """Take a snapshot the safe way: check slots and gates, make room if asked, create, wait."""
+    from vpsnap.client import CannotMakeRoom  # noqa: PLC0415 - keeps `snapshots --help` light
+
     steps: list[Step] = []
     with connected() as client, Progress(f"snapshot {name!r} of {vps}: checking slots") as progress:
 
@@ -135,17 +137,22 @@ def create(
             finally:
                 progress.__enter__()
 
-        snapshot = client.snapshots.create_safely(
-            vps,
-            name,
-            description=description,
-            include_memory_state=memory,
-            make_room=make_room,  # type: ignore[arg-type] # checked by click.Choice
-            wait=not no_wait,
-            timeout=timeout,
-            on_step=on_step,
-            confirm=ask,
-        )
+        try:
+            snapshot = client.snapshots.create_safely(
+                vps,
+                name,
+                description=description,
+                include_memory_state=memory,
+                make_room=make_room,  # type: ignore[arg-type] # checked by click.Choice
+                wait=not no_wait,
+                timeout=timeout,
+                on_step=on_step,
+                confirm=ask,
+            )
+        except CannotMakeRoom as exc:
+            if exc.reason_code == "declined":
+                raise refused("create") from None
+            raise
     if state().format != "table":
         print_document(
             {
