@@ -8,8 +8,7 @@ import re
 from typing import Any
 
 import pytest
-from click.testing import Result
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.live_server import LiveServer, free_port
 from vpsnap.cli.entry import cli as app
