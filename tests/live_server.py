@@ -140,7 +140,14 @@ class LiveServer(ServerProcess):
     def disk(self, vps_name: str) -> Path:
         return self.data_dir / "vps-disks" / f"{vps_name}.qcow2"
 
-    def add_vps(self, slots: int, *, account: str = "demo", primary_ip: str | None = None) -> str:
+    def add_vps(
+        self,
+        slots: int,
+        *,
+        account: str = "demo",
+        primary_ip: str | None = None,
+        vm_memory_mib: int | None = None,
+    ) -> str:
         """A new VPS of its own for one test (admin command on the server's data dir, which
         the running server reads at once); returns its name."""
         name = f"t{next(self._names)}-{slots}slots"
@@ -153,6 +160,8 @@ class LiveServer(ServerProcess):
         args += ["--disk", str(disk), "--slots", str(slots), "--data-dir", str(self.data_dir)]
         if primary_ip:
             args += ["--primary-ip", primary_ip]
+        if vm_memory_mib:  # a VM vpsnap runs (stopped until a start action)
+            args += ["--memory-mib", str(vm_memory_mib)]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (result.stdout, result.stderr)
         return name
