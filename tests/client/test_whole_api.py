@@ -223,6 +223,8 @@ def test_non_ascii_host_names_are_sent_as_idna(server: LiveServer) -> None:
     # connect, as any unknown host does, after the retries).
     from vpsnap.client import NO_RETRIES, ConnectionFailed
 
-    with Client("http://bücher.invalid:1", "vpsnap_k", retry=NO_RETRIES, timeout=2) as client:
-        with pytest.raises(ConnectionFailed):
-            client.server_version()
+    with (
+        Client("http://bücher.invalid:1", "vpsnap_k", retry=NO_RETRIES, timeout=2) as client,
+        pytest.raises(ConnectionFailed),
+    ):
+        client.server_version()
