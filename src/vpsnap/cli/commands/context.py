@@ -71,13 +71,18 @@ def _read_key() -> str:
     help="Check URL and key with the server before saving.",
 )
 @click.option("--use/--no-use", default=True, show_default=True, help="Make it the active one.")
+@click.option(
+    "--replace", is_flag=True, default=False, help="Replace a context of that name, if any."
+)
 @output_option
-def create(name: str, url: str, verify: bool, use: bool) -> None:
+def create(name: str, url: str, verify: bool, use: bool, replace: bool) -> None:
     """Save a context. The key is asked for (hidden), or read from stdin:
     `vpsnap context create demo --url http://127.0.0.1:8080 < key-file`."""
     loaded, path = _load()
-    if loaded.find(name) is not None:
-        raise UsageProblem(f"there is a context {name!r} already: delete it first, or pick a name")
+    if loaded.find(name) is not None and not replace:
+        raise UsageProblem(
+            f"there is a context {name!r} already: pick another name, or --replace it"
+        )
     key = _read_key()
     from vpsnap.client import ConfigurationError, Forbidden  # noqa: PLC0415
     from vpsnap.client.client import check_api_key, check_url  # noqa: PLC0415
@@ -97,6 +102,7 @@ def create(name: str, url: str, verify: bool, use: bool) -> None:
         # Any read proves URL and key; a key without read:vm answers 403, not 401: it is valid.
         with connected() as client, contextlib.suppress(Forbidden):
             next(iter(client.vps.list(limit=1)), None)
+    loaded.contexts = [c for c in loaded.contexts if c.name != name]
     loaded.contexts.append(config.Context(name, url, key))
     if use or loaded.active is None:
         loaded.active = name
