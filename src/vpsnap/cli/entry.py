@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from vpsnap import __version__
@@ -42,6 +44,11 @@ def cli() -> None:
 
 
 def main() -> None:
+    # httpx imports its own command line (click, and rich's console, progress and syntax with
+    # pygments) whenever those are installed, as they are here; that costs more than the rest
+    # of httpx, and vpsnap never runs it. Blocking the import takes the path httpx itself takes
+    # without its `cli` extra (its `httpx.main` then only says what to install).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     cli(prog_name="vpsnap")
 
 

@@ -6,10 +6,12 @@ import importlib
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 # One module of each kind the server cannot start without.
 SERVER_MODULES = ("fastapi", "sqlalchemy", "uvicorn", "pydantic_settings")
@@ -74,6 +76,8 @@ class LazyGroup(click.Group):
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
         # Command names with their help from the table: completing `vpsnap <TAB>` imports
         # nothing.
+        from click.shell_completion import CompletionItem  # noqa: PLC0415
+
         items = [
             CompletionItem(name, help=self.lazy[name].help if name in self.lazy else None)
             for name in self.list_commands(ctx)
