@@ -71,7 +71,7 @@ class CredentialService:
     clock: Clock
     cache_seconds: float = 5.0
     _cache: dict[str, _Cached] = field(default_factory=dict)
-    _use_recorded: dict[str, float] = field(default_factory=dict)
+    _use_recorded: dict[str, datetime] = field(default_factory=dict)
 
     async def issue(
         self,
@@ -154,12 +154,11 @@ class CredentialService:
         if key_id is None:
             return
         recorded = self._use_recorded.get(key_id)
-        interval = LAST_USE_RESOLUTION.total_seconds()
-        if recorded is not None and time.monotonic() - recorded < interval:
+        if recorded is not None and now - recorded < LAST_USE_RESOLUTION:
             return
         if len(self._use_recorded) >= _CACHE_LIMIT:
             self._use_recorded.clear()
-        self._use_recorded[key_id] = time.monotonic()
+        self._use_recorded[key_id] = now
         try:
             async with self.store.transaction() as tx:
                 await tx.record_key_use(key_id, now, not_since=now - LAST_USE_RESOLUTION)
