@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from pathlib import Path
 
 import click
 
@@ -20,7 +21,7 @@ CONTEXT_COLUMNS = (
 )
 
 
-def _load() -> tuple[config.Config, object]:
+def _load() -> tuple[config.Config, Path]:
     path = config.config_path()
     try:
         return config.load(path), path
@@ -106,7 +107,7 @@ def create(name: str, url: str, verify: bool, use: bool, replace: bool) -> None:
     loaded.contexts.append(config.Context(name, url, key))
     if use or loaded.active is None:
         loaded.active = name
-    config.save(path, loaded)  # type: ignore[arg-type]
+    config.save(path, loaded)
     if not print_result({"name": name, "url": url, "active": loaded.active == name}):
         say(f"context {name} saved in {path}" + (" and active" if loaded.active == name else ""))
 
@@ -120,7 +121,7 @@ def use(name: str) -> None:
     if loaded.find(name) is None:
         raise UsageProblem(f"there is no context {name!r}; see vpsnap context list")
     loaded.active = name
-    config.save(path, loaded)  # type: ignore[arg-type]
+    config.save(path, loaded)
     if not print_result({"active": name}):
         say(f"active context: {name}")
 
@@ -166,6 +167,6 @@ def delete(name: str) -> None:
     loaded.contexts = [c for c in loaded.contexts if c.name != name]
     if loaded.active == name:
         loaded.active = None
-    config.save(path, loaded)  # type: ignore[arg-type]
+    config.save(path, loaded)
     if not print_result({"deleted": name}):
         say(f"deleted context {name}")
