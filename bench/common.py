@@ -152,7 +152,7 @@ def vpsnap_command() -> list[str]:
     script = Path(sys.executable).with_name("vpsnap")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "vpsnap.cli.main"]
+    return [sys.executable, "-m", "vpsnap.cli"]
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from vpsnap.api.app import create_app
-from vpsnap.cli.demo import seed_demo
+from vpsnap.demo import seed_demo
 from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings

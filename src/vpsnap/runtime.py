@@ -121,7 +121,7 @@ class Runtime:
         services = Services(
             store=store,
             driver=driver,
-            accounts=AccountService(store, clock),
+            accounts=AccountService(store, clock, disks=qemu_img_for(settings)),
             credentials=CredentialService(store, clock, settings.auth_cache_seconds),
             inventory=inventory,
             snapshots=SnapshotService(

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "info"
+    log_format: str = Field(
+        default="auto", description="`json`, `console`, or `auto`: console on a terminal"
+    )
 
     # -- dashboard sessions (issue 11) --
     session_idle_timeout_seconds: float = Field(

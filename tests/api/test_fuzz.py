@@ -52,6 +52,8 @@ OPERATION_IDS = [
     "restartVps",
     "resetVps",
     "getJob",
+    "listJobs",
+    "getVersion",
     "healthz",
     "readyz",
     "metrics",
@@ -87,6 +89,7 @@ NOTHING_TO_NEGATE = {
     "getUpgradeOptions",
     "getJob",
     "describeErrorCode",
+    "getVersion",
     "healthz",
     "readyz",
     "metrics",
@@ -129,7 +132,7 @@ def _data_dependent_rejection(operation_id: str, response: httpx.Response) -> bo
     if response.status_code != 400:
         return False
     body = response.json()
-    if operation_id == "listVps" and body["code"] == "invalid_cursor":
+    if operation_id in {"listVps", "listJobs"} and body["code"] == "invalid_cursor":
         # `cursor` is opaque: any string is schema-valid, only those this server handed out are
         # accepted (docs/api.md, Pagination).
         return True

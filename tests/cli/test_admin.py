@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 pytestmark = pytest.mark.qemu
 runner = CliRunner()
@@ -31,7 +31,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     assert code == 0
     assert "acct_" in out
     code, _, err = vpsnap(tmp_path, "admin", "account", "create", "acme")
-    assert code == 1
+    assert code == 4
     assert "already exists" in err
 
     code, out, err = vpsnap(
@@ -86,7 +86,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     code, out, _ = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
     assert code == 0
     code, _, err = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
-    assert code == 1
+    assert code == 3
     assert "No active API key" in err
 
 
@@ -100,7 +100,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
     code, _, err = vpsnap(
         tmp_path, "admin", "key", "create", "--account", "nobody", "--scopes", "read:vm"
     )
-    assert code == 1
+    assert code == 3
     assert "No account named 'nobody'" in err
 
     code, _, err = vpsnap(
@@ -117,7 +117,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "does not exist" in err
 
     raw = tmp_path / "disk.raw"
@@ -136,7 +136,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "raw, not qcow2" in err
     assert "qemu-img convert" in err
 
@@ -144,7 +144,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
 def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
     import asyncio
 
-    from vpsnap.cli.demo import seed_demo
+    from vpsnap.demo import seed_demo
     from vpsnap.runtime import Runtime, qemu_img_for
     from vpsnap.settings import Settings
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli
 from vpsnap.domain.errors import DomainError
 from vpsnap.runtime import Runtime
 from vpsnap.settings import Settings
@@ -17,7 +17,7 @@ PASSWORD = "a good long passphrase"
 
 
 def run(data_dir: Path, *args: str, stdin: str | None = None) -> tuple[int, str]:
-    result = CliRunner().invoke(app, ["admin", *args, "--data-dir", str(data_dir)], input=stdin)
+    result = CliRunner().invoke(cli, ["admin", *args, "--data-dir", str(data_dir)], input=stdin)
     return result.exit_code, result.output
 
 
@@ -102,7 +102,7 @@ def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
     run(tmp_path, "account", "create", "acme")
     base = ("user", "create", "--account", "acme", "--role", "viewer", "--password-stdin")
     code, output = run(tmp_path, *base, "--email", "v@acme.example", stdin="short\n")
-    assert code == 1
+    assert code == 2  # invalid input (docs/cli.md, exit codes)
     assert "at least 12 characters" in output
     code, output = run(tmp_path, *base, "--email", "v@acme.example", "--role", "boss", stdin="x\n")
     assert code == 2
@@ -116,10 +116,10 @@ def test_bad_input_is_refused_clearly(tmp_path: Path) -> None:
         "a@b.example",
         stdin=PASSWORD + "\n",
     )
-    assert code == 1
+    assert code == 3  # not found
     assert "No account named 'nope'" in output
     run(tmp_path, *base, "--email", "v@acme.example", stdin=PASSWORD + "\n")
     code, output = run(tmp_path, *base, "--email", "V@ACME.example", stdin=PASSWORD + "\n")
-    assert code == 1
+    assert code == 4  # conflict
     assert "already exists" in output
-    assert run(tmp_path, "user", "disable", "nobody@acme.example")[0] == 1
+    assert run(tmp_path, "user", "disable", "nobody@acme.example")[0] == 3

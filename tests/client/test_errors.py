@@ -72,7 +72,7 @@ def test_a_missing_scope_is_forbidden_and_named(server: LiveServer) -> None:
 
 def test_a_bad_key_is_unauthorized(server: LiveServer) -> None:
     with Client(server.url, "vpsnap_not-a-real-key") as stranger, pytest.raises(Unauthorized) as e:
-        stranger.vps.list()
+        list(stranger.vps.list())
     assert_from_server(e.value, 401, "unauthorized")
 
 

@@ -60,7 +60,13 @@ async def job_count(api: Api) -> int:
     async with api.runtime.store.transaction(read_only=True) as tx:
         total = 0
         for vps_id in api.vps_ids.values():
-            total += len(await tx.list_jobs(vps_id, None, 1000))
+            vps = await tx.get_vps(vps_id)
+            assert vps is not None
+            total += len(
+                await tx.list_jobs(
+                    vps.account_id, vps_id=vps_id, status=None, before_id=None, limit=1000
+                )
+            )
         return total
 
 

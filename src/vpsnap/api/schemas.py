@@ -153,6 +153,18 @@ class JobOut(ApiModel):
     finished_at: Timestamp | None
 
 
+class JobPageOut(ApiModel):
+    data: list[JobOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class VersionOut(ApiModel):
+    name: str = Field(description="Always `vpsnap`.")
+    version: str = Field(description="The server's version (the Python package's).")
+    api_versions: list[str] = Field(description="API versions served under `/api/`.")
+
+
 class ProblemOut(ApiModel):
     """RFC 9457 problem details, as every error of this API answers."""
 

@@ -6,7 +6,7 @@ Installs with ``pip install vpsnap`` (httpx only; no server dependencies). See d
 
 from vpsnap.client._http import NO_RETRIES, RetryPolicy
 from vpsnap.client._room import MakeRoom, Step
-from vpsnap.client._runners import Async, Sync
+from vpsnap.client._runners import Async, AsyncPager, Page, Sync, SyncPager
 from vpsnap.client.client import API_KEY_ENV, DEFAULT_URL, URL_ENV, AsyncClient, Client
 from vpsnap.client.errors import (
     AmbiguousVps,
@@ -54,12 +54,16 @@ from vpsnap.client.models import (
     ProductPlan,
     QuantityOption,
     Resources,
+    Schedule,
+    ScheduleState,
+    ServerVersion,
     Snapshot,
     SnapshotActions,
     SnapshotList,
     UpgradeOptions,
     Vps,
 )
+from vpsnap.client.schedules import Schedules
 from vpsnap.client.snapshots import Snapshots
 
 __all__ = [
@@ -70,6 +74,7 @@ __all__ = [
     "AmbiguousVps",
     "Async",
     "AsyncClient",
+    "AsyncPager",
     "Billing",
     "BillingUnavailable",
     "CannotMakeRoom",
@@ -97,6 +102,7 @@ __all__ = [
     "NotFound",
     "OperatingSystem",
     "Operation",
+    "Page",
     "Price",
     "PriceChange",
     "ProductPlan",
@@ -104,7 +110,11 @@ __all__ = [
     "RateLimited",
     "Resources",
     "RetryPolicy",
+    "Schedule",
+    "ScheduleState",
+    "Schedules",
     "ServerError",
+    "ServerVersion",
     "Snapshot",
     "SnapshotActions",
     "SnapshotBusy",
@@ -117,6 +127,7 @@ __all__ = [
     "SnapshotsNotIncluded",
     "Step",
     "Sync",
+    "SyncPager",
     "Unauthorized",
     "UnexpectedResponse",
     "UpgradeOptions",

@@ -182,8 +182,9 @@ class CannotMakeRoom(Conflict):
     """``create_safely`` found no free slot and could not make one as asked.
 
     ``reason_code`` says why (``snapshot_limit_reached``, ``snapshots_not_included``,
-    ``max_slots_reached``, ``slots_not_sold``, ``all_snapshots_busy``, or the config gate's
-    code); ``hint`` says what the user can do.
+    ``max_slots_reached``, ``slots_not_sold``, ``all_snapshots_busy``, ``declined`` when the
+    ``confirm`` callback said no, or the config gate's code); ``why`` is the first part of the
+    message, ``hint`` what the user can do.
     """
 
     code = "cannot_make_room"
@@ -191,6 +192,7 @@ class CannotMakeRoom(Conflict):
     def __init__(self, why: str, hint: str, *, reason_code: str, **kwargs: Any) -> None:
         super().__init__(f"{why} {hint}", **kwargs)
         self.reason_code = reason_code
+        self.why = why
         self.hint = hint
 
 

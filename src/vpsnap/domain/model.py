@@ -115,6 +115,10 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    last_used_at: datetime | None = None
+    """When a request last authenticated with it, to within a minute (None: never)."""
+    name: str | None = None
+    """What the operator named it for (``vpsnap admin key create --name``)."""
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:

@@ -104,6 +104,14 @@ class HypervisorDriver(Protocol):
         ...
 
 
+class DiskInspector(Protocol):
+    """Reads what a disk image file is (``qemu-img info``), for registering VPS disks."""
+
+    async def detect_format(self, path: str) -> str:
+        """The image format (``qcow2``, ``raw``, …); ``HypervisorError`` when unreadable."""
+        ...
+
+
 # ---------------------------------------------------------------------------------------------
 # Storage
 
@@ -159,13 +167,18 @@ class Transaction(Protocol):
     async def add_api_key(self, key: ApiKey, secret_hash: str) -> None: ...
     async def find_api_key_by_hash(self, secret_hash: str) -> ApiKey | None: ...
     async def revoke_api_key(self, key_id: str, at: datetime) -> bool: ...
+    async def list_api_keys(self, account_id: str | None) -> list[ApiKey]:
+        """Every key (of one account, or of all), oldest first; revoked ones included."""
+        ...
+
+    async def record_key_use(self, key_id: str, at: datetime, *, not_since: datetime) -> None:
+        """Set the key's ``last_used_at`` to ``at`` unless it is already ``not_since`` or
+        later (so concurrent processes write it at most once per interval)."""
+        ...
 
     # dashboard users and sessions (issue 11)
     async def get_account(self, account_id: str) -> Account | None: ...
     async def get_api_key(self, key_id: str) -> ApiKey | None: ...
-    async def list_api_keys(self, account_id: str) -> list[ApiKey]:
-        """The account's keys, newest first (revoked and expired ones too)."""
-        ...
 
     async def add_user(self, user: User, password_hash: str) -> None:
         """Raises ``Conflict`` when the email is taken (emails are unique across accounts)."""
@@ -184,10 +197,6 @@ class Transaction(Protocol):
         """Delete sessions idle since ``seen_before`` or signed in before ``created_before``."""
         ...
 
-    async def list_jobs(self, vps_id: str, before_id: str | None, limit: int) -> list[Job]:
-        """The VPS's jobs, newest first (job ids are ULIDs: id order is creation order)."""
-        ...
-
     # inventory
     async def add_vps(self, vps: Vps) -> None: ...
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None: ...
@@ -196,6 +205,14 @@ class Transaction(Protocol):
         self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
     ) -> list[Vps]: ...
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None: ...
+    async def update_vps(self, vps: Vps) -> None:
+        """Write the operator-editable fields (name, node, disks, slots, primary IP, machine)
+        of ``vps``; ``Conflict`` when the new name is taken in the account."""
+        ...
+
+    async def remove_vps(self, vps_id: str) -> None:
+        """Delete the VPS row with its snapshot records, schedule and finished jobs."""
+        ...
 
     # snapshots
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]: ...
@@ -254,6 +271,18 @@ class Transaction(Protocol):
 
     async def count_unfinished_jobs(self, vps_id: str) -> int: ...
     async def has_active_job(self, vps_id: str) -> bool: ...
+    async def list_jobs(
+        self,
+        account_id: str,
+        *,
+        vps_id: str | None,
+        status: JobStatus | None,
+        before_id: str | None,
+        limit: int,
+    ) -> list[Job]:
+        """The account's jobs, newest first (ids are time-ordered), older than ``before_id``."""
+        ...
+
     async def next_pending_job(self, vps_id: str) -> Job | None: ...
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""

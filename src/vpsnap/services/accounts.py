@@ -1,11 +1,23 @@
-"""Operator use cases: accounts and the VPS inventory (used by `vpsnap admin` and the demo)."""
+"""Operator use cases: accounts and the VPS inventory (used by `vpsnap admin`, the demo, and
+later the operator dashboard). The CLI only parses, calls these and prints."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import NotFound
+from vpsnap.domain.errors import (
+    Conflict,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    SnapshotSlotsInUse,
+    VpsNotFound,
+)
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import (
     Account,
@@ -14,9 +26,12 @@ from vpsnap.domain.model import (
     OperatingSystem,
     Resources,
     ServiceStatus,
+    Snapshot,
     Vps,
 )
-from vpsnap.domain.ports import Store, VpsFilter
+from vpsnap.domain.ports import DiskInspector, Store, VpsFilter
+
+MAX_SLOTS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,9 +50,65 @@ class NewVps:
 
 
 @dataclass(frozen=True, slots=True)
+class VpsChange:
+    """What ``update_vps`` changes; None leaves a field as it is."""
+
+    name: str | None = None
+    snapshot_slots: int | None = None
+    primary_ip: str | None = None
+    clear_primary_ip: bool = False
+    disks: tuple[str, ...] | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountListing:
+    account: Account
+    vps_count: int
+    active_keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedVps:
+    """A removed VPS: ``snapshots_left`` are the snapshots vpsnap had recorded, which stay
+    inside ``vps.disks`` (vpsnap deletes on disk only through jobs, and no job runs now)."""
+
+    vps: Vps
+    account_name: str
+    snapshots_left: tuple[Snapshot, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class AccountService:
     store: Store
     clock: Clock
+    disks: DiskInspector | None = None
+    """Checks disk files given by an operator (``register_vps``, ``update_vps``); None: only
+    that they exist."""
+
+    async def list_accounts(self) -> list[AccountListing]:
+        """Every account with its number of VPSes and of usable (not revoked or expired) keys."""
+        now = self.clock.now()
+        async with self.store.transaction(read_only=True) as tx:
+            accounts = await tx.list_accounts()
+            keys = await tx.list_api_keys(None)
+            vps_counts: dict[str, int] = {}
+            after: str | None = None
+            while True:
+                page = await tx.list_vps(None, VpsFilter(), after, 500)
+                for item in page:
+                    vps_counts[item.account_id] = vps_counts.get(item.account_id, 0) + 1
+                if len(page) < 500:
+                    break
+                after = page[-1].id
+        usable: dict[str, int] = {}
+        for key in keys:
+            if key.is_usable(now):
+                usable[key.account_id] = usable.get(key.account_id, 0) + 1
+        return [
+            AccountListing(a, vps_counts.get(a.id, 0), usable.get(a.id, 0))
+            for a in sorted(accounts, key=lambda a: a.created_at)
+        ]
 
     async def create_account(self, name: str) -> Account:
         account = Account(id=new_id("acct"), name=name, created_at=self.clock.now())
@@ -73,6 +144,103 @@ class AccountService:
             await tx.add_vps(vps)
         return vps
 
+    async def register_vps(self, new: NewVps) -> Vps:
+        """``add_vps`` for an operator's input: each disk must be an existing qcow2 file
+        (absolute paths are stored: the worker may run elsewhere than the command)."""
+        disks = await self.check_disk_files(new.disks)
+        return await self.add_vps(dataclasses.replace(new, disks=disks))
+
+    async def check_disk_files(self, disks: tuple[str, ...]) -> tuple[str, ...]:
+        """The disks as absolute paths; ``InvalidRequest`` naming the first that does not exist,
+        is not a file, or is not qcow2 (internal snapshots need qcow2), with how to convert."""
+        if not disks:
+            raise _invalid("a VPS needs at least one disk", "/disks", "missing_required")
+        paths = []
+        for disk in disks:
+            path = await asyncio.to_thread(Path(disk).resolve)
+            if not await asyncio.to_thread(path.is_file):
+                raise _invalid(f"disk {disk} does not exist (or is not a file)", "/disks")
+            if self.disks is not None:
+                found = await self.disks.detect_format(str(path))
+                if found != "qcow2":
+                    raise _invalid(
+                        f"disk {disk} is {found}, not qcow2: internal snapshots need qcow2 "
+                        f"(convert with `qemu-img convert -O qcow2 {disk} {disk}.qcow2`)",
+                        "/disks",
+                    )
+            paths.append(str(path))
+        if len(set(paths)) != len(paths):
+            raise _invalid(f"a disk is given twice: {', '.join(disks)}", "/disks")
+        return tuple(paths)
+
+    async def get_vps(self, vps_id: str) -> tuple[Vps, str]:
+        """One VPS (any account) with its account's name; ``VpsNotFound`` when there is none."""
+        async with self.store.transaction(read_only=True) as tx:
+            vps = await tx.get_vps(vps_id)
+            if vps is None:
+                raise VpsNotFound(f"No VPS with id {vps_id!r}.")
+            names = {a.id: a.name for a in await tx.list_accounts()}
+        return vps, names.get(vps.account_id, "?")
+
+    async def update_vps(self, vps_id: str, change: VpsChange) -> Vps:
+        """Change what the operator owns of a VPS: name, slots, primary IP, disks, node.
+
+        Slots below the snapshots that hold one raise ``SnapshotSlotsInUse`` (the operator
+        sets slots directly: no price, no billing webhook). New disks are checked like
+        ``register_vps``'s and refused while the VPS has snapshots (they live inside the old
+        disks) or jobs (a job works on the old disks).
+        """
+        _check_change(change)
+        disks = None if change.disks is None else await self.check_disk_files(change.disks)
+        async with self.store.transaction() as tx:
+            vps = await tx.get_vps(vps_id, lock=True)
+            if vps is None:
+                raise VpsNotFound(f"No VPS with id {vps_id!r}.")
+            snapshots = await tx.list_snapshots(vps_id)
+            updated = _with_fields(vps, change)
+            if change.snapshot_slots is not None:
+                _check_slots(vps, snapshots, change.snapshot_slots)
+                updated = dataclasses.replace(updated, snapshot_slots=change.snapshot_slots)
+            if disks is not None and disks != vps.disks:
+                if await tx.has_active_job(vps_id):
+                    raise Conflict(
+                        f"{vps.name} has jobs queued or running on its disks: wait for them, "
+                        "then change the disks"
+                    )
+                if snapshots:
+                    raise Conflict(
+                        f"{vps.name} has {len(snapshots)} snapshot(s) inside its current disks "
+                        f"({', '.join(s.name for s in snapshots)}): delete them first, then "
+                        "change the disks"
+                    )
+                # KIND-4 HOOK (issue 9, "one disk file belongs to one VPS once"): the service
+                # check that add_vps makes, that none of `disks` is registered to another VPS,
+                # is called here with (tx, disks, vps_id) before the row is written.
+                updated = dataclasses.replace(updated, disks=disks)
+            await tx.update_vps(updated)
+        return updated
+
+    async def remove_vps(self, vps_id: str) -> RemovedVps:
+        """Remove a VPS from vpsnap: its row, snapshot records, schedule and finished jobs.
+
+        Refused (``Conflict``) while it has jobs queued or running. Nothing on disk is touched:
+        the snapshots vpsnap made stay inside the disk images and are returned, so that the
+        operator can delete them (``qemu-img snapshot -d``) or keep them.
+        """
+        async with self.store.transaction() as tx:
+            vps = await tx.get_vps(vps_id, lock=True)
+            if vps is None:
+                raise VpsNotFound(f"No VPS with id {vps_id!r}.")
+            if await tx.has_active_job(vps_id):
+                raise Conflict(
+                    f"{vps.name} has jobs queued or running: wait for them to finish "
+                    "(vpsnap jobs list --vps ID), then remove it"
+                )
+            names = {a.id: a.name for a in await tx.list_accounts()}
+            snapshots = tuple(await tx.list_snapshots(vps_id))
+            await tx.remove_vps(vps_id)
+        return RemovedVps(vps, names.get(vps.account_id, "?"), snapshots)
+
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:
         async with self.store.transaction(read_only=True) as tx:
             account = await tx.find_account_by_name(account_name)
@@ -92,3 +260,42 @@ class AccountService:
                 if len(page) < 500:
                     return result
                 after = page[-1].id
+
+
+def _invalid(detail: str, pointer: str, code: str = "invalid_format") -> InvalidRequest:
+    return InvalidRequest(detail, [FieldError(pointer, detail, code)])
+
+
+def _check_change(change: VpsChange) -> None:
+    if change.primary_ip is not None:
+        try:
+            ipaddress.ip_address(change.primary_ip)
+        except ValueError:
+            raise _invalid(f"{change.primary_ip!r} is not an IP address", "/primaryIp") from None
+    if change.snapshot_slots is not None and not 0 <= change.snapshot_slots <= MAX_SLOTS:
+        raise _invalid(f"slots must be between 0 and {MAX_SLOTS}", "/slots", "out_of_range")
+    if change.name is not None and not change.name.strip():
+        raise _invalid("a VPS name cannot be empty", "/name")
+
+
+def _with_fields(vps: Vps, change: VpsChange) -> Vps:
+    updated = vps
+    if change.name is not None:
+        updated = dataclasses.replace(updated, name=change.name)
+    if change.node is not None:
+        updated = dataclasses.replace(updated, node=change.node)
+    if change.clear_primary_ip:
+        updated = dataclasses.replace(updated, primary_ip=None)
+    elif change.primary_ip is not None:
+        updated = dataclasses.replace(updated, primary_ip=change.primary_ip)
+    return updated
+
+
+def _check_slots(vps: Vps, snapshots: list[Snapshot], slots: int) -> None:
+    in_use = [s.name for s in snapshots if s.holds_slot]
+    if slots < len(in_use):
+        raise SnapshotSlotsInUse(
+            f"{vps.name} has {len(in_use)} snapshot(s) holding a slot ({', '.join(in_use)}): "
+            f"delete {len(in_use) - slots} first, or keep at least {len(in_use)} slots",
+            extensions={"snapshotsInUse": in_use},
+        )

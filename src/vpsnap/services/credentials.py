@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import structlog
+
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import NotFound, Unauthorized
@@ -38,6 +40,18 @@ class _Cached:
 
 
 _CACHE_LIMIT = 10_000
+LAST_USE_RESOLUTION = timedelta(minutes=1)
+"""``last_used_at`` is exact to this: a key is written at most once per this interval."""
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyListing:
+    """A key as ``vpsnap admin key list`` shows it (never its secret, which is not stored)."""
+
+    key: ApiKey
+    account_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +61,25 @@ class CredentialService:
     Successful lookups are cached for ``cache_seconds`` (default 5 s) because every request
     authenticates: a revocation made by another process (``vpsnap admin key revoke``) takes
     effect within that time; one made in this process, and any expiry, at once.
+
+    Each key's ``last_used_at`` is written at most once per ``LAST_USE_RESOLUTION`` per
+    process (and the write itself skips a row another process wrote within it), so recording
+    use costs one small write per key and minute, not one per request.
     """
 
     store: Store
     clock: Clock
     cache_seconds: float = 5.0
     _cache: dict[str, _Cached] = field(default_factory=dict)
+    _use_recorded: dict[str, datetime] = field(default_factory=dict)
 
     async def issue(
-        self, account_name: str, scopes: frozenset[Scope], expires_in: timedelta | None = None
+        self,
+        account_name: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None = None,
+        *,
+        name: str | None = None,
     ) -> IssuedKey:
         now = self.clock.now()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -70,6 +94,7 @@ class CredentialService:
                 created_at=now,
                 expires_at=now + expires_in if expires_in is not None else None,
                 revoked_at=None,
+                name=name,
             )
             await tx.add_api_key(key, hash_secret(secret))
         return IssuedKey(key=key, secret=secret)
@@ -89,7 +114,7 @@ class CredentialService:
     async def list_for_account(self, account_id: str) -> list[ApiKey]:
         """The account's keys, newest first, revoked and expired ones included."""
         async with self.store.transaction(read_only=True) as tx:
-            return await tx.list_api_keys(account_id)
+            return list(reversed(await tx.list_api_keys(account_id)))
 
     async def revoke_for_account(self, account_id: str, key_id: str) -> None:
         """Revoke one of the account's keys; another account's key is ``NotFound`` (as a
@@ -99,6 +124,20 @@ class CredentialService:
         if key is None or key.account_id != account_id:
             raise NotFound(f"No active API key with id {key_id!r}.")
         await self.revoke(key_id)
+
+    async def list_keys(self, account_name: str | None = None) -> list[KeyListing]:
+        """Every key, or those of one account (``NotFound`` when there is no such account),
+        oldest first; revoked and expired keys included (their dates say so)."""
+        async with self.store.transaction(read_only=True) as tx:
+            names = {a.id: a.name for a in await tx.list_accounts()}
+            account_id = None
+            if account_name is not None:
+                account = await tx.find_account_by_name(account_name)
+                if account is None:
+                    raise NotFound(f"No account named {account_name!r}.")
+                account_id = account.id
+            keys = await tx.list_api_keys(account_id)
+        return [KeyListing(k, names.get(k.account_id, "?")) for k in keys]
 
     async def revoke(self, key_id: str) -> None:
         async with self.store.transaction() as tx:
@@ -117,6 +156,7 @@ class CredentialService:
             and time.monotonic() - cached.cached_at < self.cache_seconds
             and (cached.expires_at is None or now < cached.expires_at)
         ):
+            await self._record_use(cached.principal.key_id, now)
             return cached.principal
         async with self.store.transaction(read_only=True) as tx:
             key = await tx.find_api_key_by_hash(digest)
@@ -133,4 +173,20 @@ class CredentialService:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[digest] = _Cached(principal, key.expires_at, time.monotonic())
+        await self._record_use(key.id, now)
         return principal
+
+    async def _record_use(self, key_id: str | None, now: datetime) -> None:
+        if key_id is None:
+            return
+        recorded = self._use_recorded.get(key_id)
+        if recorded is not None and now - recorded < LAST_USE_RESOLUTION:
+            return
+        if len(self._use_recorded) >= _CACHE_LIMIT:
+            self._use_recorded.clear()
+        self._use_recorded[key_id] = now
+        try:
+            async with self.store.transaction() as tx:
+                await tx.record_key_use(key_id, now, not_since=now - LAST_USE_RESOLUTION)
+        except Exception as exc:  # bookkeeping must never fail the request it counts
+            _log.warning("key_use_not_recorded", key_id=key_id, error=repr(exc))

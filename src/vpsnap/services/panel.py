@@ -104,7 +104,9 @@ class PanelService:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
             schedule = await tx.get_schedule(vps.id)
-            jobs = await tx.list_jobs(vps.id, None, RECENT_JOBS)
+            jobs = await tx.list_jobs(
+                vps.account_id, vps_id=vps.id, status=None, before_id=None, limit=RECENT_JOBS
+            )
         usage = slot_usage(vps, snapshots)
         return VpsPage(
             vps=vps,
@@ -132,7 +134,9 @@ class PanelService:
         """The VPS's newest jobs, newest first (what the live updates watch)."""
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
-            return await tx.list_jobs(vps.id, None, limit)
+            return await tx.list_jobs(
+                vps.account_id, vps_id=vps.id, status=None, before_id=None, limit=limit
+            )
 
     async def job_history(
         self, principal: Principal, vps_id: str, before: str | None, limit: int = 50
@@ -140,6 +144,8 @@ class PanelService:
         """One page of the VPS's jobs, newest first; ``next_before`` continues it."""
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
-            jobs = await tx.list_jobs(vps.id, before, limit + 1)
+            jobs = await tx.list_jobs(
+                vps.account_id, vps_id=vps.id, status=None, before_id=before, limit=limit + 1
+            )
         page = jobs[:limit]
         return JobHistory(vps, page, page[-1].id if len(jobs) > limit else None)

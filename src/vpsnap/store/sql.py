@@ -237,6 +237,8 @@ def _api_key(row: Row) -> ApiKey:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+        name=row["name"],
     )
 
 
@@ -434,6 +436,7 @@ class SqlTransaction:
                 created_at=key.created_at,
                 expires_at=key.expires_at,
                 revoked_at=key.revoked_at,
+                name=key.name,
             )
         )
 
@@ -458,14 +461,6 @@ class SqlTransaction:
     async def get_api_key(self, key_id: str) -> ApiKey | None:
         row = await self._one(sa.select(api_keys).where(api_keys.c.id == key_id))
         return _api_key(row) if row else None
-
-    async def list_api_keys(self, account_id: str) -> list[ApiKey]:
-        query = (
-            sa.select(api_keys)
-            .where(api_keys.c.account_id == account_id)
-            .order_by(api_keys.c.id.desc())
-        )
-        return [_api_key(r) for r in await self._all(query)]
 
     async def add_user(self, user: User, password_hash: str) -> None:
         try:
@@ -553,12 +548,21 @@ class SqlTransaction:
         )
         return int(result.rowcount)
 
-    async def list_jobs(self, vps_id: str, before_id: str | None, limit: int) -> list[Job]:
-        query = sa.select(jobs).where(jobs.c.vps_id == vps_id)
-        if before_id is not None:
-            query = query.where(jobs.c.id < before_id)
-        query = query.order_by(jobs.c.id.desc()).limit(limit)
-        return [_job(r) for r in await self._all(query)]
+    async def list_api_keys(self, account_id: str | None) -> list[ApiKey]:
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        return [_api_key(r) for r in await self._all(query)]
+
+    async def record_key_use(self, key_id: str, at: datetime, *, not_since: datetime) -> None:
+        await self.conn.execute(
+            api_keys.update()
+            .where(
+                api_keys.c.id == key_id,
+                sa.or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < not_since),
+            )
+            .values(last_used_at=at)
+        )
 
     # inventory --------------------------------------------------------------------------------
 
@@ -596,6 +600,25 @@ class SqlTransaction:
 
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
         await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
+
+    async def update_vps(self, vps_item: Vps) -> None:
+        values = _vps_values(vps_item)
+        editable = ("name", "name_key", "node", "disks", "snapshot_slots", "primary_ip", "machine")
+        try:
+            await self.conn.execute(
+                vps.update().where(vps.c.id == vps_item.id).values({k: values[k] for k in editable})
+            )
+        except IntegrityError as exc:
+            raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+
+    async def remove_vps(self, vps_id: str) -> None:
+        # Children first: every one of them references the VPS row.
+        await self.conn.execute(jobs.delete().where(jobs.c.vps_id == vps_id))
+        await self.conn.execute(snapshots.delete().where(snapshots.c.vps_id == vps_id))
+        await self.conn.execute(
+            snapshot_schedules.delete().where(snapshot_schedules.c.vps_id == vps_id)
+        )
+        await self.conn.execute(vps.delete().where(vps.c.id == vps_id))
 
     # snapshots --------------------------------------------------------------------------------
 
@@ -755,6 +778,29 @@ class SqlTransaction:
 
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
+
+    async def list_jobs(
+        self,
+        account_id: str,
+        *,
+        vps_id: str | None,
+        status: JobStatus | None,
+        before_id: str | None,
+        limit: int,
+    ) -> list[Job]:
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.account_id == account_id)
+            .order_by(jobs.c.id.desc())
+            .limit(limit)
+        )
+        if vps_id is not None:
+            query = query.where(jobs.c.vps_id == vps_id)
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        if before_id is not None:
+            query = query.where(jobs.c.id < before_id)
+        return [_job(r) for r in await self._all(query)]
 
     async def next_pending_job(self, vps_id: str) -> Job | None:
         row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})

@@ -69,6 +69,8 @@ api_keys = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("last_used_at", UtcDateTime(), nullable=True),  # migration 0009
+    sa.Column("name", sa.String(100), nullable=True),  # migration 0009
 )
 
 vps = sa.Table(
@@ -141,6 +143,7 @@ jobs = sa.Table(
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
+sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
 
 # Kept independently of jobs (which are purged): an open intent is the only proof that a
 # snapshot on disk without a row is vpsnap's own leftover.

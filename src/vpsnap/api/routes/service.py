@@ -8,8 +8,10 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from vpsnap import __version__
 from vpsnap.api.deps import ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.schemas import VersionOut
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.problems import CATALOGUE
 from vpsnap.metrics import render
@@ -21,6 +23,12 @@ router = APIRouter(tags=["Service"])
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
+
+
+@router.get("/api/version", operation_id="getVersion", response_model=VersionOut)
+async def version() -> VersionOut:
+    """The server's version, for `vpsnap version` and support requests (no key needed)."""
+    return VersionOut(name="vpsnap", version=__version__, api_versions=["v2"])
 
 
 @router.get(

@@ -2,7 +2,8 @@
 and ``demo-web`` as a running VM that vpsnap manages (when qemu-system-x86_64 is installed).
 
 Idempotent: a second start reuses the accounts, VPSes, disks and keys that exist, and finds
-demo-web's VM again if it still runs.
+demo-web's VM again if it still runs. ``reset_demo`` (``vpsnap admin demo reset``) brings the
+demo VPSes back to their first state: no snapshots, no schedules, their first slot counts.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ from typing import Any
 import structlog
 
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.errors import DomainError, Unauthorized
+from vpsnap.domain.errors import Conflict, DomainError, Unauthorized
 from vpsnap.domain.model import (
     Billing,
+    Job,
     JobStatus,
     LaunchSpec,
     OperatingSystem,
     PowerAction,
     PowerState,
     Resources,
+    SnapshotStatus,
+    Vps,
 )
 from vpsnap.domain.users import Role
 from vpsnap.drivers.qemu_img import QemuImg
@@ -202,3 +206,61 @@ async def start_demo_vm(runtime: Runtime, *, timeout: float = 60.0) -> PowerStat
         power_state_after=job.result["powerStateAfter"],
     )
     return PowerState(job.result["powerStateAfter"])
+
+
+@dataclass(frozen=True, slots=True)
+class DemoReset:
+    """What ``reset_demo`` did: the delete jobs it queued (they remove the snapshots from the
+    disks), and the VPSes whose slots or schedule it put back."""
+
+    deletions: tuple[Job, ...]
+    slots_restored: tuple[str, ...]
+    schedules_removed: tuple[str, ...]
+
+
+async def reset_demo(runtime: Runtime) -> DemoReset:
+    """Bring the demo VPSes back to their first state: queue the deletion of every snapshot
+    (the worker removes them from the disks, as any delete), remove their schedules, and set
+    their slots back to the demo's. Disk contents are left as they are.
+
+    ``Conflict`` before changing anything when a demo VPS has jobs queued or running (wait
+    for them), or when there is no demo data (start ``vpsnap serve --demo`` once).
+    """
+    accounts = runtime.services.accounts
+    targets: list[tuple[DemoVps, Vps]] = []
+    for item in DEMO_VPSES:
+        vps = await accounts.find_vps(item.account, item.name)
+        if vps is not None:
+            targets.append((item, vps))
+    if not targets:
+        raise Conflict("there is no demo data here: start `vpsnap serve --demo` once first")
+    async with runtime.store.transaction(read_only=True) as tx:
+        for _, vps in targets:
+            if await tx.has_active_job(vps.id):
+                raise Conflict(
+                    f"{vps.name} has jobs queued or running: wait for them, then reset again"
+                )
+    deletions: list[Job] = []
+    slots_restored: list[str] = []
+    schedules_removed: list[str] = []
+    for item, vps in targets:
+        # The operator acts as the account, with every scope: the same checks and jobs as an
+        # API delete, so what is on disk is removed by the worker that owns the disks.
+        principal = Principal(account_id=vps.account_id, scopes=frozenset(Scope))
+        async with runtime.store.transaction(read_only=True) as tx:
+            snapshots = await tx.list_snapshots(vps.id)
+        deletions.extend(
+            [
+                await runtime.services.snapshots.delete(principal, vps.id, snapshot.name)
+                for snapshot in snapshots
+                if snapshot.status is not SnapshotStatus.DELETING
+            ]
+        )
+        async with runtime.store.transaction() as tx:
+            if await tx.delete_schedule(vps.id):
+                schedules_removed.append(vps.name)
+            if vps.snapshot_slots != item.slots:
+                # Deleting snapshots hold no slot, so the first count always fits.
+                await tx.set_snapshot_slots(vps.id, item.slots)
+                slots_restored.append(vps.name)
+    return DemoReset(tuple(deletions), tuple(slots_restored), tuple(schedules_removed))
