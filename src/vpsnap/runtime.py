@@ -15,7 +15,7 @@ from typing import IO
 from vpsnap.billing.webhook import billing_gateway
 from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import DataDirInUse
 from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
 from vpsnap.drivers.machines import ManagedMachines
@@ -40,10 +40,6 @@ from vpsnap.services.snapshots import SnapshotService
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
 from vpsnap.store.sql import SqlStore
-
-
-class DataDirInUse(DomainError):
-    code = "conflict"
 
 
 def qemu_img_for(settings: Settings) -> QemuImg:

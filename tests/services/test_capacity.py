@@ -29,7 +29,6 @@ from vpsnap.domain.auth import Principal
 from vpsnap.domain.capacity import (
     BUILTIN_CAPACITY,
     BillingGateway,
-    BillingUnavailable,
     CapacityConfig,
     Price,
     SlotOption,
@@ -40,6 +39,7 @@ from vpsnap.domain.capacity import (
 )
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import (
+    BillingUnavailable,
     Conflict,
     FieldError,
     InvalidRequest,

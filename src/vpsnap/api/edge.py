@@ -13,8 +13,8 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsnap.api.problems import problem_response
-from vpsnap.api.ratelimit import RateLimited, RateLimits
-from vpsnap.domain.errors import DomainError
+from vpsnap.api.ratelimit import RateLimits
+from vpsnap.domain.errors import DomainError, PayloadTooLarge, RateLimited
 from vpsnap.domain.ids import new_id
 from vpsnap.metrics import REQUEST_DURATION
 
@@ -90,17 +90,14 @@ class EdgeMiddleware:
                 error: DomainError = RateLimited(
                     f"Rate limit of {rate.limit} requests per {rate.window_seconds} s reached. "
                     f"Retry in {rate.retry_after} s.",
-                    rate,
+                    rate.retry_after,
                 )
                 extra["Retry-After"] = str(rate.retry_after)
                 await problem_response(scope, error)(scope, receive, send_with_headers)
                 return
             body_receive = await self._limit_body(scope, receive)
             if body_receive is None:
-                error = DomainError(
-                    f"The request body exceeds {self.max_body_bytes} bytes.",
-                    code="payload_too_large",
-                )
+                error = PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
                 await problem_response(scope, error)(scope, receive, send_with_headers)
                 return
             await self.app(scope, body_receive, send_with_headers)

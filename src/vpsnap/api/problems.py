@@ -11,7 +11,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from vpsnap.domain.clock import SystemClock, format_timestamp
-from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
+from vpsnap.domain.errors import (
+    DomainError,
+    FieldError,
+    Forbidden,
+    InvalidJson,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from vpsnap.domain.problems import error_summary
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -112,27 +123,28 @@ def _field_error(error: dict[str, Any]) -> FieldError:
 def validation_error(exc: RequestValidationError) -> DomainError:
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
-        return DomainError("The request body is not valid JSON.", code="invalid_json")
+        return InvalidJson("The request body is not valid JSON.")
     field_errors = [_field_error(e) for e in errors]
     return InvalidRequest("The request failed validation.", field_errors)
 
 
-_HTTP_ERRORS = {
-    401: ("unauthorized", "Authentication is required."),
-    403: ("forbidden", "The credential may not do this."),
-    404: ("not_found", "There is nothing at this path."),
-    405: ("method_not_allowed", "This path does not accept this method."),
-    413: ("payload_too_large", "The request body is too large."),
-    415: ("unsupported_media_type", "Send the request body as application/json."),
+_HTTP_ERRORS: dict[int, tuple[type[DomainError], str]] = {
+    401: (Unauthorized, "Authentication is required."),
+    403: (Forbidden, "The credential may not do this."),
+    404: (NotFound, "There is nothing at this path."),
+    405: (MethodNotAllowed, "This path does not accept this method."),
+    413: (PayloadTooLarge, "The request body is too large."),
+    415: (UnsupportedMediaType, "Send the request body as application/json."),
 }
 
 
 def http_error(exc: StarletteHTTPException) -> DomainError:
     known = _HTTP_ERRORS.get(exc.status_code)
     if known is not None:
-        return DomainError(known[1], code=known[0])
+        error_class, detail = known
+        return error_class(detail)
     if 400 <= exc.status_code < 500:
-        return DomainError(str(exc.detail), code="invalid_request")
+        return InvalidRequest(str(exc.detail), [])
     return DomainError("Something failed on our side.")
 
 
@@ -156,9 +168,7 @@ def _is_json(content_type: str | None) -> bool:
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if not _is_json(request.headers.get("content-type")):
-        error = DomainError(
-            "Send the request body as application/json.", code="unsupported_media_type"
-        )
+        error = UnsupportedMediaType("Send the request body as application/json.")
         return problem_response(request.scope, error)
     return problem_response(request.scope, validation_error(exc))
 

@@ -13,7 +13,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
 from vpsnap.domain.clock import format_timestamp
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import RateLimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +38,6 @@ class RateState:
             "RateLimit-Policy": f'"{self.policy}";q={self.limit};w={self.window_seconds}',
             "RateLimit": f'"{self.policy}";r={self.remaining};t={reset_in}',
         }
-
-
-class RateLimited(DomainError):
-    code = "rate_limited"
-
-    def __init__(self, detail: str, state: RateState) -> None:
-        super().__init__(detail, extensions={"retryAfter": state.retry_after})
-        self.state = state
 
 
 class RateLimits:
@@ -78,5 +70,5 @@ class RateLimits:
             raise RateLimited(
                 f"Too many snapshot changes on this VPS: at most {state.limit} per "
                 f"{state.window_seconds} s. Retry in {state.retry_after} s.",
-                state,
+                state.retry_after,
             )

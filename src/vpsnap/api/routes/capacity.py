@@ -36,8 +36,15 @@ def get_capacity(services: ServicesDep) -> CapacityService:
 CapacityDep = Annotated[CapacityService, Depends(get_capacity)]
 WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
 
-_READ_ERRORS = problem_responses(401, 403, 404, 429)
-_CONFIG_ERRORS = problem_responses(400, 401, 403, 404, 409, 429, 503)
+_READ_ERRORS = problem_responses("forbidden", "vps_not_found")
+_CONFIG_ERRORS = problem_responses(
+    "forbidden",
+    "vps_not_found",
+    "conflict",
+    "snapshot_slots_in_use",
+    "vps_not_ready",
+    "billing_unavailable",
+)
 
 
 def price_out(price: DomainPrice) -> PriceOut:

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 
 from vpsnap.api.deps import CallerDep, ServicesDep
+from vpsnap.api.openapi import problem_responses
 from vpsnap.api.presenters import job_out
 from vpsnap.api.problems import base_url, problem_body
-from vpsnap.api.schemas import JobOut, ProblemOut
+from vpsnap.api.schemas import JobOut
 
 router = APIRouter(prefix="/api/jobs", tags=["Jobs"])
 
@@ -32,10 +33,7 @@ def requested_wait(prefer: str | None) -> int | None:
     "/{job_id}",
     operation_id="getJob",
     response_model=JobOut,
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 404, 429)
-    },
+    responses=problem_responses("job_not_found"),
 )
 async def get_job(
     job_id: str,

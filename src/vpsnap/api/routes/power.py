@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/actions", tags=["Power"])
 
 PowerVm = Annotated[Principal, Depends(require(Scope.POWER_VM))]
 
-_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
+_ERRORS = problem_responses("forbidden", "vps_not_found", "vps_not_ready")
 
 _SUMMARIES = {
     PowerAction.START: "Start the VM (nothing changes when it runs already).",

@@ -12,10 +12,26 @@ from vpsnap.services.snapshots import CreateSnapshot
 
 router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
 
-_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
+_LIST_ERRORS = problem_responses("forbidden", "vps_not_found")
+_CREATE_ERRORS = problem_responses(
+    "forbidden",
+    "vps_not_found",
+    "snapshot_name_taken",
+    "snapshots_not_included",
+    "snapshot_limit_reached",
+    "vps_not_ready",
+)
+_DELETE_ERRORS = problem_responses(
+    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy"
+)
+_RESTORE_ERRORS = problem_responses(
+    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy", "vps_not_ready"
+)
 
 
-@router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
+@router.get(
+    "", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_LIST_ERRORS
+)
 async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) -> SnapshotListOut:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
     return snapshot_list_out(await services.snapshots.listing(principal, vps_id))
@@ -26,7 +42,7 @@ async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) 
     operation_id="createSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    responses=_CREATE_ERRORS,
 )
 async def create_snapshot(
     vps_id: str,
@@ -56,7 +72,7 @@ async def create_snapshot(
     operation_id="deleteSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    responses=_DELETE_ERRORS,
 )
 async def delete_snapshot(
     vps_id: str,
@@ -77,7 +93,7 @@ async def delete_snapshot(
     operation_id="restoreSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    responses=_RESTORE_ERRORS,
 )
 async def restore_snapshot(
     vps_id: str,

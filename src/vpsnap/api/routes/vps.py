@@ -19,7 +19,7 @@ router = APIRouter(prefix="/api/v2/vps", tags=["VPS"])
     "",
     operation_id="listVps",
     response_model=VpsPageOut,
-    responses=problem_responses(400, 401, 403),
+    responses=problem_responses("invalid_request", "invalid_cursor", "forbidden"),
 )
 async def list_vps(
     principal: ReadVm,
@@ -44,7 +44,7 @@ async def list_vps(
     "/{vps_id}",
     operation_id="getVps",
     response_model=VpsOut,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses("forbidden", "vps_not_found"),
 )
 async def get_vps(vps_id: str, principal: ReadVm, services: ServicesDep) -> VpsOut:
     """One VPS, with its power state as the hypervisor reports it now."""
