@@ -20,8 +20,19 @@ class ApiModel(BaseModel):
 
 
 class RequestModel(ApiModel):
-    # A typo in a field name must never silently do something else.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+    """The base of every request body.
+
+    A typo must never silently do something else (contract section 1): unknown fields are
+    refused (``extra="forbid"``), and values are parsed strictly: each field takes the JSON type
+    it documents and nothing else (``"yes"``, ``"true"`` or ``1`` are not booleans, ``"3"`` or
+    ``3.0`` not integers, ``6`` is not a string). The one widening JSON itself makes is kept:
+    an integer is a valid number for a float field (``"intervalHours": 6``). No field needs lax
+    parsing; one that ever does says so with ``Field(strict=False)`` and a comment.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", strict=True
+    )
 
 
 # -- inventory ----------------------------------------------------------------------------------
