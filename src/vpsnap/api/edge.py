@@ -173,7 +173,7 @@ def route_template(scope: Scope) -> str:
     if path:
         return path
     partial: str | None = None
-    for route in _leaf_routes(getattr(scope.get("app"), "router", None)):
+    for route in leaf_routes(getattr(scope.get("app"), "router", None)):
         match, _ = route.matches(scope)
         if match is Match.FULL:
             return route.path
@@ -182,12 +182,13 @@ def route_template(scope: Scope) -> str:
     return partial or "unmatched"
 
 
-def _leaf_routes(router: object) -> Iterator[Route]:
+def leaf_routes(router: object) -> Iterator[Route]:
+    """Every route of ``router``, with those of included routers (not their wrappers)."""
     # FastAPI keeps an included router as one wrapper entry (``original_router``); the
     # templates are on the routes inside it.
     for route in getattr(router, "routes", ()):
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _leaf_routes(inner)
+            yield from leaf_routes(inner)
         elif isinstance(route, Route):
             yield route

@@ -17,11 +17,14 @@ from vpsnap.domain.errors import (
     Forbidden,
     InvalidJson,
     InvalidRequest,
+    JobNotFound,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    SnapshotNotFound,
     Unauthorized,
     UnsupportedMediaType,
+    VpsNotFound,
 )
 from vpsnap.domain.problems import error_summary
 
@@ -93,6 +96,7 @@ _FIELD_CODES = {
     "string_pattern_mismatch": "invalid_format",
     "string_too_short": "invalid_format",
     "value_error": "invalid_format",
+    "string_unicode": "invalid_format",  # a lone surrogate ("\ud800"): not storable text
     "greater_than": "out_of_range",
     "greater_than_equal": "out_of_range",
     "less_than": "out_of_range",
@@ -120,8 +124,35 @@ def _field_error(error: dict[str, Any]) -> FieldError:
     return FieldError(pointer=_pointer(loc), detail=detail, code=code)
 
 
+# A malformed path parameter names a resource that cannot exist: its 404, never a 400 (the
+# shapes are documented, so a 400 would tell nothing more, and a client needs one answer for
+# "no such thing"). Route parameters are named after their resource (api/params.py).
+PATH_NOT_FOUND: dict[str, tuple[type[NotFound], str]] = {
+    "vps_id": (VpsNotFound, "No VPS with id {value} in this account."),
+    "snapshot_id": (SnapshotNotFound, "The VPS has no snapshot named {value}."),
+    "job_id": (JobNotFound, "No job with id {value} in this account."),
+}
+
+
+def path_not_found(errors: list[dict[str, Any]]) -> NotFound | None:
+    """The 404 of the first malformed path parameter among ``errors``, if any."""
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if len(loc) == 2 and loc[0] == "path":
+            error_class, detail = PATH_NOT_FOUND.get(
+                str(loc[1]), (NotFound, "There is nothing at this path.")
+            )
+            value = repr(str(error.get("input", "")))
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            return error_class(detail.format(value=shown))
+    return None
+
+
 def validation_error(exc: RequestValidationError) -> DomainError:
     errors = list(exc.errors())
+    missing = path_not_found(errors)
+    if missing is not None:
+        return missing
     if any(e.get("type") == "json_invalid" for e in errors):
         return InvalidJson("The request body is not valid JSON.")
     field_errors = [_field_error(e) for e in errors]
@@ -167,6 +198,9 @@ def _is_json(content_type: str | None) -> bool:
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    missing = path_not_found(list(exc.errors()))
+    if missing is not None:
+        return problem_response(request.scope, missing)
     if not _is_json(request.headers.get("content-type")):
         error = UnsupportedMediaType("Send the request body as application/json.")
         return problem_response(request.scope, error)

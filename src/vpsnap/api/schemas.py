@@ -10,7 +10,11 @@ from pydantic.alias_generators import to_camel
 
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.model import JobStatus
-from vpsnap.domain.rules import DESCRIPTION_MAX_LENGTH, SNAPSHOT_NAME_PATTERN
+from vpsnap.domain.rules import (
+    DESCRIPTION_MAX_LENGTH,
+    DESCRIPTION_PATTERN,
+    SNAPSHOT_NAME_PATTERN,
+)
 
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
 
@@ -126,7 +130,11 @@ class CreateSnapshotIn(RequestModel):
         examples=["before-upgrade"],
     )
     description: str | None = Field(
-        default=None, max_length=DESCRIPTION_MAX_LENGTH, examples=["Before package upgrade"]
+        default=None,
+        max_length=DESCRIPTION_MAX_LENGTH,
+        pattern=DESCRIPTION_PATTERN,
+        description="Up to 255 characters; tab and newline are the only control characters.",
+        examples=["Before package upgrade"],
     )
     include_memory_state: bool = Field(
         default=False, description="Also save RAM state (running VPS only)."

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Header, Request, Response
 
 from vpsnap.api.deps import CallerDep, ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import JobIdPath
 from vpsnap.api.presenters import job_out
 from vpsnap.api.problems import base_url, problem_body
 from vpsnap.api.schemas import JobOut
@@ -36,7 +37,7 @@ def requested_wait(prefer: str | None) -> int | None:
     responses=problem_responses("job_not_found"),
 )
 async def get_job(
-    job_id: str,
+    job_id: JobIdPath,
     request: Request,
     response: Response,
     principal: CallerDep,

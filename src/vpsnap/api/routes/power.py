@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends, Response
 
 from vpsnap.api.deps import RateLimitsDep, ServicesDep, require
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import VpsIdPath
 from vpsnap.api.presenters import accepted
 from vpsnap.api.schemas import OperationOut, PowerActionIn, RestartIn
 from vpsnap.domain.auth import Principal, Scope
@@ -49,7 +50,7 @@ async def _queue(
 
 def _simple_action(action: PowerAction) -> Callable[..., Awaitable[OperationOut]]:
     async def endpoint(
-        vps_id: str,
+        vps_id: VpsIdPath,
         response: Response,
         principal: PowerVm,
         services: ServicesDep,
@@ -82,7 +83,7 @@ for _action in (PowerAction.START, PowerAction.SHUTDOWN, PowerAction.STOP, Power
     responses=_ERRORS,
 )
 async def restart_vps(
-    vps_id: str,
+    vps_id: VpsIdPath,
     response: Response,
     principal: PowerVm,
     services: ServicesDep,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 
 from vpsnap.api.deps import ReadVm, ServicesDep, require
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import VpsIdPath
 from vpsnap.api.presenters import gate_out
 from vpsnap.api.schedule_schemas import (
     ScheduleActionsOut,
@@ -67,7 +68,9 @@ def schedule_state_out(view: ScheduleView) -> ScheduleStateOut:
     response_model=ScheduleStateOut,
     responses=_READ_ERRORS,
 )
-async def get_schedule(vps_id: str, principal: ReadVm, schedules: SchedulesDep) -> ScheduleStateOut:
+async def get_schedule(
+    vps_id: VpsIdPath, principal: ReadVm, schedules: SchedulesDep
+) -> ScheduleStateOut:
     """The VPS's schedule (null when it has none), its slots, and whether it can be enabled."""
     return schedule_state_out(await schedules.get(principal, vps_id))
 
@@ -79,7 +82,7 @@ async def get_schedule(vps_id: str, principal: ReadVm, schedules: SchedulesDep) 
     responses=_PUT_ERRORS,
 )
 async def put_schedule(
-    vps_id: str, body: ScheduleIn, principal: WriteVm, schedules: SchedulesDep
+    vps_id: VpsIdPath, body: ScheduleIn, principal: WriteVm, schedules: SchedulesDep
 ) -> ScheduleStateOut:
     """Create or replace the schedule. `409 snapshots_not_included` when enabling a VPS without
     snapshot slots; disabling is always allowed."""
@@ -96,7 +99,9 @@ async def put_schedule(
     response_class=Response,
     responses=_READ_ERRORS,
 )
-async def delete_schedule(vps_id: str, principal: WriteVm, schedules: SchedulesDep) -> Response:
+async def delete_schedule(
+    vps_id: VpsIdPath, principal: WriteVm, schedules: SchedulesDep
+) -> Response:
     """Remove the schedule (204 also when there was none). Its snapshots are kept and expire
     as usual; a run already queued still completes."""
     await schedules.delete(principal, vps_id)

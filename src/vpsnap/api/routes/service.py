@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from vpsnap.api.deps import ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import ErrorCodePath
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.problems import CATALOGUE
 from vpsnap.metrics import render
@@ -80,7 +81,7 @@ async def error_index() -> HTMLResponse:
     response_class=HTMLResponse,
     responses=problem_responses("not_found"),
 )
-async def error_page(code: str) -> HTMLResponse:
+async def error_page(code: ErrorCodePath) -> HTMLResponse:
     """The human explanation behind a problem's `type` URL."""
     kind = CATALOGUE.get(code)
     if kind is None:

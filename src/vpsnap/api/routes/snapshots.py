@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response
 
 from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import SnapshotNamePath, VpsIdPath
 from vpsnap.api.presenters import accepted, snapshot_list_out
 from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
@@ -32,7 +33,9 @@ _RESTORE_ERRORS = problem_responses(
 @router.get(
     "", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_LIST_ERRORS
 )
-async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) -> SnapshotListOut:
+async def list_snapshots(
+    vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep
+) -> SnapshotListOut:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
     return snapshot_list_out(await services.snapshots.listing(principal, vps_id))
 
@@ -45,7 +48,7 @@ async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) 
     responses=_CREATE_ERRORS,
 )
 async def create_snapshot(
-    vps_id: str,
+    vps_id: VpsIdPath,
     body: CreateSnapshotIn,
     response: Response,
     principal: BackupVm,
@@ -75,8 +78,8 @@ async def create_snapshot(
     responses=_DELETE_ERRORS,
 )
 async def delete_snapshot(
-    vps_id: str,
-    snapshot_id: str,
+    vps_id: VpsIdPath,
+    snapshot_id: SnapshotNamePath,
     response: Response,
     principal: BackupVm,
     services: ServicesDep,
@@ -96,8 +99,8 @@ async def delete_snapshot(
     responses=_RESTORE_ERRORS,
 )
 async def restore_snapshot(
-    vps_id: str,
-    snapshot_id: str,
+    vps_id: VpsIdPath,
+    snapshot_id: SnapshotNamePath,
     response: Response,
     principal: BackupVm,
     services: ServicesDep,
