@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from vpsnap.api.edge import presented_credential
 from vpsnap.api.ratelimit import RateLimits
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.errors import Forbidden, Unauthorized
@@ -27,18 +28,20 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 
 
-def presented_credential(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
-
-
 async def authenticated(request: Request, services: ServicesDep) -> Principal:
-    credential = presented_credential(request)
+    """The caller the edge verified (``EdgeMiddleware``: one verification per request), or
+    ``Unauthorized``."""
+    state = request.scope.get("state", {})
+    if "principal" in state:
+        principal: Principal | None = state["principal"]
+        if principal is not None:
+            return principal
+        error: Unauthorized | None = state.get("credential_error")
+        if error is not None:
+            raise error
+        credential = None
+    else:  # an app without the edge in front (never served so): verify here
+        credential = presented_credential(request.scope)
     if credential is None:
         raise Unauthorized(
             "Authentication is required: send `Authorization: Bearer <api key>` "

@@ -31,16 +31,12 @@ from vpsnap.domain.problems import error_summary
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
 
-def base_url(scope: Any, configured: str | None) -> str:
-    if configured:
-        return configured.rstrip("/")
-    scheme = scope.get("scheme", "http")
-    host = "localhost"
-    for name, value in scope.get("headers", []):
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    return f"{scheme}://{host}"
+def base_url(scope: Any) -> str:
+    """The base of a request's links, as the edge decided it (``api.trust.HostPolicy``): the
+    configured public URL, or the request's own scheme and *allowed* host. Never read from a
+    header here: without the edge's decision, links are relative."""
+    base: str = scope.get("state", {}).get("base_url", "")
+    return base
 
 
 def problem_body(
@@ -76,7 +72,7 @@ def problem_response(
         summary,
         instance=scope.get("path", ""),
         request_id=state.get("request_id", ""),
-        base=base_url(scope, state.get("public_base_url")),
+        base=base_url(scope),
     )
     return JSONResponse(
         jsonable_encoder(body),

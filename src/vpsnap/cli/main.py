@@ -70,11 +70,28 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
     data_dir: DataDirOption = None,
     demo: Annotated[bool, typer.Option("--demo", help="Create demo accounts and VPSes.")] = False,
+    proxy_headers: Annotated[
+        bool | None,
+        typer.Option(
+            "--proxy-headers/--no-proxy-headers",
+            help="Believe X-Forwarded-For/-Proto from the --forwarded-allow-ips proxies "
+            "(127.0.0.1 when none are listed); --no-proxy-headers: from nobody.",
+        ),
+    ] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            "--forwarded-allow-ips",
+            help="Comma-separated proxy addresses or networks (env VPSNAP_FORWARDED_ALLOW_IPS).",
+        ),
+    ] = None,
 ) -> None:
     """Run API, job worker and scheduler in one process (SQLite in the data dir by default)."""
     from vpsnap.cli.serve import run_server  # noqa: PLC0415 - keeps admin commands light
 
-    settings = load_settings(host=host, port=port, data_dir=data_dir)
+    settings = load_settings(
+        host=host, port=port, data_dir=data_dir, forwarded_allow_ips=forwarded_allow_ips
+    ).with_proxy_headers(proxy_headers)
     try:
         asyncio.run(run_server(settings, demo=demo))
     except DomainError as exc:

@@ -41,5 +41,8 @@ async def run_server(settings: Settings, *, demo: bool) -> None:
             log_config=None,
             access_log=False,  # the edge middleware logs every request as JSON
             lifespan="off",
+            # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies
+            # them itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
+            proxy_headers=False,
         )
         await uvicorn.Server(config).serve()

@@ -39,6 +39,13 @@ class Principal:
     scopes: frozenset[Scope]
     key_id: str | None = None
 
+    @property
+    def principal_id(self) -> str:
+        """Who is acting, as a stable id: the API key's (``key_…``). Per-caller budgets and
+        logs are keyed on this, never on a presented secret. (A dashboard session's user
+        will give its own id here, so that a key and a session are separate callers.)"""
+        return self.key_id or f"account:{self.account_id}"
+
     def has(self, scope: Scope) -> bool:
         # write:all is the vpsnap catch-all scope: it grants every other scope.
         return Scope.WRITE_ALL in self.scopes or scope in self.scopes

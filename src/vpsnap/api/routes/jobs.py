@@ -58,6 +58,6 @@ async def get_job(
             job.error,
             instance=f"/api/jobs/{job.id}",
             request_id=request.state.request_id,
-            base=base_url(request.scope, request.state.public_base_url),
+            base=base_url(request.scope),
         )
     return job_out(job, error)
