@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Column, Table
 
-from vpsnap.domain.errors import HypervisorError, NotFound
-from vpsnap.domain.model import LibvirtDomain, Resources
+from vpsnap.domain.errors import Conflict, HypervisorError, NotFound
+from vpsnap.domain.model import LibvirtDomain, Resources, Vps
 from vpsnap.services.accounts import NewVps
 
 if TYPE_CHECKING:
@@ -59,11 +59,9 @@ async def import_domains(
         driver.close()
 
     known: dict[tuple[str, str], str] = {}
-    names: set[tuple[str, str]] = set()
-    for vps, account_name in await runtime.services.accounts.list_vps():
+    for vps, _ in await runtime.services.accounts.list_vps():
         if isinstance(vps.machine, LibvirtDomain):
             known[(vps.machine.uri, vps.machine.domain.lower())] = vps.id
-        names.add((account_name, vps.name.lower()))
 
     rows: list[ImportRow] = []
     for domain in found:
@@ -72,29 +70,39 @@ async def import_domains(
             rows.append(ImportRow(domain.name, "skipped", existing, "already imported"))
             continue
         refusal = _refusal(domain)
-        if refusal is None and (account, domain.name.lower()) in names:
-            refusal = f"account {account} already has a VPS named {domain.name}"
         if refusal is not None:
             rows.append(ImportRow(domain.name, "skipped", "", refusal))
             continue
-        vps = await runtime.services.accounts.add_vps(
-            NewVps(
-                account_name=account,
-                name=domain.name,
-                disks=domain.qcow2_disks,
-                snapshot_slots=slots,
-                node=node,
-                resources=Resources(
-                    cpu_cores=domain.vcpus,
-                    memory_gb=round(domain.memory_mib / 1024, 2),
-                    storage_gb=round(domain.capacity_bytes / _GIB, 2),
-                ),
-                # The UUID, not the name: a renamed domain stays the same VPS.
-                machine=LibvirtDomain(uri=uri, domain=domain.uuid),
-            )
-        )
+        try:
+            vps = await _register(runtime, domain, uri=uri, account=account, slots=slots, node=node)
+        except Conflict as exc:
+            # The service's checks, as for `vps add`: the name is taken in the account, or a
+            # disk already belongs to a VPS (any account) or is given twice.
+            rows.append(ImportRow(domain.name, "skipped", "", exc.detail))
+            continue
         rows.append(ImportRow(domain.name, "imported", vps.id, "\n".join(domain.qcow2_disks)))
     return rows
+
+
+async def _register(
+    runtime: Runtime, domain: DomainDescription, *, uri: str, account: str, slots: int, node: str
+) -> Vps:
+    return await runtime.services.accounts.add_vps(
+        NewVps(
+            account_name=account,
+            name=domain.name,
+            disks=domain.qcow2_disks,
+            snapshot_slots=slots,
+            node=node,
+            resources=Resources(
+                cpu_cores=domain.vcpus,
+                memory_gb=round(domain.memory_mib / 1024, 2),
+                storage_gb=round(domain.capacity_bytes / _GIB, 2),
+            ),
+            # The UUID, not the name: a renamed domain stays the same VPS.
+            machine=LibvirtDomain(uri=uri, domain=domain.uuid),
+        )
+    )
 
 
 def _refusal(domain: DomainDescription) -> str | None:

@@ -6,11 +6,13 @@ the job handlers depend only on the protocols.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from vpsnap.domain.disks import DiskFile, DiskOwner
 from vpsnap.domain.idempotency import IdempotencyRecord
 from vpsnap.domain.model import (
     Account,
@@ -128,7 +130,8 @@ class Transaction(Protocol):
     async def revoke_api_key(self, key_id: str, at: datetime) -> bool: ...
 
     # inventory
-    async def add_vps(self, vps: Vps) -> None: ...
+    async def add_vps(self, vps: Vps, disk_files: Sequence[DiskFile] | None = None) -> None: ...
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]: ...
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None: ...
     async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None: ...
     async def list_vps(

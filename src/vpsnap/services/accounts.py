@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import NotFound
+from vpsnap.domain.disks import DiskFile, DiskOwner, repeated
+from vpsnap.domain.errors import DiskAlreadyRegistered, NotFound
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import (
     Account,
@@ -34,6 +38,35 @@ class NewVps:
     machine: Machine | None = None
 
 
+async def identify_disks(paths: Sequence[str]) -> tuple[DiskFile, ...]:
+    """Each disk as the store compares it: its real path (symlinks and ``..`` resolved,
+    relative paths taken from the current directory) and, when the file exists here, its
+    device and inode, which also unmask a hard link. A file that cannot be read here (a
+    remote libvirt host's disk, the fake driver's) is compared by its real path alone."""
+
+    def identify(path: str) -> DiskFile:
+        real = Path(path).resolve()
+        try:
+            info = real.stat()
+        except OSError:
+            return DiskFile(str(real))
+        return DiskFile(str(real), f"{info.st_dev}:{info.st_ino}")
+
+    return tuple(await asyncio.to_thread(lambda: [identify(p) for p in paths]))
+
+
+def _owned_detail(new: NewVps, files: Sequence[DiskFile], owner: DiskOwner) -> str:
+    given = next(
+        (p for p, f in zip(new.disks, files, strict=True) if f.same_file(owner.disk)),
+        owner.disk.path,
+    )
+    alias = "" if owner.disk.path == str(Path(given).resolve()) else f" (as {owner.disk.path})"
+    return (
+        f"disk {given} already belongs to VPS {owner.vps_name} ({owner.vps_id}) of account "
+        f"{owner.account_name}{alias}: one disk file belongs to one VPS"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class AccountService:
     store: Store
@@ -51,10 +84,28 @@ class AccountService:
         return existing or await self.create_account(name)
 
     async def add_vps(self, new: NewVps) -> Vps:
+        """Register a VPS; every command that registers disks comes through here.
+
+        Raises ``NotFound`` for an unknown account, ``Conflict`` for a taken name, and
+        ``DiskAlreadyRegistered`` when a disk file is given twice or already belongs to a VPS
+        on the node, whatever the account (compared by real path and by device and inode,
+        ``identify_disks``); its detail names that VPS, for the operator.
+        """
+        files = await identify_disks(new.disks)
+        twice = repeated(zip(new.disks, files, strict=True))
+        if twice is not None:
+            first, second = twice
+            same = "" if first == second else f" ({second} is the same file as {first})"
+            raise DiskAlreadyRegistered(
+                f"disk {first} is given twice{same}: a VPS has each disk file once"
+            )
         async with self.store.transaction() as tx:
             account = await tx.find_account_by_name(new.account_name)
             if account is None:
                 raise NotFound(f"No account named {new.account_name!r}.")
+            owners = await tx.disk_owners(new.node, files)
+            if owners:
+                raise DiskAlreadyRegistered(_owned_detail(new, files, owners[0]))
             vps = Vps(
                 id=new_id("vps"),
                 account_id=account.id,
@@ -70,7 +121,7 @@ class AccountService:
                 billing=new.billing,
                 machine=new.machine,
             )
-            await tx.add_vps(vps)
+            await tx.add_vps(vps, files)
         return vps
 
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from vpsnap.domain.errors import Conflict, IdempotencyKeyInUse, SnapshotNameTaken
+from vpsnap.domain.disks import DiskFile, DiskOwner
+from vpsnap.domain.errors import (
+    Conflict,
+    DiskAlreadyRegistered,
+    IdempotencyKeyInUse,
+    SnapshotNameTaken,
+)
 from vpsnap.domain.idempotency import IdempotencyRecord, IdempotencyState
 from vpsnap.domain.model import (
     Account,
@@ -43,6 +49,7 @@ from vpsnap.store.tables import (
     snapshot_schedules,
     snapshots,
     vps,
+    vps_disks,
 )
 
 Row = Mapping[str, Any]
@@ -380,11 +387,70 @@ class SqlTransaction:
 
     # inventory --------------------------------------------------------------------------------
 
-    async def add_vps(self, vps_item: Vps) -> None:
+    async def add_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
+        """Insert the VPS and index its disks (``vps_disks``); ``disk_files`` are the disks as
+        the service identified them, in ``vps.disks`` order (default: the paths as given).
+        Raises ``Conflict`` for a taken name, ``DiskAlreadyRegistered`` when the store already
+        holds one of the disk files (a caller that skipped the service's check, or a race)."""
+        files = (
+            list(disk_files) if disk_files is not None else [DiskFile(d) for d in vps_item.disks]
+        )
+        if len(files) != len(vps_item.disks):
+            raise ValueError("one DiskFile per disk of the VPS")
         try:
             await self.conn.execute(vps.insert(), _vps_values(vps_item))
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+        if not files:
+            return
+        try:
+            await self.conn.execute(
+                vps_disks.insert(),
+                [
+                    {
+                        "vps_id": vps_item.id,
+                        "position": position,
+                        "node": vps_item.node,
+                        "path": file.path,
+                        "path_key": file.path_key,
+                        "file_id": file.file_id,
+                    }
+                    for position, file in enumerate(files)
+                ],
+            )
+        except IntegrityError as exc:
+            raise DiskAlreadyRegistered(
+                f"a disk of {vps_item.name!r} is already registered to a VPS "
+                f"({', '.join(vps_item.disks)})"
+            ) from exc
+
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]:
+        """The registered disks of ``node`` that are one of ``files`` (same real path, or same
+        device and inode), with the VPS and account they belong to."""
+        if not files:
+            return []
+        keys = [f.path_key for f in files]
+        file_ids = [f.file_id for f in files if f.file_id is not None]
+        matches: sa.ColumnElement[bool] = vps_disks.c.path_key.in_(keys)
+        if file_ids:
+            matches = sa.or_(matches, vps_disks.c.file_id.in_(file_ids))
+        query = (
+            sa.select(
+                vps_disks.c.path,
+                vps_disks.c.file_id,
+                vps.c.id,
+                vps.c.name,
+                accounts.c.name.label("account_name"),
+            )
+            .join(vps, vps.c.id == vps_disks.c.vps_id)
+            .join(accounts, accounts.c.id == vps.c.account_id)
+            .where(vps_disks.c.node == node, matches)
+            .order_by(vps_disks.c.vps_id, vps_disks.c.position)
+        )
+        return [
+            DiskOwner(DiskFile(r["path"], r["file_id"]), r["id"], r["name"], r["account_name"])
+            for r in await self._all(query)
+        ]
 
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
         row = await self._one(_GET_VPS_LOCKED if lock else _GET_VPS, {"b_id": vps_id})
