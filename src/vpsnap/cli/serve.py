@@ -12,17 +12,20 @@ from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
 
 
-def _print_welcome(settings: Settings, tokens: dict[str, str]) -> None:
+def _print_welcome(settings: Settings) -> None:
+    # The keys stay in their 0600 file: this output is the server's log, and logs travel
+    # (journals, collectors) where key material must not (docs/api.md, Authentication).
     url = f"http://{settings.host}:{settings.port}"
+    tokens = (settings.data_dir / "demo-tokens.json").resolve()
     console = Console(stderr=True)
     console.print(f"\n[bold]vpsnap demo[/bold] at {url}  (API docs: {url}/docs)")
-    console.print(f"keys are in {settings.data_dir / 'demo-tokens.json'}")
-    console.print(f"demo key (write:all): {tokens['full']}\n")
+    console.print(f"keys are in {tokens} (full = write:all, readonly, other)\n")
     console.print("Try it:")
     console.print(
-        f"  curl -s -H 'Authorization: Bearer {tokens['full']}' {url}/api/v2/vps\n",
+        f"""  KEY=$(python3 -c "import json;print(json.load(open('{tokens}'))['full'])")""",
         soft_wrap=True,
     )
+    console.print(f'  curl -s -H "Authorization: Bearer $KEY" {url}/api/v2/vps\n', soft_wrap=True)
 
 
 async def run_server(settings: Settings, *, demo: bool) -> None:
@@ -30,9 +33,9 @@ async def run_server(settings: Settings, *, demo: bool) -> None:
     runtime = Runtime.build(settings)
     async with runtime.embedded():
         if demo:
-            tokens = await seed_demo(runtime, qemu_img_for(settings))
+            await seed_demo(runtime, qemu_img_for(settings))
             await start_demo_vm(runtime)
-            _print_welcome(settings, tokens)
+            _print_welcome(settings)
         app = create_app(runtime.services, settings)
         config = uvicorn.Config(
             app,
