@@ -166,6 +166,7 @@ def test_concurrent_clients_get_no_5xx_and_the_invariants_hold(tmp_path: Path) -
             "VPSNAP_LOG_LEVEL": "info",
             "VPSNAP_DEMO_VM": "false",  # a managed VM would outlive the test
             "VPSNAP_RATE_LIMIT_PER_KEY": "1000000/minute",
+            "VPSNAP_RATE_LIMIT_PER_IP": "1000000/minute",
             "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "1000000/minute",
         },
     )
