@@ -197,7 +197,7 @@ async def test_inactive_service_is_vps_not_ready(api: Api) -> None:
         NewVps(
             account_name="demo",
             name="suspended-one",
-            disks=(str(api.disk("demo-web")),),
+            disks=(str(api.disk("suspended-one")),),  # its own (no job ever opens it)
             snapshot_slots=2,
             service_status=ServiceStatus.SUSPENDED,
         )
