@@ -125,6 +125,8 @@ def api_settings(data_dir: Path, **overrides: object) -> Settings:
         "rate_limit_snapshot_mutations_per_vps": "100000/minute",
         "job_lease_seconds": 5.0,
         **CHEAP_PASSWORD_HASHES,
+        # httpx's ASGI client sends `Host: testserver` (base_url below).
+        "allowed_hosts": ["testserver"],
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -141,6 +141,7 @@ class LiveServer(ServerProcess):
             "VPSNAP_LOG_LEVEL": "warning",
             "VPSNAP_QEMU_IMG": str(wrapper),
             "VPSNAP_RATE_LIMIT_PER_KEY": "100000/minute",
+            "VPSNAP_RATE_LIMIT_PER_IP": "100000/minute",
             "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "100000/minute",
             # No demo VM: it would outlive the server (managed VMs do) and every test run.
             "VPSNAP_DEMO_VM": "false",

@@ -29,7 +29,7 @@ from vpsnap.domain.capacity import (
     SlotOption,
     is_currency_code,
 )
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import CapacityConfigError
 
 # Far above any real price, and small enough that cent arithmetic stays exact.
 MAX_AMOUNT = Decimal("999999999.99")
@@ -40,13 +40,6 @@ _TOP_KEYS = frozenset({"defaultSnapshotSlots", "snapshotSlots", "plans"})
 _OPTION_KEYS = frozenset({"label", "min", "max", "step", "unitPrice"})
 _PRICE_KEYS = frozenset({"amount", "currencyCode", "billingCycle"})
 _PLAN_KEYS = frozenset({"id", "name", "price", "snapshotSlots"})
-
-
-class CapacityConfigError(DomainError):
-    """The capacity file is missing, not TOML, or not a valid configuration.
-
-    A ``DomainError`` (like ``DataDirInUse``) so that the CLI prints it and exits cleanly.
-    """
 
 
 def load_capacity_config(path: Path | None) -> CapacityConfig:

@@ -34,6 +34,7 @@ from vpsnap.domain.model import (
 )
 from vpsnap.domain.users import Role
 from vpsnap.drivers.qemu_img import QemuImg
+from vpsnap.private_files import private_dir, private_file, write_private
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
 
@@ -72,9 +73,13 @@ DEMO_VPSES = (
 
 
 async def _ensure_disk(qemu_img: QemuImg, path: Path, disk_bytes: int, data_bytes: int) -> None:
-    if path.exists():  # noqa: ASYNC240 - one stat of a local file, at start-up only
+    # A tenant's disk: 0600 in a 0700 directory. qemu-img keeps the mode of a file that exists,
+    # so the file is made here first (private_files.py).
+    existed = path.exists()  # noqa: ASYNC240 - one stat of a local file, at start-up only
+    private_dir(path.parent)
+    private_file(path)
+    if existed:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
     await qemu_img.create_image(path, disk_bytes)
     # Some data, so that snapshots and restores have something to keep and roll back.
     await qemu_img.write_pattern(path, 0, data_bytes, DEMO_PATTERN)
@@ -166,8 +171,7 @@ async def seed_demo(
         else:
             result[label] = (await runtime.services.credentials.issue(account, scopes)).secret
     result["users"] = await _seed_users(runtime, tokens.get("users"))
-    tokens_path.write_text(json.dumps(result, indent=2) + "\n")
-    tokens_path.chmod(0o600)
+    write_private(tokens_path, (json.dumps(result, indent=2) + "\n").encode())
     return result
 
 

@@ -45,6 +45,11 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
     root.setLevel(numeric)
     # Alembic narrates every migration step at INFO; only its warnings matter in the server log.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
+    # Database libraries log every statement with its parameters (API key hashes, tenants'
+    # data): aiosqlite at DEBUG, SQLAlchemy's engine at INFO. Key material never goes to the
+    # log, whatever the level (docs/api.md, "Authentication").
+    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
+    logging.getLogger("sqlalchemy.engine").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             *_SHARED,

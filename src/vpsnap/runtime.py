@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import IO
 
 from argon2 import PasswordHasher
@@ -17,7 +18,7 @@ from argon2 import PasswordHasher
 from vpsnap.billing.webhook import billing_gateway
 from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import DataDirInUse
 from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.domain.users import SessionPolicy
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
@@ -26,6 +27,7 @@ from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.jobs.signals import InProcessJobEvents
 from vpsnap.jobs.worker import Worker
+from vpsnap.private_files import private_dir, private_file
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
 from vpsnap.scheduler.reaper import requeue_orphans
 from vpsnap.scheduler.reconcile import reconcile
@@ -47,10 +49,6 @@ from vpsnap.services.users import UserService
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
 from vpsnap.store.sql import SqlStore
-
-
-class DataDirInUse(DomainError):
-    code = "conflict"
 
 
 def qemu_img_for(settings: Settings) -> QemuImg:
@@ -147,9 +145,21 @@ class Runtime:
         return cls(settings, store, driver, events, clock, services)
 
     async def prepare(self) -> None:
-        """Create the data dir and bring the database schema up to date."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data dir (0700) and bring the database schema up to date; a SQLite
+        database is created 0600 before SQLite opens it (its -wal and -shm take its mode)."""
+        await asyncio.to_thread(self._private_files)
         await migrate.upgrade(self.store.engine)
+
+    def _private_files(self) -> None:
+        private_dir(self.settings.data_dir)
+        url = self.store.engine.url
+        database = url.database
+        if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+            path = Path(database)
+            private_dir(path.parent)
+            private_file(path)
+            for suffix in ("-wal", "-shm", "-journal"):
+                private_file(path.with_name(path.name + suffix), create=False)
 
     def claim_data_dir(self) -> None:
         """Hold an exclusive lock on the data dir for the life of this embedded server.
@@ -158,6 +168,7 @@ class Runtime:
         lock held, any job still in progress at start-up is known to be orphaned.
         """
         path = self.settings.data_dir / "vpsnap.lock"
+        private_file(path)
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -120,6 +121,41 @@ class Settings(BaseSettings):
     login_failures_per_account: str = Field(
         default="5/15minutes", description="Failed sign-ins allowed per email address"
     )
+
+    # -- the edge: who is calling, from where, for which host (issue 9, kinds 7 and 13) -----
+    rate_limit_per_ip: str = Field(
+        default="600/minute",
+        description="Requests without a valid credential, per client address (docs/api.md)",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served (comma-separated; `*.example.com`, `*`); default: "
+        "127.0.0.1, localhost, ::1, the listen host and the public base URL's host",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxy addresses or networks whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated); default none",
+    )
+
+    def with_proxy_headers(self, enabled: bool | None) -> Settings:
+        """These settings with ``vpsnap serve --proxy-headers/--no-proxy-headers`` applied, as
+        uvicorn's flags mean them: on without a list trusts a proxy on this host (127.0.0.1);
+        off trusts nobody, whatever the list says; None changes nothing."""
+        if enabled is None:
+            return self
+        if not enabled:
+            return self.model_copy(update={"forwarded_allow_ips": []})
+        return self.model_copy(
+            update={"forwarded_allow_ips": self.forwarded_allow_ips or ["127.0.0.1"]}
+        )
+
+    @field_validator("allowed_hosts", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -39,6 +39,7 @@ class World:
     driver: FakeDriver
     account: Account
     principal: Principal
+    default_disks: int = 0
 
     @property
     def store(self) -> SqlStore:
@@ -53,11 +54,19 @@ class World:
         name: str = "web",
         *,
         slots: int = 3,
-        disks: tuple[str, ...] = DISKS,
+        disks: tuple[str, ...] | None = None,
         status: ServiceStatus = ServiceStatus.ACTIVE,
         account_name: str | None = None,
         machine: Machine | None = None,
     ) -> Vps:
+        if disks is None:
+            # One disk file belongs to one VPS: the first VPS gets DISKS, later ones their own.
+            self.default_disks += 1
+            disks = (
+                DISKS
+                if self.default_disks == 1
+                else tuple(d.replace("/fake/", f"/fake/{self.default_disks}/") for d in DISKS)
+            )
         return await self.runtime.services.accounts.add_vps(
             NewVps(
                 account_name=account_name or self.account.name,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from vpsnap import __version__, dashboard
 from vpsnap.api.docs import install_docs
@@ -17,6 +18,7 @@ from vpsnap.api.problems import (
 )
 from vpsnap.api.ratelimit import RateLimits
 from vpsnap.api.routes import capacity, jobs, power, schedules, service, snapshots, vps
+from vpsnap.api.trust import HostPolicy
 from vpsnap.dashboard.web import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
@@ -45,6 +47,7 @@ def create_app(
         settings.rate_limit_storage,
         settings.rate_limit_per_key,
         settings.rate_limit_snapshot_mutations_per_vps,
+        settings.rate_limit_per_ip,
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
@@ -58,8 +61,14 @@ def create_app(
         EdgeMiddleware,
         rate_limits=app.state.rate_limits,
         max_body_bytes=settings.max_body_bytes,
-        public_base_url=settings.public_base_url,
+        hosts=HostPolicy.from_settings(settings),
+        credentials=services.credentials,
+        sessions=services.sessions,
     )
+    if settings.forwarded_allow_ips:
+        # Outermost: the edge sees the client a listed proxy names, never one a client claims
+        # (uvicorn's own handling is off, see cli/serve.py, so this is the only place).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     for module in (vps, snapshots, schedules, capacity, power, jobs, service):
         app.include_router(module.router)
     install_docs(app)

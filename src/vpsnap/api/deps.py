@@ -7,13 +7,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from vpsnap.api.edge import SESSION_CONTEXT, presented_credential, presented_session_cookie
 from vpsnap.api.problems import base_url
 from vpsnap.api.ratelimit import RateLimits
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.errors import CsrfFailed, Forbidden, Unauthorized
 from vpsnap.services.container import Services
 from vpsnap.services.sessions import (
-    COOKIE_NAME,
     CSRF_HEADER,
     csrf_token_matches,
     from_same_origin,
@@ -38,25 +38,15 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 
 
-def presented_credential(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
-
-
 def presented_session(request: Request) -> str | None:
     """The ``hostup_session`` cookie's value, if the request carries one."""
-    token = request.cookies.get(COOKIE_NAME)
-    return token or None
+    return presented_session_cookie(request.scope)
 
 
 def own_origin(request: Request) -> str:
-    """The origin our pages are served from: the public base URL, else the request's own."""
-    return base_url(request.scope, getattr(request.state, "public_base_url", None))
+    """The origin our pages are served from: the public base URL, else the allowed Host the
+    request came to (``api.trust``)."""
+    return base_url(request.scope)
 
 
 def check_cookie_csrf(request: Request, session_token: str) -> None:
@@ -87,24 +77,38 @@ async def authenticated(request: Request, services: ServicesDep) -> Principal:
     """The caller: an API key (``Authorization: Bearer`` / ``X-API-Key``) when one is sent,
     else the dashboard session cookie with its role's scopes (and the CSRF check on changes).
 
-    The principal is also left in ``request.state.principal``.
+    The edge (``EdgeMiddleware``) has verified the credential already, once per request, to
+    count the request against the right budget; this reads its verdict. An app without the
+    edge in front (never served so) verifies here. The principal is also left in
+    ``request.state.principal``.
     """
-    credential = presented_credential(request)
-    if credential is not None:
-        principal = await services.credentials.authenticate(credential)
+    state = request.scope.get("state", {})
+    if "principal" in state:
+        principal: Principal | None = state["principal"]
+        error: Unauthorized | None = state.get("credential_error")
+        if principal is None:
+            raise error or Unauthorized(_NO_CREDENTIAL)
+        token = presented_session(request) if state.get(SESSION_CONTEXT) is not None else None
     else:
-        token = presented_session(request)
-        if token is None:
-            raise Unauthorized(
-                "Authentication is required: send `Authorization: Bearer <api key>` "
-                "or `X-API-Key: <api key>`, or sign in to the dashboard."
-            )
-        context = await services.sessions.authenticate(token)
-        if request.method in UNSAFE_METHODS:
-            check_cookie_csrf(request, token)
-        principal = context.principal
+        credential = presented_credential(request.scope)
+        token = None
+        if credential is not None:
+            principal = await services.credentials.authenticate(credential)
+        else:
+            token = presented_session(request)
+            if token is None:
+                raise Unauthorized(_NO_CREDENTIAL)
+            principal = (await services.sessions.authenticate(token)).principal
+    if token is not None and request.method in UNSAFE_METHODS:
+        check_cookie_csrf(request, token)
     request.state.principal = principal
     return principal
+
+
+_NO_CREDENTIAL = (
+    "Authentication is required: send `Authorization: Bearer <api key>` or "
+    "`X-API-Key: <api key>`, or sign in to the dashboard."
+)
 
 
 CallerDep = Annotated[Principal, Depends(authenticated)]

@@ -10,7 +10,11 @@ from pydantic.alias_generators import to_camel
 
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.model import JobStatus
-from vpsnap.domain.rules import DESCRIPTION_MAX_LENGTH, SNAPSHOT_NAME_PATTERN
+from vpsnap.domain.rules import (
+    DESCRIPTION_MAX_LENGTH,
+    DESCRIPTION_PATTERN,
+    SNAPSHOT_NAME_PATTERN,
+)
 
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
 
@@ -20,8 +24,19 @@ class ApiModel(BaseModel):
 
 
 class RequestModel(ApiModel):
-    # A typo in a field name must never silently do something else.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+    """The base of every request body.
+
+    A typo must never silently do something else (contract section 1): unknown fields are
+    refused (``extra="forbid"``), and values are parsed strictly: each field takes the JSON type
+    it documents and nothing else (``"yes"``, ``"true"`` or ``1`` are not booleans, ``"3"`` or
+    ``3.0`` not integers, ``6`` is not a string). The one widening JSON itself makes is kept:
+    an integer is a valid number for a float field (``"intervalHours": 6``). No field needs lax
+    parsing; one that ever does says so with ``Field(strict=False)`` and a comment.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", strict=True
+    )
 
 
 # -- inventory ----------------------------------------------------------------------------------
@@ -115,7 +130,11 @@ class CreateSnapshotIn(RequestModel):
         examples=["before-upgrade"],
     )
     description: str | None = Field(
-        default=None, max_length=DESCRIPTION_MAX_LENGTH, examples=["Before package upgrade"]
+        default=None,
+        max_length=DESCRIPTION_MAX_LENGTH,
+        pattern=DESCRIPTION_PATTERN,
+        description="Up to 255 characters; tab and newline are the only control characters.",
+        examples=["Before package upgrade"],
     )
     include_memory_state: bool = Field(
         default=False, description="Also save RAM state (running VPS only)."

@@ -22,13 +22,12 @@ from vpsnap.domain.capacity import (
     SLOTS_CHANGE_ABORTED_EVENT,
     SLOTS_CHANGED_EVENT,
     BillingGateway,
-    BillingUnavailable,
     PriceChange,
     SlotChange,
     format_amount,
 )
 from vpsnap.domain.clock import Clock, SystemClock, format_timestamp
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import BillingConfigError, BillingUnavailable
 from vpsnap.settings import Settings
 
 log = structlog.get_logger("vpsnap.billing")
@@ -37,13 +36,6 @@ SIGNATURE_HEADER = "X-Vpsnap-Signature"
 TIMESTAMP_HEADER = "X-Vpsnap-Timestamp"
 DELIVERY_HEADER = "X-Vpsnap-Delivery"
 EVENT_HEADER = "X-Vpsnap-Event"
-
-
-class BillingConfigError(DomainError):
-    """The billing webhook settings cannot work (no secret, not an http(s) URL, bad timeout).
-
-    A ``DomainError`` (like ``DataDirInUse``) so that the CLI prints it and exits cleanly.
-    """
 
 
 def sign(secret: str, body: bytes) -> str:

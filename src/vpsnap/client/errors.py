@@ -5,6 +5,7 @@
     ├── ConnectionFailed           no answer after the retries (__cause__: the httpx error)
     ├── UnexpectedResponse         an answer the SDK cannot read (not vpsnap, a proxy page)
     ├── InvalidRequest             400: invalid_request (field_errors), invalid_json, invalid_cursor
+    │   ├── HostNotAllowed         400: the server does not serve the URL's host name
     │   └── IdempotencyKeyReused   422
     ├── AmbiguousVps               a name or IP that matches more than one VPS
     ├── Unauthorized               401
@@ -14,6 +15,9 @@
     │   ├── VpsNotFound
     │   ├── SnapshotNotFound
     │   └── JobNotFound
+    ├── MethodNotAllowed           405
+    ├── PayloadTooLarge            413
+    ├── UnsupportedMediaType       415
     ├── Conflict                   409 conflict
     │   ├── SnapshotNameTaken
     │   ├── SnapshotsNotIncluded
@@ -33,6 +37,10 @@
 
 Unknown codes map by status: 400 InvalidRequest, 401, 403, 404 NotFound, 409 Conflict, 429,
 5xx ServerError, anything else VpsnapError. Branch on classes or ``code``, never on ``detail``.
+
+The server's error catalogue (its ``/errors`` pages) is the source of the codes; this module
+keeps its own mapping so that the SDK imports nothing of the server, and a parity test
+(tests/api/test_error_catalogue.py) fails when a server code has no exception here.
 """
 
 from __future__ import annotations
@@ -105,6 +113,24 @@ class InvalidRequest(VpsnapError):
 
 class IdempotencyKeyReused(InvalidRequest):
     code = "idempotency_key_reused"
+
+
+class HostNotAllowed(InvalidRequest):
+    """The server refused the URL's host name (its operator lists the names it serves)."""
+
+    code = "host_not_allowed"
+
+
+class MethodNotAllowed(VpsnapError):
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(VpsnapError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(VpsnapError):
+    code = "unsupported_media_type"
 
 
 class AmbiguousVps(VpsnapError):
@@ -264,6 +290,10 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
     for cls in (
         InvalidRequest,
         IdempotencyKeyReused,
+        HostNotAllowed,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
         Unauthorized,
         Forbidden,
         CsrfFailed,
@@ -293,7 +323,10 @@ _BY_STATUS: dict[int, type[VpsnapError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    405: MethodNotAllowed,
     409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
     422: InvalidRequest,
     429: RateLimited,
 }

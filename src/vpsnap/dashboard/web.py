@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
 from vpsnap.api.deps import get_services, own_origin
+from vpsnap.api.edge import SESSION_CONTEXT
 from vpsnap.domain.auth import Scope
 from vpsnap.domain.clock import SystemClock, format_timestamp
 from vpsnap.domain.errors import CsrfFailed, DomainError, Forbidden, Unauthorized
@@ -122,8 +123,10 @@ async def signed_in(request: Request) -> Page:
     token = request.cookies.get(COOKIE_NAME)
     if not token:
         raise LoginRequired(ended=False)
+    # The edge verified the cookie already (to count the request against the user): reuse it.
+    verified = request.scope.get("state", {}).get(SESSION_CONTEXT)
     try:
-        context = await services.sessions.authenticate(token)
+        context = verified or await services.sessions.authenticate(token)
     except SessionEnded:
         raise LoginRequired(ended=True) from None
     request.state.principal = context.principal

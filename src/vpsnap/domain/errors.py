@@ -1,25 +1,50 @@
 """The one error vocabulary of vpsnap.
 
-Every failure a user can meet is a ``DomainError`` with a stable ``code``; the API turns it into
-problem+json (status and title come from ``vpsnap.api.problems``), the SDK rebuilds it from
-``code``. Codes are never renamed once released.
+Every failure a user can meet is a ``DomainError`` whose ``code`` is an entry of the error
+catalogue (``vpsnap.domain.problems.CATALOGUE``: status, title, retryable, page text); the API
+turns it into problem+json, the SDK rebuilds it from ``code``. A subclass whose code is not in
+the catalogue cannot be defined (``__init_subclass__`` refuses it at import). Codes are never
+renamed once released.
 
-    DomainError
+    DomainError                 (internal_error)
     ├── InvalidRequest          (invalid_request, with field errors)
     ├── InvalidCursor
+    ├── InvalidJson
+    ├── HostNotAllowed
     ├── Unauthorized
     ├── Forbidden               (extensions.requiredScopes)
     │   └── CsrfFailed          (csrf_failed: a cookie request not from our own pages)
-    ├── NotFound                (vps_not_found, snapshot_not_found, job_not_found)
-    ├── Conflict                (snapshot_name_taken, snapshot_limit_reached, ...)
+    ├── NotFound                (not_found)
+    │   ├── VpsNotFound
+    │   ├── SnapshotNotFound
+    │   └── JobNotFound
+    ├── MethodNotAllowed
+    ├── Conflict                (conflict)
+    │   ├── SnapshotNameTaken, SnapshotsNotIncluded, SnapshotLimitReached, SnapshotBusy,
+    │   │   VpsNotReady, SnapshotSlotsInUse, IdempotencyKeyInUse
+    │   ├── DiskAlreadyRegistered   (operator: a disk file already belongs to a VPS)
+    │   └── DataDirInUse            (operator: another server holds the data dir)
+    ├── IdempotencyKeyReused
+    ├── PayloadTooLarge
+    ├── UnsupportedMediaType
+    ├── RateLimited             (extensions.retryAfter)
     ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
-    └── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
+    ├── BillingUnavailable
+    ├── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
+    └── ConfigurationError      (operator: settings or files that cannot work; CLI only)
+        ├── BillingConfigError
+        └── CapacityConfigError
+
+The operator errors are raised by ``vpsnap admin``/``serve`` and printed by the CLI; they reuse
+generic codes so that they would answer sensibly should one ever reach HTTP.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from vpsnap.domain.problems import CATALOGUE, ProblemKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +56,14 @@ class FieldError:
 
 class DomainError(Exception):
     code: str = "internal_error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.code not in CATALOGUE:
+            raise TypeError(
+                f"{cls.__qualname__}.code = {cls.code!r} is not in the error catalogue: add it "
+                "to CATALOGUE in vpsnap/domain/problems.py (see the steps at its top)"
+            )
 
     def __init__(
         self,
@@ -45,6 +78,16 @@ class DomainError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def kind(self) -> ProblemKind:
+        """This error's catalogue entry (``internal_error``'s for a code it does not have)."""
+        return CATALOGUE.get(self.code, CATALOGUE["internal_error"])
+
+    @property
+    def field_errors(self) -> tuple[FieldError, ...] | None:
+        """The per-field errors of an ``invalid_request``; None for other codes."""
+        return None
+
 
 class InvalidRequest(DomainError):
     code = "invalid_request"
@@ -53,9 +96,21 @@ class InvalidRequest(DomainError):
         super().__init__(detail)
         self.errors = errors
 
+    @property
+    def field_errors(self) -> tuple[FieldError, ...]:
+        return tuple(self.errors)
+
 
 class InvalidCursor(DomainError):
     code = "invalid_cursor"
+
+
+class InvalidJson(DomainError):
+    code = "invalid_json"
+
+
+class HostNotAllowed(DomainError):
+    code = "host_not_allowed"
 
 
 class Unauthorized(DomainError):
@@ -87,6 +142,10 @@ class SnapshotNotFound(NotFound):
 
 class JobNotFound(NotFound):
     code = "job_not_found"
+
+
+class MethodNotAllowed(DomainError):
+    code = "method_not_allowed"
 
 
 class Conflict(DomainError):
@@ -131,7 +190,55 @@ class VpsQueueFull(DomainError):
     code = "vps_queue_full"
 
 
+class PayloadTooLarge(DomainError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(DomainError):
+    code = "unsupported_media_type"
+
+
+class RateLimited(DomainError):
+    """A rate limit is used up; ``retry_after`` is in whole seconds (≥ 1)."""
+
+    code = "rate_limited"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail, extensions={"retryAfter": retry_after})
+        self.retry_after = retry_after
+
+
+class BillingUnavailable(DomainError):
+    """The billing system did not confirm a capacity change; nothing was applied."""
+
+    code = "billing_unavailable"
+
+
 class HypervisorError(DomainError):
     """The hypervisor could not do what was asked (a tool failed, a socket is gone)."""
 
     code = "hypervisor_unavailable"
+
+
+# -- operator errors (CLI) -------------------------------------------------------------------
+
+
+class DiskAlreadyRegistered(Conflict):
+    """A disk file given to ``vps add``/``import-libvirt`` already belongs to a VPS (or is
+    given twice). Its detail names the other VPS: it is only ever shown to the operator."""
+
+
+class DataDirInUse(Conflict):
+    """Another vpsnap server holds the data dir's lock."""
+
+
+class ConfigurationError(DomainError):
+    """Settings or an operator's file that cannot work; raised at start-up, printed by the CLI."""
+
+
+class BillingConfigError(ConfigurationError):
+    """The billing webhook settings cannot work (no secret, not an http(s) URL, bad timeout)."""
+
+
+class CapacityConfigError(ConfigurationError):
+    """The capacity file is missing, not TOML, or not a valid configuration."""

@@ -6,12 +6,13 @@ the job handlers depend only on the protocols.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from vpsnap.domain.disks import DiskFile, DiskOwner
 from vpsnap.domain.idempotency import IdempotencyRecord
 from vpsnap.domain.model import (
     Account,
@@ -198,16 +199,19 @@ class Transaction(Protocol):
         ...
 
     # inventory
-    async def add_vps(self, vps: Vps) -> None: ...
+    async def add_vps(self, vps: Vps, disk_files: Sequence[DiskFile] | None = None) -> None: ...
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]: ...
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None: ...
     async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None: ...
     async def list_vps(
         self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
     ) -> list[Vps]: ...
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None: ...
-    async def update_vps(self, vps: Vps) -> None:
+    async def update_vps(self, vps: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
         """Write the operator-editable fields (name, node, disks, slots, primary IP, machine)
-        of ``vps``; ``Conflict`` when the new name is taken in the account."""
+        of ``vps``; ``Conflict`` when the new name is taken in the account. ``disk_files``
+        re-index its disks (after a change of disks or node; ``DiskAlreadyRegistered`` when
+        another VPS of the node holds one)."""
         ...
 
     async def remove_vps(self, vps_id: str) -> None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vpsnap.domain.clock import Clock
+from vpsnap.domain.disks import DiskFile, DiskOwner, repeated
 from vpsnap.domain.errors import (
     Conflict,
+    DiskAlreadyRegistered,
     FieldError,
     InvalidRequest,
     NotFound,
@@ -47,6 +50,35 @@ class NewVps:
     billing: Billing | None = None
     service_status: ServiceStatus = ServiceStatus.ACTIVE
     machine: Machine | None = None
+
+
+async def identify_disks(paths: Sequence[str]) -> tuple[DiskFile, ...]:
+    """Each disk as the store compares it: its real path (symlinks and ``..`` resolved,
+    relative paths taken from the current directory) and, when the file exists here, its
+    device and inode, which also unmask a hard link. A file that cannot be read here (a
+    remote libvirt host's disk, the fake driver's) is compared by its real path alone."""
+
+    def identify(path: str) -> DiskFile:
+        real = Path(path).resolve()
+        try:
+            info = real.stat()
+        except OSError:
+            return DiskFile(str(real))
+        return DiskFile(str(real), f"{info.st_dev}:{info.st_ino}")
+
+    return tuple(await asyncio.to_thread(lambda: [identify(p) for p in paths]))
+
+
+def _owned_detail(new: NewVps, files: Sequence[DiskFile], owner: DiskOwner) -> str:
+    given = next(
+        (p for p, f in zip(new.disks, files, strict=True) if f.same_file(owner.disk)),
+        owner.disk.path,
+    )
+    alias = "" if owner.disk.path == str(Path(given).resolve()) else f" (as {owner.disk.path})"
+    return (
+        f"disk {given} already belongs to VPS {owner.vps_name} ({owner.vps_id}) of account "
+        f"{owner.account_name}{alias}: one disk file belongs to one VPS"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,10 +154,28 @@ class AccountService:
         return existing or await self.create_account(name)
 
     async def add_vps(self, new: NewVps) -> Vps:
+        """Register a VPS; every command that registers disks comes through here.
+
+        Raises ``NotFound`` for an unknown account, ``Conflict`` for a taken name, and
+        ``DiskAlreadyRegistered`` when a disk file is given twice or already belongs to a VPS
+        on the node, whatever the account (compared by real path and by device and inode,
+        ``identify_disks``); its detail names that VPS, for the operator.
+        """
+        files = await identify_disks(new.disks)
+        twice = repeated(zip(new.disks, files, strict=True))
+        if twice is not None:
+            first, second = twice
+            same = "" if first == second else f" ({second} is the same file as {first})"
+            raise DiskAlreadyRegistered(
+                f"disk {first} is given twice{same}: a VPS has each disk file once"
+            )
         async with self.store.transaction() as tx:
             account = await tx.find_account_by_name(new.account_name)
             if account is None:
                 raise NotFound(f"No account named {new.account_name!r}.")
+            owners = await tx.disk_owners(new.node, files)
+            if owners:
+                raise DiskAlreadyRegistered(_owned_detail(new, files, owners[0]))
             vps = Vps(
                 id=new_id("vps"),
                 account_id=account.id,
@@ -141,7 +191,7 @@ class AccountService:
                 billing=new.billing,
                 machine=new.machine,
             )
-            await tx.add_vps(vps)
+            await tx.add_vps(vps, files)
         return vps
 
     async def register_vps(self, new: NewVps) -> Vps:
@@ -213,11 +263,28 @@ class AccountService:
                         f"({', '.join(s.name for s in snapshots)}): delete them first, then "
                         "change the disks"
                     )
-                # KIND-4 HOOK (issue 9, "one disk file belongs to one VPS once"): the service
-                # check that add_vps makes, that none of `disks` is registered to another VPS,
-                # is called here with (tx, disks, vps_id) before the row is written.
                 updated = dataclasses.replace(updated, disks=disks)
-            await tx.update_vps(updated)
+            files = None
+            if updated.disks != vps.disks or updated.node != vps.node:
+                # One disk file belongs to one VPS once (how-snapshots-work.md, "One disk, one
+                # VPS"): the same checks as add_vps, against every other VPS of the node.
+                files = await identify_disks(updated.disks)
+                twice = repeated(zip(updated.disks, files, strict=True))
+                if twice is not None:
+                    raise DiskAlreadyRegistered(
+                        f"disk {twice[0]} is given twice: a VPS has each disk file once"
+                    )
+                others = [
+                    o for o in await tx.disk_owners(updated.node, files) if o.vps_id != vps_id
+                ]
+                if others:
+                    owner = others[0]
+                    raise DiskAlreadyRegistered(
+                        f"disk {owner.disk.path} already belongs to VPS {owner.vps_name} "
+                        f"({owner.vps_id}) of account {owner.account_name}: one disk file "
+                        "belongs to one VPS"
+                    )
+            await tx.update_vps(updated, files)
         return updated
 
     async def remove_vps(self, vps_id: str) -> RemovedVps:

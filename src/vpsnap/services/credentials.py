@@ -147,17 +147,33 @@ class CredentialService:
             if cached.principal.key_id == key_id:
                 del self._cache[digest]
 
-    async def authenticate(self, secret: str) -> Principal:
-        digest = hash_secret(secret)
-        now = self.clock.now()
-        cached = self._cache.get(digest)
+    def recently_verified(self, secret: str) -> Principal | None:
+        """The principal of ``secret`` if it was verified within ``cache_seconds`` (and has
+        not expired since), without a lookup; None otherwise (unknown, or not checked lately).
+        The edge asks this first: only a secret that is not answered here costs a lookup, and
+        that lookup is counted against the client address's budget."""
+        cached = self._cache.get(hash_secret(secret))
         if (
             cached is not None
             and time.monotonic() - cached.cached_at < self.cache_seconds
-            and (cached.expires_at is None or now < cached.expires_at)
+            and (cached.expires_at is None or self.clock.now() < cached.expires_at)
         ):
-            await self._record_use(cached.principal.key_id, now)
+            # Its last use is recorded by the lookups: one at least every cache_seconds while
+            # the key is in use, more often than the minute that last use is kept to.
             return cached.principal
+        return None
+
+    async def authenticate(self, secret: str) -> Principal:
+        """The principal of a valid key; raises ``Unauthorized`` for anything else.
+
+        Only keys that authenticate are cached (bounded, ``_CACHE_LIMIT``): a made-up key is
+        never remembered, so a flood of them cannot grow memory.
+        """
+        recent = self.recently_verified(secret)
+        if recent is not None:
+            return recent
+        digest = hash_secret(secret)
+        now = self.clock.now()
         async with self.store.transaction(read_only=True) as tx:
             key = await tx.find_api_key_by_hash(digest)
         if key is None or not key.is_usable(now):

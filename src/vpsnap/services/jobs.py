@@ -9,7 +9,7 @@ from typing import Any
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import FieldError, InvalidRequest, JobNotFound, VpsQueueFull
-from vpsnap.domain.ids import new_id
+from vpsnap.domain.ids import is_valid_id, new_id
 from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.rules import lane_for
@@ -116,8 +116,10 @@ class JobService:
         return JobPage(page, next_cursor)
 
     async def get(self, principal: Principal, job_id: str) -> Job:
-        async with self.store.transaction(read_only=True) as tx:
-            job = await tx.get_job(job_id)
+        job = None
+        if is_valid_id("job", job_id):  # a malformed id cannot exist: the store is not asked
+            async with self.store.transaction(read_only=True) as tx:
+                job = await tx.get_job(job_id)
         if job is None or job.account_id != principal.account_id:
             raise JobNotFound(f"No job with id {job_id!r} in this account.")
         return job

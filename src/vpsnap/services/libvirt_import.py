@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vpsnap.domain.errors import NotFound
+from vpsnap.domain.errors import Conflict, NotFound
 from vpsnap.domain.model import LibvirtDomain, Resources
 from vpsnap.domain.ports import Store
 from vpsnap.services.accounts import AccountService, NewVps
@@ -84,11 +84,9 @@ async def import_domains(
     found = await catalog.describe_domains(uri, domains)
 
     known: dict[tuple[str, str], str] = {}
-    names: set[tuple[str, str]] = set()
-    for vps, account_name in await accounts.list_vps():
+    for vps, _ in await accounts.list_vps():
         if isinstance(vps.machine, LibvirtDomain):
             known[(vps.machine.uri, vps.machine.domain.lower())] = vps.id
-        names.add((account_name, vps.name.lower()))
 
     rows: list[ImportRow] = []
     for domain in found:
@@ -97,27 +95,30 @@ async def import_domains(
             rows.append(ImportRow(domain.name, "skipped", existing, "already imported"))
             continue
         refusal = refusal_for(domain)
-        if refusal is None and (account, domain.name.lower()) in names:
-            refusal = f"account {account} already has a VPS named {domain.name}"
         if refusal is not None:
             rows.append(ImportRow(domain.name, "skipped", "", refusal))
             continue
-        vps = await accounts.add_vps(
-            NewVps(
-                account_name=account,
-                name=domain.name,
-                disks=domain.qcow2_disks,
-                snapshot_slots=slots,
-                node=node,
-                resources=Resources(
-                    cpu_cores=domain.vcpus,
-                    memory_gb=round(domain.memory_mib / 1024, 2),
-                    storage_gb=round(domain.capacity_bytes / _GIB, 2),
-                ),
-                # The UUID, not the name: a renamed domain stays the same VPS.
-                machine=LibvirtDomain(uri=uri, domain=domain.uuid),
-            )
+        new = NewVps(
+            account_name=account,
+            name=domain.name,
+            disks=domain.qcow2_disks,
+            snapshot_slots=slots,
+            node=node,
+            resources=Resources(
+                cpu_cores=domain.vcpus,
+                memory_gb=round(domain.memory_mib / 1024, 2),
+                storage_gb=round(domain.capacity_bytes / _GIB, 2),
+            ),
+            # The UUID, not the name: a renamed domain stays the same VPS.
+            machine=LibvirtDomain(uri=uri, domain=domain.uuid),
         )
+        try:
+            vps = await accounts.add_vps(new)
+        except Conflict as exc:
+            # The service's checks, as for `vps add`: the name is taken in the account, or a
+            # disk already belongs to a VPS (any account) or is given twice.
+            rows.append(ImportRow(domain.name, "skipped", "", exc.detail))
+            continue
         rows.append(ImportRow(domain.name, "imported", vps.id, "\n".join(domain.qcow2_disks)))
     return rows
 

@@ -31,6 +31,7 @@ from vpsnap.domain.rules import (
     SlotUsage,
     can_create,
     can_restore,
+    is_valid_snapshot_name,
     name_key,
     not_on_plan_reason,
     service_gate,
@@ -187,7 +188,8 @@ class SnapshotService:
     async def _existing(
         tx: Transaction, vps: Vps, name: str, *, failed_too: bool = False
     ) -> Snapshot:
-        snapshot = await tx.get_snapshot(vps.id, name)
+        # A name that breaks the name rule cannot exist: answered without asking the store.
+        snapshot = await tx.get_snapshot(vps.id, name) if is_valid_snapshot_name(name) else None
         if snapshot is None:
             raise SnapshotNotFound(f"{vps.name} has no snapshot named {name!r}.")
         if snapshot.status is SnapshotStatus.FAILED and not failed_too:

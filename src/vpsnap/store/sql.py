@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,13 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from vpsnap.domain.errors import Conflict, IdempotencyKeyInUse, SnapshotNameTaken
+from vpsnap.domain.disks import DiskFile, DiskOwner
+from vpsnap.domain.errors import (
+    Conflict,
+    DiskAlreadyRegistered,
+    IdempotencyKeyInUse,
+    SnapshotNameTaken,
+)
 from vpsnap.domain.idempotency import IdempotencyRecord, IdempotencyState
 from vpsnap.domain.model import (
     Account,
@@ -49,6 +55,7 @@ from vpsnap.store.tables import (
     snapshots,
     users,
     vps,
+    vps_disks,
     write_intents,
 )
 
@@ -566,11 +573,75 @@ class SqlTransaction:
 
     # inventory --------------------------------------------------------------------------------
 
-    async def add_vps(self, vps_item: Vps) -> None:
+    async def add_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
+        """Insert the VPS and index its disks (``vps_disks``); ``disk_files`` are the disks as
+        the service identified them, in ``vps.disks`` order (default: the paths as given).
+        Raises ``Conflict`` for a taken name, ``DiskAlreadyRegistered`` when the store already
+        holds one of the disk files (a caller that skipped the service's check, or a race)."""
         try:
             await self.conn.execute(vps.insert(), _vps_values(vps_item))
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+        await self._index_disks(vps_item, disk_files)
+
+    async def _index_disks(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None) -> None:
+        files = (
+            list(disk_files) if disk_files is not None else [DiskFile(d) for d in vps_item.disks]
+        )
+        if len(files) != len(vps_item.disks):
+            raise ValueError("one DiskFile per disk of the VPS")
+        if not files:
+            return
+        try:
+            # A savepoint: a refused disk must not end the caller's transaction (PostgreSQL).
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    vps_disks.insert(),
+                    [
+                        {
+                            "vps_id": vps_item.id,
+                            "position": position,
+                            "node": vps_item.node,
+                            "path": file.path,
+                            "path_key": file.path_key,
+                            "file_id": file.file_id,
+                        }
+                        for position, file in enumerate(files)
+                    ],
+                )
+        except IntegrityError as exc:
+            raise DiskAlreadyRegistered(
+                f"a disk of {vps_item.name!r} is already registered to a VPS "
+                f"({', '.join(vps_item.disks)})"
+            ) from exc
+
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]:
+        """The registered disks of ``node`` that are one of ``files`` (same real path, or same
+        device and inode), with the VPS and account they belong to."""
+        if not files:
+            return []
+        keys = [f.path_key for f in files]
+        file_ids = [f.file_id for f in files if f.file_id is not None]
+        matches: sa.ColumnElement[bool] = vps_disks.c.path_key.in_(keys)
+        if file_ids:
+            matches = sa.or_(matches, vps_disks.c.file_id.in_(file_ids))
+        query = (
+            sa.select(
+                vps_disks.c.path,
+                vps_disks.c.file_id,
+                vps.c.id,
+                vps.c.name,
+                accounts.c.name.label("account_name"),
+            )
+            .join(vps, vps.c.id == vps_disks.c.vps_id)
+            .join(accounts, accounts.c.id == vps.c.account_id)
+            .where(vps_disks.c.node == node, matches)
+            .order_by(vps_disks.c.vps_id, vps_disks.c.position)
+        )
+        return [
+            DiskOwner(DiskFile(r["path"], r["file_id"]), r["id"], r["name"], r["account_name"])
+            for r in await self._all(query)
+        ]
 
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
         row = await self._one(_GET_VPS_LOCKED if lock else _GET_VPS, {"b_id": vps_id})
@@ -601,7 +672,12 @@ class SqlTransaction:
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
         await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
 
-    async def update_vps(self, vps_item: Vps) -> None:
+    async def update_vps(
+        self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None
+    ) -> None:
+        """Write the operator-editable fields. ``disk_files`` (the disks as the service
+        identified them) re-index the VPS's disks, as a change of disks or node needs; the
+        store refuses a disk another VPS of the node holds (``DiskAlreadyRegistered``)."""
         values = _vps_values(vps_item)
         editable = ("name", "name_key", "node", "disks", "snapshot_slots", "primary_ip", "machine")
         try:
@@ -610,9 +686,14 @@ class SqlTransaction:
             )
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+        if disk_files is not None:
+            await self.conn.execute(vps_disks.delete().where(vps_disks.c.vps_id == vps_item.id))
+            await self._index_disks(vps_item, disk_files)
 
     async def remove_vps(self, vps_id: str) -> None:
         # Children first: every one of them references the VPS row.
+        await self.conn.execute(vps_disks.delete().where(vps_disks.c.vps_id == vps_id))
+        await self.conn.execute(write_intents.delete().where(write_intents.c.vps_id == vps_id))
         await self.conn.execute(jobs.delete().where(jobs.c.vps_id == vps_id))
         await self.conn.execute(snapshots.delete().where(snapshots.c.vps_id == vps_id))
         await self.conn.execute(

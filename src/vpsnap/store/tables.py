@@ -97,6 +97,23 @@ vps = sa.Table(
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
 
+# One row per disk of a VPS, so that one disk file belongs to one VPS once (domain/disks.py):
+# unique per node by real path (hashed: a path can outgrow an index entry) and by
+# (device, inode). `vps.disks` keeps the order the driver uses; `add_vps` writes both.
+vps_disks = sa.Table(
+    "vps_disks",
+    metadata,
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), primary_key=True),
+    sa.Column("position", sa.Integer(), primary_key=True),
+    sa.Column("node", sa.String(100), nullable=False),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("path_key", sa.String(64), nullable=False),
+    # "<st_dev>:<st_ino>"; NULL when the file could not be read where it was registered.
+    sa.Column("file_id", sa.String(64), nullable=True),
+    sa.UniqueConstraint("node", "path_key", name="uq_vps_disks_node_path_key"),
+    sa.UniqueConstraint("node", "file_id", name="uq_vps_disks_node_file_id"),
+)
+
 snapshots = sa.Table(
     "snapshots",
     metadata,

@@ -8,9 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from vpsnap.api.deps import CallerDep, ServicesDep
+from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import CursorParam, JobIdPath
 from vpsnap.api.presenters import job_out
 from vpsnap.api.problems import base_url, problem_body
-from vpsnap.api.schemas import JobOut, JobPageOut, ProblemOut
+from vpsnap.api.schemas import JobOut, JobPageOut
+from vpsnap.domain.ids import VPS_ID_PATTERN
 from vpsnap.domain.model import Job, JobStatus
 
 router = APIRouter(prefix="/api/jobs", tags=["Jobs"])
@@ -36,7 +39,7 @@ def _job_out(job: Job, request: Request) -> JobOut:
             job.error,
             instance=f"/api/jobs/{job.id}",
             request_id=request.state.request_id,
-            base=base_url(request.scope, request.state.public_base_url),
+            base=base_url(request.scope),
         )
     return job_out(job, error)
 
@@ -45,18 +48,18 @@ def _job_out(job: Job, request: Request) -> JobOut:
     "",
     operation_id="listJobs",
     response_model=JobPageOut,
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (400, 401, 404, 429)
-    },
+    responses=problem_responses("invalid_request", "invalid_cursor", "vps_not_found"),
 )
 async def list_jobs(
     request: Request,
     principal: CallerDep,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    vps_id: Annotated[str | None, Query(alias="vpsId", max_length=40)] = None,
+    cursor: CursorParam = None,
+    vps_id: Annotated[
+        str | None,
+        Query(alias="vpsId", pattern=VPS_ID_PATTERN, description="Only this VPS's jobs."),
+    ] = None,
     status: JobStatus | None = None,
 ) -> JobPageOut:
     """The account's jobs, newest first; filters `vpsId` and `status`. Finished jobs are kept
@@ -75,13 +78,10 @@ async def list_jobs(
     "/{job_id}",
     operation_id="getJob",
     response_model=JobOut,
-    responses={
-        code: {"model": ProblemOut, "content": {"application/problem+json": {}}}
-        for code in (401, 404, 429)
-    },
+    responses=problem_responses("job_not_found"),
 )
 async def get_job(
-    job_id: str,
+    job_id: JobIdPath,
     request: Request,
     response: Response,
     principal: CallerDep,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,22 +27,21 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server(address[:2], family=family, backlog=2048)
 
 
-def _welcome(settings: Settings, tokens: dict[str, Any]) -> str:
+def _welcome(settings: Settings) -> str:
+    # The keys and passwords stay in their 0600 file: this output is the server's log, and logs
+    # travel (journals, collectors) where secrets must not (docs/api.md, Authentication).
     url = f"http://{settings.host}:{settings.port}"
-    users: dict[str, str] = tokens.get("users", {})
-    dashboard = (
-        f"dashboard: {url}/ - sign in as demo@example.com, password {users['demo@example.com']}\n"
-        if "demo@example.com" in users
-        else ""
-    )
+    tokens = (settings.data_dir / "demo-tokens.json").resolve()
+    read = f"python3 -c \"import json;print(json.load(open('{tokens}'))"
     return (
         f"\nvpsnap demo at {url}  (API docs: {url}/docs)\n"
-        f"keys are in {settings.data_dir / 'demo-tokens.json'}\n"
-        f"demo key (write:all): {tokens['full']}\n"
-        f"{dashboard}\n"
+        f"keys and panel passwords are in {tokens} "
+        "(full = write:all, readonly, other; users)\n"
+        f"dashboard: {url}/ - sign in as demo@example.com\n\n"
         "Try it:\n"
-        f"  vpsnap vps list --url {url} --api-key {tokens['full']}\n"
-        f"  curl -s -H 'Authorization: Bearer {tokens['full']}' {url}/api/v2/vps\n"
+        f"  KEY=$({read}['full'])\")\n"
+        f'  vpsnap vps list --url {url} --api-key "$KEY"\n'
+        f'  curl -s -H "Authorization: Bearer $KEY" {url}/api/v2/vps\n'
     )
 
 
@@ -64,14 +63,16 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
         log_config=None,
         access_log=False,  # the edge middleware logs every request
         lifespan="off",
+        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies them
+        # itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
+        proxy_headers=False,
     )
     server = Server(config)
     stopping = asyncio.Event()
     with stop_on_signals(stopping, server):
         async with runtime.embedded():
-            tokens = None
             if demo:
-                tokens = await seed_demo(runtime, qemu_img_for(settings))
+                await seed_demo(runtime, qemu_img_for(settings))
                 await start_demo_vm(runtime)
             if stopping.is_set():
                 return
@@ -79,8 +80,8 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
             # uvicorn says it listens only through this flag.
             while not server.started and not serving.done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            if tokens is not None and server.started:
-                click.echo(_welcome(settings, tokens), err=True)
+            if demo and server.started:
+                click.echo(_welcome(settings), err=True)
             await serving
 
 
@@ -98,18 +99,36 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
     type=click.Choice(LOG_FORMATS),
     help="Logs on stderr: console lines on a terminal and JSON otherwise (auto), or as asked.",
 )
+@click.option(
+    "--proxy-headers/--no-proxy-headers",
+    default=None,
+    help="Believe X-Forwarded-For/-Proto from the --forwarded-allow-ips proxies (127.0.0.1 "
+    "when none are listed); --no-proxy-headers: from nobody.",
+)
+@click.option(
+    "--forwarded-allow-ips",
+    help="Comma-separated proxy addresses or networks (env VPSNAP_FORWARDED_ALLOW_IPS).",
+)
 def command(
     host: str | None,
     port: int | None,
     data_dir: Path | None,
     demo: bool,
     log_format: str | None,
+    proxy_headers: bool | None,
+    forwarded_allow_ips: str | None,
 ) -> None:
     """Run API, job worker and scheduler in one process (SQLite in the data dir by default)."""
     from vpsnap.cli.commands.admin.common import fail, load_settings  # noqa: PLC0415
     from vpsnap.domain.errors import DomainError  # noqa: PLC0415
 
-    settings = load_settings(host=host, port=port, data_dir=data_dir, log_format=log_format)
+    settings = load_settings(
+        host=host,
+        port=port,
+        data_dir=data_dir,
+        log_format=log_format,
+        forwarded_allow_ips=forwarded_allow_ips,
+    ).with_proxy_headers(proxy_headers)
     try:
         listener = bind(settings.host, settings.port)
     except OSError as exc:
