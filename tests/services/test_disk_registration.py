@@ -132,15 +132,15 @@ async def test_the_store_refuses_a_disk_twice_whatever_the_caller(world: World) 
 async def test_vps_update_keeps_one_disk_one_vps(world: World, tmp_path: Path) -> None:
     """`vps update --disk` and `--node` (the other commands that change disks) go through the
     same rule: a disk of another VPS is refused; a disk given up is free again."""
-    from vpsnap.services.accounts import VpsChange
-
     import subprocess
+
+    from vpsnap.services.accounts import VpsChange
 
     accounts = world.runtime.services.accounts
     # update_vps checks new disks like `vps add` does: real qcow2 images.
     a, b, c = (str(tmp_path / f"{n}.qcow2") for n in "abc")
     for path in (a, b, c):
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", path, "1M"], check=True)
+        await QemuImg().create_image(path, 1024**2)
     first = await world.add_vps("first", disks=(a,))
     second = await world.add_vps("second", disks=(b,))
 

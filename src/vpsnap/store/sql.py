@@ -672,9 +672,7 @@ class SqlTransaction:
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
         await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
 
-    async def update_vps(
-        self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None
-    ) -> None:
+    async def update_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
         """Write the operator-editable fields. ``disk_files`` (the disks as the service
         identified them) re-index the VPS's disks, as a change of disks or node needs; the
         store refuses a disk another VPS of the node holds (``DiskAlreadyRegistered``)."""
