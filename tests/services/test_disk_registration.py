@@ -132,8 +132,7 @@ async def test_the_store_refuses_a_disk_twice_whatever_the_caller(world: World) 
 async def test_vps_update_keeps_one_disk_one_vps(world: World, tmp_path: Path) -> None:
     """`vps update --disk` and `--node` (the other commands that change disks) go through the
     same rule: a disk of another VPS is refused; a disk given up is free again."""
-    import subprocess
-
+    from vpsnap.drivers.qemu_img import QemuImg
     from vpsnap.services.accounts import VpsChange
 
     accounts = world.runtime.services.accounts
