@@ -103,7 +103,7 @@ class Runtime:
             credentials=CredentialService(store, clock, settings.auth_cache_seconds),
             inventory=InventoryService(store, driver),
             snapshots=SnapshotService(
-                store, events, clock, timedelta(hours=settings.retention_hours)
+                store, events, clock, timedelta(hours=settings.retention_hours), driver
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(

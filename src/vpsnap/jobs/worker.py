@@ -174,7 +174,14 @@ class Worker:
         if error is None:
             bound.info("job_succeeded", duration_ms=elapsed_ms)
         else:
-            bound.info("job_failed", duration_ms=elapsed_ms, code=error.code, detail=error.detail)
+            # log_detail: the operator's account (paths, tool output) the problem never shows.
+            bound.info(
+                "job_failed",
+                duration_ms=elapsed_ms,
+                code=error.code,
+                detail=error.detail,
+                log_detail=error.log_detail,
+            )
 
     async def _finish(self, job: Job, error: DomainError | None, facts: dict[str, Any]) -> None:
         handler = HANDLERS[job.type]

@@ -29,6 +29,7 @@ from vpsnap.domain.model import (
     Snapshot,
     SnapshotOrigin,
     SnapshotStatus,
+    VmConfig,
     Vps,
 )
 from vpsnap.domain.ports import VpsFilter
@@ -258,6 +259,7 @@ def _snapshot(row: Row) -> Snapshot:
         parent_name=row["parent_name"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        vm_config=VmConfig.from_json(row["vm_config"]),
     )
 
 
@@ -274,6 +276,7 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "parent_name": item.parent_name,
         "created_at": item.created_at,
         "expires_at": item.expires_at,
+        "vm_config": item.vm_config.to_json() if item.vm_config else None,
     }
 
 
@@ -458,6 +461,7 @@ class SqlTransaction:
         *,
         includes_memory_state: bool,
         parent_name: str | None,
+        vm_config: VmConfig | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -468,6 +472,7 @@ class SqlTransaction:
                 "consistency": consistency.value,
                 "includes_memory_state": includes_memory_state,
                 "parent_name": parent_name,
+                "vm_config": vm_config.to_json() if vm_config else None,
             },
         )
 

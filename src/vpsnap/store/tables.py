@@ -110,6 +110,9 @@ snapshots = sa.Table(
     sa.Column("parent_name", sa.String(40), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
+    # RAM size and machine type the snapshot's RAM state fits (migration 0007); NULL: no RAM
+    # state, or taken before vpsnap recorded it.
+    sa.Column("vm_config", sa.JSON(), nullable=True),
 )
 
 jobs = sa.Table(

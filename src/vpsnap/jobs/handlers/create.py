@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from vpsnap.domain.errors import SnapshotLimitReached, SnapshotNameTaken
-from vpsnap.domain.model import Consistency, Job, Vps
+from vpsnap.domain.model import Consistency, Job, VmConfig, Vps
 from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
 from vpsnap.domain.rules import slot_usage
 
@@ -64,6 +64,8 @@ class CreateSnapshotHandler:
         return {
             "consistency": taken.consistency.value,
             "includesMemoryState": taken.includes_memory_state,
+            # What the RAM state fits, so a restore can refuse a changed VM up front (issue 9).
+            "vmConfig": taken.vm_config.to_json() if taken.vm_config else None,
         }
 
     async def succeed(
@@ -76,6 +78,7 @@ class CreateSnapshotHandler:
             Consistency(facts["consistency"]),
             includes_memory_state=bool(facts["includesMemoryState"]),
             parent_name=vps.current_snapshot,
+            vm_config=VmConfig.from_json(facts.get("vmConfig")),
         )
         await tx.set_current_snapshot(vps.id, name)
         return {"name": name}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Job, SnapshotStatus, Vps
+from vpsnap.domain.model import Job, SnapshotStatus, VmConfig, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
+from vpsnap.services.snapshots import RESTORE_VM_CONFIG
 
 
 async def _move(
@@ -23,7 +24,13 @@ class RestoreSnapshotHandler:
 
     async def perform(self, driver: HypervisorDriver, job: Job, vps: Vps) -> dict[str, Any]:
         # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
-        outcome = await driver.restore_snapshot(vps, job.snapshot_name or "")
+        outcome = await driver.restore_snapshot(
+            vps,
+            job.snapshot_name or "",
+            # The VM configuration the snapshot's RAM state fits, recorded with it and put in
+            # the job when the restore was asked for (issue 9, kind 3).
+            recorded=VmConfig.from_json(job.payload.get(RESTORE_VM_CONFIG)),
+        )
         return {
             "powerStateBefore": outcome.power_state_before.value,
             "powerStateAfter": outcome.power_state_after.value,
