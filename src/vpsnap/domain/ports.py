@@ -70,6 +70,9 @@ class VmFacts:
     restarts_for_disk_restore: bool = True
     """A disk-only restore of this running VM stops and starts it; False: vpsnap cannot start
     it again (an attached VM), so such a restore is refused while it runs."""
+    restore_reverts_definition: bool = False
+    """A restore brings back the VM's definition saved with the snapshot too (libvirt), so the
+    VM's configuration now does not decide whether RAM state can be loaded."""
 
 
 @dataclass(frozen=True, slots=True)

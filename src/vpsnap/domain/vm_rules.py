@@ -79,6 +79,8 @@ def _status_gate(snapshot: Snapshot, base: Gate) -> Gate:
 
 
 def _memory_restore_gate(snapshot: Snapshot, facts: VmFacts) -> Gate:
+    if facts.restore_reverts_definition:
+        return ALLOWED
     if facts.uncovered_devices:
         return Gate.refused(
             f"The VM has writable devices the snapshot's RAM state does not cover "

@@ -267,6 +267,8 @@ class LibvirtDriver:
                 # libvirt snapshots a live domain only with RAM, and restarts it for a restore.
                 live_snapshots_include_memory=True,
                 restarts_for_disk_restore=True,
+                # A revert restarts the domain with the definition saved in the snapshot.
+                restore_reverts_definition=True,
             )
 
         return await self._run(vps, facts, retry=True, timeout=self._status_timeout)
