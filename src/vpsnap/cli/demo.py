@@ -145,7 +145,7 @@ async def start_demo_vm(runtime: Runtime) -> PowerState | None:
         outcome = await runtime.driver.change_power(vps, PowerAction.START)
     except DomainError as exc:
         # The demo is still useful without it: demo-web then snapshots offline.
-        _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, error=exc.detail)
+        _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, error=exc.log_detail or exc.detail)
         return await runtime.driver.power_state(vps)
     _log.info(
         "demo_vm_ready",

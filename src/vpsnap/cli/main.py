@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vpsnap.cli.client_commands import add_client_commands
@@ -60,8 +61,16 @@ def run_admin(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> 
     try:
         return asyncio.run(main())
     except DomainError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
+        print_domain_error(exc)
         raise typer.Exit(1) from None
+
+
+def print_domain_error(exc: DomainError) -> None:
+    """An admin command's failure: the tenant-facing text, and the operator's account (paths,
+    the tool's own words) when the error has one; the admin is the operator."""
+    err.print(f"[red]error:[/red] {exc.detail}")
+    if exc.log_detail:
+        err.print(f"[dim]{escape(exc.log_detail)}[/dim]")
 
 
 @app.command()
@@ -78,7 +87,7 @@ def serve(
     try:
         asyncio.run(run_server(settings, demo=demo))
     except DomainError as exc:
-        err.print(f"[red]error:[/red] {exc.detail}")
+        print_domain_error(exc)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
