@@ -79,12 +79,13 @@ class ScheduledSnapshotHandler:
                     "scheduled_rollback_failed",
                     job_id=job.id,
                     snapshot=job.snapshot_name,
-                    detail=cleanup.detail,
+                    detail=cleanup.log_detail or cleanup.detail,
                 )
             raise DomainError(
                 f"Could not delete {replaced!r} to make room: {exc.detail}",
                 code=exc.code,
                 extensions=exc.extensions,
+                log_detail=exc.log_detail,  # the operator's account travels with it
             ) from exc
         return facts
 
