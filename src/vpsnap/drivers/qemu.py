@@ -636,8 +636,9 @@ async def _resume(vps: Vps, monitor: Monitor) -> None:
 
 async def _reset(monitor: Monitor) -> None:
     """A hard reset: the guest boots again from its disks, so half-loaded RAM no longer
-    matters (a stopped VM goes to ``prelaunch``, which ``start`` continues)."""
-    await monitor.execute("system_reset")
+    matters (a stopped VM goes to ``prelaunch``, which ``start`` continues). Waits for QEMU to
+    have carried it out, so what follows sees the reset VM."""
+    await monitor.execute_until("system_reset", "RESET", timeout=monitor.timeout)
     await live.clear_ram_invalid(monitor)
 
 

@@ -126,6 +126,23 @@ class Monitor:
                 log_detail=f"the QMP connection broke during {where}: {exc!r}",
             ) from exc
 
+    async def execute_until(self, command: str, event: str, *, timeout: float) -> None:
+        """Run ``command`` and wait for QEMU's ``event`` that says it took effect (QMP's
+        ``system_reset`` only *requests* a reset; QEMU's main loop carries it out later and
+        then sends ``RESET``)."""
+        listener = EventListener(event)
+        with self._client.listen(listener):
+            await self.execute(command)
+            try:
+                async with asyncio.timeout(timeout):
+                    await listener.get()
+            except TimeoutError:
+                raise MonitorBusy(
+                    f"The VM's hypervisor did not {doing(command)} within {timeout:g}s.",
+                    log_detail=f"no {event} event within {timeout:g}s after {command} on "
+                    f"{self.socket_path}",
+                ) from None
+
     async def human(self, command_line: str) -> str:
         """A human-monitor (HMP) command, for things QMP has no command for (tests' qemu-io)."""
         output = await self.execute("human-monitor-command", {"command-line": command_line})
