@@ -424,7 +424,7 @@ async def test_managed_disk_restore_failing_on_the_second_disk_leaves_the_vm_off
         "memoryRestored": False,
         "powerStateAfter": "stopped",
     }
-    assert f"disk 1 of {vps.name} were rolled back" in caught.value.detail
+    assert f"it rolled back disk 1 of {vps.name}, but not disk 2" in caught.value.detail
     assert disks[1] not in caught.value.detail
     # Not booted on mixed disks:
     assert machines.pid(vps.id) is None

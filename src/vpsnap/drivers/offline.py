@@ -117,8 +117,9 @@ class DiskImages:
             power_state_before=PowerState.STOPPED, power_state_after=PowerState.STOPPED
         )
 
-    async def apply_all(self, vps: Vps, name: str, *, power_state_after: str = "stopped") -> None:
-        """``qemu-img snapshot -a`` on every disk, in order (the VM must not be running)."""
+    async def apply_all(self, vps: Vps, name: str) -> None:
+        """``qemu-img snapshot -a`` on every disk, in order (the VM is not running, and stays
+        so when this fails half-way)."""
         done: list[str] = []
         for disk in vps.disks:
             try:
@@ -128,10 +129,10 @@ class DiskImages:
                 if not done:
                     raise  # nothing changed yet: the plain error says all there is
                 raise RestoreIncomplete(
-                    f"Restoring snapshot {name} of {vps.name} stopped part-way: "
-                    f"{disk_labels(vps, done)} were rolled back, "
-                    f"{disk_labels(vps, [d for d in vps.disks if d not in done])} were not "
-                    f"({exc.detail}). The VM is {power_state_after}; its disks are not at one "
+                    f"Restoring snapshot {name} of {vps.name} stopped part-way: it rolled back "
+                    f"{disk_labels(vps, done)}, but not "
+                    f"{disk_labels(vps, [d for d in vps.disks if d not in done])} "
+                    f"({exc.detail}). The VM is stopped; its disks are not at one "
                     "point in time. Restore again once the cause is fixed (every disk is rolled "
                     "back again), before starting it.",
                     extensions={
@@ -140,7 +141,7 @@ class DiskImages:
                             i + 1 for i, d in enumerate(vps.disks) if d not in done
                         ],
                         "memoryRestored": False,
-                        "powerStateAfter": power_state_after,
+                        "powerStateAfter": PowerState.STOPPED.value,
                     },
                     log_detail=exc.log_detail or exc.detail,
                 ) from exc
@@ -217,8 +218,8 @@ def note_leftover(vps: Vps, name: str, disks: list[str], cause: BaseException) -
     """Say in the failure itself that the rollback of a failed create left ``name`` on
     ``disks`` (the tenant reads ``detail``; an exception note would reach nobody)."""
     text = (
-        f" Snapshot {name} could not be removed again from {disk_labels(vps, disks)}; it stays "
-        "there until the provider removes it (vpsnap's reconciliation reports it)."
+        f" Snapshot {name} could not be removed again from {disk_labels(vps, disks)}; it is "
+        "left there for the provider (or vpsnap's reconciliation) to remove."
     )
     if isinstance(cause, DomainError):
         cause.detail += text
