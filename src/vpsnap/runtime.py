@@ -128,6 +128,7 @@ class Runtime:
                 clock,
                 timedelta(hours=settings.retention_hours),
                 max_jobs_per_vps=settings.max_jobs_per_vps,
+                driver=driver,
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(

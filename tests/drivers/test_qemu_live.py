@@ -223,13 +223,16 @@ async def test_stop_leaves_no_process_and_no_files(
     assert [p for p in machines.dir_for(vps.id).files() if p.exists()] == []
 
 
-async def test_a_failed_launch_reports_qemus_error(
+async def test_a_failed_launch_reports_qemus_error_to_the_operator(
     qemu_img: QemuImg, make_disks: DiskFactory, machines: ManagedMachines
 ) -> None:
     driver = QemuDriver(qemu_img, machines)
     vps = make_vps(await make_disks(1), machine=LaunchSpec(64, 1, ("-no-such-option",)))
-    with pytest.raises(HypervisorError, match="no-such-option"):
+    with pytest.raises(HypervisorError, match="could not be started") as caught:
         await driver.change_power(vps, PowerAction.START)
+    # QEMU's own words (with its command line) are for the operator's log only.
+    assert "no-such-option" not in caught.value.detail
+    assert "no-such-option" in (caught.value.log_detail or "")
     assert machines.pid(vps.id) is None
 
 
@@ -347,8 +350,9 @@ async def test_thaw_is_sent_when_the_snapshot_fails(
     agent = GuestAgentStandIn(str(tmp_path / "qga.sock"))
     async with agent.serving():
         vps = await attached_vps(machines, make_disks, agent.path, read_only_second_disk=True)
-        with pytest.raises(HypervisorError, match="read only"):
+        with pytest.raises(HypervisorError, match="refused to take the disk snapshot") as caught:
             await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
+    assert "read only" in (caught.value.log_detail or "")  # QEMU's reason, for the operator
 
     assert agent.calls[-1] == "guest-fsfreeze-thaw"
     assert "guest-fsfreeze-freeze" in agent.calls

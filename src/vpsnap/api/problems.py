@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +30,8 @@ from vpsnap.domain.errors import (
 from vpsnap.domain.problems import error_summary
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+_log = structlog.get_logger("vpsnap.api")
 
 
 def base_url(scope: Any) -> str:
@@ -177,7 +180,15 @@ def http_error(exc: StarletteHTTPException) -> DomainError:
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    # rate_limited and vps_queue_full say when to come back.
+    if exc.log_detail:
+        # The operator's account of the failure (host paths, tool output): the log only.
+        _log.warning(
+            "request_failed_detail",
+            request_id=request.scope.get("state", {}).get("request_id", ""),
+            code=exc.code,
+            log_detail=exc.log_detail,
+        )
+    # rate_limited, vps_queue_full and node_unavailable say when to come back.
     headers = (
         {"Retry-After": str(exc.extensions["retryAfter"])}
         if "retryAfter" in exc.extensions

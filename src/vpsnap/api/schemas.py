@@ -95,6 +95,7 @@ class SnapshotOut(ApiModel):
     status: str
     origin: str
     consistency: str
+    actions: SnapshotItemActionsOut | None = None
 
 
 class LimitsOut(ApiModel):
@@ -109,9 +110,25 @@ class GateOut(ApiModel):
     code: str | None
 
 
+class SnapshotItemActionsOut(ApiModel):
+    """**(vpsnap)** What can be done with this snapshot now (issue 9)."""
+
+    can_restore: GateOut = Field(
+        description="Whether this snapshot can be restored now: refused when its RAM state "
+        "does not fit the running VM, or the running VM cannot be stopped and started again "
+        "for a disk-only restore."
+    )
+
+
 class SnapshotActionsOut(ApiModel):
     can_create: GateOut
     can_restore: GateOut
+    can_create_with_memory: GateOut = Field(
+        description="**(vpsnap)** Whether a snapshot with `includeMemoryState: true` can be "
+        "taken now: refused when the running VM has writable devices the VPS's disks do not "
+        "cover. Allowed when the VM is stopped (the snapshot then has no RAM state) or did "
+        "not answer in time (the job checks)."
+    )
 
 
 class SnapshotListOut(ApiModel):

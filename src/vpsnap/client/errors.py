@@ -26,6 +26,11 @@
     │   ├── VpsNotReady
     │   ├── SnapshotSlotsInUse
     │   ├── IdempotencyKeyInUse
+    │   ├── DiskUnusable           a disk of the VPS is missing, not qcow2 or unreadable
+    │   ├── SnapshotAmbiguous      the name matches several snapshots on a disk
+    │   ├── VmConfigChanged        the VM differs from the snapshot's or from its registration
+    │   ├── MemorySnapshotUnsupported  RAM state would not cover every writable device
+    │   ├── RestoreIncomplete      a restore stopped part-way (extensions say what took effect)
     │   └── CannotMakeRoom         create_safely could not free or buy a slot (reason_code, hint)
     ├── RateLimited                429 (retry_after), after the SDK's own retries
     │   └── VpsQueueFull           429: the VPS has as many unfinished jobs as it may queue
@@ -204,6 +209,38 @@ class IdempotencyKeyInUse(Conflict):
     code = "idempotency_key_in_use"
 
 
+# -- hypervisor conditions that need someone to act (issue 9): 409, never retried ----------------
+
+
+class DiskUnusable(Conflict):
+    code = "disk_unusable"
+
+
+class SnapshotAmbiguous(Conflict):
+    code = "snapshot_ambiguous"
+
+
+class VmConfigChanged(Conflict):
+    code = "vm_config_changed"
+
+
+class MemorySnapshotUnsupported(Conflict):
+    """``devices`` names the writable devices a snapshot with RAM state would not cover."""
+
+    code = "memory_snapshot_unsupported"
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.extensions.get("devices", ()))
+
+
+class RestoreIncomplete(Conflict):
+    """``extensions`` say what took effect (``disksRestored``, ``memoryRestored``) and the power
+    state the VM was left in (``powerStateAfter``)."""
+
+    code = "restore_incomplete"
+
+
 class CannotMakeRoom(Conflict):
     """``create_safely`` found no free slot and could not make one as asked.
 
@@ -309,6 +346,11 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         VpsNotReady,
         SnapshotSlotsInUse,
         IdempotencyKeyInUse,
+        DiskUnusable,
+        SnapshotAmbiguous,
+        VmConfigChanged,
+        MemorySnapshotUnsupported,
+        RestoreIncomplete,
         RateLimited,
         VpsQueueFull,
         ServerError,

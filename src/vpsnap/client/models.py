@@ -106,9 +106,12 @@ class Snapshot:
     consistency: str  # crash | filesystem | memory
     raw: Raw = field(repr=False, compare=False)
     job_id: str | None = None
+    can_restore: Gate | None = None
+    """Whether this snapshot can be restored now (None: the server does not say)."""
 
     @classmethod
     def parse(cls, raw: Raw) -> Snapshot:
+        actions = raw.get("actions") or {}
         return cls(
             name=raw["name"],
             display_id=raw["displayId"],
@@ -121,6 +124,7 @@ class Snapshot:
             origin=raw["origin"],
             consistency=raw["consistency"],
             raw=raw,
+            can_restore=Gate.parse(actions["canRestore"]) if "canRestore" in actions else None,
         )
 
 
@@ -148,6 +152,8 @@ class Gate:
 class SnapshotActions:
     can_create: Gate
     can_restore: Gate
+    can_create_with_memory: Gate | None = None
+    """A snapshot with RAM state (None: the server does not say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +180,11 @@ class SnapshotList:
             available=raw["available"],
             reason=raw["reason"],
             actions=SnapshotActions(
-                Gate.parse(actions["canCreate"]), Gate.parse(actions["canRestore"])
+                Gate.parse(actions["canCreate"]),
+                Gate.parse(actions["canRestore"]),
+                Gate.parse(actions["canCreateWithMemory"])
+                if "canCreateWithMemory" in actions
+                else None,
             ),
             raw=raw,
         )

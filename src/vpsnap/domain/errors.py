@@ -22,6 +22,8 @@ renamed once released.
     ├── Conflict                (conflict)
     │   ├── SnapshotNameTaken, SnapshotsNotIncluded, SnapshotLimitReached, SnapshotBusy,
     │   │   VpsNotReady, SnapshotSlotsInUse, IdempotencyKeyInUse
+    │   ├── DiskUnusable, SnapshotAmbiguous, VmConfigChanged, MemorySnapshotUnsupported,
+    │   │   RestoreIncomplete   (hypervisor conditions retrying cannot change)
     │   ├── DiskAlreadyRegistered   (operator: a disk file already belongs to a VPS)
     │   └── DataDirInUse            (operator: another server holds the data dir)
     ├── IdempotencyKeyReused
@@ -37,6 +39,11 @@ renamed once released.
 
 The operator errors are raised by ``vpsnap admin``/``serve`` and printed by the CLI; they reuse
 generic codes so that they would answer sensibly should one ever reach HTTP.
+
+``detail`` is what the tenant reads (problem documents, failed jobs): it names the customer's
+objects only (VPS, snapshot, "disk 2 of web-1"), never host paths, sockets, processes or
+command lines. ``log_detail`` is the operator's full account (paths, tool output), which goes to
+the log with the request or job id and never into a problem document.
 """
 
 from __future__ import annotations
@@ -71,12 +78,15 @@ class DomainError(Exception):
         *,
         extensions: dict[str, Any] | None = None,
         code: str | None = None,
+        log_detail: str | None = None,
     ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.extensions = extensions or {}
         if code is not None:
             self.code = code
+        self.log_detail = log_detail
+        """Operator-facing account (may hold host paths and tool output); logged, never shown."""
 
     @property
     def kind(self) -> ProblemKind:
@@ -218,6 +228,45 @@ class HypervisorError(DomainError):
     """The hypervisor could not do what was asked (a tool failed, a socket is gone)."""
 
     code = "hypervisor_unavailable"
+
+
+# -- hypervisor conditions that need someone to act (issue 9: kinds 2, 3, 5) -------------------
+# 409, not 503: retrying the same request without a change gives the same answer.
+
+
+class DiskUnusable(Conflict):
+    """A registered disk cannot be used: missing, not a qcow2 image, unreadable, or none."""
+
+    code = "disk_unusable"
+
+
+class SnapshotAmbiguous(Conflict):
+    """The name matches more than one snapshot on a disk (made outside vpsnap), or, for a RAM
+    restore, equals another snapshot's id there; vpsnap will not guess which one is meant."""
+
+    code = "snapshot_ambiguous"
+
+
+class VmConfigChanged(Conflict):
+    """The VM no longer matches what the operation needs or what vpsnap has on record: another
+    RAM size or machine type than the memory snapshot was taken with, a running VM that does not
+    use the registered disks, a libvirt domain that is gone or whose definition changed."""
+
+    code = "vm_config_changed"
+
+
+class MemorySnapshotUnsupported(Conflict):
+    """A snapshot or restore with RAM state would not cover every writable device of the VM
+    (``extensions.devices`` names them by their guest-visible ids)."""
+
+    code = "memory_snapshot_unsupported"
+
+
+class RestoreIncomplete(Conflict):
+    """A restore stopped part-way after changing something; ``detail`` and ``extensions`` say
+    which steps took effect and what state the VM was left in."""
+
+    code = "restore_incomplete"
 
 
 # -- operator errors (CLI) -------------------------------------------------------------------

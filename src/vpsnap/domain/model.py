@@ -200,6 +200,37 @@ class Vps:
 
 
 @dataclass(frozen=True, slots=True)
+class VmConfig:
+    """What RAM state can only be loaded into: a VM with the same RAM size and machine type.
+
+    Recorded with every snapshot that includes RAM state, so a restore into a VM that was
+    changed since is refused before anything is touched (QEMU would roll the disks back first
+    and only then fail to load the RAM).
+    """
+
+    memory_bytes: int
+    machine_type: str
+    """QEMU's concrete machine type, e.g. ``pc-i440fx-7.2`` (never an alias such as ``pc``)."""
+
+    def describe(self) -> str:
+        return f"{self.memory_bytes // (1024 * 1024)} MiB of RAM, machine {self.machine_type}"
+
+    def to_json(self) -> JsonObject:
+        """The stored form (``snapshots.vm_config``, a restore job's payload)."""
+        return {"memoryBytes": self.memory_bytes, "machineType": self.machine_type}
+
+    @classmethod
+    def from_json(cls, data: object) -> VmConfig | None:
+        """The stored form back; None for anything else (nothing recorded, an older row)."""
+        if not isinstance(data, dict):
+            return None
+        memory, machine = data.get("memoryBytes"), data.get("machineType")
+        if isinstance(memory, int) and isinstance(machine, str):
+            return cls(memory_bytes=memory, machine_type=machine)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     vps_id: str
     name: str
@@ -217,6 +248,8 @@ class Snapshot:
     vpsnap wrote. None for snapshots recorded before vpsnap kept it, and while ``creating``."""
     missing_since: datetime | None = None
     """When reconciliation first found it missing from the disks; None while it is seen."""
+    vm_config: VmConfig | None = None
+    """The VM's configuration when RAM state was saved (None: no RAM state, or not recorded)."""
 
     @property
     def holds_slot(self) -> bool:

@@ -26,6 +26,7 @@ from vpsnap.domain.model import (
     PowerState,
     Snapshot,
     SnapshotStatus,
+    VmConfig,
     Vps,
     WriteIntent,
 )
@@ -57,6 +58,27 @@ class SnapshotRequest:
 class TakenSnapshot:
     consistency: Consistency
     includes_memory_state: bool
+    vm_config: VmConfig | None = None
+    """With RAM state: the configuration it can be loaded into again (None: not known)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmFacts:
+    """What a running VM's configuration means for snapshots with RAM state (``vm_facts``)."""
+
+    config: VmConfig | None
+    """RAM size and machine type now (None: the hypervisor does not tell)."""
+    uncovered_devices: tuple[str, ...] = ()
+    """Writable devices (guest-visible ids, e.g. ``data0`` or ``vdb``) that a snapshot of the
+    VPS's disks would not cover: RAM state saved or loaded without them is refused."""
+    live_snapshots_include_memory: bool = False
+    """Every live snapshot carries RAM state (libvirt), so every one needs full coverage."""
+    restarts_for_disk_restore: bool = True
+    """A disk-only restore of this running VM stops and starts it; False: vpsnap cannot start
+    it again (an attached VM), so such a restore is refused while it runs."""
+    restore_reverts_definition: bool = False
+    """A restore brings back the VM's definition saved with the snapshot too (libvirt), so the
+    VM's configuration now does not decide whether RAM state can be loaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +94,8 @@ class PowerOutcome:
 
 
 class HypervisorDriver(Protocol):
-    """One hypervisor backend. Every method raises only ``DomainError`` subclasses.
+    """One hypervisor backend. Every method raises only ``DomainError`` subclasses, whose
+    ``detail`` names the customer's objects only (host paths go to ``log_detail``).
 
     ``create_snapshot`` either leaves the snapshot on every disk of the VPS or on none of them;
     ``delete_snapshot`` of a name that is not there succeeds (jobs may be re-run).
@@ -84,13 +107,30 @@ class HypervisorDriver(Protocol):
 
     async def power_state(self, vps: Vps) -> PowerState: ...
 
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        """The running VM's facts for the RAM-snapshot gates; None when no VM of the VPS runs.
+
+        As fast and bounded as ``power_state`` (the API calls it while listing snapshots).
+        """
+        ...
+
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]: ...
 
     async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot: ...
 
     async def delete_snapshot(self, vps: Vps, name: str) -> None: ...
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome: ...
+    async def restore_snapshot(
+        self, vps: Vps, name: str, *, recorded: VmConfig | None = None
+    ) -> RestoreOutcome:
+        """Roll back to ``name``, keeping the power state.
+
+        ``recorded`` is the configuration the snapshot's RAM state was saved with: a running VM
+        that differs is refused (``VmConfigChanged``) before anything is touched. A restore that
+        fails after changing something raises ``RestoreIncomplete`` and leaves the VM in a
+        defined state (never running on half-restored RAM or disks).
+        """
+        ...
 
     async def change_power(
         self, vps: Vps, action: PowerAction, *, force: bool = False
@@ -238,8 +278,10 @@ class Transaction(Protocol):
         includes_memory_state: bool,
         parent_name: str | None,
         disk_created_at: datetime | None = None,
+        vm_config: VmConfig | None = None,
     ) -> None:
-        """The snapshot exists on the hypervisor: it becomes ``available`` with these facts."""
+        """The snapshot exists on the hypervisor: it becomes ``available`` with these facts
+        (``vm_config``: the VM configuration its RAM state fits, when it has RAM state)."""
         ...
 
     async def set_snapshot_missing_since(

@@ -23,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vpsnap.domain.redaction import tenant_safe
+
 if TYPE_CHECKING:
     from vpsnap.domain.errors import DomainError
 
@@ -208,6 +210,52 @@ CATALOGUE: dict[str, ProblemKind] = {
     ),
 }
 
+# -- hypervisor conditions that need someone to act (issue 9: kinds 2, 3, 5) -------------------
+CATALOGUE |= {
+    "disk_unusable": ProblemKind(
+        409,
+        "Disk unusable",
+        "A disk of the VPS cannot be used for snapshots: the image is missing, is not a qcow2 "
+        "image, or cannot be read. Retrying does not help; the provider must fix the disk.",
+        retryable=False,
+    ),
+    "snapshot_ambiguous": ProblemKind(
+        409,
+        "Snapshot ambiguous",
+        "More than one snapshot on a disk of the VPS carries this name (made outside vpsnap), "
+        "or, for a restore with RAM state, the name equals another snapshot's id on the disk. "
+        "vpsnap will not guess which one is meant. Retrying does not help; the provider must "
+        "rename or remove the extra snapshot (or stop the VM and restore the disks only).",
+        retryable=False,
+    ),
+    "vm_config_changed": ProblemKind(
+        409,
+        "VM configuration changed",
+        "The VM no longer matches what the operation needs: its RAM size or machine type differs "
+        "from the one the memory snapshot was taken with, or the running VM (or libvirt domain) "
+        "is not the one registered for the VPS. Nothing was changed. Run the VM with the "
+        "snapshot's configuration, or stop it and restore the disks only.",
+        retryable=False,
+    ),
+    "memory_snapshot_unsupported": ProblemKind(
+        409,
+        "Memory snapshot unsupported",
+        "A snapshot or restore with RAM state must cover every writable device of the VM, and "
+        "this VM has writable devices that are not among the VPS's snapshottable disks "
+        "(`extensions.devices` names them). Nothing was changed. A disk-only snapshot is "
+        "possible; it covers the VPS's registered disks only.",
+        retryable=False,
+    ),
+    "restore_incomplete": ProblemKind(
+        409,
+        "Restore incomplete",
+        "The restore stopped part-way after changing something. `detail` and `extensions` say "
+        "which steps took effect and in which power state the VM was left (never running on "
+        "half-restored state). Check the VM before retrying.",
+        retryable=False,
+    ),
+}
+
 
 def kind_of(code: str) -> ProblemKind:
     """The catalogue entry of ``code``; an unknown code is answered as ``internal_error``."""
@@ -222,7 +270,9 @@ def error_summary(error: DomainError) -> dict[str, Any]:
         "code": code,
         "title": kind.title,
         "status": kind.status,
-        "detail": error.detail,
+        # Drivers keep host internals in ``log_detail``; this is the last line of defence for
+        # anything that slipped through (docs/api.md, "Errors").
+        "detail": tenant_safe(error.detail),
     }
     field_errors = error.field_errors
     if field_errors is not None:

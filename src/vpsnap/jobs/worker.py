@@ -231,7 +231,14 @@ class Worker:
         if error is None:
             bound.info("job_succeeded", duration_ms=elapsed_ms)
         else:
-            bound.info("job_failed", duration_ms=elapsed_ms, code=error.code, detail=error.detail)
+            # log_detail: the operator's account (paths, tool output) the problem never shows.
+            bound.info(
+                "job_failed",
+                duration_ms=elapsed_ms,
+                code=error.code,
+                detail=error.detail,
+                log_detail=error.log_detail,
+            )
 
     async def _hand_back(self, job: Job) -> None:
         async with self.store.transaction() as tx:

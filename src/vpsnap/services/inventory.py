@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+import structlog
+
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
 from vpsnap.domain.model import PowerState, Vps
 from vpsnap.domain.ports import HypervisorDriver, Store, VpsFilter
 from vpsnap.services.access import owned_vps
 from vpsnap.services.pagination import decode_cursor, encode_cursor
+
+_log = structlog.get_logger(__name__)
 
 MAX_PAGE_SIZE = 100
 
@@ -38,10 +42,18 @@ class InventoryService:
 
     async def _power_state(self, vps: Vps) -> PowerState:
         # The listing must not fail because one hypervisor is unreachable: that VPS shows
-        # `unknown` and the rest are listed.
+        # `unknown` and the rest are listed. *Any* failure: a hypervisor library's own error
+        # (qemu.qmp asserting its state, issue 9 kind 11d) is no reason for a 5xx either.
         try:
             return await self.driver.power_state(vps)
-        except DomainError:
+        except Exception as exc:  # logged; `unknown` is the truthful answer
+            _log.warning(
+                "power_state_read_failed",
+                vps_id=vps.id,
+                error_type=type(exc).__name__,
+                error=getattr(exc, "log_detail", None) or str(exc),
+                exc_info=not isinstance(exc, DomainError),
+            )
             return PowerState.UNKNOWN
 
     async def power_state(self, vps: Vps) -> PowerState:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+import structlog
 
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
@@ -25,8 +28,9 @@ from vpsnap.domain.model import (
     SnapshotStatus,
     Vps,
 )
-from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.ports import HypervisorDriver, JobEvents, Store, Transaction, VmFacts
 from vpsnap.domain.rules import (
+    ALLOWED,
     Gate,
     SlotUsage,
     can_create,
@@ -37,8 +41,11 @@ from vpsnap.domain.rules import (
     service_gate,
     slot_usage,
 )
+from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,19 @@ class SnapshotListing:
     reason: str | None
     can_create: Gate
     can_restore: Gate
+    # issue 9 (kinds 2, 3, 5): what the running VM allows; additive to the contract's gates.
+    can_create_with_memory: Gate = ALLOWED
+    restore_gates: dict[str, Gate] = field(default_factory=dict)
+    """Per snapshot name: whether that snapshot can be restored now."""
+
+
+RESTORE_VM_CONFIG = "vmConfig"
+"""Restore job payload key: the restored snapshot's recorded VM configuration (``to_json``)."""
+
+
+def restore_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """A restore job's payload: the VM configuration the snapshot's RAM state fits."""
+    return {RESTORE_VM_CONFIG: snapshot.vm_config.to_json() if snapshot.vm_config else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,8 @@ class SnapshotService:
     retention: timedelta
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
+    driver: HypervisorDriver | None = None
+    """Asked for the running VM's facts while listing (None: the gates use the database only)."""
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
@@ -75,15 +97,38 @@ class SnapshotService:
             snapshots = await tx.list_snapshots(vps.id)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
+        facts = await self._vm_facts(vps)
+        create_gate = live_create_gate(can_create(vps, usage, principal), facts)
+        base = restore_base(vps, principal)
         return SnapshotListing(
             vps=vps,
             snapshots=snapshots,
             usage=usage,
             available=available,
             reason=None if available else not_on_plan_reason(vps),
-            can_create=can_create(vps, usage, principal),
+            can_create=create_gate,
             can_restore=can_restore(vps, snapshots, principal),
+            can_create_with_memory=memory_gate(create_gate, facts),
+            restore_gates={s.name: restore_gate(s, base, facts) for s in snapshots},
         )
+
+    async def _vm_facts(self, vps: Vps) -> VmFacts | None:
+        """The running VM's facts, or None (no VM, not running, or no answer in time).
+
+        Bounded like a power-state read (the driver uses the same timeout); a listing never
+        fails because a VM could not be asked, whatever went wrong.
+        """
+        if self.driver is None or vps.machine is None:
+            return None
+        try:
+            return await self.driver.vm_facts(vps)
+        except Exception as exc:  # any failure only means "not known"
+            _log.info(
+                "vm_facts_unknown",
+                vps_id=vps.id,
+                error=getattr(exc, "log_detail", None) or repr(exc),
+            )
+            return None
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
         async with self.store.transaction() as tx:
@@ -180,6 +225,8 @@ class SnapshotService:
                 snapshot_name=snapshot.name,
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
+                # issue 9, kind 3: the driver refuses a VM whose RAM size or machine type changed.
+                payload=restore_payload(snapshot),
             )
         self.events.jobs_queued()
         return job

@@ -37,6 +37,7 @@ from vpsnap.domain.model import (
     Snapshot,
     SnapshotOrigin,
     SnapshotStatus,
+    VmConfig,
     Vps,
     WriteIntent,
 )
@@ -319,6 +320,7 @@ def _snapshot(row: Row) -> Snapshot:
         expires_at=row["expires_at"],
         disk_created_at=row["disk_created_at"],
         missing_since=row["missing_since"],
+        vm_config=VmConfig.from_json(row["vm_config"]),
     )
 
 
@@ -337,6 +339,7 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "expires_at": item.expires_at,
         "disk_created_at": item.disk_created_at,
         "missing_since": item.missing_since,
+        "vm_config": item.vm_config.to_json() if item.vm_config else None,
     }
 
 
@@ -743,6 +746,7 @@ class SqlTransaction:
         includes_memory_state: bool,
         parent_name: str | None,
         disk_created_at: datetime | None = None,
+        vm_config: VmConfig | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -755,6 +759,7 @@ class SqlTransaction:
                 "parent_name": parent_name,
                 "disk_created_at": disk_created_at,
                 "missing_since": None,
+                "vm_config": vm_config.to_json() if vm_config else None,
             },
         )
 

@@ -132,6 +132,9 @@ snapshots = sa.Table(
     # The qcow2 date of the snapshot as vpsnap made it: proof of ownership before deleting.
     sa.Column("disk_created_at", UtcDateTime(), nullable=True),
     sa.Column("missing_since", UtcDateTime(), nullable=True),
+    # RAM size and machine type the snapshot's RAM state fits (migration 0007); NULL: no RAM
+    # state, or taken before vpsnap recorded it.
+    sa.Column("vm_config", sa.JSON(), nullable=True),
 )
 
 jobs = sa.Table(

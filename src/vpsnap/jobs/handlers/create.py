@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from vpsnap.domain.errors import DomainError, SnapshotLimitReached, SnapshotNameTaken
-from vpsnap.domain.model import Consistency, IntentState, Job, Vps
+from vpsnap.domain.model import Consistency, IntentState, Job, VmConfig, Vps
 from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
 from vpsnap.domain.rules import slot_usage
 from vpsnap.jobs.handlers.ownership import clashing_point, find_point
@@ -78,6 +78,8 @@ class CreateSnapshotHandler:
             "consistency": taken.consistency.value,
             "includesMemoryState": taken.includes_memory_state,
             "diskCreatedAt": _iso(made.created_at) if made is not None else None,
+            # What the RAM state fits, so a restore can refuse a changed VM up front (issue 9).
+            "vmConfig": taken.vm_config.to_json() if taken.vm_config else None,
         }
 
     async def succeed(
@@ -92,6 +94,7 @@ class CreateSnapshotHandler:
             includes_memory_state=bool(facts["includesMemoryState"]),
             parent_name=vps.current_snapshot,
             disk_created_at=datetime.fromisoformat(recorded) if recorded else None,
+            vm_config=VmConfig.from_json(facts.get("vmConfig")),
         )
         await tx.set_current_snapshot(vps.id, name)
         # The row owns the snapshot now.

@@ -11,10 +11,11 @@ from datetime import datetime
 from typing import Any
 
 from vpsnap.domain.errors import SnapshotNotFound
-from vpsnap.domain.model import Job, PowerAction, PowerState, SnapshotStatus, Vps
+from vpsnap.domain.model import Job, PowerAction, PowerState, SnapshotStatus, VmConfig, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
 from vpsnap.jobs.journal import JobJournal
+from vpsnap.services.snapshots import RESTORE_VM_CONFIG
 
 POWER_STATE_BEFORE = "powerStateBefore"
 
@@ -54,7 +55,13 @@ class RestoreSnapshotHandler:
                 "snapshot carries its name now); it can only be deleted."
             )
         # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
-        outcome = await driver.restore_snapshot(vps, name)
+        outcome = await driver.restore_snapshot(
+            vps,
+            name,
+            # The VM configuration the snapshot's RAM state fits, recorded with it and put in
+            # the job when the restore was asked for (issue 9, kind 3).
+            recorded=VmConfig.from_json(job.payload.get(RESTORE_VM_CONFIG)),
+        )
         after = outcome.power_state_after
         if before is PowerState.RUNNING and after is PowerState.STOPPED:
             # An earlier attempt stopped the VM and died before starting it again.

@@ -59,7 +59,11 @@ def exit_code(error: DomainError) -> ExitCode:
 
 
 def fail(error: DomainError) -> SystemExit:
+    """An admin command's failure: the tenant-facing text, and the operator's account (paths,
+    the tool's own words) when the error has one; the admin is the operator."""
     click.echo(f"error: {error.detail} [{error.code}]", err=True)
+    if error.log_detail:
+        click.echo(f"  {error.log_detail}", err=True)
     return SystemExit(exit_code(error))
 
 
