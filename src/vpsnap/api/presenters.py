@@ -76,6 +76,7 @@ def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
         status=snapshot.status.value,
         origin=snapshot.origin.value,
         consistency=snapshot.consistency.value,
+        consistency_reason=snapshot.consistency_reason,
     )
 
 

@@ -80,6 +80,11 @@ class SnapshotOut(ApiModel):
     status: str
     origin: str
     consistency: str
+    consistency_reason: str | None = Field(
+        default=None,
+        description="Why `consistency` is not better than it is (e.g. no guest agent answered); "
+        "null for `memory` and `filesystem` snapshots",
+    )
 
 
 class LimitsOut(ApiModel):

@@ -106,6 +106,9 @@ class Snapshot:
     consistency: str  # crash | filesystem | memory
     raw: Raw = field(repr=False, compare=False)
     job_id: str | None = None
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better (e.g. no guest agent answered); None when it is
+    ``memory`` or ``filesystem``, or the server predates the field."""
 
     @classmethod
     def parse(cls, raw: Raw) -> Snapshot:
@@ -121,6 +124,7 @@ class Snapshot:
             origin=raw["origin"],
             consistency=raw["consistency"],
             raw=raw,
+            consistency_reason=raw.get("consistencyReason"),
         )
 
 

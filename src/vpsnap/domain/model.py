@@ -195,6 +195,8 @@ class Snapshot:
     parent_name: str | None
     created_at: datetime
     expires_at: datetime
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better than it is; None for ``memory`` and ``filesystem``."""
 
     @property
     def holds_slot(self) -> bool:

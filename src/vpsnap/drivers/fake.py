@@ -21,6 +21,8 @@ from vpsnap.domain.errors import (
 )
 from vpsnap.domain.model import Consistency, PowerAction, PowerState, QmpAttachment, Vps
 from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
+    QUIESCE_NOT_REQUESTED_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -139,13 +141,25 @@ class FakeDriver:
                 raise SnapshotNameTaken(
                     f"a snapshot named {request.name} already exists on disk {vps.disks[0]}"
                 )
-        taken = TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        taken = TakenSnapshot(
+            consistency=Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=NOT_RUNNING_REASON,
+        )
         if _is_live(vps, state):
             # As over QMP: RAM only when asked, a freeze only when an agent answers.
             if request.include_memory_state:
                 taken = TakenSnapshot(consistency=Consistency.MEMORY, includes_memory_state=True)
             elif request.quiesce and state.guest_agent:
                 taken = TakenSnapshot(Consistency.FILESYSTEM, includes_memory_state=False)
+            else:
+                taken = TakenSnapshot(
+                    Consistency.CRASH,
+                    includes_memory_state=False,
+                    consistency_reason=QUIESCE_NOT_REQUESTED_REASON
+                    if not request.quiesce
+                    else "no guest agent answered",
+                )
         else:
             self._require_unlocked(vps, state)
         state.points[request.name] = RestorePoint(

@@ -258,6 +258,7 @@ def _snapshot(row: Row) -> Snapshot:
         parent_name=row["parent_name"],
         created_at=row["created_at"],
         expires_at=row["expires_at"],
+        consistency_reason=row["consistency_reason"],
     )
 
 
@@ -274,6 +275,7 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "parent_name": item.parent_name,
         "created_at": item.created_at,
         "expires_at": item.expires_at,
+        "consistency_reason": item.consistency_reason,
     }
 
 
@@ -458,6 +460,7 @@ class SqlTransaction:
         *,
         includes_memory_state: bool,
         parent_name: str | None,
+        consistency_reason: str | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -466,6 +469,7 @@ class SqlTransaction:
                 "b_key": name_key(name),
                 "status": SnapshotStatus.AVAILABLE.value,
                 "consistency": consistency.value,
+                "consistency_reason": consistency_reason,
                 "includes_memory_state": includes_memory_state,
                 "parent_name": parent_name,
             },

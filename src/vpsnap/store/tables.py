@@ -110,6 +110,8 @@ snapshots = sa.Table(
     sa.Column("parent_name", sa.String(40), nullable=True),
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=False),
+    # Why the consistency is not better (no agent answered, VM not running, ...); 0008.
+    sa.Column("consistency_reason", sa.String(300), nullable=True),
 )
 
 jobs = sa.Table(

@@ -7,12 +7,22 @@ from typing import Any
 
 from vpsnap.domain.errors import SnapshotLimitReached, SnapshotNameTaken
 from vpsnap.domain.model import Consistency, Job, Vps
-from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
+from vpsnap.domain.ports import (
+    HypervisorDriver,
+    RestorePoint,
+    SnapshotRequest,
+    TakenSnapshot,
+    Transaction,
+)
 from vpsnap.domain.rules import slot_usage
 
 # Disk timestamps come from the hypervisor host's clock, job timestamps from the worker's; the
 # same host in practice, so a second of tolerance is plenty.
 _CLOCK_TOLERANCE = timedelta(seconds=1)
+_RERUN_REASON = (
+    "the job was re-run after its worker stopped, and a filesystem freeze leaves no trace on "
+    "the disks to prove it"
+)
 
 
 class CreateSnapshotHandler:
@@ -47,6 +57,7 @@ class CreateSnapshotHandler:
                 return {
                     "consistency": (Consistency.MEMORY if with_memory else Consistency.CRASH).value,
                     "includesMemoryState": with_memory,
+                    "consistencyReason": None if with_memory else _RERUN_REASON,
                 }
             if existing is not None:
                 # It died half-way: start again from nothing.
@@ -64,6 +75,7 @@ class CreateSnapshotHandler:
         return {
             "consistency": taken.consistency.value,
             "includesMemoryState": taken.includes_memory_state,
+            **_quiesce_facts(taken),
         }
 
     async def succeed(
@@ -76,13 +88,29 @@ class CreateSnapshotHandler:
             Consistency(facts["consistency"]),
             includes_memory_state=bool(facts["includesMemoryState"]),
             parent_name=vps.current_snapshot,
+            consistency_reason=facts.get("consistencyReason"),
         )
         await tx.set_current_snapshot(vps.id, name)
-        return {"name": name}
+        # What the guest agent did, when a freeze was tried, is reported with the job
+        # (docs/api.md, "Snapshots"); the reason is on the snapshot itself.
+        return {"name": name, **{k: facts[k] for k in _QUIESCE_RESULT if k in facts}}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         # The slot is given back at once; the driver already left nothing on disk.
         await tx.remove_snapshot(vps.id, job.snapshot_name or "")
+
+
+_QUIESCE_RESULT = ("freezeWindowMs", "guestThawed", "leftoverFreezeThawed")
+
+
+def _quiesce_facts(taken: TakenSnapshot) -> dict[str, Any]:
+    facts: dict[str, Any] = {"consistencyReason": taken.consistency_reason}
+    if taken.freeze_window_ms is not None:
+        facts["freezeWindowMs"] = taken.freeze_window_ms
+        facts["guestThawed"] = bool(taken.thaw_confirmed)
+    if taken.leftover_freeze_thawed:
+        facts["leftoverFreezeThawed"] = True
+    return facts
 
 
 def _made_by(point: RestorePoint, job: Job) -> bool:
