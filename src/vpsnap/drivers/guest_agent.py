@@ -231,7 +231,12 @@ class GuestAgent:
                 if not first:
                     # The channel may hold replies to what the previous agent never answered.
                     await session.sync(min(self.timeout, max(deadline - loop.time(), 0.1)))
-                await session.call("guest-fsfreeze-thaw", self.timeout)
+                try:
+                    await session.call("guest-fsfreeze-thaw", self.timeout)
+                except AgentRefused as exc:
+                    # Seen: an agent that cannot run its fsfreeze hook refuses the thaw too,
+                    # frozen or not. What counts is the state it reports.
+                    _log.info("guest_agent_thaw_refused", socket=self.socket_path, error=str(exc))
                 state = await session.call("guest-fsfreeze-status", self.timeout)
                 if state == "thawed":
                     if not first:
