@@ -165,8 +165,18 @@ async def _make_template(state: GuestSession, *, kvm: bool) -> str | None:
     work.mkdir()
     disk = work / "template.qcow2"
     qemu_img = QemuImg(timeout=60.0)
-    await _run("qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-               str(state.image.disk), str(disk))  # fmt: skip
+    await _run(
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        str(state.image.disk),
+        str(disk),
+    )
     machines = ManagedMachines(work, timeout=60.0)
     driver = QemuDriver(qemu_img, machines, LiveTimeouts(snapshot_job=300.0))
     vps = make_vps(
@@ -391,8 +401,12 @@ async def _resume(machines: ManagedMachines, vps: Vps, spec: LaunchSpec) -> None
     and delete ``booted`` from the disk: the test's VPS starts with no snapshot at all."""
     machine = machines.dir_for(vps.id)
     machine.path.mkdir(parents=True)
-    argv = [machines.qemu_system, *launch_arguments(vps, spec, machine), "-loadvm",
-            TEMPLATE_SNAPSHOT]  # fmt: skip
+    argv = [
+        machines.qemu_system,
+        *launch_arguments(vps, spec, machine),
+        "-loadvm",
+        TEMPLATE_SNAPSHOT,
+    ]
     await _run(*argv)
     async with open_monitor(str(machine.qmp_socket), 60) as monitor:
         await monitor.execute(
