@@ -190,9 +190,11 @@ def api_rows(
             client, client.post(f"/api/v2/vps/{vps_id}/snapshots", json={"name": name})
         )
         elapsed = (time.perf_counter() - started) * 1000
-        listed = common.expect(client.get(f"/api/v2/vps/{vps_id}/snapshots/{name}"), 200)
+        listing = common.expect(client.get(f"/api/v2/vps/{vps_id}/snapshots"), 200)
         record = quiesced.setdefault(f"api-q{tag}", Quiesced())
-        record.consistencies.add(str(listed.get("consistency")))
+        record.consistencies.update(
+            str(s["consistency"]) for s in listing["data"] if s["name"] == name
+        )
         if "freezeWindowMs" in job["result"]:
             record.windows_ms.append(float(job["result"]["freezeWindowMs"]))
         return common.VpsnapSample(

@@ -110,9 +110,8 @@ def kvm_unusable_reason(
     version = subprocess.run(  # noqa: S603 - our configured qemu-system, no shell
         [qemu_system, "--version"], capture_output=True, text=True, check=False, timeout=30
     ).stdout.split("\n", 1)[0]
-    key = hashlib.sha256(
-        f"{platform.release()}|{version}|{image.kernel.name}".encode()
-    ).hexdigest()[:16]
+    kernel = hashlib.sha256(image.kernel.read_bytes()).hexdigest()
+    key = hashlib.sha256(f"{platform.release()}|{version}|{kernel}".encode()).hexdigest()[:16]
     cache = (cache_dir or Path.home() / ".cache" / "vpsnap") / f"kvm-probe-{key}.json"
     with contextlib.suppress(OSError, ValueError):
         return json.loads(cache.read_text())["reason"]  # type: ignore[no-any-return]
