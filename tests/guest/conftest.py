@@ -38,6 +38,7 @@ from tests.guest.agent import GuestAgentClient
 from vpsnap.api.app import create_app
 from vpsnap.cli.demo_guest import GuestImage, GuestImageMissing, kvm_unusable_reason
 from vpsnap.domain.auth import Scope
+from vpsnap.domain.errors import DomainError
 from vpsnap.domain.model import LaunchSpec, PowerAction, Vps
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.machines import ManagedMachines, launch_arguments
@@ -70,7 +71,6 @@ class GuestSession:
     template: Path | None = None
     workdir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
 
 
 _SESSION = pytest.StashKey[GuestSession]()
@@ -186,7 +186,10 @@ async def _make_template(state: GuestSession, *, kvm: bool) -> str | None:
     limit = float(os.environ.get(BOOT_LIMIT_ENV, BOOT_LIMIT_SECONDS[accel]))
     try:
         started = time.monotonic()
-        await driver.change_power(vps, PowerAction.START)
+        try:
+            await driver.change_power(vps, PowerAction.START)
+        except DomainError as exc:
+            return f"QEMU did not start it: {exc.detail}"
         try:
             await agent.wait_ready(limit)
         except TimeoutError:
