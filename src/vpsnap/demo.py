@@ -1,6 +1,11 @@
 """Demo data for ``vpsnap serve --demo``: two accounts, four VPSes on real qcow2 disks, keys,
 and ``demo-web`` as a running VM that vpsnap manages (when qemu-system-x86_64 is installed).
 
+By default demo-web's VM has no operating system (it starts in a second and sits in the
+firmware). With ``VPSNAP_DEMO_GUEST=true`` (``./scripts/demo`` builds the image and sets
+``VPSNAP_DEMO_GUEST_IMAGE``) it runs the real Debian guest of ``scripts/guest-image`` with its
+guest agent, so a quiesced snapshot of demo-web is ``filesystem``-consistent (docs/vms.md).
+
 Idempotent: a second start reuses the accounts, VPSes, disks and keys that exist, and finds
 demo-web's VM again if it still runs. ``reset_demo`` (``vpsnap admin demo reset``) brings the
 demo VPSes back to their first state: no snapshots, no schedules, their first slot counts.
@@ -8,6 +13,7 @@ demo VPSes back to their first state: no snapshots, no schedules, their first sl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import shutil
@@ -18,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from vpsnap.demo_guest import GuestImage, kvm_unusable_reason
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.errors import Conflict, DomainError, Unauthorized
 from vpsnap.domain.model import (
@@ -85,6 +92,34 @@ async def _ensure_disk(qemu_img: QemuImg, path: Path, disk_bytes: int, data_byte
     await qemu_img.write_pattern(path, 0, data_bytes, DEMO_PATTERN)
 
 
+async def _guest_machine(runtime: Runtime, disk: Path) -> LaunchSpec:
+    """demo-web on the real guest: its disk (and boot files) copied into the data dir once, so
+    the demo does not depend on the build cache; KVM when it can run the kernel, else TCG."""
+    source = runtime.settings.demo_guest_image
+    if source is None:
+        raise SystemExit(
+            "VPSNAP_DEMO_GUEST=true needs VPSNAP_DEMO_GUEST_IMAGE, the qcow2 that "
+            "scripts/guest-image prints (./scripts/demo sets both)"
+        )
+    image = await asyncio.to_thread(GuestImage.at, source)
+    if not disk.exists():  # noqa: ASYNC240 - one stat of a local file, at start-up only
+        private_dir(disk.parent)
+        for src, suffix in ((image.kernel, ".vmlinuz"), (image.initrd, ".initrd")):
+            await asyncio.to_thread(shutil.copyfile, src, disk.with_suffix(suffix))
+        disk.with_suffix(".cmdline").write_text(image.cmdline + "\n")
+        # Last: the disk's presence says the copy is complete. A tenant's disk: 0600.
+        partial = disk.with_suffix(".tmp")
+        private_file(partial)
+        await asyncio.to_thread(shutil.copyfile, image.disk, partial)
+        partial.rename(disk)
+    copy = await asyncio.to_thread(GuestImage.at, disk)
+    reason = await asyncio.to_thread(kvm_unusable_reason, copy, runtime.settings.qemu_system)
+    if reason is not None:
+        _log.info("demo_guest_without_kvm", vps=DEMO_VM_NAME, reason=reason)
+    console = runtime.settings.data_dir.resolve() / f"{DEMO_VM_NAME}-console.log"
+    return copy.launch_spec(console, kvm=reason is None)
+
+
 async def _key_still_valid(runtime: Runtime, secret: object) -> bool:
     if not isinstance(secret, str):
         return False
@@ -136,10 +171,27 @@ async def seed_demo(
             reason=f"{runtime.settings.qemu_system} is not installed (apt install "
             "qemu-system-x86); the VPS is registered with its disk only",
         )
+    guest: LaunchSpec | None = None
     for item in DEMO_VPSES:
         disk = (runtime.settings.data_dir / "disks" / f"{item.name}.qcow2").resolve()
-        await _ensure_disk(qemu_img, disk, disk_bytes, data_bytes)
-        if await accounts.find_vps(item.account, item.name) is None:
+        if item.name == DEMO_VM_NAME and runtime.settings.demo_guest and qemu_system:
+            guest = await _guest_machine(runtime, disk)
+        else:
+            await _ensure_disk(qemu_img, disk, disk_bytes, data_bytes)
+        existing = await accounts.find_vps(item.account, item.name)
+        if (
+            existing is not None
+            and guest is not None
+            and item.name == DEMO_VM_NAME
+            and existing.machine != guest
+        ):
+            _log.warning(
+                "demo_guest_not_used",
+                vps=DEMO_VM_NAME,
+                reason="this data dir was seeded without the guest; start the guest demo "
+                "on a fresh data dir (./scripts/demo uses var/demo-guest)",
+            )
+        if existing is None:
             await accounts.add_vps(
                 NewVps(
                     account_name=item.account,
@@ -151,7 +203,9 @@ async def seed_demo(
                     operating_system=OperatingSystem("Debian 12", "linux", "12", "bookworm"),
                     resources=Resources(cpu_cores=1, memory_gb=1.0, storage_gb=2.0),
                     billing=Billing("5.00", "EUR", "monthly"),
-                    machine=DEMO_VM if item.name == DEMO_VM_NAME and qemu_system else None,
+                    machine=(guest or DEMO_VM)
+                    if item.name == DEMO_VM_NAME and qemu_system
+                    else None,
                 )
             )
     tokens_path = runtime.settings.data_dir / "demo-tokens.json"
@@ -209,6 +263,14 @@ async def start_demo_vm(runtime: Runtime, *, timeout: float = 60.0) -> PowerStat
         power_state_before=job.result["powerStateBefore"],
         power_state_after=job.result["powerStateAfter"],
     )
+    if runtime.settings.demo_guest and vps.machine != DEMO_VM:
+        _log.info(
+            "demo_guest_booting",
+            vps=DEMO_VM_NAME,
+            console=str(runtime.settings.data_dir.resolve() / f"{DEMO_VM_NAME}-console.log"),
+            hint="quiesced snapshots are filesystem-consistent once the console shows "
+            "VPSNAP-GUEST-READY (seconds with KVM, about a minute under TCG)",
+        )
     return PowerState(job.result["powerStateAfter"])
 
 

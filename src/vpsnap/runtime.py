@@ -62,6 +62,8 @@ def qemu_driver_for(settings: Settings) -> QemuDriver:
         qmp=settings.qmp_timeout_seconds,
         status=settings.power_state_timeout_seconds,
         guest_agent=settings.guest_agent_timeout_seconds,
+        guest_freeze=settings.guest_freeze_timeout_seconds,
+        guest_agent_recovery=settings.guest_agent_recovery_seconds,
         shutdown=settings.shutdown_timeout_seconds,
         snapshot_job=settings.vm_snapshot_timeout_seconds,
     )

@@ -87,6 +87,24 @@ class Settings(BaseSettings):
     guest_agent_timeout_seconds: float = Field(
         default=3.0, description="Each guest-agent exchange; no answer: crash-consistent snapshot"
     )
+    # -- real guests (issue 14) --
+    guest_freeze_timeout_seconds: float = Field(
+        default=10.0,
+        description="The guest-agent freeze itself (the guest writes out its dirty data first)",
+    )
+    guest_agent_recovery_seconds: float = Field(
+        default=30.0,
+        description="How long vpsnap keeps trying to thaw a guest whose agent stopped answering",
+    )
+    demo_guest: bool = Field(
+        default=False,
+        description="`serve --demo` runs demo-web on the real Debian guest (scripts/guest-image)",
+    )
+    demo_guest_image: Path | None = Field(
+        default=None,
+        description="The guest qcow2 for demo_guest; scripts/demo builds it and sets this",
+    )
+    # -- end real guests --
     shutdown_timeout_seconds: float = Field(
         default=60.0, description="How long a graceful shutdown may take before `use stop`"
     )

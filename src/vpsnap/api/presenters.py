@@ -80,6 +80,7 @@ def snapshot_out(snapshot: Snapshot, can_restore: Gate | None = None) -> Snapsho
         actions=SnapshotItemActionsOut(can_restore=gate_out(can_restore))
         if can_restore is not None
         else None,
+        consistency_reason=snapshot.consistency_reason,
     )
 
 

@@ -96,6 +96,11 @@ class SnapshotOut(ApiModel):
     origin: str
     consistency: str
     actions: SnapshotItemActionsOut | None = None
+    consistency_reason: str | None = Field(
+        default=None,
+        description="Why `consistency` is not better than it is (e.g. no guest agent answered); "
+        "null for `memory` and `filesystem` snapshots",
+    )
 
 
 class LimitsOut(ApiModel):

@@ -108,6 +108,9 @@ class Snapshot:
     job_id: str | None = None
     can_restore: Gate | None = None
     """Whether this snapshot can be restored now (None: the server does not say)."""
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better (e.g. no guest agent answered); None when it is
+    ``memory`` or ``filesystem``, or the server predates the field."""
 
     @classmethod
     def parse(cls, raw: Raw) -> Snapshot:
@@ -125,6 +128,7 @@ class Snapshot:
             consistency=raw["consistency"],
             raw=raw,
             can_restore=Gate.parse(actions["canRestore"]) if "canRestore" in actions else None,
+            consistency_reason=raw.get("consistencyReason"),
         )
 
 

@@ -250,6 +250,8 @@ class Snapshot:
     """When reconciliation first found it missing from the disks; None while it is seen."""
     vm_config: VmConfig | None = None
     """The VM's configuration when RAM state was saved (None: no RAM state, or not recorded)."""
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better than it is; None for ``memory`` and ``filesystem``."""
 
     @property
     def holds_slot(self) -> bool:

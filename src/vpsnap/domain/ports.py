@@ -54,12 +54,26 @@ class SnapshotRequest:
     quiesce: bool = True
 
 
+NOT_RUNNING_REASON = "the VM was not running: there was no RAM to save and no guest agent to ask"
+"""The consistency reason of every snapshot taken of a stopped VM (its disk files only)."""
+QUIESCE_NOT_REQUESTED_REASON = "quiesce was not requested"
+
+
 @dataclass(frozen=True, slots=True)
 class TakenSnapshot:
     consistency: Consistency
     includes_memory_state: bool
     vm_config: VmConfig | None = None
     """With RAM state: the configuration it can be loaded into again (None: not known)."""
+    consistency_reason: str | None = None
+    """Why the consistency is not better than it is (e.g. no guest agent answered), for the
+    VPS's owner: it names no host path. None for ``memory`` and ``filesystem``."""
+    freeze_window_ms: float | None = None
+    """From the guest-agent freeze request until its thaw was answered, when one was sent."""
+    leftover_freeze_thawed: bool = False
+    """A guest freeze left in place earlier (dead agent, crashed vpsnap) was found and thawed."""
+    thaw_confirmed: bool | None = None
+    """After a freeze: the agent confirmed the guest is thawed again (None: no freeze sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +293,7 @@ class Transaction(Protocol):
         parent_name: str | None,
         disk_created_at: datetime | None = None,
         vm_config: VmConfig | None = None,
+        consistency_reason: str | None = None,
     ) -> None:
         """The snapshot exists on the hypervisor: it becomes ``available`` with these facts
         (``vm_config``: the VM configuration its RAM state fits, when it has RAM state)."""

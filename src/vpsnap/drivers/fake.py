@@ -31,6 +31,8 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
+    QUIESCE_NOT_REQUESTED_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -185,7 +187,11 @@ class FakeDriver:
                 raise SnapshotNameTaken(
                     f"a snapshot named {request.name} already exists on disk 1 of {vps.name}"
                 )
-        taken = TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        taken = TakenSnapshot(
+            consistency=Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=NOT_RUNNING_REASON,
+        )
         if _is_live(vps, state):
             # As over QMP: RAM only when asked, a freeze only when an agent answers.
             if request.include_memory_state:
@@ -197,6 +203,14 @@ class FakeDriver:
                 )
             elif request.quiesce and state.guest_agent:
                 taken = TakenSnapshot(Consistency.FILESYSTEM, includes_memory_state=False)
+            else:
+                taken = TakenSnapshot(
+                    Consistency.CRASH,
+                    includes_memory_state=False,
+                    consistency_reason=QUIESCE_NOT_REQUESTED_REASON
+                    if not request.quiesce
+                    else "no guest agent answered",
+                )
         else:
             self._require_unlocked(vps, state)
         state.points[request.name] = RestorePoint(

@@ -49,6 +49,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -307,7 +308,11 @@ class LibvirtDriver:
                     ) from exc
                 raise
             if not live:
-                return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+                return TakenSnapshot(
+                    consistency=Consistency.CRASH,
+                    includes_memory_state=False,
+                    consistency_reason=NOT_RUNNING_REASON,
+                )
             if not request.include_memory_state:
                 _log.info(
                     "libvirt_snapshot_includes_memory",

@@ -23,7 +23,13 @@ from vpsnap.domain.errors import (
     SnapshotNotFound,
 )
 from vpsnap.domain.model import Consistency, PowerState, Vps
-from vpsnap.domain.ports import RestoreOutcome, RestorePoint, SnapshotRequest, TakenSnapshot
+from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
+    RestoreOutcome,
+    RestorePoint,
+    SnapshotRequest,
+    TakenSnapshot,
+)
 from vpsnap.domain.rules import name_key
 
 if TYPE_CHECKING:
@@ -89,7 +95,11 @@ class DiskImages:
                 raise
             done.append(disk)
 
-        return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        return TakenSnapshot(
+            consistency=Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=NOT_RUNNING_REASON,
+        )
 
     async def delete_snapshot(self, vps: Vps, name: str) -> None:
         infos = await self.inspect(vps)

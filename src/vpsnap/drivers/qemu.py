@@ -39,6 +39,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import (
+    QUIESCE_NOT_REQUESTED_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -47,7 +48,7 @@ from vpsnap.domain.ports import (
     VmFacts,
 )
 from vpsnap.drivers import live
-from vpsnap.drivers.guest_agent import GuestAgent
+from vpsnap.drivers.guest_agent import GuestAgent, Quiesce
 from vpsnap.drivers.offline import (
     DiskImages,
     disk_label,
@@ -83,7 +84,11 @@ class LiveTimeouts:
     status: float = 1.0
     """A power-state read for the API: past this the state is reported ``unknown``."""
     guest_agent: float = 3.0
-    """Each guest-agent exchange (sync, freeze, thaw): no answer means no agent."""
+    """Each guest-agent exchange (sync, status, thaw): no answer means no agent."""
+    guest_freeze: float = 10.0
+    """The freeze itself: the guest first writes out its dirty data (seconds under write load)."""
+    guest_agent_recovery: float = 30.0
+    """An agent that stops answering after a freeze is retried this long to thaw the guest."""
     shutdown: float = 60.0
     """A graceful shutdown: the guest must power off within this, else "use stop"."""
     snapshot_job: float = 600.0
@@ -525,18 +530,37 @@ class QemuDriver:
     async def _snapshot_disks(
         self, vm: _Vm, request: SnapshotRequest, monitor: Monitor, nodes: tuple[str, ...]
     ) -> TakenSnapshot:
-        freeze: contextlib.AbstractAsyncContextManager[bool] = contextlib.nullcontext(
-            enter_result=False
-        )
-        agent = vm.agent_socket if request.quiesce else None
+        freeze: contextlib.AbstractAsyncContextManager[Quiesce]
+        if not request.quiesce:
+            freeze = contextlib.nullcontext(Quiesce(reason=QUIESCE_NOT_REQUESTED_REASON))
+        elif vm.agent_socket is None:
+            freeze = contextlib.nullcontext(
+                Quiesce(reason="the VM was registered without a guest-agent channel")
+            )
         # A channel no agent has opened answers nothing: skip the wait for the agent's timeout.
-        if agent is not None and await live.agent_channel_open(monitor, agent) is not False:
-            freeze = GuestAgent(agent, self._timeouts.guest_agent).frozen_filesystems()
-        async with freeze as frozen:
+        elif await live.agent_channel_open(monitor, vm.agent_socket) is False:
+            freeze = contextlib.nullcontext(
+                Quiesce(reason="no guest agent runs in the guest (its channel is not open)")
+            )
+        else:
+            freeze = GuestAgent(
+                vm.agent_socket,
+                self._timeouts.guest_agent,
+                freeze_timeout=self._timeouts.guest_freeze,
+                recovery=self._timeouts.guest_agent_recovery,
+            ).frozen_filesystems()
+        async with freeze as quiesce:
             # One transaction: QEMU snapshots every disk or, on any error, none.
             await live.take_disk_snapshot(monitor, nodes, request.name)
-        consistency = Consistency.FILESYSTEM if frozen else Consistency.CRASH
-        return TakenSnapshot(consistency=consistency, includes_memory_state=False)
+        # Complete only now: the thaw (and its window) happens when the block exits.
+        return TakenSnapshot(
+            consistency=Consistency.FILESYSTEM if quiesce.frozen else Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=None if quiesce.frozen else quiesce.reason,
+            freeze_window_ms=quiesce.window_ms,
+            leftover_freeze_thawed=quiesce.leftover_thawed,
+            thaw_confirmed=quiesce.thaw_confirmed,
+        )
 
     async def _save_vm(
         self, vps: Vps, monitor: Monitor, nodes: tuple[str, ...], name: str

@@ -321,6 +321,7 @@ def _snapshot(row: Row) -> Snapshot:
         disk_created_at=row["disk_created_at"],
         missing_since=row["missing_since"],
         vm_config=VmConfig.from_json(row["vm_config"]),
+        consistency_reason=row["consistency_reason"],
     )
 
 
@@ -340,6 +341,7 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "disk_created_at": item.disk_created_at,
         "missing_since": item.missing_since,
         "vm_config": item.vm_config.to_json() if item.vm_config else None,
+        "consistency_reason": item.consistency_reason,
     }
 
 
@@ -747,6 +749,7 @@ class SqlTransaction:
         parent_name: str | None,
         disk_created_at: datetime | None = None,
         vm_config: VmConfig | None = None,
+        consistency_reason: str | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -755,6 +758,7 @@ class SqlTransaction:
                 "b_key": name_key(name),
                 "status": SnapshotStatus.AVAILABLE.value,
                 "consistency": consistency.value,
+                "consistency_reason": consistency_reason,
                 "includes_memory_state": includes_memory_state,
                 "parent_name": parent_name,
                 "disk_created_at": disk_created_at,

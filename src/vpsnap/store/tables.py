@@ -135,6 +135,8 @@ snapshots = sa.Table(
     # RAM size and machine type the snapshot's RAM state fits (migration 0007); NULL: no RAM
     # state, or taken before vpsnap recorded it.
     sa.Column("vm_config", sa.JSON(), nullable=True),
+    # Why the consistency is not better (no agent answered, VM not running, ...); 0008.
+    sa.Column("consistency_reason", sa.String(300), nullable=True),
 )
 
 jobs = sa.Table(
