@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -10,10 +11,12 @@ import pytest
 from tests.conftest import Api, api_settings
 from tests.support import PROBLEM_MEMBERS
 from vpsnap.api.app import create_app
-from vpsnap.domain.model import PowerState, ServiceStatus, Vps
+from vpsnap.domain.auth import Principal
+from vpsnap.domain.model import ServiceStatus
 from vpsnap.drivers.fake import FakeDriver
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
+from vpsnap.services.inventory import InventoryService, VpsView
 from vpsnap.store.sql import SqlStore
 
 
@@ -283,18 +286,18 @@ async def test_the_openapi_document_lists_the_problems_the_app_answers(api: Api)
     assert {"400", "413", "415"} <= set(create)
 
 
-class _BrokenDriver(FakeDriver):
-    """A driver with a bug (not a domain error): the API must still answer problem+json."""
+class _BrokenInventory(InventoryService):
+    """A service with a bug (not a domain error): the API must still answer problem+json."""
 
-    async def power_state(self, vps: Vps) -> PowerState:
-        raise RuntimeError("driver bug: secret internal detail")
+    async def get(self, principal: Principal, vps_id: str) -> VpsView:
+        raise RuntimeError("service bug: secret internal detail")
 
 
 async def test_an_unexpected_exception_is_a_500_problem_without_internals(
     store: SqlStore, tmp_path: Path
 ) -> None:
     settings = api_settings(tmp_path)
-    runtime = Runtime.build(settings, store=store, driver=_BrokenDriver())
+    runtime = Runtime.build(settings, store=store, driver=FakeDriver())
     await runtime.services.accounts.create_account("acme")
     from vpsnap.domain.auth import Scope
 
@@ -302,7 +305,8 @@ async def test_an_unexpected_exception_is_a_500_problem_without_internals(
     vps = await runtime.services.accounts.add_vps(
         NewVps(account_name="acme", name="web", disks=(), snapshot_slots=1)
     )
-    app = create_app(runtime.services, settings)
+    broken = _BrokenInventory(runtime.store, runtime.services.nodes)
+    app = create_app(dataclasses.replace(runtime.services, inventory=broken), settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.get(

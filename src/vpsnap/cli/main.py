@@ -18,7 +18,7 @@ from vpsnap.cli.libvirt_import import import_libvirt
 from vpsnap.cli.vps_machine import machine_from_options
 from vpsnap.domain.auth import parse_scopes
 from vpsnap.domain.errors import DomainError
-from vpsnap.runtime import Runtime, qemu_img_for
+from vpsnap.runtime import Role, Runtime, qemu_img_for
 from vpsnap.services.accounts import NewVps
 from vpsnap.settings import Settings
 
@@ -50,7 +50,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 def run_admin(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> T:
     async def main() -> T:
-        runtime = Runtime.build(settings)
+        runtime = Runtime.build(settings, role=Role.ADMIN)
         try:
             await runtime.prepare()
             return await action(runtime)
@@ -234,7 +234,9 @@ def reconcile_command(
     from vpsnap.scheduler.reconcile import reconcile  # noqa: PLC0415 - admin-only import
 
     settings = load_settings(data_dir=data_dir)
-    report = run_admin(settings, lambda rt: reconcile(rt.store, rt.driver, node, dry_run=dry_run))
+    report = run_admin(
+        settings, lambda rt: reconcile(rt.store, rt.hypervisor(), node, dry_run=dry_run)
+    )
     table = Table("action", "vps", "snapshot", "detail", title="dry run" if dry_run else None)
     for finding in report.findings:
         table.add_row(

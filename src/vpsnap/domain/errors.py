@@ -12,6 +12,7 @@ problem+json (status and title come from ``vpsnap.api.problems``), the SDK rebui
     ├── NotFound                (vps_not_found, snapshot_not_found, job_not_found)
     ├── Conflict                (snapshot_name_taken, snapshot_limit_reached, ...)
     ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
+    ├── NodeUnavailable         (node_unavailable, 503 with Retry-After)
     └── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
 """
 
@@ -121,6 +122,12 @@ class VpsQueueFull(DomainError):
     """The VPS has as many unfinished jobs as it may queue; retry once some have run."""
 
     code = "vps_queue_full"
+
+
+class NodeUnavailable(DomainError):
+    """The VPS's host agent is offline or its node is drained: no new work is queued there."""
+
+    code = "node_unavailable"
 
 
 class HypervisorError(DomainError):

@@ -38,6 +38,7 @@ from vpsnap.domain.rules import (
 )
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.nodes import NodeDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,7 @@ class SnapshotService:
     events: JobEvents
     clock: Clock
     retention: timedelta
+    nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
 
@@ -72,16 +74,20 @@ class SnapshotService:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
+            node = await self.nodes.gate(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
+        create_gate = can_create(vps, usage, principal)
+        restore_gate = can_restore(vps, snapshots, principal)
         return SnapshotListing(
             vps=vps,
             snapshots=snapshots,
             usage=usage,
             available=available,
             reason=None if available else not_on_plan_reason(vps),
-            can_create=can_create(vps, usage, principal),
-            can_restore=can_restore(vps, snapshots, principal),
+            # The VPS's own reasons come first; an unreachable host is said when they allow.
+            can_create=create_gate if not create_gate.allowed else node,
+            can_restore=restore_gate if not restore_gate.allowed else node,
         )
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
@@ -91,6 +97,7 @@ class SnapshotService:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshots = await tx.list_snapshots(vps.id)
             self._check_can_create(vps, snapshots, request.name)
+            await self.nodes.require_available(tx, vps)
             now = self.clock.now()
             await tx.add_snapshot(
                 Snapshot(
@@ -146,6 +153,7 @@ class SnapshotService:
                 raise SnapshotBusy(
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
                 )
+            await self.nodes.require_available(tx, vps)
             await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.DELETING))
             job = await enqueue(
                 tx,
@@ -171,6 +179,7 @@ class SnapshotService:
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; it cannot be "
                     "restored now."
                 )
+            await self.nodes.require_available(tx, vps)
             job = await enqueue(
                 tx,
                 self.clock,
