@@ -44,9 +44,7 @@ async def fail_unstartable_jobs(
             continue
         async with store.transaction(read_only=True) as tx:
             stale = await tx.unstarted_jobs(name, before, _BATCH)
-        for job in stale:
-            if await _fail(store, events, clock, job.id, name):
-                failed.append(job.id)
+        failed += [job.id for job in stale if await _fail(store, events, clock, job.id, name)]
     return failed
 
 
