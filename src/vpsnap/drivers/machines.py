@@ -99,16 +99,24 @@ class ManagedMachines:
 
     def _exiting(self, vps_id: str) -> bool:
         """The pidfile's process is dying: its memory is gone (empty cmdline) but it may still
-        hold files, such as the disks' locks, until it is a zombie."""
+        hold files, such as the disks' locks, until every thread of it has exited.
+
+        QEMU has many threads. The group leader turns zombie as soon as *it* has exited, while
+        the others may still be closing the process's files: the image locks are free only when
+        the last thread is gone, so a zombie leader with threads left still counts as exiting.
+        """
         try:
             pid = int(self.dir_for(vps_id).pidfile.read_text().strip())
             stat = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            threads = sum(1 for _ in Path(f"/proc/{pid}/task").iterdir())
         except (OSError, ValueError):
             return False
         # The state letter follows the parenthesised command name, which may contain spaces.
         state = stat.rpartition(")")[2].split()[0]
-        return not cmdline and state not in ("Z", "X")
+        if state in ("Z", "X"):
+            return threads > 1
+        return not cmdline
 
     def running(self) -> Iterator[tuple[str, int]]:
         """(vps id, pid) of every managed VM of this data dir that is running now."""
