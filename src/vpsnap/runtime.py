@@ -107,6 +107,8 @@ class Runtime:
     clock: Clock
     services: Services
     role: Role = Role.EMBEDDED
+    active_scheduler: bool = False
+    """In a ``scheduler`` process: whether it holds the lock and runs the tasks now."""
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -380,7 +382,9 @@ class Runtime:
         """
         await self.require_postgres_schema()
         node = self.settings.node
-        lock = SessionLock(asyncpg_dsn(self.store.url or ""), f"node:{node}")
+        lock = SessionLock(
+            asyncpg_dsn(self.store.url or ""), f"{self.store.channel_prefix}:node:{node}"
+        )
         if not await lock.acquire():
             await self.close()
             raise ProcessRefused(
@@ -430,7 +434,9 @@ class Runtime:
         ``scheduler_standby_poll_seconds``, so it takes over within that (plus PostgreSQL
         noticing the dead connection) of the active one dying."""
         await self.require_postgres_schema()
-        lock = SessionLock(asyncpg_dsn(self.store.url or ""), "scheduler")
+        lock = SessionLock(
+            asyncpg_dsn(self.store.url or ""), f"{self.store.channel_prefix}:scheduler"
+        )
         poll = self.settings.scheduler_standby_poll_seconds
         listener = self.listener(wake_worker=False)
         assert listener is not None
@@ -442,7 +448,11 @@ class Runtime:
                         await asyncio.wait_for(stopping.wait(), poll)
                     continue
                 log.info("scheduler_active")
-                await self._lead(lock, stopping, poll)
+                self.active_scheduler = True
+                try:
+                    await self._lead(lock, stopping, poll)
+                finally:
+                    self.active_scheduler = False
                 log.info("scheduler_standby")
         finally:
             await lock.release()
