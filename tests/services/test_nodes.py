@@ -169,3 +169,27 @@ async def test_node_stats_count_vpses_and_waiting_jobs(world: World) -> None:
     )
     assert stats["local"].vps_count == 1
     assert [v.id for v in listed] == [vps_id]
+
+
+async def test_the_operator_report_and_drain_of_a_node_without_an_agent(world: World) -> None:
+    from vpsnap.domain.errors import NotFound
+    from vpsnap.domain.nodes import NodeState
+    from vpsnap.services.nodes import NodeAdmin
+
+    vps_id = await _remote_vps(world)
+    await world.runtime.observer().heartbeat()
+    admin = NodeAdmin(world.store, world.runtime.services.nodes)
+    await admin.set_drained(REMOTE, True)  # VPSes there, no agent yet: remembered
+    with pytest.raises(NotFound):
+        await admin.set_drained("nowhere", True)
+
+    report = {r.name: r for r in await admin.report()}
+    assert report["local"].state is NodeState.ONLINE
+    assert report[REMOTE].state is NodeState.OFFLINE
+    assert report[REMOTE].vps_count == 1
+    await _agent(world).heartbeat()  # the agent arrives: the node is drained
+    assert {r.name: r.state for r in await admin.report()}[REMOTE] is NodeState.DRAINED
+    with pytest.raises(NodeUnavailable):
+        await world.runtime.services.snapshots.create(world.principal, vps_id, CreateSnapshot("x"))
+    await admin.set_drained(REMOTE, False)
+    assert {r.name: r.state for r in await admin.report()}[REMOTE] is NodeState.ONLINE

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import NodeUnavailable
+from vpsnap.domain.errors import NodeUnavailable, NotFound
 from vpsnap.domain.model import PowerState, Vps
-from vpsnap.domain.nodes import NodeState, node_gate
-from vpsnap.domain.ports import Transaction
+from vpsnap.domain.nodes import Node, NodeState, node_gate
+from vpsnap.domain.ports import Store, Transaction
 from vpsnap.domain.rules import Gate
 
 # Clients told "node unavailable" should wait about this long (seconds) before trying again:
@@ -61,3 +61,67 @@ def observed_power_state(vps: Vps, node_state: NodeState) -> PowerState:
     if node_state is NodeState.OFFLINE or vps.power_state is None:
         return PowerState.UNKNOWN
     return vps.power_state
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """One line of ``vpsnap admin node list``."""
+
+    name: str
+    state: NodeState
+    version: str | None
+    started_at: datetime | None
+    last_seen_at: datetime | None
+    vps_count: int
+    queued_jobs: int
+    oldest_queued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAdmin:
+    """Operator use cases on nodes: list them, drain one for maintenance and undrain it."""
+
+    store: Store
+    directory: NodeDirectory
+
+    async def report(self) -> list[NodeReport]:
+        """Every node that has an agent or VPSes, by name."""
+        async with self.store.transaction(read_only=True) as tx:
+            known = {n.name: n for n in await tx.list_nodes()}
+            stats = await tx.node_stats()
+            states = await self.directory.states(tx, {*known, *stats})
+        rows = []
+        for name in sorted(states):
+            node, counts = known.get(name), stats.get(name)
+            rows.append(
+                NodeReport(
+                    name=name,
+                    state=states[name],
+                    version=node.version if node else None,
+                    started_at=node.started_at if node else None,
+                    last_seen_at=node.last_seen_at if node else None,
+                    vps_count=counts.vps_count if counts else 0,
+                    queued_jobs=counts.queued_jobs if counts else 0,
+                    oldest_queued_at=counts.oldest_queued_at if counts else None,
+                )
+            )
+        return rows
+
+    async def set_drained(self, name: str, drained: bool) -> None:
+        """Drain (no new work; jobs already queued still run) or undrain ``name``.
+
+        Raises ``NotFound`` for a node that has never had an agent nor a VPS.
+        """
+        async with self.store.transaction() as tx:
+            if await tx.set_node_drained(name, drained):
+                return
+            stats = await tx.node_stats()
+            if name not in stats:
+                raise NotFound(
+                    f"No node named {name!r}: no agent has reported it, no VPS is on it."
+                )
+            # VPSes but no agent yet: remember the drain for when it comes.
+            epoch = datetime(1970, 1, 1, tzinfo=UTC)
+            await tx.heartbeat(
+                Node(name=name, version="", started_at=epoch, last_seen_at=epoch, drained=drained)
+            )
