@@ -166,6 +166,10 @@ async def api(
     )
     listing = await runtime.services.accounts.list_vps()
     vps_ids = {vps.name: vps.id for vps, _ in listing}
+    # What the embedded agent does at start: publish its node and its VMs' power states.
+    observer = runtime.observer()
+    await observer.heartbeat()
+    await observer.refresh_power_states()
     worker = runtime.worker()
     worker_task = asyncio.create_task(worker.run()) if api_worker else None
     app = create_app(runtime.services, settings)

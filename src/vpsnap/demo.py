@@ -251,12 +251,12 @@ async def start_demo_vm(runtime: Runtime, *, timeout: float = 60.0) -> PowerStat
             job = await jobs.wait(principal, job.id, deadline - time.monotonic())
     except DomainError as exc:
         _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, error=exc.detail)
-        return await runtime.driver.power_state(vps)
+        return await runtime.hypervisor().power_state(vps)
     if job.status is not JobStatus.COMPLETED or job.result is None:
         # The demo is still useful without it: demo-web then snapshots offline.
         detail = (job.error or {}).get("detail", f"the start job is {job.status.value}")
         _log.warning("demo_vm_not_started", vps=DEMO_VM_NAME, job_id=job.id, error=detail)
-        return await runtime.driver.power_state(vps)
+        return await runtime.hypervisor().power_state(vps)
     _log.info(
         "demo_vm_ready",
         vps=DEMO_VM_NAME,

@@ -59,6 +59,23 @@ class Settings(BaseSettings):
     )
     job_retention_days: int = 7
 
+    node_heartbeat_seconds: float = Field(
+        default=5.0, description="How often an agent reports that its node is alive"
+    )
+    node_offline_after_seconds: float = Field(
+        default=30.0,
+        description="A node not heard from this long is offline: powerState unknown, no new work",
+    )
+    power_refresh_seconds: float = Field(
+        default=10.0, description="How often an agent reads and publishes its VMs' power states"
+    )
+    queued_job_timeout_seconds: float = Field(
+        default=900.0,
+        description="A job not started this long while its node is offline fails",
+    )
+    scheduler_standby_poll_seconds: float = Field(
+        default=2.0, description="How often a standby scheduler tries to become the active one"
+    )
     scheduler_interval_seconds: float = Field(
         default=30.0, description="How often expiry, schedules and reconciliation run"
     )

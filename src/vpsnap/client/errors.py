@@ -36,7 +36,8 @@
     │   └── VpsQueueFull           429: the VPS has as many unfinished jobs as it may queue
     ├── ServerError                5xx, after the SDK's own retries
     │   ├── BillingUnavailable     503
-    │   └── HypervisorUnavailable  503
+    │   ├── HypervisorUnavailable  503
+    │   └── NodeUnavailable        503: the VPS's host is offline or drained (retry_after)
     ├── JobFailed                  the job ended ``failed``: its problem, and ``error`` rebuilt
     └── JobTimeout                 the job did not end within the wait's timeout
 
@@ -286,6 +287,18 @@ class HypervisorUnavailable(ServerError):
     code = "hypervisor_unavailable"
 
 
+class NodeUnavailable(ServerError):
+    """The VPS's host is offline or in maintenance (drained): nothing was queued; retry after
+    ``retry_after`` seconds."""
+
+    code = "node_unavailable"
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.extensions.get("retryAfter")
+        return float(value) if isinstance(value, int | float) else None
+
+
 class JobFailed(VpsnapError):
     """The job ended ``failed``. ``job`` is its last state; ``error`` is its problem document
     rebuilt as an exception (e.g. ``SnapshotNameTaken``), so callers can branch on it."""
@@ -356,6 +369,7 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         ServerError,
         BillingUnavailable,
         HypervisorUnavailable,
+        NodeUnavailable,
     )
 }
 _BY_CODE |= {"invalid_json": InvalidRequest, "invalid_cursor": InvalidRequest}

@@ -32,9 +32,11 @@ renamed once released.
     ├── RateLimited             (extensions.retryAfter)
     ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
     ├── BillingUnavailable
+    ├── NodeUnavailable         (node_unavailable, 503 with Retry-After)
     ├── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
     └── ConfigurationError      (operator: settings or files that cannot work; CLI only)
         ├── BillingConfigError
+        ├── ProcessRefused      (operator: a scale-out process that cannot start as configured)
         └── CapacityConfigError
 
 The operator errors are raised by ``vpsnap admin``/``serve`` and printed by the CLI; they reuse
@@ -224,6 +226,12 @@ class BillingUnavailable(DomainError):
     code = "billing_unavailable"
 
 
+class NodeUnavailable(DomainError):
+    """The VPS's host agent is offline or its node is drained: no new work is queued there."""
+
+    code = "node_unavailable"
+
+
 class HypervisorError(DomainError):
     """The hypervisor could not do what was asked (a tool failed, a socket is gone)."""
 
@@ -287,6 +295,11 @@ class ConfigurationError(DomainError):
 
 class BillingConfigError(ConfigurationError):
     """The billing webhook settings cannot work (no secret, not an http(s) URL, bad timeout)."""
+
+
+class ProcessRefused(ConfigurationError):
+    """A scale-out process cannot start as configured: SQLite instead of PostgreSQL, a database
+    schema older or newer than this vpsnap, a node another agent already serves."""
 
 
 class CapacityConfigError(ConfigurationError):

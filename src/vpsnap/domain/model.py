@@ -197,6 +197,9 @@ class Vps:
     plan: str | None = None
     """The operator's plan id (capacity configuration), when the VPS is on one."""
     machine: Machine | None = None
+    power_state: PowerState | None = None
+    """As its node's agent last observed it (None: never observed); see ``domain.nodes``."""
+    power_state_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +281,8 @@ class Job:
     lease_expires_at: datetime | None = None
     lane: JobLane = JobLane.QUICK
     journal: JsonObject = field(default_factory=dict)
+    node: str = ""
+    """The hypervisor node whose agent runs it (the VPS's node when it was queued)."""
     """Facts the job recorded durably while it ran (``vpsnap.jobs.journal``): what it found
     before touching anything and which steps took effect, read by a re-run after a crash."""
 

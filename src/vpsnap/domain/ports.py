@@ -30,6 +30,7 @@ from vpsnap.domain.model import (
     Vps,
     WriteIntent,
 )
+from vpsnap.domain.nodes import Node, NodeStats
 from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Session, User
 
@@ -270,6 +271,28 @@ class Transaction(Protocol):
 
     async def remove_vps(self, vps_id: str) -> None:
         """Delete the VPS row with its snapshot records, schedule and finished jobs."""
+        ...
+
+    async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:
+        """Store the power state observed at ``at`` if it differs from the stored one and the
+        stored one is not newer; True if it was stored."""
+        ...
+
+    # nodes
+    async def heartbeat(self, node: Node) -> None:
+        """Insert or update the node's row (its ``drained`` flag is kept)."""
+        ...
+
+    async def get_node(self, name: str) -> Node | None: ...
+    async def list_nodes(self) -> list[Node]: ...
+    async def set_node_drained(self, name: str, drained: bool) -> bool: ...
+    async def node_stats(self) -> dict[str, NodeStats]: ...
+    async def unstarted_jobs(self, node: str, created_before: datetime, limit: int) -> list[Job]:
+        """Queued or pending jobs of ``node`` created before ``created_before``, oldest first."""
+        ...
+
+    async def fail_unstarted_job(self, job: Job) -> bool:
+        """Write ``job``'s failure (error, finished_at) if it is still queued or pending."""
         ...
 
     # snapshots

@@ -202,6 +202,14 @@ CATALOGUE: dict[str, ProblemKind] = {
         "The billing system did not confirm the change; nothing was changed. Retry later.",
         retryable=True,
     ),
+    "node_unavailable": ProblemKind(
+        503,
+        "Node unavailable",
+        "The host this VPS runs on is not reachable right now (its agent has not reported "
+        "recently) or is in maintenance (drained), so no new work is accepted for it. Jobs "
+        "already queued wait for it; retry after `Retry-After` seconds.",
+        retryable=True,
+    ),
     "hypervisor_unavailable": ProblemKind(
         503,
         "Hypervisor unavailable",

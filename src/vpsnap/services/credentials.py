@@ -143,6 +143,11 @@ class CredentialService:
         async with self.store.transaction() as tx:
             if not await tx.revoke_api_key(key_id, self.clock.now()):
                 raise NotFound(f"No active API key with id {key_id!r}.")
+        self.forget(key_id)
+
+    def forget(self, key_id: str) -> None:
+        """Drop ``key_id`` from this process's cache: it is looked up again on its next use
+        (called when another process revoked it, through PostgreSQL NOTIFY)."""
         for digest, cached in list(self._cache.items()):
             if cached.principal.key_id == key_id:
                 del self._cache[digest]

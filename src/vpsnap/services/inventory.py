@@ -1,20 +1,17 @@
-"""Use cases on the VPS inventory: list (paginated, filtered) and show, with live power state."""
+"""Use cases on the VPS inventory: list (paginated, filtered) and show, with the power state
+the VPS's node last published (never a hypervisor call: a read must not wait on a host)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
-import structlog
-
 from vpsnap.domain.auth import Principal
-from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
+from vpsnap.domain.errors import FieldError, InvalidRequest
 from vpsnap.domain.model import PowerState, Vps
-from vpsnap.domain.ports import HypervisorDriver, Store, VpsFilter
+from vpsnap.domain.ports import Store, VpsFilter
 from vpsnap.services.access import owned_vps
+from vpsnap.services.nodes import NodeDirectory, observed_power_state
 from vpsnap.services.pagination import decode_cursor, encode_cursor
-
-_log = structlog.get_logger(__name__)
 
 MAX_PAGE_SIZE = 100
 
@@ -38,27 +35,14 @@ class VpsPage:
 @dataclass(frozen=True, slots=True)
 class InventoryService:
     store: Store
-    driver: HypervisorDriver
-
-    async def _power_state(self, vps: Vps) -> PowerState:
-        # The listing must not fail because one hypervisor is unreachable: that VPS shows
-        # `unknown` and the rest are listed. *Any* failure: a hypervisor library's own error
-        # (qemu.qmp asserting its state, issue 9 kind 11d) is no reason for a 5xx either.
-        try:
-            return await self.driver.power_state(vps)
-        except Exception as exc:  # logged; `unknown` is the truthful answer
-            _log.warning(
-                "power_state_read_failed",
-                vps_id=vps.id,
-                error_type=type(exc).__name__,
-                error=getattr(exc, "log_detail", None) or str(exc),
-                exc_info=not isinstance(exc, DomainError),
-            )
-            return PowerState.UNKNOWN
+    nodes: NodeDirectory
 
     async def power_state(self, vps: Vps) -> PowerState:
-        """The VPS's power state as its host sees it now; ``unknown`` when that fails."""
-        return await self._power_state(vps)
+        """The power state the VPS's node last published (``unknown`` when its node is
+        offline or nothing was observed yet); a read of the store, never of a hypervisor."""
+        async with self.store.transaction(read_only=True) as tx:
+            state = await self.nodes.state(tx, vps.node)
+        return observed_power_state(vps, state)
 
     async def list(
         self, principal: Principal, flt: VpsFilter, cursor: str | None, limit: int
@@ -71,15 +55,16 @@ class InventoryService:
         after = decode_cursor(cursor) if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)
-        page = rows[:limit]
-        states = await asyncio.gather(*(self._power_state(v) for v in page))
+            page = rows[:limit]
+            states = await self.nodes.states(tx, (v.node for v in page))
         next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
         return VpsPage(
-            items=[VpsView(v, s) for v, s in zip(page, states, strict=True)],
+            items=[VpsView(v, observed_power_state(v, states[v.node])) for v in page],
             next_cursor=next_cursor,
         )
 
     async def get(self, principal: Principal, vps_id: str) -> VpsView:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
-        return VpsView(vps, await self._power_state(vps))
+            state = await self.nodes.state(tx, vps.node)
+        return VpsView(vps, observed_power_state(vps, state))

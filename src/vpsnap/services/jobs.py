@@ -64,6 +64,7 @@ async def enqueue(
         attempts=0,
         created_at=clock.now(),
         lane=lane_for(job_type, payload, snapshot),
+        node=vps.node,
     )
     await tx.add_job(job, vps.node)
     return job

@@ -16,6 +16,7 @@ from vpsnap.domain.ports import JobEvents, Store
 from vpsnap.domain.rules import service_gate
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.nodes import NodeDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class PowerService:
     store: Store
     events: JobEvents
     clock: Clock
+    nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
 
@@ -39,6 +41,7 @@ class PowerService:
                 raise VpsNotReady(
                     f"{vps.name} has no VM to power: it is registered with disk images only."
                 )
+            await self.nodes.require_available(tx, vps)
             job = await enqueue(
                 tx,
                 self.clock,

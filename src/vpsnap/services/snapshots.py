@@ -44,6 +44,7 @@ from vpsnap.domain.rules import (
 from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.nodes import NodeDirectory
 
 _log = structlog.get_logger(__name__)
 
@@ -86,6 +87,7 @@ class SnapshotService:
     events: JobEvents
     clock: Clock
     retention: timedelta
+    nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
     driver: HypervisorDriver | None = None
@@ -95,10 +97,17 @@ class SnapshotService:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
+            node = await self.nodes.gate(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
         facts = await self._vm_facts(vps)
+
+        def with_node(gate: Gate) -> Gate:
+            # The VPS's own reasons come first; an unreachable host is said when they allow.
+            return gate if not gate.allowed else node
+
         create_gate = live_create_gate(can_create(vps, usage, principal), facts)
+        restore_gate_now = can_restore(vps, snapshots, principal)
         base = restore_base(vps, principal)
         return SnapshotListing(
             vps=vps,
@@ -106,9 +115,12 @@ class SnapshotService:
             usage=usage,
             available=available,
             reason=None if available else not_on_plan_reason(vps),
-            can_create=create_gate,
-            can_restore=can_restore(vps, snapshots, principal),
-            can_create_with_memory=memory_gate(create_gate, facts),
+            # The VPS's own reasons come first; an unreachable host is said when they allow.
+            can_create=create_gate if not create_gate.allowed else node,
+            can_restore=restore_gate_now if not restore_gate_now.allowed else node,
+            can_create_with_memory=memory_gate(
+                create_gate if not create_gate.allowed else node, facts
+            ),
             restore_gates={s.name: restore_gate(s, base, facts) for s in snapshots},
         )
 
@@ -137,6 +149,7 @@ class SnapshotService:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshots = await tx.list_snapshots(vps.id)
             self._check_can_create(vps, snapshots, request.name)
+            await self.nodes.require_available(tx, vps)
             now = self.clock.now()
             await tx.add_snapshot(
                 Snapshot(
@@ -192,6 +205,7 @@ class SnapshotService:
                 raise SnapshotBusy(
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
                 )
+            await self.nodes.require_available(tx, vps)
             await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.DELETING))
             job = await enqueue(
                 tx,
@@ -217,6 +231,7 @@ class SnapshotService:
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; it cannot be "
                     "restored now."
                 )
+            await self.nodes.require_available(tx, vps)
             job = await enqueue(
                 tx,
                 self.clock,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from vpsnap.domain.model import (
     JobStatus,
     JobType,
     OperatingSystem,
+    PowerState,
     Resources,
     ServiceStatus,
     Snapshot,
@@ -41,6 +43,7 @@ from vpsnap.domain.model import (
     Vps,
     WriteIntent,
 )
+from vpsnap.domain.nodes import Node, NodeStats
 from vpsnap.domain.ports import ClaimRequest, StoredSession, StoredUser, VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
@@ -51,6 +54,7 @@ from vpsnap.store.tables import (
     api_keys,
     idempotency_records,
     jobs,
+    nodes,
     sessions,
     snapshot_schedules,
     snapshots,
@@ -137,6 +141,7 @@ _NEXT_QUEUED = (
     .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
 )
+_NOTIFY = sa.select(sa.func.pg_notify(_bp("b_channel"), _bp("b_payload")))
 _RECORD_JOURNAL = (
     jobs.update()
     .where(
@@ -208,22 +213,53 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
-class SqlStore:
-    """Implements ``vpsnap.domain.ports.Store``."""
+class Channel(StrEnum):
+    """PostgreSQL NOTIFY channels (suffixes of ``SqlStore.channel_prefix``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    JOBS = "jobs"
+    """Jobs became claimable; payload: the node, or ``*`` for any."""
+    JOB = "job"
+    """A job's status changed; payload: its id."""
+    KEYS = "keys"
+    """An API key was revoked; payload: its id."""
+
+
+class SqlStore:
+    """Implements ``vpsnap.domain.ports.Store``.
+
+    On PostgreSQL every change of a job's status, every job that becomes claimable and every
+    key revocation also sends a NOTIFY from inside its transaction (delivered at commit, never
+    for a rollback): other processes' long-polls, agents and key caches wake on it
+    (``vpsnap.jobs.signals.PgListener``). Channel names carry ``channel_prefix``, so separate
+    deployments (or test schemas) in one database do not wake each other.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, url: str | None = None, channel_prefix: str = "vpsnap"
+    ) -> None:
         self.engine = engine
+        self.url = url
+        self.channel_prefix = channel_prefix
         self._read_engine = engine.execution_options(**{_READ_ONLY: True})
+        self._notifies = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
-        return cls(create_engine(url, schema=schema))
+        prefix = f"vpsnap_{schema}" if schema else "vpsnap"
+        return cls(create_engine(url, schema=schema), url=url, channel_prefix=prefix)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._notifies
+
+    def channel(self, channel: Channel) -> str:
+        return f"{self.channel_prefix}_{channel.value}"
 
     @asynccontextmanager
     async def transaction(self, *, read_only: bool = False) -> AsyncIterator[SqlTransaction]:
         """One transaction; ``read_only`` ones must not write (SQLite would then fail them)."""
         async with (self._read_engine if read_only else self.engine).begin() as conn:
-            yield SqlTransaction(conn)
+            yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -280,6 +316,8 @@ def _vps(row: Row) -> Vps:
         current_snapshot=row["current_snapshot"],
         plan=row["plan"],
         machine=machine_from_json(row["machine"]),
+        power_state=PowerState(row["power_state"]) if row["power_state"] else None,
+        power_state_at=row["power_state_at"],
     )
 
 
@@ -365,6 +403,7 @@ def _job(row: Row) -> Job:
         lease_expires_at=row["lease_expires_at"],
         lane=JobLane(row["lane"]),
         journal=row["journal"] or {},
+        node=row["node"],
     )
 
 
@@ -391,6 +430,17 @@ def _job_values(item: Job) -> dict[str, Any]:
     }
 
 
+def _node(row: Row) -> Node:
+    return Node(
+        name=row["name"],
+        version=row["version"],
+        started_at=row["started_at"],
+        last_seen_at=row["last_seen_at"],
+        drained=row["drained"],
+        agent=row["agent"],
+    )
+
+
 def _write_intent(row: Row) -> WriteIntent:
     return WriteIntent(
         id=row["id"],
@@ -407,8 +457,17 @@ def _write_intent(row: Row) -> WriteIntent:
 class SqlTransaction:
     """Implements ``vpsnap.domain.ports.Transaction`` on one connection inside BEGIN/COMMIT."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, notify_prefix: str | None = None) -> None:
         self.conn = conn
+        self._notify_prefix = notify_prefix
+
+    async def _notify(self, channel: Channel, payload: str) -> None:
+        # Transactional: PostgreSQL delivers it at commit, and not at all on rollback.
+        if self._notify_prefix is not None:
+            await self.conn.execute(
+                _NOTIFY,
+                {"b_channel": f"{self._notify_prefix}_{channel.value}", "b_payload": payload},
+            )
 
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         result = await self.conn.execute(query, params)
@@ -462,6 +521,8 @@ class SqlTransaction:
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=at)
         )
+        if result.rowcount:
+            await self._notify(Channel.KEYS, key_id)
         return result.rowcount > 0
 
     # dashboard users and sessions -------------------------------------------------------------
@@ -674,6 +735,111 @@ class SqlTransaction:
             query = query.where(vps.c.id > after_id)
         return [_vps(r) for r in await self._all(query)]
 
+    async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:
+        result = await self.conn.execute(
+            vps.update()
+            .where(
+                vps.c.id == vps_id,
+                sa.or_(vps.c.power_state.is_(None), vps.c.power_state != state.value),
+                # A read that began before the stored observation was made is older news.
+                sa.or_(vps.c.power_state_at.is_(None), vps.c.power_state_at <= at),
+            )
+            .values(power_state=state.value, power_state_at=at)
+        )
+        return bool(result.rowcount)
+
+    # nodes ------------------------------------------------------------------------------------
+
+    async def heartbeat(self, node: Node) -> None:
+        values = {
+            "version": node.version,
+            "agent": node.agent,
+            "started_at": node.started_at,
+            "last_seen_at": node.last_seen_at,
+        }
+        updated = await self.conn.execute(
+            nodes.update().where(nodes.c.name == node.name).values(**values)
+        )
+        if not updated.rowcount:
+            await self.conn.execute(
+                nodes.insert().values(name=node.name, drained=node.drained, **values)
+            )
+
+    async def get_node(self, name: str) -> Node | None:
+        row = await self._one(sa.select(nodes).where(nodes.c.name == name))
+        return _node(row) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        return [_node(r) for r in await self._all(sa.select(nodes).order_by(nodes.c.name))]
+
+    async def set_node_drained(self, name: str, drained: bool) -> bool:
+        result = await self.conn.execute(
+            nodes.update().where(nodes.c.name == name).values(drained=drained)
+        )
+        return bool(result.rowcount)
+
+    async def node_stats(self) -> dict[str, NodeStats]:
+        counts = {
+            r["node"]: r["n"]
+            for r in await self._all(
+                sa.select(vps.c.node, sa.func.count().label("n")).group_by(vps.c.node)
+            )
+        }
+        waiting = {
+            r["node"]: (r["n"], r["oldest"])
+            for r in await self._all(
+                sa.select(
+                    jobs.c.node,
+                    sa.func.count().label("n"),
+                    sa.func.min(jobs.c.created_at).label("oldest"),
+                )
+                .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]))
+                .group_by(jobs.c.node)
+            )
+        }
+        names = set(counts) | set(waiting)
+        stats = {}
+        for name in names:
+            queued, oldest = waiting.get(name, (0, None))
+            if isinstance(oldest, str):  # SQLite returns min() of a timestamp as text
+                oldest = datetime.fromisoformat(oldest)
+            stats[name] = NodeStats(
+                vps_count=counts.get(name, 0),
+                queued_jobs=queued,
+                oldest_queued_at=oldest.replace(tzinfo=UTC) if oldest is not None else None,
+            )
+        return stats
+
+    async def unstarted_jobs(self, node: str, created_before: datetime, limit: int) -> list[Job]:
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.node == node,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]),
+                jobs.c.created_at < created_before,
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        return [_job(r) for r in await self._all(query)]
+
+    async def fail_unstarted_job(self, job: Job) -> bool:
+        result = await self.conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]),
+            )
+            .values(
+                status=JobStatus.FAILED.value,
+                error=job.error,
+                finished_at=job.finished_at,
+            )
+        )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job.id)
+        return bool(result.rowcount)
+
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
         await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
 
@@ -841,6 +1007,8 @@ class SqlTransaction:
 
     async def add_job(self, job: Job, node: str) -> None:
         await self.conn.execute(jobs.insert(), {"node": node, **_job_values(job)})
+        if job.status is JobStatus.QUEUED:
+            await self._notify(Channel.JOBS, node)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one(_GET_JOB, {"b_id": job_id})
@@ -848,11 +1016,16 @@ class SqlTransaction:
 
     async def update_job(self, job: Job) -> None:
         await self.conn.execute(_UPDATE_JOB, {"b_id": job.id, **_job_values(job)})
+        await self._notify(Channel.JOB, job.id)
+        if job.status is JobStatus.QUEUED:
+            await self._notify(Channel.JOBS, job.node or "*")
 
     async def finish_job(self, job: Job, worker: str) -> bool:
         result = await self.conn.execute(
             _FINISH_JOB, {"b_id": job.id, "b_worker": worker, **_job_values(job)}
         )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job.id)
         return bool(result.rowcount)
 
     async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
@@ -958,6 +1131,9 @@ class SqlTransaction:
                 attempts=jobs.c.attempts - 1,
             )
         )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job_id)
+            await self._notify(Channel.JOBS, "*")
         return bool(result.rowcount)
 
     async def requeue_orphaned(
@@ -975,6 +1151,9 @@ class SqlTransaction:
                 .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.IN_PROGRESS.value)
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
             )
+            for job_id in ids:
+                await self._notify(Channel.JOB, job_id)
+            await self._notify(Channel.JOBS, node or "*")
         return ids
 
     async def count_jobs(self, status: JobStatus) -> int:

@@ -93,6 +93,9 @@ vps = sa.Table(
     sa.Column("plan", sa.String(100), nullable=True),
     # How to reach the VM (store/machines.py); NULL: disk images only.
     sa.Column("machine", sa.JSON(), nullable=True),
+    # Published by the node's agent when it changes (domain/nodes.py); NULL: never observed.
+    sa.Column("power_state", sa.String(20), nullable=True),
+    sa.Column("power_state_at", UtcDateTime(), nullable=True),
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
@@ -166,6 +169,17 @@ jobs = sa.Table(
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
 sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("agent", sa.String(200), nullable=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    sa.Column("drained", sa.Boolean(), nullable=False, server_default=sa.false()),
+)
 
 # Kept independently of jobs (which are purged): an open intent is the only proof that a
 # snapshot on disk without a row is vpsnap's own leftover.

@@ -1,7 +1,8 @@
 """``vps.power``: start, shut down, stop, restart or reset the VM.
 
-Nothing in the database changes: ``powerState`` is always read from the hypervisor. Every
-action is idempotent at the driver (starting a running VM succeeds), so a re-run is harmless.
+The power state the action led to is recorded with the job's end (the API serves stored,
+observed power states). Every action is idempotent at the driver (starting a running VM
+succeeds), so a re-run is harmless.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Job, PowerAction, Vps
+from vpsnap.domain.model import Job, PowerAction, PowerState, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.journal import JobJournal
 
@@ -32,6 +33,8 @@ class PowerHandler:
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
+        # The state the action led to, as of its end: served by the API from now on.
+        await tx.record_power_state(vps.id, PowerState(facts["powerStateAfter"]), now)
         return facts
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:

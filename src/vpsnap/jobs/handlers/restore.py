@@ -75,6 +75,7 @@ class RestoreSnapshotHandler:
         await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
         # The restored snapshot becomes the parent of the next one.
         await tx.set_current_snapshot(vps.id, name)
+        await tx.record_power_state(vps.id, PowerState(facts["powerStateAfter"]), now)
         return {"name": name, **facts}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:

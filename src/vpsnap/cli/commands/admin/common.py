@@ -13,7 +13,7 @@ import click
 from vpsnap.cli.exit_codes import ExitCode
 from vpsnap.cli.state import OUTPUTS, CliState
 from vpsnap.domain.errors import Conflict, DomainError, InvalidRequest, NotFound
-from vpsnap.runtime import Runtime
+from vpsnap.runtime import Role, Runtime
 from vpsnap.settings import Settings
 
 T = TypeVar("T")
@@ -71,7 +71,8 @@ def run_admin(settings: Settings, action: Callable[[Runtime], Awaitable[T]]) -> 
     """Run ``action`` on a runtime of ``settings`` (schema brought up to date first)."""
 
     async def main() -> T:
-        runtime = Runtime.build(settings)
+        # Not the node's agent: node liveness comes from the agents' heartbeats.
+        runtime = Runtime.build(settings, role=Role.ADMIN)
         try:
             await runtime.prepare()
             return await action(runtime)

@@ -13,7 +13,7 @@ from vpsnap.cli.commands.admin.common import admin_options, fail, load_settings
 from vpsnap.cli.output import print_result
 from vpsnap.demo import DemoReset, reset_demo
 from vpsnap.domain.errors import DomainError
-from vpsnap.runtime import Runtime
+from vpsnap.runtime import Role, Runtime
 from vpsnap.settings import Settings
 
 
@@ -66,7 +66,9 @@ def reset(timeout: float, data_dir: Path | None) -> None:
     running = server_running(settings)
 
     async def main() -> tuple[DemoReset, list[str]]:
-        runtime = Runtime.build(settings)
+        # With a server running, it is the node's agent (and runs the deletions); without one,
+        # this process is, embedded, for as long as the deletions take.
+        runtime = Runtime.build(settings, role=Role.ADMIN if running else Role.EMBEDDED)
         if running:
             try:
                 await runtime.prepare()

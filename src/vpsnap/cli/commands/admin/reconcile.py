@@ -20,7 +20,9 @@ def command(dry_run: bool, node: str | None, data_dir: Path | None) -> None:
     from vpsnap.scheduler.reconcile import reconcile  # noqa: PLC0415 - only this command
 
     settings = load_settings(data_dir=data_dir)
-    report = run_admin(settings, lambda rt: reconcile(rt.store, rt.driver, node, dry_run=dry_run))
+    report = run_admin(
+        settings, lambda rt: reconcile(rt.store, rt.hypervisor(), node, dry_run=dry_run)
+    )
     data = [
         {
             "action": f.action.value,
