@@ -68,6 +68,8 @@ _WITH_BODY = ("invalid_request", "invalid_json", "payload_too_large", "unsupport
 _AUTHENTICATED = ("unauthorized",)
 # The Idempotency-Key header of a state-changing request (docs/idempotency.md).
 _STATE_CHANGING = ("invalid_request", "idempotency_key_in_use", "idempotency_key_reused")
+# A state-changing /api request authenticated by the dashboard's cookie (docs/dashboard.md).
+_COOKIE_STATE_CHANGING = ("csrf_failed",)
 
 
 def example_problem(code: str, instance: str) -> dict[str, Any]:
@@ -87,7 +89,7 @@ def example_problem(code: str, instance: str) -> dict[str, Any]:
         example["errors"] = [
             {"pointer": "/name", "detail": "String should match pattern", "code": "invalid_format"}
         ]
-    if code == "rate_limited":
+    if code in ("rate_limited", "vps_queue_full", "node_unavailable"):
         example["extensions"] = {"retryAfter": 12}
     return example
 
@@ -100,6 +102,8 @@ def _add_examples(path: str, method: str, operation: dict[str, Any]) -> None:
         wanted += _AUTHENTICATED
     if method.upper() in {"POST", "PUT", "PATCH", "DELETE"}:
         wanted += _STATE_CHANGING
+        if path.startswith("/api/"):
+            wanted += _COOKIE_STATE_CHANGING
     if operation.get("parameters"):
         wanted += _WITH_PARAMETERS
     if "requestBody" in operation:

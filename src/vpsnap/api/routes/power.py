@@ -23,7 +23,9 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/actions", tags=["Power"])
 
 PowerVm = Annotated[Principal, Depends(require(Scope.POWER_VM))]
 
-_ERRORS = problem_responses("forbidden", "vps_not_found", "vps_not_ready")
+_ERRORS = problem_responses(
+    "forbidden", "vps_not_found", "vps_not_ready", "node_unavailable", "vps_queue_full"
+)
 
 _SUMMARIES = {
     PowerAction.START: "Start the VM (nothing changes when it runs already).",

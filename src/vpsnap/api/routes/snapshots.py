@@ -14,6 +14,8 @@ from vpsnap.services.snapshots import CreateSnapshot
 router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
 
 _LIST_ERRORS = problem_responses("forbidden", "vps_not_found")
+# Work queued for the VPS's node: refused while the node is unavailable, bounded per VPS.
+_QUEUED_WORK = ("node_unavailable", "vps_queue_full")
 _CREATE_ERRORS = problem_responses(
     "forbidden",
     "vps_not_found",
@@ -21,12 +23,18 @@ _CREATE_ERRORS = problem_responses(
     "snapshots_not_included",
     "snapshot_limit_reached",
     "vps_not_ready",
+    *_QUEUED_WORK,
 )
 _DELETE_ERRORS = problem_responses(
-    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy"
+    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy", *_QUEUED_WORK
 )
 _RESTORE_ERRORS = problem_responses(
-    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy", "vps_not_ready"
+    "forbidden",
+    "vps_not_found",
+    "snapshot_not_found",
+    "snapshot_busy",
+    "vps_not_ready",
+    *_QUEUED_WORK,
 )
 
 
