@@ -22,6 +22,14 @@ COMMANDS = {
     "version": Lazy(_C + "version", "Client and server versions.", "command"),
     "completion": Lazy(_C + "completion", "Shell completion script (bash, zsh, fish).", "command"),
     "serve": Lazy(_C + "serve", "Run the server (API, worker, scheduler).", "command", server=True),
+    "api": Lazy(_C + "processes", "Scale-out: the HTTP API alone.", "api", server=True),
+    "agent": Lazy(
+        _C + "processes", "Scale-out: one hypervisor host's agent.", "agent", server=True
+    ),
+    "scheduler": Lazy(
+        _C + "processes", "Scale-out: the scheduler (one active).", "scheduler", server=True
+    ),
+    "migrate": Lazy(_C + "processes", "Apply database migrations.", "migrate", server=True),
     "admin": Lazy(_C + "admin", "Operator administration, on the database.", server=True),
 }
 

@@ -13,6 +13,7 @@ ADMIN_COMMANDS = {
     "account": Lazy(_A + "account", "Accounts: create, list."),
     "key": Lazy(_A + "key", "API keys: create, list, revoke."),
     "vps": Lazy(_A + "vps", "The VPS inventory: add, list, update, remove, import-libvirt."),
+    "node": Lazy(_A + "node", "Hypervisor nodes: list, drain, undrain."),
     "user": Lazy(_A + "user", "Dashboard users: create, list, disable, set-password."),
     "demo": Lazy(_A + "demo", "The demo data: reset."),
     "reconcile": Lazy(_A + "reconcile", "Compare database and disks.", "command"),
