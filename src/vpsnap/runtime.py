@@ -169,7 +169,6 @@ class Runtime:
                 timedelta(hours=settings.retention_hours),
                 nodes,
                 max_jobs_per_vps=settings.max_jobs_per_vps,
-                driver=driver,
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(

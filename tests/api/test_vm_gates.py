@@ -17,6 +17,7 @@ from tests.drivers.support import make_vps
 from tests.drivers.vm_support import read_shared, write_running
 from vpsnap.domain.model import LaunchSpec, QmpAttachment
 from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.drivers.qmp import open_monitor
 from vpsnap.services.accounts import NewVps
 
@@ -81,11 +82,14 @@ async def test_the_gates_follow_the_running_vm_and_the_jobs_agree(api: Api) -> N
     raw = api.data_dir / "data.raw"
     await asyncio.to_thread(raw.write_bytes, b"\0" * (8 * 1024 * 1024))
     spec = LaunchSpec(64, 1, ("-drive", f"if=virtio,format=raw,file={raw},id=data0"))
+    # A disk of its own: one disk file belongs to one VPS (issue 9, kind 4).
+    own = api.data_dir / "raw-drive.qcow2"
+    await QemuImg().create_image(own, 64 * 1024 * 1024)
     vps = await api.runtime.services.accounts.add_vps(
         NewVps(
             account_name="demo",
             name="raw-drive",
-            disks=(str(api.disk("demo-web")),),
+            disks=(str(own),),
             snapshot_slots=3,
             machine=spec,
         )
@@ -139,7 +143,8 @@ async def test_issue_reproduction_restore_into_an_attached_vm_given_more_ram(api
     # restore. Before: the disks were rolled back, the RAM load failed (Error -22), the API
     # showed `paused`, and `start` ran the guest on half-loaded RAM.
     machines = ManagedMachines(api.data_dir / "owner-vms")
-    disk = str(api.disk("demo-db"))
+    disk = str(api.data_dir / "attached.qcow2")  # its own: one disk file, one VPS
+    await QemuImg().create_image(disk, 64 * 1024 * 1024)
     socket = await start_owner_vm(machines, (disk,), 32)
     vps = await api.runtime.services.accounts.add_vps(
         NewVps(
@@ -159,6 +164,9 @@ async def test_issue_reproduction_restore_into_an_attached_vm_given_more_ram(api
         assert await machines.wait_exit("owner", 10)
         await start_owner_vm(machines, (disk,), 48)
         await write_running(socket, disk, *REGION, B)
+        # The owner changed the VM behind vpsnap's back: the gate says so once the node's
+        # agent has seen it (its periodic refresh, VPSNAP_POWER_REFRESH_SECONDS).
+        await api.runtime.observer().refresh_power_states()
 
         [item] = (await listing(api, vps.id))["data"]
         gate = item["actions"]["canRestore"]

@@ -111,6 +111,11 @@ class World:
         """The journal a worker holding ``job``'s lease writes (for handlers run by hand)."""
         return JobJournal(self.store, self.clock, job, worker_id)
 
+    async def publish(self) -> int:
+        """What the node's agent does periodically: read every VM of the node and store what it
+        saw (power states, VM facts); the API and the gates serve only that."""
+        return await self.runtime.observer().refresh_power_states()
+
     async def run_all(self) -> int:
         """Run queued jobs one by one until none is left; returns how many ran."""
         worker = self.runtime.worker()

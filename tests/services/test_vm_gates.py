@@ -15,9 +15,10 @@ from vpsnap.domain.model import (
     PowerState,
     QmpAttachment,
     VmConfig,
+    VmFacts,
     Vps,
 )
-from vpsnap.domain.ports import SnapshotRequest, VmFacts
+from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.fake import FAKE_VM_CONFIG
 from vpsnap.services.snapshots import CreateSnapshot
 
@@ -60,6 +61,7 @@ async def test_a_restore_into_a_vm_whose_ram_changed_fails_409_untouched(world: 
     await take(world, vps, "ram", memory=True)
     world.driver.write(vps.id, "T1")
     world.driver.set_vm(vps.id, config=BIGGER)
+    await world.publish()
 
     [item] = (await world.listing(vps.id)).snapshots
     gate = (await world.listing(vps.id)).restore_gates[item.name]
@@ -81,6 +83,7 @@ async def test_uncovered_devices_refuse_memory_snapshots_in_the_gate_and_the_job
     vps = await running(world)
     await take(world, vps, "ram", memory=True)
     world.driver.set_vm(vps.id, uncovered_devices=("data0",))
+    await world.publish()
 
     listing = await world.listing(vps.id)
     assert listing.can_create.allowed is True  # disk-only stays possible
@@ -97,6 +100,7 @@ async def test_uncovered_devices_refuse_memory_snapshots_in_the_gate_and_the_job
 async def test_without_a_running_vm_the_gates_add_nothing(world: World) -> None:
     vps = await world.add_vps(machine=MANAGED)  # stopped
     world.driver.set_vm(vps.id, uncovered_devices=("data0",))
+    await world.publish()
     listing = await world.listing(vps.id)
     assert listing.can_create_with_memory.allowed is True
 
@@ -108,6 +112,7 @@ async def test_a_vm_that_cannot_be_asked_never_fails_the_listing(world: World) -
         raise AssertionError("a library's own assertion")
 
     world.driver.vm_facts = broken  # type: ignore[method-assign]
+    await world.publish()  # the agent's read fails: nothing is known, nothing fails
     listing = await world.listing(vps.id)
     assert listing.can_create.allowed is True
     assert listing.can_create_with_memory.allowed is True  # not known: the job decides
@@ -119,6 +124,7 @@ async def test_a_disk_only_restore_of_a_running_attached_vm_is_refused_in_the_ga
     vps = await running(world, QmpAttachment("/run/vm.qmp"))
     await take(world, vps, "disks", memory=False)
     await take(world, vps, "ram", memory=True)
+    await world.publish()
     gates = (await world.listing(vps.id)).restore_gates
     assert (gates["disks"].allowed, gates["disks"].code) == (False, "vps_not_ready")
     assert gates["ram"].allowed is True
@@ -134,6 +140,7 @@ async def test_libvirt_live_snapshots_always_carry_ram_so_can_create_says_so(
 ) -> None:
     vps = await running(world, LibvirtDomain("qemu:///system", "web"))
     world.driver.set_vm(vps.id, uncovered_devices=("vdb",))
+    await world.publish()
     listing = await world.listing(vps.id)
     assert (listing.can_create.allowed, listing.can_create.code) == (
         False,

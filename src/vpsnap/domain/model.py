@@ -180,6 +180,49 @@ Machine = LaunchSpec | QmpAttachment | LibvirtDomain
 
 
 @dataclass(frozen=True, slots=True)
+class VmFacts:
+    """What a running VM's configuration means for snapshots with RAM state (``vm_facts``)."""
+
+    config: VmConfig | None
+    """RAM size and machine type now (None: the hypervisor does not tell)."""
+    uncovered_devices: tuple[str, ...] = ()
+    """Writable devices (guest-visible ids, e.g. ``data0`` or ``vdb``) that a snapshot of the
+    VPS's disks would not cover: RAM state saved or loaded without them is refused."""
+    live_snapshots_include_memory: bool = False
+    """Every live snapshot carries RAM state (libvirt), so every one needs full coverage."""
+    restarts_for_disk_restore: bool = True
+    """A disk-only restore of this running VM stops and starts it; False: vpsnap cannot start
+    it again (an attached VM), so such a restore is refused while it runs."""
+    restore_reverts_definition: bool = False
+    """A restore brings back the VM's definition saved with the snapshot too (libvirt), so the
+    VM's configuration now does not decide whether RAM state can be loaded."""
+
+    def to_json(self) -> JsonObject:
+        """The stored form (``vps.vm_facts``, published by the node's agent)."""
+        return {
+            "config": self.config.to_json() if self.config else None,
+            "uncoveredDevices": list(self.uncovered_devices),
+            "liveSnapshotsIncludeMemory": self.live_snapshots_include_memory,
+            "restartsForDiskRestore": self.restarts_for_disk_restore,
+            "restoreRevertsDefinition": self.restore_reverts_definition,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> VmFacts | None:
+        """The stored form back; None for anything else."""
+        if not isinstance(data, dict):
+            return None
+        devices = data.get("uncoveredDevices")
+        return cls(
+            config=VmConfig.from_json(data.get("config")),
+            uncovered_devices=tuple(str(d) for d in devices) if isinstance(devices, list) else (),
+            live_snapshots_include_memory=bool(data.get("liveSnapshotsIncludeMemory")),
+            restarts_for_disk_restore=bool(data.get("restartsForDiskRestore", True)),
+            restore_reverts_definition=bool(data.get("restoreRevertsDefinition")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Vps:
     id: str
     account_id: str
@@ -200,6 +243,9 @@ class Vps:
     power_state: PowerState | None = None
     """As its node's agent last observed it (None: never observed); see ``domain.nodes``."""
     power_state_at: datetime | None = None
+    vm_facts: VmFacts | None = None
+    """What the running VM's configuration means for RAM state, as its node's agent last
+    observed it (None: not running, or not observed)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from vpsnap.domain.model import (
     Snapshot,
     SnapshotStatus,
     VmConfig,
+    VmFacts,
     Vps,
     WriteIntent,
 )
@@ -75,25 +76,6 @@ class TakenSnapshot:
     """A guest freeze left in place earlier (dead agent, crashed vpsnap) was found and thawed."""
     thaw_confirmed: bool | None = None
     """After a freeze: the agent confirmed the guest is thawed again (None: no freeze sent)."""
-
-
-@dataclass(frozen=True, slots=True)
-class VmFacts:
-    """What a running VM's configuration means for snapshots with RAM state (``vm_facts``)."""
-
-    config: VmConfig | None
-    """RAM size and machine type now (None: the hypervisor does not tell)."""
-    uncovered_devices: tuple[str, ...] = ()
-    """Writable devices (guest-visible ids, e.g. ``data0`` or ``vdb``) that a snapshot of the
-    VPS's disks would not cover: RAM state saved or loaded without them is refused."""
-    live_snapshots_include_memory: bool = False
-    """Every live snapshot carries RAM state (libvirt), so every one needs full coverage."""
-    restarts_for_disk_restore: bool = True
-    """A disk-only restore of this running VM stops and starts it; False: vpsnap cannot start
-    it again (an attached VM), so such a restore is refused while it runs."""
-    restore_reverts_definition: bool = False
-    """A restore brings back the VM's definition saved with the snapshot too (libvirt), so the
-    VM's configuration now does not decide whether RAM state can be loaded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +253,10 @@ class Transaction(Protocol):
 
     async def remove_vps(self, vps_id: str) -> None:
         """Delete the VPS row with its snapshot records, schedule and finished jobs."""
+        ...
+
+    async def record_vm_facts(self, vps_id: str, facts: VmFacts | None) -> None:
+        """Store what the node's agent observed of the running VM (None: not running)."""
         ...
 
     async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:

@@ -11,8 +11,7 @@ the same code. A gate is advisory; the job stays the authority.
 from __future__ import annotations
 
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.model import Snapshot, SnapshotStatus, Vps
-from vpsnap.domain.ports import VmFacts
+from vpsnap.domain.model import Snapshot, SnapshotStatus, VmFacts, Vps
 from vpsnap.domain.rules import ALLOWED, Gate, service_gate
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vpsnap.domain.errors import HypervisorError
-from vpsnap.domain.model import LibvirtDomain, PowerAction, PowerState, VmConfig, Vps
+from vpsnap.domain.model import LibvirtDomain, PowerAction, PowerState, VmConfig, VmFacts, Vps
 from vpsnap.domain.ports import (
     HypervisorDriver,
     PowerOutcome,
@@ -19,7 +19,6 @@ from vpsnap.domain.ports import (
     RestorePoint,
     SnapshotRequest,
     TakenSnapshot,
-    VmFacts,
 )
 
 LIBVIRT_MISSING = (

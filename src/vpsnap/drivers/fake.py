@@ -28,6 +28,7 @@ from vpsnap.domain.model import (
     PowerState,
     QmpAttachment,
     VmConfig,
+    VmFacts,
     Vps,
 )
 from vpsnap.domain.ports import (
@@ -38,7 +39,6 @@ from vpsnap.domain.ports import (
     RestorePoint,
     SnapshotRequest,
     TakenSnapshot,
-    VmFacts,
 )
 from vpsnap.domain.rules import name_key
 

@@ -46,6 +46,7 @@ from vpsnap.domain.model import (
     PowerAction,
     PowerState,
     VmConfig,
+    VmFacts,
     Vps,
 )
 from vpsnap.domain.ports import (
@@ -55,7 +56,6 @@ from vpsnap.domain.ports import (
     RestorePoint,
     SnapshotRequest,
     TakenSnapshot,
-    VmFacts,
 )
 from vpsnap.domain.rules import name_key
 from vpsnap.drivers.qcow2 import Qcow2Unreadable, read_image

@@ -36,6 +36,7 @@ from vpsnap.domain.model import (
     PowerState,
     QmpAttachment,
     VmConfig,
+    VmFacts,
     Vps,
 )
 from vpsnap.domain.ports import (
@@ -45,7 +46,6 @@ from vpsnap.domain.ports import (
     RestorePoint,
     SnapshotRequest,
     TakenSnapshot,
-    VmFacts,
 )
 from vpsnap.drivers import live
 from vpsnap.drivers.guest_agent import GuestAgent, Quiesce

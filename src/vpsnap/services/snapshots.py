@@ -23,12 +23,14 @@ from vpsnap.domain.model import (
     Consistency,
     Job,
     JobType,
+    PowerState,
     Snapshot,
     SnapshotOrigin,
     SnapshotStatus,
+    VmFacts,
     Vps,
 )
-from vpsnap.domain.ports import HypervisorDriver, JobEvents, Store, Transaction, VmFacts
+from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.rules import (
     ALLOWED,
     Gate,
@@ -90,8 +92,6 @@ class SnapshotService:
     nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
-    driver: HypervisorDriver | None = None
-    """Asked for the running VM's facts while listing (None: the gates use the database only)."""
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
@@ -100,7 +100,7 @@ class SnapshotService:
             node = await self.nodes.gate(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
-        facts = await self._vm_facts(vps)
+        facts = self._vm_facts(vps)
 
         def with_node(gate: Gate) -> Gate:
             # The VPS's own reasons come first; an unreachable host is said when they allow.
@@ -124,23 +124,14 @@ class SnapshotService:
             restore_gates={s.name: restore_gate(s, base, facts) for s in snapshots},
         )
 
-    async def _vm_facts(self, vps: Vps) -> VmFacts | None:
-        """The running VM's facts, or None (no VM, not running, or no answer in time).
-
-        Bounded like a power-state read (the driver uses the same timeout); a listing never
-        fails because a VM could not be asked, whatever went wrong.
-        """
-        if self.driver is None or vps.machine is None:
+    @staticmethod
+    def _vm_facts(vps: Vps) -> VmFacts | None:
+        """The running VM's facts as its node's agent last published them, or None (no VM, not
+        running, not observed yet). A read of the store, never of a hypervisor: a listing
+        never waits on a host (in scale-out the API cannot reach one at all)."""
+        if vps.machine is None or vps.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
             return None
-        try:
-            return await self.driver.vm_facts(vps)
-        except Exception as exc:  # any failure only means "not known"
-            _log.info(
-                "vm_facts_unknown",
-                vps_id=vps.id,
-                error=getattr(exc, "log_detail", None) or repr(exc),
-            )
-            return None
+        return vps.vm_facts
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
         async with self.store.transaction() as tx:

@@ -40,6 +40,7 @@ from vpsnap.domain.model import (
     SnapshotOrigin,
     SnapshotStatus,
     VmConfig,
+    VmFacts,
     Vps,
     WriteIntent,
 )
@@ -318,6 +319,7 @@ def _vps(row: Row) -> Vps:
         machine=machine_from_json(row["machine"]),
         power_state=PowerState(row["power_state"]) if row["power_state"] else None,
         power_state_at=row["power_state_at"],
+        vm_facts=VmFacts.from_json(row["vm_facts"]),
     )
 
 
@@ -734,6 +736,13 @@ class SqlTransaction:
         if after_id is not None:
             query = query.where(vps.c.id > after_id)
         return [_vps(r) for r in await self._all(query)]
+
+    async def record_vm_facts(self, vps_id: str, facts: VmFacts | None) -> None:
+        await self.conn.execute(
+            vps.update()
+            .where(vps.c.id == vps_id)
+            .values(vm_facts=facts.to_json() if facts is not None else None)
+        )
 
     async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:
         result = await self.conn.execute(

@@ -96,6 +96,8 @@ vps = sa.Table(
     # Published by the node's agent when it changes (domain/nodes.py); NULL: never observed.
     sa.Column("power_state", sa.String(20), nullable=True),
     sa.Column("power_state_at", UtcDateTime(), nullable=True),
+    # With the power state: what the running VM means for RAM state (domain VmFacts); 0013.
+    sa.Column("vm_facts", sa.JSON(), nullable=True),
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)

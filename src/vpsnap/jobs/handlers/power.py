@@ -10,9 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Job, PowerAction, PowerState, Vps
+from vpsnap.domain.model import Job, PowerAction, PowerState, VmFacts, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.journal import JobJournal
+from vpsnap.jobs.observer import VM_FACTS, observe_vm
 
 
 class PowerHandler:
@@ -24,10 +25,12 @@ class PowerHandler:
     ) -> dict[str, Any]:
         action = PowerAction(job.payload["action"])
         outcome = await driver.change_power(vps, action, force=bool(job.payload.get("force")))
+        facts = await observe_vm(driver, vps, outcome.power_state_after)
         return {
             "action": action.value,
             "powerStateBefore": outcome.power_state_before.value,
             "powerStateAfter": outcome.power_state_after.value,
+            VM_FACTS: facts.to_json() if facts is not None else None,
         }
 
     async def succeed(
@@ -35,7 +38,8 @@ class PowerHandler:
     ) -> dict[str, Any]:
         # The state the action led to, as of its end: served by the API from now on.
         await tx.record_power_state(vps.id, PowerState(facts["powerStateAfter"]), now)
-        return facts
+        await tx.record_vm_facts(vps.id, VmFacts.from_json(facts.get(VM_FACTS)))
+        return {k: v for k, v in facts.items() if k != VM_FACTS}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         return None

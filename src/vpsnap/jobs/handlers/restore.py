@@ -11,10 +11,19 @@ from datetime import datetime
 from typing import Any
 
 from vpsnap.domain.errors import SnapshotNotFound
-from vpsnap.domain.model import Job, PowerAction, PowerState, SnapshotStatus, VmConfig, Vps
+from vpsnap.domain.model import (
+    Job,
+    PowerAction,
+    PowerState,
+    SnapshotStatus,
+    VmConfig,
+    VmFacts,
+    Vps,
+)
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
 from vpsnap.jobs.journal import JobJournal
+from vpsnap.jobs.observer import VM_FACTS, observe_vm
 from vpsnap.services.snapshots import RESTORE_VM_CONFIG
 
 POWER_STATE_BEFORE = "powerStateBefore"
@@ -66,7 +75,12 @@ class RestoreSnapshotHandler:
         if before is PowerState.RUNNING and after is PowerState.STOPPED:
             # An earlier attempt stopped the VM and died before starting it again.
             after = (await driver.change_power(vps, PowerAction.START)).power_state_after
-        return {"powerStateBefore": before.value, "powerStateAfter": after.value}
+        facts = await observe_vm(driver, vps, after)
+        return {
+            "powerStateBefore": before.value,
+            "powerStateAfter": after.value,
+            VM_FACTS: facts.to_json() if facts is not None else None,
+        }
 
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
@@ -76,7 +90,8 @@ class RestoreSnapshotHandler:
         # The restored snapshot becomes the parent of the next one.
         await tx.set_current_snapshot(vps.id, name)
         await tx.record_power_state(vps.id, PowerState(facts["powerStateAfter"]), now)
-        return {"name": name, **facts}
+        await tx.record_vm_facts(vps.id, VmFacts.from_json(facts.get(VM_FACTS)))
+        return {"name": name, **{k: v for k, v in facts.items() if k != VM_FACTS}}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
