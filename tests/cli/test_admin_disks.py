@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-from vpsnap.cli.main import app
+from click.testing import CliRunner
 
 from tests.cli.test_libvirt_import import all_vps, image, lab  # noqa: F401 - fixture
 from tests.drivers.libvirt_lab import URI, LibvirtLab
+from vpsnap.cli.entry import cli as app
 
 pytestmark = pytest.mark.qemu
 runner = CliRunner()
@@ -43,7 +43,7 @@ def test_vps_add_refuses_a_disk_twice_or_of_another_vps(tmp_path: Path) -> None:
 
     # The reproduction: `--disk X --disk X` was accepted.
     code, _, err = add(data, "acme", "web", x, x)
-    assert code == 1
+    assert code == 2  # invalid input (docs/cli.md, exit codes)
     assert "given twice" in err
 
     code, out, err = add(data, "acme", "web", x)
@@ -57,7 +57,7 @@ def test_vps_add_refuses_a_disk_twice_or_of_another_vps(tmp_path: Path) -> None:
     os.link(x, hard)
     for alias in (x, link, hard, tmp_path / "sub" / ".." / "x.qcow2"):
         code, _, err = add(data, "other", "copy", alias)
-        assert code == 1, alias
+        assert code == 4, alias  # a conflict
         assert f"already belongs to VPS web ({vps_id}) of account acme" in err, err
     assert [v.name for v in all_vps(data)] == ["web"]
 

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from vpsnap.cli.demo import seed_demo
 
+from vpsnap.demo import seed_demo
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
 
