@@ -152,7 +152,7 @@ def vpsnap_command() -> list[str]:
     script = Path(sys.executable).with_name("vpsnap")
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-m", "vpsnap.cli.main"]
+    return [sys.executable, "-m", "vpsnap.cli"]
 
 
 def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -161,6 +161,7 @@ def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VPSNAP_")}
     env.update(
         VPSNAP_RATE_LIMIT_PER_KEY="100000/minute",
+        VPSNAP_RATE_LIMIT_PER_IP="100000/minute",
         VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS="100000/minute",
         VPSNAP_LOG_LEVEL="warning",
     )

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from vpsnap.api.app import create_app
-from vpsnap.cli.demo import seed_demo
+from vpsnap.demo import seed_demo
 from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.runtime import Runtime, qemu_img_for
 from vpsnap.settings import Settings
@@ -110,12 +110,23 @@ class Api:
         raise AssertionError(f"job {job_id} did not finish")
 
 
+# Real argon2id, at the lowest cost the settings allow: every API test seeds three demo users.
+CHEAP_PASSWORD_HASHES = {
+    "password_hash_time_cost": 1,
+    "password_hash_memory_kib": 8 * 1024,
+    "password_hash_parallelism": 1,
+}
+
+
 def api_settings(data_dir: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": data_dir,
         "rate_limit_per_key": "100000/minute",
         "rate_limit_snapshot_mutations_per_vps": "100000/minute",
         "job_lease_seconds": 5.0,
+        **CHEAP_PASSWORD_HASHES,
+        # httpx's ASGI client sends `Host: testserver` (base_url below).
+        "allowed_hosts": ["testserver"],
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -155,6 +166,10 @@ async def api(
     )
     listing = await runtime.services.accounts.list_vps()
     vps_ids = {vps.name: vps.id for vps, _ in listing}
+    # What the embedded agent does at start: publish its node and its VMs' power states.
+    observer = runtime.observer()
+    await observer.heartbeat()
+    await observer.refresh_power_states()
     worker = runtime.worker()
     worker_task = asyncio.create_task(worker.run()) if api_worker else None
     app = create_app(runtime.services, settings)

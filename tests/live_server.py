@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 # The console script of this venv: the entry point users run, not a module path.
 VPSNAP = str(Path(sys.executable).with_name("vpsnap"))
@@ -141,9 +141,14 @@ class LiveServer(ServerProcess):
             "VPSNAP_LOG_LEVEL": "warning",
             "VPSNAP_QEMU_IMG": str(wrapper),
             "VPSNAP_RATE_LIMIT_PER_KEY": "100000/minute",
+            "VPSNAP_RATE_LIMIT_PER_IP": "100000/minute",
             "VPSNAP_RATE_LIMIT_SNAPSHOT_MUTATIONS_PER_VPS": "100000/minute",
             # No demo VM: it would outlive the server (managed VMs do) and every test run.
             "VPSNAP_DEMO_VM": "false",
+            # Real argon2id at its lowest allowed cost: the demo seeds three panel users.
+            "VPSNAP_PASSWORD_HASH_TIME_COST": "1",
+            "VPSNAP_PASSWORD_HASH_MEMORY_KIB": "8192",
+            "VPSNAP_PASSWORD_HASH_PARALLELISM": "1",
             **settings,
         }
         super().__init__(data_dir, "--demo", env=env)
@@ -155,7 +160,14 @@ class LiveServer(ServerProcess):
     def disk(self, vps_name: str) -> Path:
         return self.data_dir / "vps-disks" / f"{vps_name}.qcow2"
 
-    def add_vps(self, slots: int, *, account: str = "demo", primary_ip: str | None = None) -> str:
+    def add_vps(
+        self,
+        slots: int,
+        *,
+        account: str = "demo",
+        primary_ip: str | None = None,
+        vm_memory_mib: int | None = None,
+    ) -> str:
         """A new VPS of its own for one test (admin command on the server's data dir, which
         the running server reads at once); returns its name."""
         name = f"t{next(self._names)}-{slots}slots"
@@ -168,6 +180,8 @@ class LiveServer(ServerProcess):
         args += ["--disk", str(disk), "--slots", str(slots), "--data-dir", str(self.data_dir)]
         if primary_ip:
             args += ["--primary-ip", primary_ip]
+        if vm_memory_mib:  # a VM vpsnap runs (stopped until a start action)
+            args += ["--memory-mib", str(vm_memory_mib)]
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, (result.stdout, result.stderr)
         return name

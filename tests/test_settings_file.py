@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from vpsnap.cli.main import app
 
 from vpsnap import settings as settings_module
-from vpsnap.cli.main import app
 from vpsnap.settings import ConfigFileError, Settings, load_settings
 
 

@@ -43,19 +43,12 @@ from vpsnap.domain.capacity import (
     SlotOption,
     is_currency_code,
 )
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import CapacityConfigError
 
 # Far above any real price, and small enough that cent arithmetic stays exact.
 MAX_AMOUNT = Decimal("999999999.99")
 # The `plan` column of a VPS holds at most 100 characters.
 _PLAN_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-
-
-class CapacityConfigError(DomainError):
-    """The capacity file is missing, not TOML, or not a valid configuration.
-
-    A ``DomainError`` (like ``DataDirInUse``) so that the CLI prints it and exits cleanly.
-    """
 
 
 def load_capacity_config(path: Path | None) -> CapacityConfig:

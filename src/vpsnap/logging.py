@@ -1,5 +1,6 @@
-"""Structured logs: one JSON object per line on stderr, for vpsnap's own events and for the
-libraries it runs on (uvicorn, alembic), so every line of the server's log parses."""
+"""Structured logs on stderr, for vpsnap's own events and for the libraries it runs on
+(uvicorn, alembic): one JSON object per line when stderr is not a terminal (every line of a
+service's log parses), structlog's readable console lines when a person watches."""
 
 from __future__ import annotations
 
@@ -16,19 +17,27 @@ _SHARED: list[structlog.types.Processor] = [
 ]
 
 
-def configure_logging(level: str = "info") -> None:
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def configure_logging(level: str = "info", log_format: str = "auto") -> None:
+    """``log_format``: ``json``, ``console``, or ``auto`` (console on a terminal, else JSON)."""
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
+    console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: list[structlog.types.Processor] = (
+        [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        if console
+        else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED,
-            processors=[
-                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                structlog.processors.format_exc_info,
-                structlog.processors.JSONRenderer(),
-            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
         )
     )
     root = logging.getLogger()
@@ -36,6 +45,11 @@ def configure_logging(level: str = "info") -> None:
     root.setLevel(numeric)
     # Alembic narrates every migration step at INFO; only its warnings matter in the server log.
     logging.getLogger("alembic").setLevel(max(numeric, logging.WARNING))
+    # Database libraries log every statement with its parameters (API key hashes, tenants'
+    # data): aiosqlite at DEBUG, SQLAlchemy's engine at INFO. Key material never goes to the
+    # log, whatever the level (docs/api.md, "Authentication").
+    logging.getLogger("aiosqlite").setLevel(max(numeric, logging.INFO))
+    logging.getLogger("sqlalchemy.engine").setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             *_SHARED,

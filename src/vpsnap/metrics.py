@@ -50,6 +50,30 @@ SNAPSHOTS = Gauge(
     ["status"],
     registry=REGISTRY,
 )
+NODE_LAST_SEEN = Gauge(
+    "vpsnap_node_last_seen_seconds",
+    "Seconds since each node's agent last reported (read from the database).",
+    ["node"],
+    registry=REGISTRY,
+)
+NODE_DRAINED = Gauge(
+    "vpsnap_node_drained",
+    "1 when the node is drained (takes no new work), else 0.",
+    ["node"],
+    registry=REGISTRY,
+)
+NODE_QUEUED = Gauge(
+    "vpsnap_jobs_queued",
+    "Jobs waiting to start (queued or pending), by node.",
+    ["node"],
+    registry=REGISTRY,
+)
+NODE_OLDEST_QUEUED = Gauge(
+    "vpsnap_job_oldest_queued_seconds",
+    "Age of the oldest job waiting to start, by node (0 when none waits).",
+    ["node"],
+    registry=REGISTRY,
+)
 RECONCILIATION_ACTIONS = Counter(
     "vpsnap_reconciliation_actions",
     "What reconciliation found and did, by action.",
@@ -122,16 +146,26 @@ REGISTRY.register(PLATFORM_COLLECTOR)
 
 async def render(store: Store, now: datetime | None = None) -> bytes:
     """The exposition text, with the database gauges refreshed first."""
+    now = now or datetime.now(UTC)
     async with store.transaction(read_only=True) as tx:
         for job_status in JobStatus:
             QUEUE_DEPTH.labels(job_status.value).set(await tx.count_jobs(job_status))
         for snapshot_status in SnapshotStatus:
             SNAPSHOTS.labels(snapshot_status.value).set(await tx.count_snapshots(snapshot_status))
+        nodes = await tx.list_nodes()
+        stats = await tx.node_stats()
         for state in MessageState:
             WEBHOOK_MESSAGES.labels(state.value).set(await tx.count_webhook_messages(state))
         data_stores = await tx.list_data_stores(None)
         allocations = await tx.list_vps_storage(None)
-    now = now or datetime.now(UTC)
+    for node in nodes:
+        NODE_LAST_SEEN.labels(node.name).set((now - node.last_seen_at).total_seconds())
+        NODE_DRAINED.labels(node.name).set(1 if node.drained else 0)
+    for name in {n.name for n in nodes} | set(stats):
+        waiting = stats.get(name)
+        oldest = waiting.oldest_queued_at if waiting is not None else None
+        NODE_QUEUED.labels(name).set(waiting.queued_jobs if waiting is not None else 0)
+        NODE_OLDEST_QUEUED.labels(name).set((now - oldest).total_seconds() if oldest else 0)
     # Series of stores and VPSes that are gone must disappear, not keep their last value.
     for gauge in (DATA_STORE_FREE, DATA_STORE_TOTAL, DATA_STORE_AGE, VPS_ALLOCATED):
         gauge.clear()

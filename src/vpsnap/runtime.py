@@ -1,5 +1,13 @@
 """The composition root: builds store, driver, services, worker and scheduler from settings,
-and runs them together in the embedded mode."""
+and runs the processes of both modes (docs/scale-out.md):
+
+- ``embedded`` (``vpsnap serve``): API, worker, scheduler and the node's agent in one process;
+- ``api`` (``vpsnap api``): HTTP only, never a hypervisor call;
+- ``agent`` (``vpsnap agent --node NAME``): its node's jobs, VMs, reconciliation, heartbeat and
+  power states; one per node (a PostgreSQL advisory lock);
+- ``scheduler`` (``vpsnap scheduler``): expiry, schedules, housekeeping, lease reaper; several
+  may run, one is active (a PostgreSQL advisory lock held on its session).
+"""
 
 from __future__ import annotations
 
@@ -10,14 +18,21 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
 from typing import IO
 
+import structlog
+from argon2 import PasswordHasher
+
+from vpsnap import __version__
 from vpsnap.billing.webhook import billing_gateway
 from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import DataDirInUse, ProcessRefused
 from vpsnap.domain.ports import HypervisorDriver
 from vpsnap.domain.storage import SpaceGuard
+from vpsnap.domain.users import SessionPolicy
 from vpsnap.domain.webhooks import RetryPolicy
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
 from vpsnap.drivers.machines import ManagedMachines
@@ -26,13 +41,16 @@ from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.events.addresses import AddressPolicy
 from vpsnap.events.delivery import WebhookDispatcher, WebhookSender
 from vpsnap.jobs.data_stores import WriteGuard, publish_data_stores
-from vpsnap.jobs.signals import InProcessJobEvents
-from vpsnap.jobs.worker import Worker
+from vpsnap.jobs.observer import NodeObserver
+from vpsnap.jobs.signals import InProcessJobEvents, PgListener, asyncpg_dsn
+from vpsnap.jobs.worker import Worker, default_worker_id
+from vpsnap.private_files import private_dir, private_file
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
 from vpsnap.scheduler.reaper import requeue_orphans
 from vpsnap.scheduler.reconcile import reconcile
 from vpsnap.scheduler.retention import sweep_expired
 from vpsnap.scheduler.schedules import run_due_schedules
+from vpsnap.scheduler.stale_jobs import fail_unstartable_jobs
 from vpsnap.services.accounts import AccountService
 from vpsnap.services.audit import AuditService
 from vpsnap.services.capacity import CapacityService
@@ -41,16 +59,30 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.nodes import NodeDirectory
+from vpsnap.services.panel import PanelService
+from vpsnap.services.passwords import Passwords
 from vpsnap.services.power import PowerService
+from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
+from vpsnap.services.users import UserService
 from vpsnap.services.webhooks import WebhookService
 from vpsnap.settings import ConfigFileError, Settings
 from vpsnap.store import migrate
-from vpsnap.store.sql import SqlStore
+from vpsnap.store.locks import SessionLock
+from vpsnap.store.sql import Channel, SqlStore
+
+log = structlog.get_logger("vpsnap.runtime")
 
 
-class DataDirInUse(DomainError):
-    code = "conflict"
+class Role(StrEnum):
+    """Which vpsnap process this is (the module docstring says what each runs)."""
+
+    EMBEDDED = "embedded"
+    API = "api"
+    AGENT = "agent"
+    SCHEDULER = "scheduler"
+    ADMIN = "admin"
 
 
 def space_guard(settings: Settings) -> SpaceGuard:
@@ -80,6 +112,8 @@ def qemu_driver_for(settings: Settings) -> QemuDriver:
         qmp=settings.qmp_timeout_seconds,
         status=settings.power_state_timeout_seconds,
         guest_agent=settings.guest_agent_timeout_seconds,
+        guest_freeze=settings.guest_freeze_timeout_seconds,
+        guest_agent_recovery=settings.guest_agent_recovery_seconds,
         shutdown=settings.shutdown_timeout_seconds,
         snapshot_job=settings.vm_snapshot_timeout_seconds,
     )
@@ -89,14 +123,24 @@ def qemu_driver_for(settings: Settings) -> QemuDriver:
     return QemuDriver(qemu_img_for(settings), machines, timeouts)
 
 
+def session_policy(settings: Settings) -> SessionPolicy:
+    return SessionPolicy(
+        idle=timedelta(seconds=settings.session_idle_timeout_seconds),
+        lifetime=timedelta(seconds=settings.session_lifetime_seconds),
+    )
+
+
 @dataclass
 class Runtime:
     settings: Settings
     store: SqlStore
-    driver: HypervisorDriver
+    driver: HypervisorDriver | None
     events: InProcessJobEvents
     clock: Clock
     services: Services
+    role: Role = Role.EMBEDDED
+    active_scheduler: bool = False
+    """In a ``scheduler`` process: whether it holds the lock and runs the tasks now."""
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -104,32 +148,49 @@ class Runtime:
         cls,
         settings: Settings,
         *,
+        role: Role = Role.EMBEDDED,
         driver: HypervisorDriver | None = None,
         clock: Clock | None = None,
         store: SqlStore | None = None,
     ) -> Runtime:
         clock = clock or SystemClock()
         store = store or SqlStore.from_url(settings.resolved_database_url())
-        driver = driver or DispatchingDriver(
-            qemu_driver_for(settings),
-            libvirt_driver_factory(
-                shutdown_timeout=settings.shutdown_timeout_seconds,
-                status_timeout=settings.power_state_timeout_seconds,
-                call_timeout=settings.vm_snapshot_timeout_seconds,
-            ),
-        )
+        if driver is None and role in (Role.EMBEDDED, Role.AGENT, Role.ADMIN):
+            driver = DispatchingDriver(
+                qemu_driver_for(settings),
+                libvirt_driver_factory(
+                    shutdown_timeout=settings.shutdown_timeout_seconds,
+                    status_timeout=settings.power_state_timeout_seconds,
+                    call_timeout=settings.vm_snapshot_timeout_seconds,
+                ),
+            )
         events = InProcessJobEvents()
+        passwords = Passwords(
+            PasswordHasher(
+                time_cost=settings.password_hash_time_cost,
+                memory_cost=settings.password_hash_memory_kib,
+                parallelism=settings.password_hash_parallelism,
+            )
+        )
+        nodes = NodeDirectory(
+            clock,
+            timedelta(seconds=settings.node_offline_after_seconds),
+            # The serving process is its node's agent: alive while it answers.
+            local_node=settings.node if role is Role.EMBEDDED else None,
+        )
+        inventory = InventoryService(store, nodes)
         services = Services(
             store=store,
             driver=driver,
-            accounts=AccountService(store, clock),
+            accounts=AccountService(store, clock, disks=qemu_img_for(settings)),
             credentials=CredentialService(store, clock, settings.auth_cache_seconds),
-            inventory=InventoryService(store, driver),
+            inventory=inventory,
             snapshots=SnapshotService(
                 store,
                 events,
                 clock,
                 timedelta(hours=settings.retention_hours),
+                nodes,
                 max_jobs_per_vps=settings.max_jobs_per_vps,
                 space=space_guard(settings),
             ),
@@ -141,16 +202,41 @@ class Runtime:
                 billing_gateway(settings, clock),
             ),
             idempotency=IdempotencyService(store, clock),
-            power=PowerService(store, events, clock, max_jobs_per_vps=settings.max_jobs_per_vps),
+            power=PowerService(
+                store, events, clock, nodes, max_jobs_per_vps=settings.max_jobs_per_vps
+            ),
+            users=UserService(store, clock, passwords),
+            sessions=SessionService(store, clock, passwords, session_policy(settings)),
+            panel=PanelService(store, inventory),
+            nodes=nodes,
             audit=AuditService(store),
             webhooks=WebhookService(store, clock, address_policy(settings)),
         )
-        return cls(settings, store, driver, events, clock, services)
+        return cls(settings, store, driver, events, clock, services, role)
+
+    # -- pieces ------------------------------------------------------------------------------
+
+    def hypervisor(self) -> HypervisorDriver:
+        if self.driver is None:
+            raise ProcessRefused(f"a {self.role.value} process has no hypervisor driver")
+        return self.driver
 
     async def prepare(self) -> None:
-        """Create the data dir and bring the database schema up to date."""
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        """Create the data dir (0700) and bring the database schema up to date; a SQLite
+        database is created 0600 before SQLite opens it (its -wal and -shm take its mode)."""
+        await asyncio.to_thread(self._private_files)
         await migrate.upgrade(self.store.engine)
+
+    def _private_files(self) -> None:
+        private_dir(self.settings.data_dir)
+        url = self.store.engine.url
+        database = url.database
+        if url.get_backend_name() == "sqlite" and database and database != ":memory:":
+            path = Path(database)
+            private_dir(path.parent)
+            private_file(path)
+            for suffix in ("-wal", "-shm", "-journal"):
+                private_file(path.with_name(path.name + suffix), create=False)
 
     def claim_data_dir(self) -> None:
         """Hold an exclusive lock on the data dir for the life of this embedded server.
@@ -159,6 +245,7 @@ class Runtime:
         lock held, any job still in progress at start-up is known to be orphaned.
         """
         path = self.settings.data_dir / "vpsnap.lock"
+        private_file(path)
         handle = path.open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -176,7 +263,7 @@ class Runtime:
     def worker(self) -> Worker:
         return Worker(
             store=self.store,
-            driver=self.driver,
+            driver=self.hypervisor(),
             events=self.events,
             clock=self.clock,
             node=self.settings.node,
@@ -188,8 +275,20 @@ class Runtime:
             write_guard=WriteGuard(space_guard(self.settings), self.clock),
         )
 
+    def observer(self) -> NodeObserver:
+        return NodeObserver(
+            self.store,
+            self.hypervisor(),
+            self.clock,
+            self.settings.node,
+            __version__,
+            default_worker_id(),
+        )
+
     def periodic_tasks(self) -> list[PeriodicTask]:
-        settings, node = self.settings, self.settings.node
+        """The scheduler's tasks (the lease reaper covers every node: any scheduler may run)."""
+        settings = self.settings
+        node = settings.node if self.role is Role.EMBEDDED else None
 
         async def reap_leases() -> object:
             return await requeue_orphans(
@@ -203,16 +302,15 @@ class Runtime:
                     now - timedelta(days=settings.job_retention_days)
                 )
                 records = await tx.purge_idempotency(now)
+                # The audit trail has a retention of its own, independent of jobs.
                 audit = await tx.purge_audit_events(
                     now - timedelta(days=settings.audit_retention_days)
                 )
                 deliveries = await tx.purge_webhook_history(
                     now - timedelta(days=settings.webhook_retention_days)
                 )
-            return jobs, records, audit, deliveries
-
-        async def reconcile_node() -> object:
-            return await reconcile(self.store, self.driver, node, clock=self.clock)
+            sessions = await self.services.sessions.purge()
+            return jobs, records, sessions, audit, deliveries
 
         async def expire_snapshots() -> object:
             return await sweep_expired(self.store, self.events, self.clock)
@@ -226,23 +324,46 @@ class Runtime:
                 space=space_guard(settings),
             )
 
-        dispatcher = self.webhook_dispatcher()
+        async def unstartable_jobs() -> object:
+            return await fail_unstartable_jobs(
+                self.store,
+                self.events,
+                self.clock,
+                self.services.nodes,
+                timedelta(seconds=settings.queued_job_timeout_seconds),
+            )
 
-        async def publish_data_stores_of_node() -> object:
-            # The agent's work in scale-out (it alone sees the node's disks).
-            return await publish_data_stores(self.store, self.clock, node)
+        dispatcher = self.webhook_dispatcher()
 
         return [
             PeriodicTask("lease-reaper", max(settings.job_lease_seconds / 3, 0.5), reap_leases),
             PeriodicTask("housekeeping", settings.scheduler_interval_seconds, housekeeping),
             PeriodicTask("retention", settings.scheduler_interval_seconds, expire_snapshots),
             PeriodicTask("schedules", settings.scheduler_interval_seconds, run_schedules),
-            PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
-            # Issue 12: the scheduler delivers webhooks (one process in scale-out); the node
-            # publishes its data stores' free space.
+            PeriodicTask("unstartable-jobs", settings.scheduler_interval_seconds, unstartable_jobs),
+            # Webhooks go out from the (one active) scheduler: sent once in scale-out.
             PeriodicTask(
                 "webhooks", settings.webhook_delivery_interval_seconds, dispatcher.deliver_due
             ),
+        ]
+
+    def node_tasks(self, observer: NodeObserver) -> list[PeriodicTask]:
+        """An agent's own periodic work for its node."""
+        settings, driver = self.settings, self.hypervisor()
+
+        async def reconcile_node() -> object:
+            return await reconcile(self.store, driver, settings.node, clock=self.clock)
+
+        async def publish_data_stores_of_node() -> object:
+            # Only the node's agent sees its disks: the API and the gates read what it wrote.
+            return await publish_data_stores(self.store, self.clock, settings.node)
+
+        return [
+            PeriodicTask("heartbeat", settings.node_heartbeat_seconds, observer.heartbeat),
+            PeriodicTask(
+                "power-states", settings.power_refresh_seconds, observer.refresh_power_states
+            ),
+            PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
             PeriodicTask(
                 "data-stores", settings.data_store_interval_seconds, publish_data_stores_of_node
             ),
@@ -261,20 +382,66 @@ class Runtime:
             ),
         )
 
+    def listener(self, *, wake_worker: bool) -> PgListener | None:
+        """LISTEN/NOTIFY wake-ups from other processes (PostgreSQL only; None on SQLite)."""
+        if not self.store.is_postgres or self.store.url is None:
+            return None
+        events, node = self.events, self.settings.node
+
+        def jobs_queued(payload: str) -> None:
+            if wake_worker and payload in (node, "*"):
+                events.jobs_queued()
+
+        def key_revoked(payload: str) -> None:
+            self.services.credentials.forget(payload)
+
+        return PgListener(
+            asyncpg_dsn(self.store.url),
+            {
+                self.store.channel(Channel.JOBS): jobs_queued,
+                self.store.channel(Channel.JOB): events.job_changed,
+                self.store.channel(Channel.KEYS): key_revoked,
+            },
+            on_reconnect=events.wake_all,
+        )
+
+    async def require_postgres_schema(self) -> None:
+        """Scale-out processes run on PostgreSQL, on a schema ``vpsnap migrate`` brought up."""
+        if not self.store.is_postgres:
+            raise ProcessRefused(
+                f"vpsnap {self.role.value} needs PostgreSQL (VPSNAP_DATABASE_URL="
+                "postgresql+asyncpg://…); the embedded `vpsnap serve` runs on SQLite"
+            )
+        try:
+            await migrate.require_current(self.store.engine)
+        except migrate.SchemaMismatch as exc:
+            raise ProcessRefused(str(exc)) from None
+
+    # -- processes ---------------------------------------------------------------------------
+
     @contextlib.asynccontextmanager
     async def embedded(self) -> AsyncIterator[None]:
-        """Worker and scheduler running in this process for the duration of the block."""
+        """Worker, scheduler and the node's agent work running in this process for the
+        duration of the block (``vpsnap serve``)."""
         await self.prepare()
         self.claim_data_dir()
         await requeue_orphans(
             self.store, self.events, self.clock, self.settings.node, all_in_progress=True
         )
+        observer = self.observer()
+        await observer.heartbeat()
         worker = self.worker()
         stopping = asyncio.Event()
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(run_scheduler(self.periodic_tasks(), stopping), name="scheduler"),
+            asyncio.create_task(
+                run_scheduler([*self.periodic_tasks(), *self.node_tasks(observer)], stopping),
+                name="scheduler",
+            ),
         ]
+        listener = self.listener(wake_worker=True)
+        if listener is not None:
+            tasks.append(asyncio.create_task(listener.run(stopping), name="listener"))
         try:
             yield
         finally:
@@ -283,6 +450,122 @@ class Runtime:
             stopping.set()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
+
+    @contextlib.asynccontextmanager
+    async def api_process(self) -> AsyncIterator[None]:
+        """What ``vpsnap api`` runs beside HTTP: the listener that wakes its long-polls and
+        drops revoked keys from its cache."""
+        await self.require_postgres_schema()
+        stopping = asyncio.Event()
+        listener = self.listener(wake_worker=False)
+        assert listener is not None  # PostgreSQL was required above
+        task = asyncio.create_task(listener.run(stopping), name="listener")
+        try:
+            yield
+        finally:
+            stopping.set()
+            await asyncio.gather(task, return_exceptions=True)
+            await self.close()
+
+    async def run_agent(self, stopping: asyncio.Event) -> None:
+        """``vpsnap agent``: until ``stopping``, run this node's jobs and agent work.
+
+        One agent per node: the node's advisory lock is taken first, and a second agent for the
+        same node is refused (it would otherwise take over the first one's *running* jobs).
+        Holding the lock, every job of the node still in progress is an orphan of a dead agent
+        and is re-queued at once.
+        """
+        await self.require_postgres_schema()
+        node = self.settings.node
+        lock = SessionLock(
+            asyncpg_dsn(self.store.url or ""), f"{self.store.channel_prefix}:node:{node}"
+        )
+        if not await lock.acquire():
+            await self.close()
+            raise ProcessRefused(
+                f"another agent already serves node {node!r} (one agent per node); stop it "
+                "first, or start this one with another --node"
+            )
+        try:
+            await self._agent_loop(lock, stopping)
+        finally:
+            await lock.release()
+            await self.close()
+
+    async def _agent_loop(self, lock: SessionLock, stopping: asyncio.Event) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await requeue_orphans(
+            self.store, self.events, self.clock, self.settings.node, all_in_progress=True
+        )
+        observer = self.observer()
+        await observer.heartbeat()
+        worker = self.worker()
+        inner = asyncio.Event()
+        listener = self.listener(wake_worker=True)
+        assert listener is not None
+        tasks = [
+            asyncio.create_task(worker.run(), name="worker"),
+            asyncio.create_task(run_scheduler(self.node_tasks(observer), inner), name="agent"),
+            asyncio.create_task(listener.run(inner), name="listener"),
+        ]
+        log.info("agent_started", node=self.settings.node, version=__version__)
+        try:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), self.settings.node_heartbeat_seconds)
+                if not stopping.is_set() and not await lock.check() and not await lock.acquire():
+                    # PostgreSQL restarted and someone else took the node meanwhile.
+                    log.error("agent_node_lost", node=self.settings.node)
+                    break
+        finally:
+            worker.stop()
+            inner.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("agent_stopped", node=self.settings.node)
+
+    async def run_scheduler_process(self, stopping: asyncio.Event) -> None:
+        """``vpsnap scheduler``: stand by until this process holds the scheduler lock, then run
+        the periodic tasks until it loses it or ``stopping``. A standby tries every
+        ``scheduler_standby_poll_seconds``, so it takes over within that (plus PostgreSQL
+        noticing the dead connection) of the active one dying."""
+        await self.require_postgres_schema()
+        lock = SessionLock(
+            asyncpg_dsn(self.store.url or ""), f"{self.store.channel_prefix}:scheduler"
+        )
+        poll = self.settings.scheduler_standby_poll_seconds
+        listener = self.listener(wake_worker=False)
+        assert listener is not None
+        listening = asyncio.create_task(listener.run(stopping), name="listener")
+        try:
+            while not stopping.is_set():
+                if not await lock.acquire():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stopping.wait(), poll)
+                    continue
+                log.info("scheduler_active")
+                self.active_scheduler = True
+                try:
+                    await self._lead(lock, stopping, poll)
+                finally:
+                    self.active_scheduler = False
+                log.info("scheduler_standby")
+        finally:
+            await lock.release()
+            await asyncio.gather(listening, return_exceptions=True)
+            await self.close()
+
+    async def _lead(self, lock: SessionLock, stopping: asyncio.Event, poll: float) -> None:
+        inner = asyncio.Event()
+        running = asyncio.create_task(run_scheduler(self.periodic_tasks(), inner))
+        try:
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), poll)
+                if not await lock.check():
+                    break  # lost the session: another scheduler may be active now
+        finally:
+            inner.set()
+            await asyncio.gather(running, return_exceptions=True)
 
     async def close(self) -> None:
         await self.store.dispose()

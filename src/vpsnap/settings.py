@@ -20,7 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
@@ -73,6 +73,23 @@ class Settings(BaseSettings):
     )
     job_retention_days: int = 7
 
+    node_heartbeat_seconds: float = Field(
+        default=5.0, description="How often an agent reports that its node is alive"
+    )
+    node_offline_after_seconds: float = Field(
+        default=30.0,
+        description="A node not heard from this long is offline: powerState unknown, no new work",
+    )
+    power_refresh_seconds: float = Field(
+        default=10.0, description="How often an agent reads and publishes its VMs' power states"
+    )
+    queued_job_timeout_seconds: float = Field(
+        default=900.0,
+        description="A job not started this long while its node is offline fails",
+    )
+    scheduler_standby_poll_seconds: float = Field(
+        default=2.0, description="How often a standby scheduler tries to become the active one"
+    )
     scheduler_interval_seconds: float = Field(
         default=30.0, description="How often expiry, schedules and reconciliation run"
     )
@@ -101,6 +118,24 @@ class Settings(BaseSettings):
     guest_agent_timeout_seconds: float = Field(
         default=3.0, description="Each guest-agent exchange; no answer: crash-consistent snapshot"
     )
+    # -- real guests (issue 14) --
+    guest_freeze_timeout_seconds: float = Field(
+        default=10.0,
+        description="The guest-agent freeze itself (the guest writes out its dirty data first)",
+    )
+    guest_agent_recovery_seconds: float = Field(
+        default=30.0,
+        description="How long vpsnap keeps trying to thaw a guest whose agent stopped answering",
+    )
+    demo_guest: bool = Field(
+        default=False,
+        description="`serve --demo` runs demo-web on the real Debian guest (scripts/guest-image)",
+    )
+    demo_guest_image: Path | None = Field(
+        default=None,
+        description="The guest qcow2 for demo_guest; scripts/demo builds it and sets this",
+    )
+    # -- end real guests --
     shutdown_timeout_seconds: float = Field(
         default=60.0, description="How long a graceful shutdown may take before `use stop`"
     )
@@ -113,6 +148,63 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "info"
+    log_format: str = Field(
+        default="auto", description="`json`, `console`, or `auto`: console on a terminal"
+    )
+
+    # -- dashboard sessions (issue 11) --
+    session_idle_timeout_seconds: float = Field(
+        default=30 * 60.0, gt=0, description="A dashboard session ends this long after its last use"
+    )
+    session_lifetime_seconds: float = Field(
+        default=12 * 3600.0, gt=0, description="A dashboard session ends this long after sign-in"
+    )
+    login_failures_per_ip: str = Field(
+        default="30/15minutes", description="Failed sign-ins allowed per client IP (`limits` rate)"
+    )
+    # argon2id cost of dashboard passwords; the defaults are argon2-cffi's (RFC 9106's second
+    # recommended profile). A hash made with other costs is upgraded at the next sign-in.
+    password_hash_time_cost: int = Field(default=3, ge=1)
+    password_hash_memory_kib: int = Field(default=64 * 1024, ge=8 * 1024)
+    password_hash_parallelism: int = Field(default=4, ge=1)
+    login_failures_per_account: str = Field(
+        default="5/15minutes", description="Failed sign-ins allowed per email address"
+    )
+
+    # -- the edge: who is calling, from where, for which host (issue 9, kinds 7 and 13) -----
+    rate_limit_per_ip: str = Field(
+        default="600/minute",
+        description="Requests without a valid credential, per client address (docs/api.md)",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names served (comma-separated; `*.example.com`, `*`); default: "
+        "127.0.0.1, localhost, ::1, the listen host and the public base URL's host",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Proxy addresses or networks whose X-Forwarded-For/-Proto are believed "
+        "(comma-separated); default none",
+    )
+
+    def with_proxy_headers(self, enabled: bool | None) -> Settings:
+        """These settings with ``vpsnap serve --proxy-headers/--no-proxy-headers`` applied, as
+        uvicorn's flags mean them: on without a list trusts a proxy on this host (127.0.0.1);
+        off trusts nobody, whatever the list says; None changes nothing."""
+        if enabled is None:
+            return self
+        if not enabled:
+            return self.model_copy(update={"forwarded_allow_ips": []})
+        return self.model_copy(
+            update={"forwarded_allow_ips": self.forwarded_allow_ips or ["127.0.0.1"]}
+        )
+
+    @field_validator("allowed_hosts", "forwarded_allow_ips", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
 
     # -- operations (issue 12): audit, webhooks, disk space (docs/operations.md) -------------
     audit_retention_days: int = Field(
@@ -182,13 +274,9 @@ CONFIG_ENV = "VPSNAP_CONFIG"
 _config_file: ContextVar[Path | None] = ContextVar("vpsnap_config_file", default=None)
 
 
-class ConfigFileError(DomainError):
-    """The configuration file is missing, not TOML, or sets something wrong.
-
-    A ``DomainError`` (like ``CapacityConfigError``) so that the CLI prints it and exits.
-    """
-
-    code = "internal_error"
+class ConfigFileError(ConfigurationError):
+    """The configuration file is missing, not TOML, or sets something wrong (the CLI prints it
+    and exits, as for every ``ConfigurationError``)."""
 
 
 def config_file(explicit: Path | None = None) -> Path | None:

@@ -16,7 +16,7 @@ from tests.api.test_errors import assert_problem
 from tests.conftest import api_settings
 from tests.services.test_capacity import EXAMPLE, SECRET, WebhookReceiver
 from vpsnap.api.app import create_app
-from vpsnap.cli.demo import seed_demo
+from vpsnap.demo import seed_demo
 from vpsnap.domain.auth import Scope
 from vpsnap.domain.problems import CATALOGUE
 from vpsnap.runtime import Runtime, qemu_img_for

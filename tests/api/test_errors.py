@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import httpx
@@ -14,6 +15,7 @@ from vpsnap.domain.model import PowerState, ServiceStatus, Vps
 from vpsnap.drivers.fake import FakeDriver
 from vpsnap.runtime import Runtime
 from vpsnap.services.accounts import NewVps
+from vpsnap.services.inventory import InventoryService
 from vpsnap.store.sql import SqlStore
 
 
@@ -197,7 +199,7 @@ async def test_inactive_service_is_vps_not_ready(api: Api) -> None:
         NewVps(
             account_name="demo",
             name="suspended-one",
-            disks=(str(api.disk("demo-web")),),
+            disks=(str(api.disk("suspended-one")),),  # its own (no job ever opens it)
             snapshot_slots=2,
             service_status=ServiceStatus.SUSPENDED,
         )
@@ -264,15 +266,19 @@ async def test_the_openapi_document_lists_the_problems_the_app_answers(api: Api)
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             responses = operation["responses"]
-            assert "422" not in responses, (method, path)
+            # The only 422 is a reused Idempotency-Key, never FastAPI's validation error.
+            if "422" in responses:
+                media = responses["422"]["content"]["application/problem+json"]
+                assert set(media["examples"]) == {"idempotency_key_reused"}, (method, path)
             assert "429" in responses, (method, path)
             for status, response in responses.items():
-                if int(status) >= 400 and path != "/readyz":
-                    assert response["content"] == {"application/problem+json": problem}, (
-                        method,
-                        path,
-                        status,
-                    )
+                if int(status) >= 400 and (path, status) != ("/readyz", "503"):
+                    content = response["content"]
+                    assert set(content) == {"application/problem+json"}, (method, path, status)
+                    media = content["application/problem+json"]
+                    assert media["schema"] == problem["schema"], (method, path, status)
+                    # One example per code (tests/api/test_error_catalogue.py checks them).
+                    assert media["examples"], (method, path, status)
     assert {"HTTPValidationError", "ValidationError"}.isdisjoint(spec["components"]["schemas"])
     assert {"400", "401", "403"} <= set(spec["paths"]["/api/v2/vps"]["get"]["responses"])
     get_vps = spec["paths"]["/api/v2/vps/{vps_id}"]["get"]["responses"]
@@ -283,18 +289,28 @@ async def test_the_openapi_document_lists_the_problems_the_app_answers(api: Api)
     assert {"400", "413", "415"} <= set(create)
 
 
+class _BrokenStore:
+    """A store with a bug (not a domain error): the API must still answer problem+json."""
+
+    def transaction(self, *, read_only: bool = False) -> object:
+        raise RuntimeError("store bug: secret internal detail")
+
+
 class _BrokenDriver(FakeDriver):
-    """A driver with a bug (not a domain error): the API must still answer problem+json."""
+    """A driver whose power-state read fails with something that is not a domain error (as
+    qemu.qmp's own assertions did, issue 9 kind 11d)."""
 
     async def power_state(self, vps: Vps) -> PowerState:
-        raise RuntimeError("driver bug: secret internal detail")
+        if vps.name == "web":
+            raise AssertionError("qemu.qmp: secret internal detail")
+        return await super().power_state(vps)
 
 
-async def test_an_unexpected_exception_is_a_500_problem_without_internals(
-    store: SqlStore, tmp_path: Path
-) -> None:
+async def _broken_app(
+    store: SqlStore, tmp_path: Path, driver: FakeDriver
+) -> tuple[Runtime, str, str]:
     settings = api_settings(tmp_path)
-    runtime = Runtime.build(settings, store=store, driver=_BrokenDriver())
+    runtime = Runtime.build(settings, store=store, driver=driver)
     await runtime.services.accounts.create_account("acme")
     from vpsnap.domain.auth import Scope
 
@@ -302,15 +318,50 @@ async def test_an_unexpected_exception_is_a_500_problem_without_internals(
     vps = await runtime.services.accounts.add_vps(
         NewVps(account_name="acme", name="web", disks=(), snapshot_slots=1)
     )
-    app = create_app(runtime.services, settings)
+    return runtime, issued.secret, vps.id
+
+
+async def test_an_unexpected_exception_is_a_500_problem_without_internals(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    runtime, secret, vps_id = await _broken_app(store, tmp_path, FakeDriver())
+    services = dataclasses.replace(
+        runtime.services,
+        inventory=InventoryService(_BrokenStore(), runtime.services.nodes),  # type: ignore[arg-type]
+    )
+    app = create_app(services, runtime.settings)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.get(
-            f"/api/v2/vps/{vps.id}", headers={"Authorization": f"Bearer {issued.secret}"}
+            f"/api/v2/vps/{vps_id}", headers={"Authorization": f"Bearer {secret}"}
         )
     body = assert_problem(response, 500, "internal_error")
     assert "secret internal detail" not in response.text
     assert "RuntimeError" not in str(body)
+
+
+async def test_a_power_state_read_that_fails_in_any_way_is_unknown_not_5xx(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    # issue 9, kind 11d: an AssertionError inside qemu.qmp made GET /api/v2/vps/{id} a 500. The
+    # API now serves what the node's agent published; the agent's read that fails in any way
+    # publishes `unknown` (and the other VPSes are still published).
+    runtime, secret, vps_id = await _broken_app(store, tmp_path, _BrokenDriver())
+    await runtime.services.accounts.add_vps(
+        NewVps(account_name="acme", name="fine", disks=("/fake/fine.qcow2",), snapshot_slots=1)
+    )
+    await runtime.observer().refresh_power_states()
+    app = create_app(runtime.services, runtime.settings)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        headers = {"Authorization": f"Bearer {secret}"}
+        one = await client.get(f"/api/v2/vps/{vps_id}", headers=headers)
+        listed = await client.get("/api/v2/vps", headers=headers)
+    assert one.status_code == 200, one.text
+    assert one.json()["powerState"] == "unknown"
+    assert listed.status_code == 200, listed.text
+    assert [v["powerState"] for v in listed.json()["data"]] == ["unknown", "stopped"]
+    assert "secret internal detail" not in one.text + listed.text
 
 
 async def test_the_openapi_document_declares_both_ways_to_present_a_key(api: Api) -> None:

@@ -54,6 +54,8 @@ OPERATION_IDS = [
     "restartVps",
     "resetVps",
     "getJob",
+    "listJobs",
+    "getVersion",
     "healthz",
     "readyz",
     "metrics",
@@ -97,6 +99,7 @@ NOTHING_TO_NEGATE = {
     "getUpgradeOptions",
     "getJob",
     "describeErrorCode",
+    "getVersion",
     "healthz",
     "readyz",
     "metrics",
@@ -154,7 +157,7 @@ def _data_dependent_rejection(operation_id: str, response: httpx.Response) -> bo
         return False
     body = response.json()
     if (
-        operation_id in ("listVps", "listAuditEvents", "listWebhookDeliveries")
+        operation_id in {"listVps", "listJobs", "listAuditEvents", "listWebhookDeliveries"}
         and body["code"] == "invalid_cursor"
     ):
         # `cursor` is opaque: any string is schema-valid, only those this server handed out are

@@ -22,7 +22,7 @@ from tests.support import ManualClock
 from vpsnap.api.app import create_app
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import Authenticator, IdempotencyMiddleware
-from vpsnap.cli.demo import seed_demo
+from vpsnap.demo import seed_demo
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.errors import HypervisorError, Unauthorized
 from vpsnap.domain.idempotency import RECORD_LIFETIME

@@ -29,7 +29,7 @@ async def vm(api: Api) -> str:
         NewVps(
             account_name="demo",
             name="demo-vm",
-            disks=(str(api.disk("demo-web")),),
+            disks=(str(api.disk("demo-vm")),),  # its own disk file (the fake driver's)
             snapshot_slots=2,
             machine=LaunchSpec(memory_mib=128, cpus=1),
         )

@@ -13,23 +13,26 @@ from tests.conftest import Api
 def api_overrides() -> dict[str, object]:
     return {
         "rate_limit_per_key": "5/minute",
+        "rate_limit_per_ip": "5/minute",
         "rate_limit_snapshot_mutations_per_vps": "2/minute",
     }
 
 
 async def test_every_response_carries_the_limit_headers(api: Api) -> None:
-    for response in (
-        await api.client.get("/api/v2/vps", headers=api.auth()),
-        await api.client.get("/api/v2/nowhere", headers=api.auth()),
-        await api.client.get("/healthz"),
+    for response, policy in (
+        (await api.client.get("/api/v2/vps", headers=api.auth()), "per-key"),
+        (await api.client.get("/api/v2/nowhere", headers=api.auth()), "per-key"),
+        # Without a verified credential the budget is the client address's.
+        (await api.client.get("/healthz"), "per-ip"),
+        (await api.client.get("/api/v2/vps"), "per-ip"),
     ):
         headers = response.headers
         assert headers["x-ratelimit-limit"] == "5"
         assert int(headers["x-ratelimit-remaining"]) in range(5)
         reset = datetime.fromisoformat(headers["x-ratelimit-reset"].replace("Z", "+00:00"))
         assert 0 < (reset - datetime.now(UTC)).total_seconds() <= 61
-        assert headers["ratelimit-policy"] == '"per-key";q=5;w=60'
-        assert headers["ratelimit"].startswith('"per-key";r=')
+        assert headers["ratelimit-policy"] == f'"{policy}";q=5;w=60'
+        assert headers["ratelimit"].startswith(f'"{policy}";r=')
 
 
 async def test_over_the_limit_is_429_with_retry_after(api: Api) -> None:

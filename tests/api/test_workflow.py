@@ -50,6 +50,9 @@ async def test_create_list_restore_delete_rolls_the_disk_back(api: Api) -> None:
     assert snapshot["status"] == "available"
     assert snapshot["origin"] == "manual"
     assert snapshot["consistency"] == "crash"
+    assert snapshot["consistencyReason"] == (
+        "the VM was not running: there was no RAM to save and no guest agent to ask"
+    )
     assert snapshot["includesMemoryState"] is False
     assert snapshot["parentName"] is None
     assert snapshot["createdAt"].endswith("Z") and len(snapshot["createdAt"]) == 24

@@ -15,3 +15,15 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]
     live = LiveServer(tmp_path_factory.mktemp("cli-server"))
     yield live
     live.stop()
+
+
+@pytest.fixture(autouse=True)
+def private_config(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No test reads or writes the user's own contexts or completion cache."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("VPSNAP_CONFIG", str(home / "config.toml"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    for name in ("VPSNAP_URL", "VPSNAP_API_KEY", "VPSNAP_CONTEXT"):
+        monkeypatch.delenv(name, raising=False)

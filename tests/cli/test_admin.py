@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 pytestmark = pytest.mark.qemu
 runner = CliRunner()
@@ -30,7 +31,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     assert code == 0
     assert "acct_" in out
     code, _, err = vpsnap(tmp_path, "admin", "account", "create", "acme")
-    assert code == 1
+    assert code == 4
     assert "already exists" in err
 
     code, out, err = vpsnap(
@@ -85,7 +86,7 @@ def test_account_key_and_vps_lifecycle(tmp_path: Path) -> None:
     code, out, _ = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
     assert code == 0
     code, _, err = vpsnap(tmp_path, "admin", "key", "revoke", key_id)
-    assert code == 1
+    assert code == 3
     assert "No active API key" in err
 
 
@@ -99,7 +100,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
     code, _, err = vpsnap(
         tmp_path, "admin", "key", "create", "--account", "nobody", "--scopes", "read:vm"
     )
-    assert code == 1
+    assert code == 3
     assert "No account named 'nobody'" in err
 
     code, _, err = vpsnap(
@@ -116,7 +117,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "does not exist" in err
 
     raw = tmp_path / "disk.raw"
@@ -135,7 +136,7 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
         "--slots",
         "1",
     )
-    assert code == 1
+    assert code == 2
     assert "raw, not qcow2" in err
     assert "qemu-img convert" in err
 
@@ -143,13 +144,13 @@ def test_clear_errors_for_bad_input(tmp_path: Path) -> None:
 def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
     import asyncio
 
-    from vpsnap.cli.demo import seed_demo
+    from vpsnap.demo import seed_demo
     from vpsnap.runtime import Runtime, qemu_img_for
     from vpsnap.settings import Settings
 
     settings = Settings(data_dir=tmp_path)
 
-    async def seed() -> tuple[dict[str, str], list[tuple[str, str, int]]]:
+    async def seed() -> tuple[dict[str, Any], list[tuple[str, str, int]]]:
         runtime = Runtime.build(settings)
         await runtime.prepare()
         tokens = await seed_demo(
@@ -169,7 +170,14 @@ def test_demo_seeding_is_idempotent(tmp_path: Path) -> None:
         ("other-web", "other", 2),
     ]
     assert json.loads((tmp_path / "demo-tokens.json").read_text()) == first_tokens
-    assert set(first_tokens) == {"full", "readonly", "other"}
+    assert set(first_tokens) == {"full", "readonly", "other", "users"}
+    # The dashboard users (issue 11), each with a generated password.
+    assert set(first_tokens["users"]) == {
+        "demo@example.com",
+        "viewer@example.com",
+        "other@example.com",
+    }
+    assert all(len(p) >= 12 for p in first_tokens["users"].values())
     second_tokens, second_rows = asyncio.run(seed())
     assert second_tokens == first_tokens
     assert sorted(second_rows) == sorted(first_rows)

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from typer.testing import CliRunner
-
 from vpsnap.cli.main import app
 
 pytestmark = pytest.mark.qemu

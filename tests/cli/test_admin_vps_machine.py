@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.domain.model import LaunchSpec, QmpAttachment
 from vpsnap.runtime import Runtime
 from vpsnap.settings import Settings

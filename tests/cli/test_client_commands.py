@@ -8,11 +8,10 @@ import re
 from typing import Any
 
 import pytest
-from click.testing import Result
-from typer.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from tests.live_server import LiveServer, free_port
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
 
@@ -65,13 +64,16 @@ def test_create_list_and_delete_a_snapshot(api_server: LiveServer) -> None:
         ("before-upgrade", "pkg upgrade")
     ]
 
-    deleted = vpsnap(api_server, "snapshots", "delete", vps, "before-upgrade")
+    declined = vpsnap(api_server, "snapshots", "delete", vps, "before-upgrade", answer="n\n")
+    assert declined.exit_code == 1
+    assert "Delete snapshot 'before-upgrade'" in declined.stderr
+    assert "delete cancelled: nothing was changed" in declined.stderr
+    deleted = vpsnap(api_server, "snapshots", "delete", vps, "before-upgrade", "--yes")
     assert deleted.exit_code == 0, deleted.stderr
     assert f"deleted snapshot 'before-upgrade' of {vps}" in deleted.stdout
-    again = vpsnap(api_server, "snapshots", "delete", vps, "before-upgrade")
+    again = vpsnap(api_server, "snapshots", "delete", vps, "before-upgrade", "--yes")
     assert again.exit_code == 3
     assert "[snapshot_not_found]" in error_line(again)
-    assert "request id: req_" in again.stderr
 
 
 def test_create_as_json_reports_how_room_was_made(api_server: LiveServer) -> None:
@@ -84,7 +86,17 @@ def test_create_as_json_reports_how_room_was_made(api_server: LiveServer) -> Non
     assert json.loads(full.stdout)["error"]["code"] == "cannot_make_room"
 
     create = ("snapshots", "create", vps)
-    made = as_json(vpsnap(api_server, *create, "new", "--make-room", "delete-oldest", "-o", "json"))
+    # Making room deletes a snapshot or spends money: asked first; no is a no (exit 1).
+    for how in ("delete-oldest", "buy-slot"):
+        declined = vpsnap(api_server, *create, "new", "--make-room", how, answer="n\n")
+        assert declined.exit_code == 1, declined.stderr
+        assert "create cancelled: nothing was changed" in declined.stderr
+    kept = as_json(vpsnap(api_server, "snapshots", "list", vps, "-o", "json"))
+    assert ([s["name"] for s in kept["data"]], kept["limits"]["totalSnapshots"]) == (["old"], 1)
+
+    made = as_json(
+        vpsnap(api_server, *create, "new", "--make-room", "delete-oldest", "--yes", "-o", "json")
+    )
     assert made["snapshot"]["name"] == "new"
     assert made["snapshot"]["status"] == "available"
     assert JOB_ID.fullmatch(made["jobId"])
@@ -92,7 +104,9 @@ def test_create_as_json_reports_how_room_was_made(api_server: LiveServer) -> Non
     assert actions[0] == "delete-oldest"
     assert "create" in actions
 
-    bought = as_json(vpsnap(api_server, *create, "third", "--make-room", "buy-slot", "-o", "json"))
+    bought = as_json(
+        vpsnap(api_server, *create, "third", "--make-room", "buy-slot", "-o", "json", answer="y\n")
+    )
     assert "1 → 2" in next(s["message"] for s in bought["steps"] if s["action"] == "buy-slot")
     listing = as_json(vpsnap(api_server, "snapshots", "list", vps, "-o", "json"))
     names = [s["name"] for s in listing["data"]]

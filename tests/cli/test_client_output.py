@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vpsnap.cli.client_output import relative
 from vpsnap.cli.exit_codes import ExitCode, exit_code_for
+from vpsnap.cli.output import relative
 from vpsnap.client import errors
 
 NOW = datetime(2026, 4, 27, 12, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vpsnap.cli.demo import seed_demo, start_demo_vm
+from vpsnap.demo import seed_demo, start_demo_vm
 from vpsnap.domain.model import LaunchSpec, PowerAction, PowerState
 from vpsnap.drivers.machines import ManagedMachines
 from vpsnap.runtime import Runtime, qemu_img_for

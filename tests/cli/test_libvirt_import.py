@@ -7,10 +7,10 @@ import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.drivers.libvirt_lab import URI, LibvirtLab, connect_or_skip
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.domain.model import LibvirtDomain, PowerState
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.runtime import Runtime
@@ -106,7 +106,7 @@ def test_import_errors_name_what_is_wrong(lab: LibvirtLab, tmp_path: Path) -> No
     assert vpsnap(data, "admin", "account", "create", "acme")[0] == 0
 
     code, _, err = vpsnap(data, "admin", "vps", "import-libvirt", "--account", "nobody")
-    assert code == 1
+    assert code == 3
     assert "No account named 'nobody'" in err
 
     code, _, err = vpsnap(

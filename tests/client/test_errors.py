@@ -72,7 +72,7 @@ def test_a_missing_scope_is_forbidden_and_named(server: LiveServer) -> None:
 
 def test_a_bad_key_is_unauthorized(server: LiveServer) -> None:
     with Client(server.url, "vpsnap_not-a-real-key") as stranger, pytest.raises(Unauthorized) as e:
-        stranger.vps.list()
+        list(stranger.vps.list())
     assert_from_server(e.value, 401, "unauthorized")
 
 
@@ -133,3 +133,20 @@ def test_codes_the_sdk_does_not_know_map_by_status(
         "D",
         "req_x",
     )
+
+
+def test_csrf_failed_is_rebuilt_as_a_forbidden_subclass() -> None:
+    from vpsnap.client.errors import CsrfFailed, Forbidden, error_from_problem
+
+    error = error_from_problem(
+        {
+            "code": "csrf_failed",
+            "status": 403,
+            "title": "Cross-site request refused",
+            "detail": "x",
+        },
+        status=403,
+        request_id="req_1",
+    )
+    assert type(error) is CsrfFailed
+    assert isinstance(error, Forbidden)

@@ -16,7 +16,10 @@ from vpsnap.client import errors
 SNIPPET = """
 from typing import assert_type
 from collections.abc import Awaitable
-from vpsnap.client import Async, AsyncClient, Client, Job, Operation, Snapshot, SnapshotList, Sync
+from vpsnap.client import (
+    Async, AsyncClient, AsyncPager, Client, Job, Operation, Snapshot, SnapshotList, Sync,
+    SyncPager, Vps,
+)
 
 def sync(client: Client) -> None:
     assert_type(client.snapshots.list("web"), SnapshotList)
@@ -25,6 +28,9 @@ def sync(client: Client) -> None:
     assert_type(operation.wait(timeout=5), Job[Sync])
     assert_type(client.jobs.get("job_1").wait(), Job[Sync])
     assert_type(client.snapshots.create_safely("web", "a", make_room="buy-slot"), Snapshot)
+    assert_type(client.vps.list(limit=5), SyncPager[Vps])
+    assert_type(client.jobs.list(status="failed"), SyncPager[Job[Sync]])
+    assert_type(client.vps.restart("web", force=True), Operation[Sync])
 
 async def asynchronous(client: AsyncClient) -> None:
     assert_type(client.snapshots.list("web"), Awaitable[SnapshotList])
@@ -32,6 +38,8 @@ async def asynchronous(client: AsyncClient) -> None:
     assert_type(operation, Operation[Async])
     assert_type(await operation.wait(), Job[Async])
     assert_type(await client.snapshots.create_safely("web", "a"), Snapshot)
+    assert_type(client.vps.list(), AsyncPager[Vps])
+    assert_type(client.jobs.list(), AsyncPager[Job[Async]])
 
 def misuse(client: Client) -> None:
     client.snapshots.create_safely("web", "a", make_room="delete-newest")  # E: bad literal
@@ -52,7 +60,9 @@ def test_all_is_complete() -> None:
 
 def test_importing_the_sdk_loads_nothing_of_the_server() -> None:
     probe = (
-        "import sys, vpsnap.client, vpsnap.cli.client_commands, vpsnap.cli.entry;"
+        "import sys, vpsnap.client, vpsnap.cli.entry, vpsnap.cli.commands.vps,"
+        " vpsnap.cli.commands.snapshots, vpsnap.cli.commands.jobs, vpsnap.cli.commands.schedules,"
+        " vpsnap.cli.commands.context, vpsnap.cli.commands.version;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'fastapi', 'sqlalchemy', 'pydantic', 'pydantic_settings', 'structlog', 'uvicorn'} "
         "or m.startswith(('vpsnap.domain', 'vpsnap.api', 'vpsnap.services', 'vpsnap.store', "
@@ -79,5 +89,5 @@ def test_sync_and_async_methods_are_typed_from_one_definition(tmp_path: Path) ->
     errors_found = [line for line in result.stdout.splitlines() if ": error:" in line]
     # Exactly one error: the misuse. Everything else type-checks as asserted.
     assert len(errors_found) == 1, result.stdout
-    assert "usage.py:22:" in errors_found[0]
+    assert "usage.py:30:" in errors_found[0]
     assert "make_room" in errors_found[0]

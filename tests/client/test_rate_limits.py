@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.client.support import Recording
 from tests.live_server import LiveServer
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.client import Client, RateLimited, RetryPolicy
 
 pytestmark = [pytest.mark.slow, pytest.mark.qemu]
@@ -33,7 +33,7 @@ def test_a_429_is_waited_out_for_retry_after_and_retried(limited: LiveServer) ->
     recording = Recording()
     with Client(limited.url, limited.key(), transport=recording) as client:
         for _ in range(10):
-            assert len(client.vps.list()) == 3
+            assert len(list(client.vps.list())) == 3
     statuses = [e.response.status_code for e in recording.exchanges]
     assert statuses.count(200) == 10
     assert 429 in statuses
@@ -51,7 +51,7 @@ def test_rate_limited_is_raised_once_the_retries_are_spent(limited: LiveServer) 
         pytest.raises(RateLimited) as refused,
     ):
         for _ in range(20):  # the fifth request of a second is over the limit
-            client.vps.list()
+            list(client.vps.list())
     error = refused.value
     assert (error.status, error.code) == (429, "rate_limited")
     assert error.retry_after is not None
@@ -72,7 +72,7 @@ def test_a_retry_after_longer_than_the_budget_is_not_waited(limited: LiveServer)
 
 def test_the_cli_exits_6_when_rate_limited(limited: LiveServer) -> None:
     def create(name: str) -> tuple[int, str]:
-        args = ["snapshots", "create", "demo-db", name, "--make-room", "delete-oldest"]
+        args = ["snapshots", "create", "demo-db", name, "--make-room", "delete-oldest", "--yes"]
         args += ["--url", limited.url]
         result = CliRunner().invoke(app, [*args, "--api-key", limited.key()])
         return result.exit_code, result.stderr

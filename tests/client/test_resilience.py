@@ -80,7 +80,7 @@ def test_an_unreachable_server_is_retried_then_reported() -> None:
         Client(url, "vpsnap_key", retry=policy, transport=recording) as client,
         pytest.raises(ConnectionFailed) as unreachable,
     ):
-        client.vps.list()
+        list(client.vps.list())
     assert "3 attempt(s)" in str(unreachable.value)
     assert recording.attempts == 3
     assert isinstance(unreachable.value.__cause__, httpx.ConnectError)

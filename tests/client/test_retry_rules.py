@@ -100,7 +100,7 @@ def test_a_proxys_error_page_is_a_server_error() -> None:
         Client("http://vpsnap.test", "k", retry=FAST, transport=httpx.MockTransport(script)) as c,
         pytest.raises(ServerError) as failed,
     ):
-        c.vps.list()
+        list(c.vps.list())
     assert (failed.value.status, failed.value.detail) == (502, "HTTP 502 Bad Gateway")
     assert failed.value.request_id == "req_p"
 

@@ -10,10 +10,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from tests.live_server import LiveServer
-from vpsnap.cli.main import app
+from vpsnap.cli.entry import cli as app
 from vpsnap.client import (
     AsyncClient,
     CannotMakeRoom,
@@ -138,7 +138,7 @@ def test_when_every_slot_is_used_it_fails_saying_why_and_what_to_do(
     assert error.reason_code == "snapshot_limit_reached"
     assert "all 1 snapshot slot(s)" in str(error)
     assert "only (available)" in str(error)
-    assert "'delete-oldest' or 'buy-slot'" in error.hint
+    assert 'make_room="delete-oldest" or make_room="buy-slot"' in error.hint
     assert listed(client, vps) == [("only", "available")]
 
 

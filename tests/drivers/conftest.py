@@ -51,4 +51,12 @@ async def machines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ma
 @pytest.fixture
 def live_timeouts() -> LiveTimeouts:
     # Short waits: a guest without an OS never answers the agent nor the power button.
-    return LiveTimeouts(qmp=10.0, status=2.0, guest_agent=1.0, shutdown=1.5, snapshot_job=60.0)
+    return LiveTimeouts(
+        qmp=10.0,
+        status=2.0,
+        guest_agent=1.0,
+        guest_freeze=1.0,
+        guest_agent_recovery=3.0,
+        shutdown=1.5,
+        snapshot_job=60.0,
+    )

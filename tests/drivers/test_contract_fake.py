@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from vpsnap.domain.errors import HypervisorError, VpsNotReady
+from vpsnap.domain.errors import DiskUnusable, HypervisorError, VpsNotReady
 from vpsnap.domain.model import LaunchSpec, PowerState
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.fake import FakeDriver
@@ -111,7 +111,7 @@ async def test_power_state_controls_what_is_allowed() -> None:
     assert [p.name for p in await driver.list_restore_points(vps)] == ["s"]
 
     driver.set_power_state(vps.id, PowerState.ERROR)
-    with pytest.raises(HypervisorError):
+    with pytest.raises(DiskUnusable):
         await driver.list_restore_points(vps)
 
 

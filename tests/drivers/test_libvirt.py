@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from vpsnap.domain.errors import HypervisorError, SnapshotNameTaken, VpsNotReady
+from vpsnap.domain.errors import (
+    DiskUnusable,
+    HypervisorError,
+    SnapshotNameTaken,
+    VmConfigChanged,
+    VpsNotReady,
+)
 from vpsnap.domain.model import Consistency, LibvirtDomain, PowerAction, PowerState
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.libvirt import LibvirtDriver, from_libvirt_name, to_libvirt_name
@@ -202,11 +208,14 @@ async def test_a_missing_domain_is_a_clear_hypervisor_error(
         libvirt_driver.list_restore_points(vps),
         libvirt_driver.create_snapshot(vps, SnapshotRequest(name="s")),
     ):
-        with pytest.raises(HypervisorError) as caught:
+        with pytest.raises(VmConfigChanged) as caught:
             await call
-        assert reference in caught.value.detail
+        # Permanent until the provider registers the domain again: 409, not a retryable 503;
+        # the domain's name or UUID is the operator's business (the log has it).
         assert "undefined or renamed" in caught.value.detail
-        assert caught.value.code == "hypervisor_unavailable"
+        assert reference not in caught.value.detail
+        assert reference in (caught.value.log_detail or "")
+        assert caught.value.code == "vm_config_changed"
 
 
 async def test_an_unreachable_libvirt_is_a_hypervisor_error(
@@ -217,8 +226,10 @@ async def test_an_unreachable_libvirt_is_a_hypervisor_error(
         lab.define(await make_disks(1)).vps(), machine=LibvirtDomain(uri, "whatever")
     )
 
-    with pytest.raises(HypervisorError, match="cannot connect to libvirt at qemu:///system"):
+    with pytest.raises(HypervisorError, match="cannot be reached") as caught:
         await libvirt_driver.power_state(vps)
+    assert caught.value.code == "hypervisor_unavailable"  # libvirtd may come back: retry
+    assert "cannot connect to libvirt at qemu:///system" in (caught.value.log_detail or "")
 
 
 async def test_a_disk_libvirt_cannot_snapshot_internally_fails_the_snapshot_cleanly(
@@ -237,8 +248,10 @@ async def test_a_disk_libvirt_cannot_snapshot_internally_fails_the_snapshot_clea
     )
     lab.conn.defineXML(xml)
 
-    with pytest.raises(HypervisorError, match="raw"):
+    # Stopped: libvirt snapshots every disk, and a raw one cannot take an internal snapshot.
+    with pytest.raises(DiskUnusable, match=r"\(hdb: not qcow2\)") as caught:
         await libvirt_driver.create_snapshot(domain.vps(), SnapshotRequest(name="s"))
+    assert caught.value.extensions == {"devices": ["hdb"]}
     assert await libvirt_driver.list_restore_points(domain.vps()) == []
     assert " s " not in qcow2_snapshots(qcow2)
 

@@ -223,13 +223,16 @@ async def test_stop_leaves_no_process_and_no_files(
     assert [p for p in machines.dir_for(vps.id).files() if p.exists()] == []
 
 
-async def test_a_failed_launch_reports_qemus_error(
+async def test_a_failed_launch_reports_qemus_error_to_the_operator(
     qemu_img: QemuImg, make_disks: DiskFactory, machines: ManagedMachines
 ) -> None:
     driver = QemuDriver(qemu_img, machines)
     vps = make_vps(await make_disks(1), machine=LaunchSpec(64, 1, ("-no-such-option",)))
-    with pytest.raises(HypervisorError, match="no-such-option"):
+    with pytest.raises(HypervisorError, match="could not be started") as caught:
         await driver.change_power(vps, PowerAction.START)
+    # QEMU's own words (with its command line) are for the operator's log only.
+    assert "no-such-option" not in caught.value.detail
+    assert "no-such-option" in (caught.value.log_detail or "")
     assert machines.pid(vps.id) is None
 
 
@@ -304,8 +307,25 @@ async def test_no_agent_in_the_guest_gives_a_crash_consistent_snapshot_at_once(
     elapsed = time.monotonic() - started
 
     assert taken.consistency is Consistency.CRASH
+    assert taken.consistency_reason == "no guest agent runs in the guest (its channel is not open)"
     assert elapsed < live_timeouts.guest_agent
     assert [p.name for p in await driver.list_restore_points(vps)] == ["q"]
+
+    unquiesced = await driver.create_snapshot(vps, SnapshotRequest(name="u", quiesce=False))
+    assert unquiesced.consistency_reason == "quiesce was not requested"
+    await driver.change_power(vps, PowerAction.STOP)
+    offline = await driver.create_snapshot(vps, SnapshotRequest(name="off", quiesce=True))
+    assert offline.consistency_reason is not None
+    assert offline.consistency_reason.startswith("the VM was not running")
+
+
+async def test_an_attached_vm_without_an_agent_channel_says_so(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory
+) -> None:
+    vps = await attached_vps(machines, make_disks)
+    taken = await driver.create_snapshot(vps, SnapshotRequest(name="q", quiesce=True))
+    assert taken.consistency is Consistency.CRASH
+    assert taken.consistency_reason == "the VM was registered without a guest-agent channel"
 
 
 async def test_an_agent_that_never_answers_costs_one_timeout(
@@ -323,6 +343,8 @@ async def test_an_agent_that_never_answers_costs_one_timeout(
         elapsed = time.monotonic() - started
 
     assert taken.consistency is Consistency.CRASH
+    assert taken.consistency_reason == "the guest agent did not answer within 1 s"
+    assert taken.freeze_window_ms is None
     assert live_timeouts.guest_agent <= elapsed < live_timeouts.guest_agent + 2
     # Only the handshake was tried: no freeze was sent, so none needs a thaw.
     assert agent.calls == ["guest-sync-delimited"]
@@ -338,7 +360,18 @@ async def test_an_answering_agent_freezes_and_thaws(
         taken = await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
 
     assert taken.consistency is Consistency.FILESYSTEM
-    assert agent.calls == ["guest-sync-delimited", "guest-fsfreeze-freeze", "guest-fsfreeze-thaw"]
+    assert taken.consistency_reason is None
+    # The state is read before (a leftover freeze?) and after (really thawed?).
+    assert agent.calls == [
+        "guest-sync-delimited",
+        "guest-fsfreeze-status",
+        "guest-fsfreeze-freeze",
+        "guest-fsfreeze-thaw",
+        "guest-fsfreeze-status",
+    ]
+    assert taken.freeze_window_ms is not None and taken.freeze_window_ms > 0
+    assert taken.thaw_confirmed is True
+    assert taken.leftover_freeze_thawed is False
 
 
 async def test_thaw_is_sent_when_the_snapshot_fails(
@@ -347,11 +380,13 @@ async def test_thaw_is_sent_when_the_snapshot_fails(
     agent = GuestAgentStandIn(str(tmp_path / "qga.sock"))
     async with agent.serving():
         vps = await attached_vps(machines, make_disks, agent.path, read_only_second_disk=True)
-        with pytest.raises(HypervisorError, match="read only"):
+        with pytest.raises(HypervisorError, match="refused to take the disk snapshot") as caught:
             await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
+    assert "read only" in (caught.value.log_detail or "")  # QEMU's reason, for the operator
 
-    assert agent.calls[-1] == "guest-fsfreeze-thaw"
-    assert "guest-fsfreeze-freeze" in agent.calls
+    freeze = agent.calls.index("guest-fsfreeze-freeze")
+    assert "guest-fsfreeze-thaw" in agent.calls[freeze:]
+    assert agent.frozen is False
     assert await driver.list_restore_points(vps) == []  # the transaction left nothing
 
 
@@ -363,16 +398,106 @@ async def test_a_late_freeze_is_still_thawed_and_not_claimed(
     live_timeouts: LiveTimeouts,
 ) -> None:
     agent = GuestAgentStandIn(
-        str(tmp_path / "qga.sock"), freeze_delay=live_timeouts.guest_agent + 0.5
+        str(tmp_path / "qga.sock"), freeze_delay=live_timeouts.guest_freeze + 0.5
     )
     async with agent.serving():
         vps = await attached_vps(machines, make_disks, agent.path)
         taken = await driver.create_snapshot(vps, SnapshotRequest(name="late", quiesce=True))
-        # The thaw is answered once the late freeze reply has been written.
-        for _ in range(100):
-            if "guest-fsfreeze-thaw" in agent.calls:
-                break
-            await asyncio.sleep(0.05)
 
     assert taken.consistency is Consistency.CRASH
-    assert agent.calls[-1] == "guest-fsfreeze-thaw"
+    assert taken.consistency_reason == (
+        "the guest agent did not finish freezing the guest's filesystems within 1 s"
+    )
+    # The late freeze reply was not taken for the thaw's answer (ids), and the thaw was
+    # confirmed by reading the state back.
+    assert agent.calls[-2:] == ["guest-fsfreeze-thaw", "guest-fsfreeze-status"]
+    assert agent.frozen is False
+    assert taken.thaw_confirmed is True
+
+
+async def test_a_freeze_left_in_place_is_thawed_first_and_recorded(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory, tmp_path: Path
+) -> None:
+    # A dead agent's or a crashed vpsnap's freeze: the guest's writes hang until someone thaws.
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"), frozen=True)
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="fs", quiesce=True))
+
+    assert agent.calls[:4] == [
+        "guest-sync-delimited",
+        "guest-fsfreeze-status",
+        "guest-fsfreeze-thaw",
+        "guest-fsfreeze-freeze",
+    ]
+    assert taken.leftover_freeze_thawed is True
+    assert taken.consistency is Consistency.FILESYSTEM
+    assert agent.frozen is False
+
+
+async def test_a_refused_freeze_says_why_in_the_reason(
+    driver: QemuDriver, machines: ManagedMachines, make_disks: DiskFactory, tmp_path: Path
+) -> None:
+    agent = GuestAgentStandIn(
+        str(tmp_path / "qga.sock"),
+        refuse_freeze="failed to freeze /srv: Device or resource busy",
+    )
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="r", quiesce=True))
+
+    assert taken.consistency is Consistency.CRASH
+    assert taken.consistency_reason == (
+        "the guest agent could not freeze: failed to freeze /srv: Device or resource busy"
+    )
+    # A failed freeze may have frozen some filesystems before it failed: thaw anyway.
+    assert "guest-fsfreeze-thaw" in agent.calls
+    assert [p.name for p in await driver.list_restore_points(vps)] == ["r"]
+
+
+async def test_an_agent_that_dies_frozen_is_waited_for_and_told_to_thaw(
+    driver: QemuDriver,
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    tmp_path: Path,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"), dies_on_freeze=True)
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+
+        async def restart_later() -> None:
+            # The guest's init restarts the agent a while after the freeze went unanswered.
+            await asyncio.sleep(live_timeouts.guest_freeze + 1.0)
+            agent.restart()
+
+        restarter = asyncio.create_task(restart_later())
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="k", quiesce=True))
+        await restarter
+
+    assert taken.consistency is Consistency.CRASH
+    assert taken.consistency_reason is not None
+    assert "did not finish freezing" in taken.consistency_reason
+    assert taken.thaw_confirmed is True
+    assert agent.frozen is False
+
+
+async def test_an_agent_that_never_comes_back_is_reported_not_thawed(
+    driver: QemuDriver,
+    machines: ManagedMachines,
+    make_disks: DiskFactory,
+    tmp_path: Path,
+    live_timeouts: LiveTimeouts,
+) -> None:
+    agent = GuestAgentStandIn(str(tmp_path / "qga.sock"), dies_on_freeze=True)
+    async with agent.serving():
+        vps = await attached_vps(machines, make_disks, agent.path)
+        started = time.monotonic()
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="k", quiesce=True))
+        elapsed = time.monotonic() - started
+
+    assert taken.thaw_confirmed is False
+    assert agent.frozen is True  # nothing could thaw it: the job result says so
+    limit = live_timeouts.guest_freeze + live_timeouts.guest_agent_recovery
+    assert limit <= elapsed < limit + 3
+    assert [p.name for p in await driver.list_restore_points(vps)] == ["k"]

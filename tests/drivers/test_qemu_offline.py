@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from vpsnap.domain.errors import (
+    DiskUnusable,
     HypervisorError,
+    SnapshotAmbiguous,
     SnapshotNotFound,
     VpsNotReady,
 )
@@ -101,10 +103,13 @@ async def test_duplicate_names_made_outside_vpsnap_are_not_guessed(
     driver = QemuDriver(qemu_img)
     vps = make_vps(disks)
 
-    with pytest.raises(HypervisorError, match="2 snapshots named dup"):
+    # Permanent until someone removes one: 409 snapshot_ambiguous, not a retryable 503.
+    with pytest.raises(SnapshotAmbiguous, match="2 snapshots named dup") as restoring:
         await driver.restore_snapshot(vps, "dup")
-    with pytest.raises(HypervisorError, match="2 snapshots named 'dup'"):
+    with pytest.raises(SnapshotAmbiguous, match="2 snapshots named dup"):
         await driver.delete_snapshot(vps, "dup")
+    assert restoring.value.code == "snapshot_ambiguous"
+    assert f"Disk 1 of {vps.name}" in restoring.value.detail
     assert await snapshot_names(qemu_img, disk) == ["dup", "dup"]
     [point] = await driver.list_restore_points(vps)
     assert point.disks == (disk,)
@@ -125,7 +130,9 @@ async def test_failure_on_second_disk_rolls_back_the_first(
     async with held_open(disks[1]):
         with pytest.raises(VpsNotReady) as caught:
             await driver.create_snapshot(vps, SnapshotRequest(name="half"))
-        assert disks[1] in caught.value.detail
+        assert f"Disk 2 of {vps.name}" in caught.value.detail
+        assert disks[1] not in caught.value.detail  # the path is the operator's
+        assert disks[1] in (caught.value.log_detail or "")
 
     assert await snapshot_names(qemu_img, disks[0]) == []
     assert await snapshot_names(qemu_img, disks[1]) == []
@@ -145,7 +152,7 @@ async def test_restore_checks_every_disk_before_reverting_any(
     with pytest.raises(SnapshotNotFound) as caught:
         await driver.restore_snapshot(vps, "only-first")
 
-    assert disks[1] in caught.value.detail
+    assert f"disk 2 of {vps.name}" in caught.value.detail
     assert await qemu_img.read_matches(disks[0], 0, BLOCK, 0xBB)
 
 
@@ -192,12 +199,14 @@ async def test_missing_disk_file(
     vps = make_vps((present, missing))
 
     assert await driver.power_state(vps) is PowerState.ERROR
-    with pytest.raises(HypervisorError) as caught:
+    with pytest.raises(DiskUnusable) as caught:
         await driver.create_snapshot(vps, SnapshotRequest(name="s"))
-    assert missing in caught.value.detail
-    assert "does not exist" in caught.value.detail
-    assert caught.value.code == "hypervisor_unavailable"
-    with pytest.raises(HypervisorError, match=r"gone\.qcow2"):
+    # Retrying cannot bring the file back: 409 disk_unusable, naming the disk, not the path.
+    assert caught.value.code == "disk_unusable"
+    assert f"Disk 2 of {vps.name} is missing" in caught.value.detail
+    assert missing not in caught.value.detail
+    assert missing in (caught.value.log_detail or "")
+    with pytest.raises(DiskUnusable, match="Disk 2 of"):
         await driver.list_restore_points(vps)
     assert await snapshot_names(qemu_img, present) == []
 
@@ -206,12 +215,15 @@ async def test_missing_binary(make_disks: DiskFactory) -> None:
     [disk] = await make_disks(1)
     broken = QemuImg("/nonexistent/qemu-img", qemu_io="/nonexistent/qemu-io")
 
-    with pytest.raises(HypervisorError, match="qemu-img not found at /nonexistent/qemu-img"):
+    with pytest.raises(HypervisorError, match="disk tool is not installed") as probed:
         await QemuDriver(broken).probe()
-    with pytest.raises(HypervisorError, match="qemu-img not found"):
+    assert probed.value.log_detail == "qemu-img not found at /nonexistent/qemu-img"
+    with pytest.raises(HypervisorError) as read:
         await broken.tool_info(disk)
-    with pytest.raises(HypervisorError, match="qemu-io not found at /nonexistent/qemu-io"):
+    assert "qemu-img not found" in (read.value.log_detail or "")
+    with pytest.raises(HypervisorError) as matched:
         await broken.read_matches(disk, 0, BLOCK, 0)
+    assert matched.value.log_detail == "qemu-io not found at /nonexistent/qemu-io"
 
 
 async def test_probe_with_real_binary(qemu_img: QemuImg) -> None:
@@ -237,8 +249,9 @@ async def test_timeout_kills_the_process_and_its_children(tmp_path: Path) -> Non
     slow = QemuImg(str(script), timeout=0.5)
 
     started = time.monotonic()
-    with pytest.raises(HypervisorError, match=r"timed out after 0\.5s"):
+    with pytest.raises(HypervisorError, match=r"within 0\.5s") as caught:
         await slow.info(tmp_path / "any.qcow2")
+    assert "timed out after 0.5s and was killed" in (caught.value.log_detail or "")
 
     assert time.monotonic() - started < 5
     child = int(child_pid_file.read_text())
@@ -264,12 +277,13 @@ async def test_raw_disk_is_detected_and_refused(
 
     assert await qemu_img.detect_format(raw) == "raw"
     assert await qemu_img.detect_format(qcow2) == "qcow2"
-    with pytest.raises(HypervisorError, match="raw image; internal snapshots need qcow2"):
+    with pytest.raises(DiskUnusable, match="raw image; internal snapshots need qcow2"):
         await driver.create_snapshot(vps, SnapshotRequest(name="s"))
     assert await snapshot_names(qemu_img, qcow2) == []
     # Even called directly, the snapshot command never treats the raw file as anything else.
-    with pytest.raises(HypervisorError, match="not in qcow2 format"):
+    with pytest.raises(DiskUnusable, match="not a qcow2 image") as direct:
         await qemu_img.create_snapshot(raw, "s")
+    assert "not in qcow2 format" in (direct.value.log_detail or "")
 
 
 # -- listing -------------------------------------------------------------------------------------
@@ -332,7 +346,7 @@ async def test_read_matches_detects_a_mismatch(qemu_img: QemuImg, make_disks: Di
 async def test_read_of_a_missing_image_is_an_error_not_a_mismatch(
     qemu_img: QemuImg, tmp_path: Path
 ) -> None:
-    with pytest.raises(HypervisorError, match="does not exist"):
+    with pytest.raises(DiskUnusable, match="image file does not exist"):
         await qemu_img.read_matches(tmp_path / "nope.qcow2", 0, BLOCK, 0)
 
 

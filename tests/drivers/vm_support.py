@@ -112,13 +112,25 @@ class GuestAgentStandIn:
     """A unix-socket server speaking the guest agent's protocol, recording what it was asked.
 
     ``freeze_delay`` makes the freeze answer late (after the client's timeout); ``silent``
-    accepts connections and reads, but never answers (an agent channel with no agent behind).
+    accepts connections and reads, but never answers (an agent channel with no agent behind);
+    ``frozen`` is the guest's freeze state (True at the start: a freeze left in place);
+    ``refuse_freeze`` answers the freeze with that error; ``dies_on_freeze`` freezes and then
+    answers nothing more until ``restart()`` (an agent killed while frozen, then restarted by
+    the guest's init: it knows the guest is frozen). Replies echo the request's ``id`` as QEMU's
+    agent does.
     """
 
     path: str
     freeze_delay: float = 0.0
     silent: bool = False
+    frozen: bool = False
+    refuse_freeze: str | None = None
+    dies_on_freeze: bool = False
     calls: list[str] = field(default_factory=list)
+    _dead: bool = False
+
+    def restart(self) -> None:
+        self._dead = False
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[GuestAgentStandIn]:
@@ -138,21 +150,29 @@ class GuestAgentStandIn:
                 request = json.loads(text)
                 command = request["execute"]
                 self.calls.append(command)
-                if self.silent:
+                if self.silent or self._dead:
                     continue
+                rid = request.get("id")
                 if command == "guest-sync-delimited":
-                    writer.write(b"\xff" + _reply(request["arguments"]["id"]))
+                    writer.write(b"\xff" + _reply(request["arguments"]["id"], rid))
                 elif command == "guest-sync":
-                    writer.write(_reply(request["arguments"]["id"]))
+                    writer.write(_reply(request["arguments"]["id"], rid))
+                elif command == "guest-fsfreeze-status":
+                    writer.write(_reply("frozen" if self.frozen else "thawed", rid))
+                elif command == "guest-fsfreeze-freeze" and self.refuse_freeze:
+                    writer.write(_error(self.refuse_freeze, rid))
                 elif command == "guest-fsfreeze-freeze":
                     await asyncio.sleep(self.freeze_delay)
-                    writer.write(_reply(2))  # number of filesystems frozen
+                    self.frozen = True
+                    if self.dies_on_freeze:
+                        self._dead = True
+                        continue
+                    writer.write(_reply(2, rid))  # number of filesystems frozen
                 elif command == "guest-fsfreeze-thaw":
-                    writer.write(_reply(2))
+                    writer.write(_reply(2 if self.frozen else 0, rid))
+                    self.frozen = False
                 else:
-                    writer.write(
-                        json.dumps({"error": {"class": "CommandNotFound"}}).encode() + b"\n"
-                    )
+                    writer.write(_error("CommandNotFound", rid))
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -160,5 +180,15 @@ class GuestAgentStandIn:
             writer.close()
 
 
-def _reply(value: object) -> bytes:
-    return json.dumps({"return": value}).encode() + b"\n"
+def _reply(value: object, rid: object = None) -> bytes:
+    message: dict[str, object] = {"return": value}
+    if rid is not None:
+        message["id"] = rid
+    return json.dumps(message).encode() + b"\n"
+
+
+def _error(desc: str, rid: object = None) -> bytes:
+    message: dict[str, object] = {"error": {"class": "GenericError", "desc": desc}}
+    if rid is not None:
+        message["id"] = rid
+    return json.dumps(message).encode() + b"\n"

@@ -39,6 +39,7 @@ class World:
     driver: FakeDriver
     account: Account
     principal: Principal
+    default_disks: int = 0
 
     @property
     def store(self) -> SqlStore:
@@ -53,11 +54,19 @@ class World:
         name: str = "web",
         *,
         slots: int = 3,
-        disks: tuple[str, ...] = DISKS,
+        disks: tuple[str, ...] | None = None,
         status: ServiceStatus = ServiceStatus.ACTIVE,
         account_name: str | None = None,
         machine: Machine | None = None,
     ) -> Vps:
+        if disks is None:
+            # One disk file belongs to one VPS: the first VPS gets DISKS, later ones their own.
+            self.default_disks += 1
+            disks = (
+                DISKS
+                if self.default_disks == 1
+                else tuple(d.replace("/fake/", f"/fake/{self.default_disks}/") for d in DISKS)
+            )
         return await self.runtime.services.accounts.add_vps(
             NewVps(
                 account_name=account_name or self.account.name,
@@ -101,6 +110,11 @@ class World:
     def journal(self, job: Job, worker_id: str) -> JobJournal:
         """The journal a worker holding ``job``'s lease writes (for handlers run by hand)."""
         return JobJournal(self.store, self.clock, job, worker_id)
+
+    async def publish(self) -> int:
+        """What the node's agent does periodically: read every VM of the node and store what it
+        saw (power states, VM facts); the API and the gates serve only that."""
+        return await self.runtime.observer().refresh_power_states()
 
     async def run_all(self) -> int:
         """Run queued jobs one by one until none is left; returns how many ran."""
@@ -146,7 +160,12 @@ def driver(clock: ManualClock) -> FakeDriver:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(
-        data_dir=tmp_path, retention_hours=RETENTION_HOURS, job_lease_seconds=LEASE_SECONDS
+        data_dir=tmp_path,
+        retention_hours=RETENTION_HOURS,
+        job_lease_seconds=LEASE_SECONDS,
+        password_hash_time_cost=1,
+        password_hash_memory_kib=8 * 1024,
+        password_hash_parallelism=1,
     )
 
 

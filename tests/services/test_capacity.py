@@ -29,7 +29,6 @@ from vpsnap.domain.auth import Principal
 from vpsnap.domain.capacity import (
     BUILTIN_CAPACITY,
     BillingGateway,
-    BillingUnavailable,
     CapacityConfig,
     Price,
     SlotOption,
@@ -40,6 +39,7 @@ from vpsnap.domain.capacity import (
 )
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import (
+    BillingUnavailable,
     Conflict,
     FieldError,
     InvalidRequest,
@@ -189,7 +189,7 @@ async def add_vps_on_plan(world: World, plan: str | None, slots: int) -> Vps:
         account_id=world.account.id,
         name=f"on-{plan}",
         node="local",
-        disks=DISKS,
+        disks=tuple(d.replace("/fake/", f"/fake/on-{plan}/") for d in DISKS),  # its own files
         snapshot_slots=slots,
         service_status=ServiceStatus.ACTIVE,
         created_at=world.clock.now(),

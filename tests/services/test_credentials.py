@@ -182,3 +182,32 @@ def test_a_scope_grants_only_itself() -> None:
     principal = Principal("acct", frozenset({Scope.READ_VM}))
     assert {scope for scope in Scope if principal.has(scope)} == {Scope.READ_VM}
     assert not Principal("acct", frozenset()).has(Scope.READ_VM)
+
+
+async def test_last_use_is_recorded_at_most_once_a_minute_per_key(
+    world: World, credentials: CredentialService
+) -> None:
+    issued = await credentials.issue("alice", SCOPES, name="ci")
+    [listed] = await credentials.list_keys("alice")
+    assert (listed.key.name, listed.key.last_used_at, listed.account_name) == ("ci", None, "alice")
+
+    first_use = world.clock.now()
+    await credentials.authenticate(issued.secret)
+    world.clock.advance(seconds=20)
+    await credentials.authenticate(issued.secret)  # within the minute: not written again
+    [listed] = await credentials.list_keys()
+    assert listed.key.last_used_at == first_use
+
+    # Another process (no memory of this one's writes) within the minute: the row is not
+    # written either, because the store skips a value that recent.
+    other = CredentialService(world.store, world.clock, cache_seconds=0)
+    await other.authenticate(issued.secret)
+    [listed] = await credentials.list_keys()
+    assert listed.key.last_used_at == first_use
+
+    world.clock.advance(minutes=2)
+    await other.authenticate(issued.secret)
+    [listed] = await credentials.list_keys()
+    assert listed.key.last_used_at == world.clock.now()
+    with pytest.raises(NotFound):
+        await credentials.list_keys("nobody")

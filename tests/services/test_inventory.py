@@ -11,7 +11,6 @@ from vpsnap.domain.errors import HypervisorError, InvalidCursor, VpsNotFound
 from vpsnap.domain.model import PowerState, Vps
 from vpsnap.domain.ports import VpsFilter
 from vpsnap.drivers.fake import FakeDriver
-from vpsnap.services.inventory import InventoryService
 from vpsnap.services.pagination import decode_cursor, encode_cursor
 
 from .conftest import World
@@ -99,11 +98,24 @@ def test_cursor_round_trips() -> None:
     assert "=" not in encode_cursor("vps_1")
 
 
-async def test_power_state_comes_from_the_driver(world: World) -> None:
+async def _publish(world: World, driver: FakeDriver | None = None) -> int:
+    """What the node's agent does periodically: read every VM and store what changed."""
+    observer = world.runtime.observer()
+    if driver is not None:
+        observer.driver = driver
+    return await observer.refresh_power_states()
+
+
+async def test_power_state_is_what_the_node_last_published(world: World) -> None:
     web, db = await _add_many(world, 2)
     world.driver.set_power_state(web.id, PowerState.RUNNING)
     inventory = world.runtime.services.inventory
+    # Nothing observed yet: the API does not ask the hypervisor itself.
+    page = await inventory.list(world.principal, VpsFilter(), None, 10)
+    assert {v.power_state for v in page.items} == {PowerState.UNKNOWN}
+    assert world.driver.calls == []
 
+    assert await _publish(world) == 2
     page = await inventory.list(world.principal, VpsFilter(), None, 10)
 
     assert [(v.vps.id, v.power_state) for v in page.items] == [
@@ -111,6 +123,8 @@ async def test_power_state_comes_from_the_driver(world: World) -> None:
         (db.id, PowerState.STOPPED),
     ]
     assert (await inventory.get(world.principal, db.id)).power_state is PowerState.STOPPED
+    # Only changes are written.
+    assert await _publish(world) == 0
 
 
 async def test_an_unreachable_vps_shows_unknown_and_the_others_are_listed(
@@ -121,7 +135,8 @@ async def test_an_unreachable_vps_shows_unknown_and_the_others_are_listed(
     driver.unreachable = {db.id}
     driver.set_power_state(web.id, PowerState.RUNNING)
     driver.set_power_state(cache.id, PowerState.PAUSED)
-    inventory = InventoryService(world.store, driver)
+    await _publish(world, driver)
+    inventory = world.runtime.services.inventory
 
     page = await inventory.list(world.principal, VpsFilter(), None, 10)
 
@@ -131,6 +146,18 @@ async def test_an_unreachable_vps_shows_unknown_and_the_others_are_listed(
         ("vps-2", PowerState.PAUSED),
     ]
     assert (await inventory.get(world.principal, db.id)).power_state is PowerState.UNKNOWN
+
+
+async def test_a_refresh_never_overwrites_a_newer_observation(world: World) -> None:
+    """A power job's final write is newer than a refresh that read the VM before the job
+    changed it: the refresh's older news is dropped."""
+    vps = await world.add_vps()
+    read_at = world.clock.now()
+    world.clock.advance(seconds=1)
+    async with world.store.transaction() as tx:
+        assert await tx.record_power_state(vps.id, PowerState.RUNNING, world.clock.now())
+        assert not await tx.record_power_state(vps.id, PowerState.STOPPED, read_at)
+    assert (await world.vps(vps.id)).power_state is PowerState.RUNNING
 
 
 async def test_another_accounts_vps_is_not_found(world: World, stranger: Principal) -> None:

@@ -120,6 +120,12 @@ async def test_create_rerun_after_the_hypervisor_work_completes_exactly_once(
     assert await world.statuses(vps.id) == {"one": "available"}
     assert (await world.vps(vps.id)).current_snapshot == "one"
     assert await world.run_all() == 0
+    # A freeze leaves no trace on disk: the re-run can only claim crash, and says why.
+    async with world.store.transaction() as tx:
+        recorded = await tx.get_snapshot(vps.id, "one")
+    assert recorded is not None
+    assert recorded.consistency_reason is not None
+    assert recorded.consistency_reason.startswith("the job was re-run after its worker stopped")
 
 
 async def test_create_rerun_of_a_live_snapshot_with_ram_keeps_its_consistency(

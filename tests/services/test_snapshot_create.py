@@ -24,7 +24,7 @@ from vpsnap.domain.model import (
     SnapshotOrigin,
     SnapshotStatus,
 )
-from vpsnap.domain.ports import RestorePoint
+from vpsnap.domain.ports import NOT_RUNNING_REASON, RestorePoint
 from vpsnap.services.snapshots import CreateSnapshot
 
 from .conftest import DISKS, World
@@ -61,10 +61,14 @@ async def test_create_shows_creating_then_available_after_the_job(world: World) 
 
     listing = await world.listing(vps.id)
     # The job does not move the timestamps: createdAt is when it was asked for. It records the
-    # hypervisor's own creation date, the proof that the snapshot on disk is vpsnap's.
+    # hypervisor's own creation date, the proof that the snapshot on disk is vpsnap's. A
+    # stopped VM: no RAM, no agent, and the snapshot says so.
     assert listing.snapshots == [
         dataclasses.replace(
-            creating, status=SnapshotStatus.AVAILABLE, disk_created_at=world.clock.now()
+            creating,
+            status=SnapshotStatus.AVAILABLE,
+            disk_created_at=world.clock.now(),
+            consistency_reason=NOT_RUNNING_REASON,
         )
     ]
     done = await world.job(job.id)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from vpsnap import __version__
+from vpsnap import __version__, dashboard
+from vpsnap.api.docs import install_docs
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import IdempotencyMiddleware
 from vpsnap.api.openapi import VpsnapApi
@@ -27,6 +29,8 @@ from vpsnap.api.routes import (
     vps,
     webhooks,
 )
+from vpsnap.api.trust import HostPolicy
+from vpsnap.dashboard.web import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
@@ -45,8 +49,8 @@ def create_app(
         title="vpsnap",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
-        redoc_url="/redoc",
+        docs_url=None,  # served from local assets by install_docs
+        redoc_url=None,
         openapi_url="/openapi.json",
     )
     app.state.services = services
@@ -54,10 +58,11 @@ def create_app(
         settings.rate_limit_storage,
         settings.rate_limit_per_key,
         settings.rate_limit_snapshot_mutations_per_vps,
+        settings.rate_limit_per_ip,
     )
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, http_error_handler)
+    app.add_exception_handler(StarletteHTTPException, html_errors_for_browsers(http_error_handler))
     # Innermost: the request id and client address the edge settled, for the audit trail.
     app.add_middleware(OriginMiddleware)
     # Added before the edge so the edge (request ids, body limit, rate limit) stays outermost
@@ -69,10 +74,19 @@ def create_app(
         EdgeMiddleware,
         rate_limits=app.state.rate_limits,
         max_body_bytes=settings.max_body_bytes,
-        public_base_url=settings.public_base_url,
+        hosts=HostPolicy.from_settings(settings),
+        credentials=services.credentials,
+        sessions=services.sessions,
     )
+    if settings.forwarded_allow_ips:
+        # Outermost: the edge sees the client a listed proxy names, never one a client claims
+        # (uvicorn's own handling is off, see cli/serve.py, so this is the only place).
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     for module in (vps, snapshots, schedules, capacity, power, jobs, service):
         app.include_router(module.router)
     for module in (audit, webhooks):  # operations (issue 12)
         app.include_router(module.router)
+    install_docs(app)
+    # -- the web panel (issue 11) --
+    dashboard.install(app, settings)
     return app

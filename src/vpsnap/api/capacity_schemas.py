@@ -62,7 +62,6 @@ class UpgradeOptionsOut(ApiModel):
 
 class ConfigResourcesIn(RequestModel):
     snapshot_slots: int = Field(
-        strict=True,  # "3", 3.0 or true are client bugs when the count decides the bill
         description="The new total number of snapshot slots (not a difference).",
         examples=[5],
     )

@@ -7,10 +7,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from vpsnap.api.edge import SESSION_CONTEXT, presented_credential, presented_session_cookie
+from vpsnap.api.problems import base_url
 from vpsnap.api.ratelimit import RateLimits
 from vpsnap.domain.auth import Principal, Scope
-from vpsnap.domain.errors import Forbidden, Unauthorized
+from vpsnap.domain.errors import CsrfFailed, Forbidden, Unauthorized
 from vpsnap.services.container import Services
+from vpsnap.services.sessions import (
+    CSRF_HEADER,
+    csrf_token_matches,
+    from_same_origin,
+    origin_of,
+)
+
+# Methods that may change state: a cookie-authenticated one must pass the CSRF check.
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 def get_services(request: Request) -> Services:
@@ -27,27 +38,77 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 RateLimitsDep = Annotated[RateLimits, Depends(get_rate_limits)]
 
 
-def presented_credential(request: Request) -> str | None:
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
+def presented_session(request: Request) -> str | None:
+    """The ``hostup_session`` cookie's value, if the request carries one."""
+    return presented_session_cookie(request.scope)
+
+
+def own_origin(request: Request) -> str:
+    """The origin our pages are served from: the public base URL, else the allowed Host the
+    request came to (``api.trust``)."""
+    return base_url(request.scope)
+
+
+def check_cookie_csrf(request: Request, session_token: str) -> None:
+    """The CSRF rule for ``/api`` requests authenticated by the session cookie.
+
+    Refused when ``Origin`` is present and foreign. Accepted when ``Origin`` is ours, or
+    (without ``Origin``) ``Sec-Fetch-Site: same-origin``, or the session's CSRF token is in
+    ``X-CSRF-Token`` (the panel's pages carry it in ``<meta name="csrf-token">``).
+    """
+    origin = request.headers.get("origin")
+    if origin is not None and origin_of(origin) != origin_of(own_origin(request)):
+        raise CsrfFailed(
+            f"Origin {origin!r} is not this server's; a request authenticated by the session "
+            "cookie may change state only from vpsnap's own pages."
+        )
+    if from_same_origin(
+        origin, request.headers.get("sec-fetch-site"), own_origin(request)
+    ) or csrf_token_matches(session_token, request.headers.get(CSRF_HEADER)):
+        return
+    raise CsrfFailed(
+        "A request authenticated by the session cookie that changes state must show it comes "
+        "from vpsnap's own pages (Origin, Sec-Fetch-Site: same-origin or X-CSRF-Token). "
+        "Scripts should send an API key instead."
+    )
 
 
 async def authenticated(request: Request, services: ServicesDep) -> Principal:
-    credential = presented_credential(request)
-    if credential is None:
-        raise Unauthorized(
-            "Authentication is required: send `Authorization: Bearer <api key>` "
-            "or `X-API-Key: <api key>`."
-        )
-    principal = await services.credentials.authenticate(credential)
-    # For the access log (edge): who this request turned out to be.
-    request.scope.setdefault("state", {})["principal"] = principal
+    """The caller: an API key (``Authorization: Bearer`` / ``X-API-Key``) when one is sent,
+    else the dashboard session cookie with its role's scopes (and the CSRF check on changes).
+
+    The edge (``EdgeMiddleware``) has verified the credential already, once per request, to
+    count the request against the right budget; this reads its verdict. An app without the
+    edge in front (never served so) verifies here. The principal is also left in
+    ``request.state.principal``.
+    """
+    state = request.scope.get("state", {})
+    if "principal" in state:
+        principal: Principal | None = state["principal"]
+        error: Unauthorized | None = state.get("credential_error")
+        if principal is None:
+            raise error or Unauthorized(_NO_CREDENTIAL)
+        token = presented_session(request) if state.get(SESSION_CONTEXT) is not None else None
+    else:
+        credential = presented_credential(request.scope)
+        token = None
+        if credential is not None:
+            principal = await services.credentials.authenticate(credential)
+        else:
+            token = presented_session(request)
+            if token is None:
+                raise Unauthorized(_NO_CREDENTIAL)
+            principal = (await services.sessions.authenticate(token)).principal
+    if token is not None and request.method in UNSAFE_METHODS:
+        check_cookie_csrf(request, token)
+    request.state.principal = principal
     return principal
+
+
+_NO_CREDENTIAL = (
+    "Authentication is required: send `Authorization: Bearer <api key>` or "
+    "`X-API-Key: <api key>`, or sign in to the dashboard."
+)
 
 
 CallerDep = Annotated[Principal, Depends(authenticated)]
@@ -56,8 +117,9 @@ CallerDep = Annotated[Principal, Depends(authenticated)]
 def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
     async def check(principal: CallerDep) -> Principal:
         if not principal.has(scope):
+            holder = "Your dashboard role" if principal.user_id else "This API key"
             raise Forbidden(
-                f"This API key lacks the {scope.value} scope needed here.",
+                f"{holder} lacks the {scope.value} scope needed here.",
                 extensions={"requiredScopes": [scope.value]},
             )
         return principal

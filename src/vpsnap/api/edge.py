@@ -1,27 +1,65 @@
 """The edge of every HTTP request (pure ASGI, so it also covers unknown routes and errors):
-request id, per-caller rate limit, body size limit, JSON access log, last-resort 500."""
+request id, allowed host, who is calling (credential verified once, here), per-caller rate
+limit, body size limit, JSON access log, last-resort 500.
+
+Invariant (docs/api.md, "Rate limits"): a credential that does not authenticate is no
+identity. A request without a verified credential counts against its client address
+(``per-ip``); a verified one against its principal (``per-key``). Checking a secret the server
+has not verified lately costs one unit of the address's budget *before* the lookup, so a flood
+of made-up keys gets as many lookups as the address has budget, and none of them becomes a
+limiter key or a cache entry.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import structlog
+from starlette.requests import cookie_parser
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vpsnap.api.problems import problem_response
-from vpsnap.api.ratelimit import RateLimited, RateLimits
-from vpsnap.domain.errors import DomainError
+from vpsnap.api.ratelimit import RateLimits, RateState
+from vpsnap.api.trust import HostPolicy
+from vpsnap.domain.auth import Principal
+from vpsnap.domain.errors import (
+    DomainError,
+    HostNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    Unauthorized,
+)
 from vpsnap.domain.ids import new_id
 from vpsnap.metrics import REQUEST_DURATION
+from vpsnap.services.sessions import COOKIE_NAME
 
 log = structlog.get_logger("vpsnap.http")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Authenticator(Protocol):
+    """What the edge needs to verify a credential: ``CredentialService`` is the one."""
+
+    def recently_verified(self, secret: str) -> Principal | None: ...
+
+    async def authenticate(self, secret: str) -> Principal: ...
+
+
+class SessionAuthenticator(Protocol):
+    """What the edge needs to verify a dashboard session: ``SessionService`` is the one. The
+    context it returns has a ``principal``; any failure raises ``Unauthorized``."""
+
+    async def authenticate(self, token: str) -> Any: ...
+
+
+SESSION_CONTEXT = "session_context"
+"""``scope["state"]`` key: the verified session of a cookie request (the panel reuses it)."""
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -31,17 +69,29 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-def caller_identity(scope: Scope) -> str:
-    """Who is counted: the presented credential (hashed), else the client address."""
+def presented_credential(scope: Scope) -> str | None:
+    """The API key a request presents (``Authorization: Bearer``, else ``X-API-Key``)."""
     auth = _header(scope, b"authorization")
-    credential = None
-    if auth and auth.lower().startswith("bearer "):
-        credential = auth[7:].strip()
-    credential = credential or _header(scope, b"x-api-key")
-    if credential:
-        return "key:" + hashlib.sha256(credential.encode()).hexdigest()[:32]
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = _header(scope, b"x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+def presented_session_cookie(scope: Scope) -> str | None:
+    """The ``hostup_session`` cookie a request carries, if any."""
+    cookie = _header(scope, b"cookie")
+    if not cookie:
+        return None
+    return cookie_parser(cookie).get(COOKIE_NAME) or None
+
+
+def client_address(scope: Scope) -> str:
+    """The peer's address, or the client a trusted proxy names (``api.trust``)."""
     client = scope.get("client")
-    return f"ip:{client[0] if client else 'unknown'}"
+    return str(client[0]) if client else "unknown"
 
 
 class EdgeMiddleware:
@@ -51,12 +101,16 @@ class EdgeMiddleware:
         *,
         rate_limits: RateLimits,
         max_body_bytes: int,
-        public_base_url: str | None,
+        hosts: HostPolicy,
+        credentials: Authenticator,
+        sessions: SessionAuthenticator | None = None,
     ) -> None:
         self.app = app
         self.rate_limits = rate_limits
         self.max_body_bytes = max_body_bytes
-        self.public_base_url = public_base_url
+        self.hosts = hosts
+        self.credentials = credentials
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,7 +121,8 @@ class EdgeMiddleware:
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else new_id("req")
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
-        state["public_base_url"] = self.public_base_url
+        # Links of an answer made before the host is checked use the configured base.
+        state["base_url"] = self.hosts.fallback_base
         extra: dict[str, str] = {"X-Request-Id": request_id}
         status = {"code": 500, "started": False}
 
@@ -84,26 +139,27 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            rate = await self.rate_limits.hit_caller(caller_identity(scope))
+            refusal: DomainError | None = None
+            try:
+                state["base_url"] = self.hosts.base_url(scope)
+            except HostNotAllowed as exc:
+                refusal = exc
+            rate = await self._count(scope, state, authenticate=refusal is None)
             extra.update(rate.headers())
             if not rate.allowed:
-                error: DomainError = RateLimited(
+                extra["Retry-After"] = str(rate.retry_after)
+                refusal = RateLimited(
                     f"Rate limit of {rate.limit} requests per {rate.window_seconds} s reached. "
                     f"Retry in {rate.retry_after} s.",
-                    rate,
+                    rate.retry_after,
                 )
-                extra["Retry-After"] = str(rate.retry_after)
-                await problem_response(scope, error)(scope, receive, send_with_headers)
-                return
-            body_receive = await self._limit_body(scope, receive)
-            if body_receive is None:
-                error = DomainError(
-                    f"The request body exceeds {self.max_body_bytes} bytes.",
-                    code="payload_too_large",
-                )
-                await problem_response(scope, error)(scope, receive, send_with_headers)
-                return
-            await self.app(scope, body_receive, send_with_headers)
+            if refusal is None:
+                body_receive = await self._limit_body(scope, receive)
+                if body_receive is not None:
+                    await self.app(scope, body_receive, send_with_headers)
+                    return
+                refusal = PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
+            await problem_response(scope, refusal)(scope, receive, send_with_headers)
         except Exception:
             log.exception("request_crashed", request_id=request_id, path=scope.get("path"))
             if not status["started"]:
@@ -129,6 +185,55 @@ class EdgeMiddleware:
                 account_id=getattr(principal, "account_id", None),
                 key_id=getattr(principal, "key_id", None),
             )
+
+    async def _count(
+        self, scope: Scope, state: dict[str, object], *, authenticate: bool
+    ) -> RateState:
+        """Verify the presented credential (once per request) and count the request against
+        the budget of whoever turned out to be calling.
+
+        Leaves ``state["principal"]`` (a ``Principal`` or None) and, for a credential that did
+        not authenticate, ``state["credential_error"]`` for the authentication dependency.
+        """
+        state["principal"] = None
+        address = client_address(scope)
+        secret = presented_credential(scope) if authenticate else None
+        if secret is None:
+            token = presented_session_cookie(scope) if authenticate else None
+            if token is None or self.sessions is None:
+                return await self.rate_limits.hit_address(address)
+            return await self._count_session(token, address, state)
+        principal = self.credentials.recently_verified(secret)
+        if principal is None:
+            # A lookup: paid for by the address, before it is made.
+            spent = await self.rate_limits.hit_address(address)
+            if not spent.allowed:
+                return spent
+            try:
+                principal = await self.credentials.authenticate(secret)
+            except Unauthorized as exc:
+                state["credential_error"] = exc
+                return spent
+        state["principal"] = principal
+        return await self.rate_limits.hit_principal(principal.principal_id)
+
+    async def _count_session(self, token: str, address: str, state: dict[str, object]) -> RateState:
+        """A request with the dashboard cookie (and no key): the session lookup is paid for by
+        the address first (sessions are looked up on every request, uncached), then the
+        request counts against the signed-in user."""
+        assert self.sessions is not None
+        spent = await self.rate_limits.hit_address(address)
+        if not spent.allowed:
+            return spent
+        try:
+            context = await self.sessions.authenticate(token)
+        except Unauthorized as exc:
+            state["credential_error"] = exc
+            return spent
+        principal: Principal = context.principal
+        state["principal"] = principal
+        state[SESSION_CONTEXT] = context
+        return await self.rate_limits.hit_principal(principal.principal_id)
 
     async def _limit_body(self, scope: Scope, receive: Receive) -> Receive | None:
         """The receive channel to hand on, or None when the body is over the limit.
@@ -183,7 +288,7 @@ def route_template(scope: Scope) -> str:
     if path:
         return path
     partial: str | None = None
-    for route in _leaf_routes(getattr(scope.get("app"), "router", None)):
+    for route in leaf_routes(getattr(scope.get("app"), "router", None)):
         match, _ = route.matches(scope)
         if match is Match.FULL:
             return route.path
@@ -192,12 +297,13 @@ def route_template(scope: Scope) -> str:
     return partial or "unmatched"
 
 
-def _leaf_routes(router: object) -> Iterator[Route]:
+def leaf_routes(router: object) -> Iterator[Route]:
+    """Every route of ``router``, with those of included routers (not their wrappers)."""
     # FastAPI keeps an included router as one wrapper entry (``original_router``); the
     # templates are on the routes inside it.
     for route in getattr(router, "routes", ()):
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            yield from _leaf_routes(inner)
+            yield from leaf_routes(inner)
         elif isinstance(route, Route):
             yield route

@@ -15,13 +15,10 @@ stored *before* it is sent, so a client that has seen an answer can never retry 
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import structlog
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vpsnap.api.deps import presented_credential
+from vpsnap.api.edge import Authenticator, presented_credential
 from vpsnap.api.problems import problem_response
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.errors import DomainError, Unauthorized
@@ -40,12 +37,6 @@ log = structlog.get_logger("vpsnap.idempotency")
 _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _HEADER = b"idempotency-key"
 _REPLAYED = (b"idempotent-replayed", b"true")
-
-
-class Authenticator(Protocol):
-    """What the middleware needs to find the key space: ``CredentialService`` is one."""
-
-    async def authenticate(self, secret: str) -> Principal: ...
 
 
 class IdempotencyMiddleware:
@@ -100,7 +91,11 @@ class IdempotencyMiddleware:
         await _send_replay(stored, send)
 
     async def _principal(self, scope: Scope) -> Principal | None:
-        credential = presented_credential(Request(scope))
+        state = scope.get("state", {})
+        if "principal" in state:  # the edge verified the credential already
+            principal: Principal | None = state["principal"]
+            return principal
+        credential = presented_credential(scope)
         if credential is None:
             return None
         try:

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from vpsnap.api.problems import PROBLEM_MEDIA_TYPE
 from vpsnap.api.schemas import ProblemOut
+from vpsnap.domain.problems import CATALOGUE
 
 _PROBLEM_REF = {"$ref": "#/components/schemas/ProblemOut"}
 _DESCRIPTIONS = {
@@ -24,16 +25,33 @@ _DESCRIPTIONS = {
     409: "Conflict",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    405: "Method Not Allowed",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
+    500: "Internal Server Error",
     503: "Service Unavailable",
     507: "Insufficient Storage",
 }
 
 
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` of a route that answers these statuses with a problem document."""
+def problem_responses(*answers: str | int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of a route that answers with these problem codes (catalogue codes; a
+    bare status stands for every code of that status). The OpenAPI document lists each
+    status once, with an example problem per code (see ``correct``)."""
+    codes: dict[int, list[str]] = {}
+    for answer in answers:
+        if isinstance(answer, int):
+            matching = [c for c, k in CATALOGUE.items() if k.status == answer]
+        else:
+            matching = [answer]
+        for code in matching:
+            codes.setdefault(CATALOGUE[code].status, []).append(code)
     return {
-        status: {"model": ProblemOut, "content": {PROBLEM_MEDIA_TYPE: {}}} for status in statuses
+        status: {
+            "model": ProblemOut,
+            "content": {PROBLEM_MEDIA_TYPE: {"examples": {c: {} for c in listed}}},
+        }
+        for status, listed in codes.items()
     }
 
 
@@ -42,6 +60,71 @@ def _problem(status: int) -> dict[str, Any]:
         "description": _DESCRIPTIONS.get(status, "Error"),
         "content": {PROBLEM_MEDIA_TYPE: {"schema": dict(_PROBLEM_REF)}},
     }
+
+
+# What the edge and the framework answer on any operation, whatever its route declares.
+_EVERY_OPERATION = ("host_not_allowed", "rate_limited", "internal_error")
+_WITH_PARAMETERS = ("invalid_request",)
+_WITH_BODY = ("invalid_request", "invalid_json", "payload_too_large", "unsupported_media_type")
+_AUTHENTICATED = ("unauthorized",)
+# The Idempotency-Key header of a state-changing request (docs/idempotency.md).
+_STATE_CHANGING = ("invalid_request", "idempotency_key_in_use", "idempotency_key_reused")
+# A state-changing /api request authenticated by the dashboard's cookie (docs/dashboard.md).
+_COOKIE_STATE_CHANGING = ("csrf_failed",)
+
+
+def example_problem(code: str, instance: str) -> dict[str, Any]:
+    """A problem document for ``code`` as the API would answer it at ``instance``."""
+    kind = CATALOGUE[code]
+    example: dict[str, Any] = {
+        "type": f"https://vpsnap.example/errors/{code}",
+        "title": kind.title,
+        "status": kind.status,
+        "detail": kind.explanation,
+        "code": code,
+        "instance": instance,
+        "requestId": "req_01hxa3b4c5d6e7f8g9h0j1k2m3",
+        "timestamp": "2026-04-27T12:34:56.000Z",
+    }
+    if code == "invalid_request":
+        example["errors"] = [
+            {"pointer": "/name", "detail": "String should match pattern", "code": "invalid_format"}
+        ]
+    if code in ("rate_limited", "vps_queue_full", "node_unavailable"):
+        example["extensions"] = {"retryAfter": 12}
+    return example
+
+
+def _add_examples(path: str, method: str, operation: dict[str, Any]) -> None:
+    """Give every problem response of ``operation`` an example per code it can answer."""
+    responses: dict[str, Any] = operation["responses"]
+    wanted = list(_EVERY_OPERATION)
+    if path.startswith("/api/"):
+        wanted += _AUTHENTICATED
+    if method.upper() in {"POST", "PUT", "PATCH", "DELETE"}:
+        wanted += _STATE_CHANGING
+        if path.startswith("/api/"):
+            wanted += _COOKIE_STATE_CHANGING
+    if operation.get("parameters"):
+        wanted += _WITH_PARAMETERS
+    if "requestBody" in operation:
+        wanted += _WITH_BODY
+    for code in wanted:
+        status = str(CATALOGUE[code].status)
+        response = responses.setdefault(status, _problem(CATALOGUE[code].status))
+        response["content"][PROBLEM_MEDIA_TYPE].setdefault("examples", {}).setdefault(code, {})
+    for status, response in responses.items():
+        media = response.get("content", {}).get(PROBLEM_MEDIA_TYPE)
+        if not status.isdigit() or media is None:
+            continue
+        examples = media.setdefault("examples", {})
+        if not examples:  # a status declared without codes: every code of that status
+            examples.update({c: {} for c, k in CATALOGUE.items() if str(k.status) == status})
+        for code in list(examples):
+            examples[code] = {
+                "summary": CATALOGUE[code].title,
+                "value": example_problem(code, path),
+            }
 
 
 def _is_problem(response: dict[str, Any]) -> bool:
@@ -72,22 +155,24 @@ _SECURITY: list[dict[str, list[str]]] = [{"bearerKey": []}, {"apiKeyHeader": []}
 def correct(schema: dict[str, Any]) -> dict[str, Any]:
     """Make the generated document say what the app answers (idempotent, in place)."""
     for path, item in schema.get("paths", {}).items():
-        for operation in item.values():
+        for method, operation in item.items():
             if path.startswith("/api/"):
                 operation.setdefault("security", list(_SECURITY))
             responses: dict[str, Any] = operation.setdefault("responses", {})
             # A request that fails validation is `400 invalid_request`, never 422.
-            if responses.pop("422", None) is not None:
-                responses.setdefault("400", _problem(400))
-            if "requestBody" in operation:
-                # The edge limits every body; the handlers accept JSON only.
-                responses.setdefault("413", _problem(413))
-                responses.setdefault("415", _problem(415))
-            # The edge rate-limits every request, whatever the route.
-            responses.setdefault("429", _problem(429))
+            responses.pop("422", None)
             for status, response in responses.items():
                 if status.isdigit() and int(status) >= 400 and _is_problem(response):
-                    response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": dict(_PROBLEM_REF)}}
+                    examples = response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {})
+                    response["content"] = {
+                        PROBLEM_MEDIA_TYPE: {
+                            "schema": dict(_PROBLEM_REF),
+                            "examples": dict(examples.get("examples", {})),
+                        }
+                    }
+            # The edge checks the Host, limits every body and rate-limits every request; the
+            # handlers accept JSON only; and anything can fail on our side.
+            _add_examples(path, method, operation)
     schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
     components = schema["components"].setdefault("schemas", {})
     components.setdefault("ProblemOut", ProblemOut.model_json_schema(by_alias=True))

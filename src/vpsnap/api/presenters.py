@@ -15,6 +15,7 @@ from vpsnap.api.schemas import (
     OperationOut,
     ResourcesOut,
     SnapshotActionsOut,
+    SnapshotItemActionsOut,
     SnapshotListOut,
     SnapshotOut,
     VpsOut,
@@ -65,7 +66,7 @@ def vps_out(view: VpsView) -> VpsOut:
     )
 
 
-def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
+def snapshot_out(snapshot: Snapshot, can_restore: Gate | None = None) -> SnapshotOut:
     return SnapshotOut(
         display_id=snapshot.name,
         name=snapshot.name,
@@ -77,6 +78,10 @@ def snapshot_out(snapshot: Snapshot) -> SnapshotOut:
         status=snapshot.status.value,
         origin=snapshot.origin.value,
         consistency=snapshot.consistency.value,
+        actions=SnapshotItemActionsOut(can_restore=gate_out(can_restore))
+        if can_restore is not None
+        else None,
+        consistency_reason=snapshot.consistency_reason,
     )
 
 
@@ -86,7 +91,7 @@ def gate_out(gate: Gate) -> GateOut:
 
 def snapshot_list_out(listing: SnapshotListing) -> SnapshotListOut:
     return SnapshotListOut(
-        data=[snapshot_out(s) for s in listing.snapshots],
+        data=[snapshot_out(s, listing.restore_gates.get(s.name)) for s in listing.snapshots],
         limits=LimitsOut(
             total_snapshots=listing.usage.total,
             used_snapshots=listing.usage.used,
@@ -95,7 +100,9 @@ def snapshot_list_out(listing: SnapshotListing) -> SnapshotListOut:
         available=listing.available,
         reason=listing.reason,
         actions=SnapshotActionsOut(
-            can_create=gate_out(listing.can_create), can_restore=gate_out(listing.can_restore)
+            can_create=gate_out(listing.can_create),
+            can_restore=gate_out(listing.can_restore),
+            can_create_with_memory=gate_out(listing.can_create_with_memory),
         ),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -11,22 +12,34 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from vpsnap.domain.clock import SystemClock, format_timestamp
-from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
+from vpsnap.domain.errors import (
+    DomainError,
+    FieldError,
+    Forbidden,
+    InvalidJson,
+    InvalidRequest,
+    JobNotFound,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    SnapshotNotFound,
+    Unauthorized,
+    UnsupportedMediaType,
+    VpsNotFound,
+)
 from vpsnap.domain.problems import error_summary
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
+_log = structlog.get_logger("vpsnap.api")
 
-def base_url(scope: Any, configured: str | None) -> str:
-    if configured:
-        return configured.rstrip("/")
-    scheme = scope.get("scheme", "http")
-    host = "localhost"
-    for name, value in scope.get("headers", []):
-        if name == b"host":
-            host = value.decode("latin-1")
-            break
-    return f"{scheme}://{host}"
+
+def base_url(scope: Any) -> str:
+    """The base of a request's links, as the edge decided it (``api.trust.HostPolicy``): the
+    configured public URL, or the request's own scheme and *allowed* host. Never read from a
+    header here: without the edge's decision, links are relative."""
+    base: str = scope.get("state", {}).get("base_url", "")
+    return base
 
 
 def problem_body(
@@ -62,7 +75,7 @@ def problem_response(
         summary,
         instance=scope.get("path", ""),
         request_id=state.get("request_id", ""),
-        base=base_url(scope, state.get("public_base_url")),
+        base=base_url(scope),
     )
     return JSONResponse(
         jsonable_encoder(body),
@@ -82,6 +95,7 @@ _FIELD_CODES = {
     "string_pattern_mismatch": "invalid_format",
     "string_too_short": "invalid_format",
     "value_error": "invalid_format",
+    "string_unicode": "invalid_format",  # a lone surrogate ("\ud800"): not storable text
     "greater_than": "out_of_range",
     "greater_than_equal": "out_of_range",
     "less_than": "out_of_range",
@@ -109,36 +123,72 @@ def _field_error(error: dict[str, Any]) -> FieldError:
     return FieldError(pointer=_pointer(loc), detail=detail, code=code)
 
 
+# A malformed path parameter names a resource that cannot exist: its 404, never a 400 (the
+# shapes are documented, so a 400 would tell nothing more, and a client needs one answer for
+# "no such thing"). Route parameters are named after their resource (api/params.py).
+PATH_NOT_FOUND: dict[str, tuple[type[NotFound], str]] = {
+    "vps_id": (VpsNotFound, "No VPS with id {value} in this account."),
+    "snapshot_id": (SnapshotNotFound, "The VPS has no snapshot named {value}."),
+    "job_id": (JobNotFound, "No job with id {value} in this account."),
+}
+
+
+def path_not_found(errors: list[dict[str, Any]]) -> NotFound | None:
+    """The 404 of the first malformed path parameter among ``errors``, if any."""
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if len(loc) == 2 and loc[0] == "path":
+            error_class, detail = PATH_NOT_FOUND.get(
+                str(loc[1]), (NotFound, "There is nothing at this path.")
+            )
+            value = repr(str(error.get("input", "")))
+            shown = value if len(value) <= 60 else value[:57] + "..."
+            return error_class(detail.format(value=shown))
+    return None
+
+
 def validation_error(exc: RequestValidationError) -> DomainError:
     errors = list(exc.errors())
+    missing = path_not_found(errors)
+    if missing is not None:
+        return missing
     if any(e.get("type") == "json_invalid" for e in errors):
-        return DomainError("The request body is not valid JSON.", code="invalid_json")
+        return InvalidJson("The request body is not valid JSON.")
     field_errors = [_field_error(e) for e in errors]
     return InvalidRequest("The request failed validation.", field_errors)
 
 
-_HTTP_ERRORS = {
-    401: ("unauthorized", "Authentication is required."),
-    403: ("forbidden", "The credential may not do this."),
-    404: ("not_found", "There is nothing at this path."),
-    405: ("method_not_allowed", "This path does not accept this method."),
-    413: ("payload_too_large", "The request body is too large."),
-    415: ("unsupported_media_type", "Send the request body as application/json."),
+_HTTP_ERRORS: dict[int, tuple[type[DomainError], str]] = {
+    401: (Unauthorized, "Authentication is required."),
+    403: (Forbidden, "The credential may not do this."),
+    404: (NotFound, "There is nothing at this path."),
+    405: (MethodNotAllowed, "This path does not accept this method."),
+    413: (PayloadTooLarge, "The request body is too large."),
+    415: (UnsupportedMediaType, "Send the request body as application/json."),
 }
 
 
 def http_error(exc: StarletteHTTPException) -> DomainError:
     known = _HTTP_ERRORS.get(exc.status_code)
     if known is not None:
-        return DomainError(known[1], code=known[0])
+        error_class, detail = known
+        return error_class(detail)
     if 400 <= exc.status_code < 500:
-        return DomainError(str(exc.detail), code="invalid_request")
+        return InvalidRequest(str(exc.detail), [])
     return DomainError("Something failed on our side.")
 
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    # rate_limited and vps_queue_full say when to come back.
+    if exc.log_detail:
+        # The operator's account of the failure (host paths, tool output): the log only.
+        _log.warning(
+            "request_failed_detail",
+            request_id=request.scope.get("state", {}).get("request_id", ""),
+            code=exc.code,
+            log_detail=exc.log_detail,
+        )
+    # rate_limited, vps_queue_full and node_unavailable say when to come back.
     headers = (
         {"Retry-After": str(exc.extensions["retryAfter"])}
         if "retryAfter" in exc.extensions
@@ -156,10 +206,11 @@ def _is_json(content_type: str | None) -> bool:
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    missing = path_not_found(list(exc.errors()))
+    if missing is not None:
+        return problem_response(request.scope, missing)
     if not _is_json(request.headers.get("content-type")):
-        error = DomainError(
-            "Send the request body as application/json.", code="unsupported_media_type"
-        )
+        error = UnsupportedMediaType("Send the request body as application/json.")
         return problem_response(request.scope, error)
     return problem_response(request.scope, validation_error(exc))
 

@@ -1,5 +1,6 @@
-"""Rate limits with the ``limits`` library: per credential (or client IP) and per VPS for
-mutating snapshot calls, with HostUp's ``X-RateLimit-*`` and the IETF ``RateLimit`` headers."""
+"""Rate limits with the ``limits`` library: per verified credential, per client address, and
+per VPS for mutating snapshot calls, with HostUp's ``X-RateLimit-*`` and the IETF
+``RateLimit`` headers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
 
 from vpsnap.domain.clock import format_timestamp
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import RateLimited
 from vpsnap.metrics import RATE_LIMITED
 
 
@@ -41,19 +42,23 @@ class RateState:
         }
 
 
-class RateLimited(DomainError):
-    code = "rate_limited"
-
-    def __init__(self, detail: str, state: RateState) -> None:
-        super().__init__(detail, extensions={"retryAfter": state.retry_after})
-        self.state = state
-
-
 class RateLimits:
-    def __init__(self, storage_uri: str, per_key: str, per_vps_mutations: str) -> None:
+    """The budgets, and what each is keyed on.
+
+    Invariant (docs/api.md, "Rate limits"): no limiter key is a value an unauthenticated
+    caller chooses. ``per-ip`` is keyed on the client address (the peer, or what a trusted
+    proxy says, ``api.trust``); ``per-key`` on the id of a verified principal, never on a
+    presented secret; ``per-vps-snapshot-mutations`` on the verified account and a VPS id of
+    the documented shape (checked before the route runs).
+    """
+
+    def __init__(
+        self, storage_uri: str, per_key: str, per_vps_mutations: str, per_ip: str | None = None
+    ) -> None:
         self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
         self._per_key = parse(per_key)
         self._per_vps = parse(per_vps_mutations)
+        self._per_ip = parse(per_ip) if per_ip is not None else self._per_key
 
     async def _hit(self, policy: str, item: RateLimitItem, identity: str) -> RateState:
         allowed = await self._limiter.hit(item, policy, identity)
@@ -69,8 +74,13 @@ class RateLimits:
             allowed=allowed,
         )
 
-    async def hit_caller(self, identity: str) -> RateState:
-        return await self._hit("per-key", self._per_key, identity)
+    async def hit_address(self, address: str) -> RateState:
+        """Count a request without a verified credential (or one checking a credential)."""
+        return await self._hit("per-ip", self._per_ip, address)
+
+    async def hit_principal(self, principal_id: str) -> RateState:
+        """Count a request of an authenticated principal (``Principal.principal_id``)."""
+        return await self._hit("per-key", self._per_key, principal_id)
 
     async def hit_vps_mutation(self, account_id: str, vps_id: str) -> None:
         # Keyed by account too, so nobody can spend the budget of a VPS that is not theirs.
@@ -81,5 +91,5 @@ class RateLimits:
             raise RateLimited(
                 f"Too many snapshot changes on this VPS: at most {state.limit} per "
                 f"{state.window_seconds} s. Retry in {state.retry_after} s.",
-                state,
+                state.retry_after,
             )

@@ -9,11 +9,8 @@ from vpsnap.domain.schedules import MAX_INTERVAL_HOURS, MIN_INTERVAL_HOURS
 
 
 class ScheduleIn(RequestModel):
-    # Strict types: a new endpoint need not inherit lax coercions ("6" or 1 for true), and a
-    # value of the wrong JSON type is far more likely a client bug than an intent.
-    enabled: bool = Field(strict=True, description="Whether the schedule takes snapshots.")
+    enabled: bool = Field(description="Whether the schedule takes snapshots.")
     interval_hours: float = Field(
-        strict=True,
         allow_inf_nan=False,
         description=(
             f"Hours between runs; floored and clamped to {MIN_INTERVAL_HOURS}.."

@@ -10,7 +10,11 @@ from pydantic.alias_generators import to_camel
 
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.model import JobStatus
-from vpsnap.domain.rules import DESCRIPTION_MAX_LENGTH, SNAPSHOT_NAME_PATTERN
+from vpsnap.domain.rules import (
+    DESCRIPTION_MAX_LENGTH,
+    DESCRIPTION_PATTERN,
+    SNAPSHOT_NAME_PATTERN,
+)
 
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
 
@@ -20,8 +24,19 @@ class ApiModel(BaseModel):
 
 
 class RequestModel(ApiModel):
-    # A typo in a field name must never silently do something else.
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid")
+    """The base of every request body.
+
+    A typo must never silently do something else (contract section 1): unknown fields are
+    refused (``extra="forbid"``), and values are parsed strictly: each field takes the JSON type
+    it documents and nothing else (``"yes"``, ``"true"`` or ``1`` are not booleans, ``"3"`` or
+    ``3.0`` not integers, ``6`` is not a string). The one widening JSON itself makes is kept:
+    an integer is a valid number for a float field (``"intervalHours": 6``). No field needs lax
+    parsing; one that ever does says so with ``Field(strict=False)`` and a comment.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", strict=True
+    )
 
 
 # -- inventory ----------------------------------------------------------------------------------
@@ -80,6 +95,12 @@ class SnapshotOut(ApiModel):
     status: str
     origin: str
     consistency: str
+    actions: SnapshotItemActionsOut | None = None
+    consistency_reason: str | None = Field(
+        default=None,
+        description="Why `consistency` is not better than it is (e.g. no guest agent answered); "
+        "null for `memory` and `filesystem` snapshots",
+    )
 
 
 class LimitsOut(ApiModel):
@@ -94,9 +115,25 @@ class GateOut(ApiModel):
     code: str | None
 
 
+class SnapshotItemActionsOut(ApiModel):
+    """**(vpsnap)** What can be done with this snapshot now (issue 9)."""
+
+    can_restore: GateOut = Field(
+        description="Whether this snapshot can be restored now: refused when its RAM state "
+        "does not fit the running VM, or the running VM cannot be stopped and started again "
+        "for a disk-only restore."
+    )
+
+
 class SnapshotActionsOut(ApiModel):
     can_create: GateOut
     can_restore: GateOut
+    can_create_with_memory: GateOut = Field(
+        description="**(vpsnap)** Whether a snapshot with `includeMemoryState: true` can be "
+        "taken now: refused when the running VM has writable devices the VPS's disks do not "
+        "cover. Allowed when the VM is stopped (the snapshot then has no RAM state) or did "
+        "not answer in time (the job checks)."
+    )
 
 
 class SnapshotListOut(ApiModel):
@@ -115,7 +152,11 @@ class CreateSnapshotIn(RequestModel):
         examples=["before-upgrade"],
     )
     description: str | None = Field(
-        default=None, max_length=DESCRIPTION_MAX_LENGTH, examples=["Before package upgrade"]
+        default=None,
+        max_length=DESCRIPTION_MAX_LENGTH,
+        pattern=DESCRIPTION_PATTERN,
+        description="Up to 255 characters; tab and newline are the only control characters.",
+        examples=["Before package upgrade"],
     )
     include_memory_state: bool = Field(
         default=False, description="Also save RAM state (running VPS only)."
@@ -162,6 +203,18 @@ class JobOut(ApiModel):
     created_by: JobCreatorOut | None = Field(
         default=None, description="Who asked for it: an API key, a user, the scheduler."
     )
+
+
+class JobPageOut(ApiModel):
+    data: list[JobOut]
+    has_more: bool
+    next_cursor: str | None
+
+
+class VersionOut(ApiModel):
+    name: str = Field(description="Always `vpsnap`.")
+    version: str = Field(description="The server's version (the Python package's).")
+    api_versions: list[str] = Field(description="API versions served under `/api/`.")
 
 
 class ProblemOut(ApiModel):

@@ -24,25 +24,17 @@ from vpsnap.domain.capacity import (
     SLOTS_CHANGE_ABORTED_EVENT,
     SLOTS_CHANGED_EVENT,
     BillingGateway,
-    BillingUnavailable,
     PriceChange,
     SlotChange,
     format_amount,
 )
 from vpsnap.domain.clock import Clock, SystemClock, format_timestamp
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import BillingConfigError, BillingUnavailable
 from vpsnap.domain.ids import new_id
 from vpsnap.events.delivery import signed_headers
 from vpsnap.settings import Settings
 
 log = structlog.get_logger("vpsnap.billing")
-
-
-class BillingConfigError(DomainError):
-    """The billing webhook settings cannot work (no secret, not an http(s) URL, bad timeout).
-
-    A ``DomainError`` (like ``DataDirInUse``) so that the CLI prints it and exits cleanly.
-    """
 
 
 def price_change_json(change: PriceChange) -> dict[str, str]:

@@ -1,53 +1,73 @@
-"""The ``vpsnap`` console script: every command when the server is installed
-(``pip install 'vpsnap[server]'``), the client commands alone when only the SDK is
-(``pip install vpsnap``), so the client never needs the server's dependencies."""
+"""The ``vpsnap`` console script: the root group and its table of lazily loaded commands."""
 
 from __future__ import annotations
 
-import importlib.util
+import sys
+from pathlib import Path
 
-import typer
+import click
 
-from vpsnap.cli.client_commands import add_client_commands
+from vpsnap import __version__
+from vpsnap.cli.lazy import Lazy, LazyGroup
+from vpsnap.cli.state import connection_options, store_option
 
-# One module of each kind the server cannot start without.
-SERVER_MODULES = ("fastapi", "sqlalchemy", "uvicorn", "pydantic_settings")
-SERVER_HINT = "this needs the vpsnap server: pip install 'vpsnap[server]'"
-_HELP_HINT = SERVER_HINT.replace("[", "\\[")  # help text is Rich markup: keep "[server]"
+_C = "vpsnap.cli.commands."
 
-
-def server_installed() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in SERVER_MODULES)
-
-
-def client_only_app() -> typer.Typer:
-    app = typer.Typer(help="vpsnap: VPS snapshot control plane (client).", no_args_is_help=True)
-    add_client_commands(app)
-    passthrough = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-    @app.command(context_settings=passthrough, help=f"Run the server ({_HELP_HINT}).")
-    def serve() -> None:
-        typer.echo(f"error: {SERVER_HINT}", err=True)
-        raise typer.Exit(1)
-
-    @app.command(context_settings=passthrough, help=f"Administration ({_HELP_HINT}).")
-    def admin() -> None:
-        typer.echo(f"error: {SERVER_HINT}", err=True)
-        raise typer.Exit(1)
-
-    return app
+# name → where it lives. Client groups need only the SDK; server ones need vpsnap[server].
+COMMANDS = {
+    "vps": Lazy(_C + "vps", "Your VPSes: list, show, power actions, snapshot slots."),
+    "snapshots": Lazy(_C + "snapshots", "Snapshots of a VPS: list, create, restore, delete."),
+    "schedules": Lazy(_C + "schedules", "A VPS's snapshot schedule: show, set, delete."),
+    "jobs": Lazy(_C + "jobs", "Jobs: list, show, wait for one to finish."),
+    "context": Lazy(_C + "context", "Named connections (URL and key): create, use, list."),
+    "version": Lazy(_C + "version", "Client and server versions.", "command"),
+    "completion": Lazy(_C + "completion", "Shell completion script (bash, zsh, fish).", "command"),
+    "serve": Lazy(_C + "serve", "Run the server (API, worker, scheduler).", "command", server=True),
+    "api": Lazy(_C + "processes", "Scale-out: the HTTP API alone.", "api", server=True),
+    "agent": Lazy(
+        _C + "processes", "Scale-out: one hypervisor host's agent.", "agent", server=True
+    ),
+    "scheduler": Lazy(
+        _C + "processes", "Scale-out: the scheduler (one active).", "scheduler", server=True
+    ),
+    "migrate": Lazy(_C + "processes", "Apply database migrations.", "migrate", server=True),
+    "admin": Lazy(_C + "admin", "Operator administration, on the database.", server=True),
+}
 
 
-def build_app() -> typer.Typer:
-    if server_installed():
-        from vpsnap.cli.main import app  # noqa: PLC0415 - imports the server's dependencies
+@click.group(
+    cls=LazyGroup,
+    lazy=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    no_args_is_help=True,
+)
+@click.version_option(__version__, "--version", "-V", prog_name="vpsnap")
+@connection_options
+@click.option(
+    "--config",
+    "settings_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=store_option,
+    expose_value=False,
+    help="Server settings file (TOML) for serve, the scale-out processes and admin (default "
+    "$VPSNAP_CONFIG, then /etc/vpsnap/vpsnap.toml if it exists); flags and VPSNAP_* win.",
+)
+def cli() -> None:
+    """vpsnap: VPS snapshots from the command line.
 
-        return app
-    return client_only_app()
+    Connect once with `vpsnap context create NAME --url URL` (the key is asked for and
+    stored in ~/.config/vpsnap/config.toml, mode 0600); then `vpsnap vps list`.
+    Options given before the subcommand (-o, --context, --url, --api-key) apply to it.
+    """
 
 
 def main() -> None:
-    build_app()()
+    # httpx imports its own command line (click, and rich's console, progress and syntax with
+    # pygments) whenever those are installed, as they are here; that costs more than the rest
+    # of httpx, and vpsnap never runs it. Blocking the import takes the path httpx itself takes
+    # without its `cli` extra (its `httpx.main` then only says what to install).
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    cli(prog_name="vpsnap")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m vpsnap.cli.entry`

@@ -4,8 +4,10 @@ place that turns an SDK error into them (documented in docs/sdk.md)."""
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import TYPE_CHECKING
 
-from vpsnap.client import errors
+if TYPE_CHECKING:
+    from vpsnap.client import errors
 
 
 class ExitCode(IntEnum):
@@ -21,23 +23,27 @@ class ExitCode(IntEnum):
     UNAVAILABLE = 9  # no answer from the server, or a 5xx after the SDK's retries
 
 
-# Most specific first: a class is matched by the first entry it is an instance of.
-_CODES: tuple[tuple[type[errors.VpsnapError], ExitCode], ...] = (
-    (errors.JobFailed, ExitCode.JOB_FAILED),
-    (errors.JobTimeout, ExitCode.TIMEOUT),
-    (errors.NotFound, ExitCode.NOT_FOUND),
-    (errors.Conflict, ExitCode.CONFLICT),
-    (errors.IdempotencyKeyReused, ExitCode.CONFLICT),
-    (errors.Unauthorized, ExitCode.AUTH),
-    (errors.Forbidden, ExitCode.AUTH),
-    (errors.RateLimited, ExitCode.RATE_LIMITED),
-    (errors.InvalidRequest, ExitCode.USAGE),
-    (errors.ConfigurationError, ExitCode.USAGE),
-    (errors.AmbiguousVps, ExitCode.USAGE),
-    (errors.ServerError, ExitCode.UNAVAILABLE),
-    (errors.ConnectionFailed, ExitCode.UNAVAILABLE),
-)
+def _codes() -> tuple[tuple[type[errors.VpsnapError], ExitCode], ...]:
+    # Imported here: `vpsnap --help` must not load the SDK (and httpx) for this table.
+    from vpsnap.client import errors  # noqa: PLC0415
+
+    # Most specific first: a class is matched by the first entry it is an instance of.
+    return (
+        (errors.JobFailed, ExitCode.JOB_FAILED),
+        (errors.JobTimeout, ExitCode.TIMEOUT),
+        (errors.NotFound, ExitCode.NOT_FOUND),
+        (errors.Conflict, ExitCode.CONFLICT),
+        (errors.IdempotencyKeyReused, ExitCode.CONFLICT),
+        (errors.Unauthorized, ExitCode.AUTH),
+        (errors.Forbidden, ExitCode.AUTH),
+        (errors.RateLimited, ExitCode.RATE_LIMITED),
+        (errors.InvalidRequest, ExitCode.USAGE),
+        (errors.ConfigurationError, ExitCode.USAGE),
+        (errors.AmbiguousVps, ExitCode.USAGE),
+        (errors.ServerError, ExitCode.UNAVAILABLE),
+        (errors.ConnectionFailed, ExitCode.UNAVAILABLE),
+    )
 
 
 def exit_code_for(error: errors.VpsnapError) -> ExitCode:
-    return next((code for cls, code in _CODES if isinstance(error, cls)), ExitCode.ERROR)
+    return next((code for cls, code in _codes() if isinstance(error, cls)), ExitCode.ERROR)

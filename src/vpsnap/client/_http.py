@@ -95,8 +95,7 @@ def send(request: ApiRequest, policy: RetryPolicy) -> Plan[httpx.Response]:
                 yield Sleep(delay)
                 continue
         elif (
-            # 501 and 507 (insufficient storage) do not change by asking again soon.
-            (status >= 500 and status not in (501, 507)) or _key_in_use(request, response)
+            (status >= 500 and status != 501) or _key_in_use(request, response)
         ) and request.safe_to_retry:
             failures += 1
             if failures < policy.attempts:

@@ -73,13 +73,14 @@ def no_room(label: str, listing: SnapshotList) -> CannotMakeRoom:
     if not listing.available:
         return CannotMakeRoom(
             f"{label} has no snapshot slots: snapshots are not included in its plan.",
-            "Buy a slot (make-room 'buy-slot'), or ask your provider to add slots.",
+            'Buy a slot (make_room="buy-slot"), or ask your provider to add slots.',
             reason_code="snapshots_not_included",
         )
     total = listing.limits.total_snapshots
     return CannotMakeRoom(
         f"all {total} snapshot slot(s) of {label} are used: {_names(listing.snapshots)}.",
-        "Delete a snapshot, or let vpsnap make room: make-room 'delete-oldest' or 'buy-slot'.",
+        'Delete a snapshot, or let vpsnap make room: make_room="delete-oldest" or '
+        'make_room="buy-slot".',
         reason_code="snapshot_limit_reached",
     )
 
@@ -90,7 +91,7 @@ def oldest_to_delete(label: str, listing: SnapshotList) -> Snapshot:
     if not listing.available:
         raise CannotMakeRoom(
             f"{label} has no snapshot slots (not included in its plan): deleting frees none.",
-            "Buy a slot (make-room 'buy-slot'), or ask your provider to add slots.",
+            'Buy a slot (make_room="buy-slot"), or ask your provider to add slots.',
             reason_code="snapshots_not_included",
         )
     oldest = listing.oldest_available()
@@ -112,7 +113,7 @@ def slots_to_buy(label: str, listing: SnapshotList, options: UpgradeOptions) -> 
     if option is None:
         raise CannotMakeRoom(
             f"{label} has no free snapshot slot, and this provider sells no snapshot slots.",
-            "Delete a snapshot (make-room 'delete-oldest'), or ask your provider.",
+            'Delete a snapshot (make_room="delete-oldest"), or ask your provider.',
             reason_code="slots_not_sold",
         )
     target = option.next_value_above(total)
@@ -120,7 +121,7 @@ def slots_to_buy(label: str, listing: SnapshotList, options: UpgradeOptions) -> 
         raise CannotMakeRoom(
             f"{label} already has {total} snapshot slot(s), the most that can be bought "
             f"({option.max}).",
-            "Delete a snapshot instead (make-room 'delete-oldest').",
+            'Delete a snapshot instead (make_room="delete-oldest").',
             reason_code="max_slots_reached",
         )
     return target
@@ -130,7 +131,7 @@ def refused_purchase(label: str, preview: ConfigResult) -> CannotMakeRoom:
     gate = preview.can_commit
     return CannotMakeRoom(
         f"a snapshot slot cannot be bought for {label} now: {_clause(gate.reason, 'refused')}.",
-        "Delete a snapshot (make-room 'delete-oldest'), or try again later.",
+        'Delete a snapshot (make_room="delete-oldest"), or try again later.',
         reason_code=gate.code or "conflict",
     )
 

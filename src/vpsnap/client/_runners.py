@@ -1,14 +1,16 @@
 """Where the SDK's plans meet the network: a sync and an async runner perform their effects,
 and ``api_method`` turns one plan-returning method into a sync or an async method depending on
 the object it is read from (``Client`` objects are bound to ``Sync``, ``AsyncClient`` objects
-to ``Async``), with full types for both."""
+to ``Async``), with full types for both. ``api_pager`` does the same for list methods, which
+return lazy iterators over pages (``SyncPager`` / ``AsyncPager``)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
 import httpx
@@ -98,7 +100,7 @@ class SyncRunner(Runner[Sync]):
                 elif isinstance(effect, Sleep):
                     self._sleep(effect.seconds)
                 else:
-                    effect.callback(effect.value)
+                    stepper.value = effect.callback(effect.value)
         finally:
             plan.close()
         result: T = stepper.result
@@ -123,17 +125,19 @@ class AsyncRunner(Runner[Async]):
                 elif isinstance(effect, Sleep):
                     await asyncio.sleep(effect.seconds)
                 else:
-                    await _notify(effect)
+                    stepper.value = await _notify(effect)
         finally:
             plan.close()
         result: T = stepper.result
         return result
 
 
-async def _notify(effect: Notify) -> None:
+async def _notify(effect: Notify) -> object:
+    """The callback's answer (awaited when it is an awaitable), sent back into the plan."""
     outcome = effect.callback(effect.value)
     if inspect.isawaitable(outcome):
-        await outcome
+        return await outcome
+    return outcome
 
 
 class Bound(Generic[M]):
@@ -178,5 +182,137 @@ class api_method(Generic[S, P, T]):  # noqa: N801 - used like a decorator, named
         method.__qualname__ = f"{type(obj).__name__}.{self._name}"
         method.__doc__ = plan.__doc__
         method.__module__ = plan.__module__
+        method.__dict__["__signature__"] = self._signature
+        return method
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a list: its items, and the cursor of the next page (None: the last)."""
+
+    items: tuple[T, ...]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+
+PageFetch = Callable[[str | None, int], Plan[Page[T]]]
+"""Fetch one page: (cursor, limit) → the page."""
+
+MAX_PAGE_SIZE = 100  # the API's cap on `limit`
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery(Generic[T]):
+    fetch: PageFetch[T]
+    limit: int
+    cursor: str | None
+
+
+def page_query(fetch: PageFetch[T], limit: int, cursor: str | None) -> PageQuery[T]:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit is the page size: 1 to {MAX_PAGE_SIZE}, not {limit}")
+    return PageQuery(fetch, limit, cursor)
+
+
+class SyncPager(Generic[T]):
+    """A list, read lazily: iterating yields every item, fetching the next page (``limit``
+    items, one request) only when the items of the last one are used up. ``page()`` fetches
+    one page, ``pages()`` iterates page by page (``next_cursor`` to resume later)."""
+
+    def __init__(self, runner: Runner[Sync], query: PageQuery[T]) -> None:
+        self._run: Callable[[Plan[Page[T]]], Page[T]] = runner.run  # type: ignore[attr-defined]
+        self._query = query
+
+    def page(self, cursor: str | None = None, limit: int | None = None) -> Page[T]:
+        """One page from ``cursor`` (default: the list's start), of ``limit`` items at most."""
+        return self._run(
+            self._query.fetch(cursor or self._query.cursor, limit or self._query.limit)
+        )
+
+    def pages(self) -> Iterator[Page[T]]:
+        cursor = self._query.cursor
+        while True:
+            page = self._run(self._query.fetch(cursor, self._query.limit))
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def __iter__(self) -> Iterator[T]:
+        for page in self.pages():
+            yield from page.items
+
+
+class AsyncPager(Generic[T]):
+    """``SyncPager`` for ``AsyncClient``: ``async for item in …``, ``await page()``,
+    ``async for page in pages()``."""
+
+    def __init__(self, runner: Runner[Async], query: PageQuery[T]) -> None:
+        self._run: Callable[[Plan[Page[T]]], Awaitable[Page[T]]] = runner.run  # type: ignore[attr-defined]
+        self._query = query
+
+    async def page(self, cursor: str | None = None, limit: int | None = None) -> Page[T]:
+        """One page from ``cursor`` (default: the list's start), of ``limit`` items at most."""
+        return await self._run(
+            self._query.fetch(cursor or self._query.cursor, limit or self._query.limit)
+        )
+
+    async def pages(self) -> AsyncIterator[Page[T]]:
+        cursor = self._query.cursor
+        while True:
+            page = await self._run(self._query.fetch(cursor, self._query.limit))
+            yield page
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        async for page in self.pages():
+            for item in page.items:
+                yield item
+
+
+class api_pager(Generic[S, P, T]):  # noqa: N801 - used like a decorator, named like one
+    """Declare a list method once, as a function returning a ``PageQuery``: read from a
+    ``Sync`` object it returns a ``SyncPager[T]``, from an ``Async`` one an ``AsyncPager[T]``.
+    Nothing is sent until the pager is iterated."""
+
+    def __init__(self, query: Callable[Concatenate[S, P], PageQuery[T]]) -> None:
+        self._query = query
+        self.__doc__ = query.__doc__
+        signature = inspect.signature(query)
+        self._signature = signature.replace(
+            parameters=list(signature.parameters.values())[1:],
+            return_annotation=inspect.Signature.empty,
+        )
+        self._name = query.__name__.lstrip("_")
+
+    def __set_name__(self, owner: type[Any], name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, obj: Bound[Sync], owner: type[Any]) -> Callable[P, SyncPager[T]]: ...
+    @overload
+    def __get__(self, obj: Bound[Async], owner: type[Any]) -> Callable[P, AsyncPager[T]]: ...
+    def __get__(self, obj: Any, owner: type[Any]) -> Any:
+        if obj is None:
+            return self
+        query, runner = self._query, obj._runner
+
+        def method(*args: Any, **kwargs: Any) -> Any:
+            built = query(obj, *args, **kwargs)
+            if isinstance(runner, AsyncRunner):
+                return AsyncPager(runner, built)
+            return SyncPager(runner, built)
+
+        method.__name__ = self._name
+        method.__qualname__ = f"{type(obj).__name__}.{self._name}"
+        method.__doc__ = query.__doc__
+        method.__module__ = query.__module__
         method.__dict__["__signature__"] = self._signature
         return method

@@ -10,11 +10,23 @@ from typing import Generic, Self
 import httpx
 
 from vpsnap import __version__
-from vpsnap.client._http import RetryPolicy
-from vpsnap.client._runners import Async, AsyncRunner, M, Runner, Sync, SyncRunner
+from vpsnap.client._http import RetryPolicy, fetch
+from vpsnap.client._plan import Plan, get
+from vpsnap.client._runners import (
+    Async,
+    AsyncRunner,
+    Bound,
+    M,
+    Runner,
+    Sync,
+    SyncRunner,
+    api_method,
+)
 from vpsnap.client.errors import ConfigurationError
 from vpsnap.client.inventory import Inventory
 from vpsnap.client.jobs import Jobs
+from vpsnap.client.models import ServerVersion
+from vpsnap.client.schedules import Schedules
 from vpsnap.client.snapshots import Snapshots
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `vpsnap serve` listens by default
@@ -27,14 +39,45 @@ Timeout = float | httpx.Timeout
 
 def connection_settings(url: str | None, api_key: str | None) -> tuple[str, str]:
     """Arguments first, then ``VPSNAP_URL`` / ``VPSNAP_API_KEY``; the URL defaults to the
-    local server."""
+    local server. ``ConfigurationError`` for a missing key, and for a key or URL that cannot
+    be sent (checked here, so that no ``UnicodeEncodeError`` or ``InvalidURL`` comes later)."""
     url = url or os.environ.get(URL_ENV) or DEFAULT_URL
     api_key = api_key or os.environ.get(API_KEY_ENV)
     if not api_key:
-        raise ConfigurationError(f"no API key: give one (api_key=, --api-key) or set {API_KEY_ENV}")
+        raise ConfigurationError(f"no API key: pass api_key= or set {API_KEY_ENV}")
+    check_api_key(api_key)
+    return check_url(url), api_key
+
+
+def check_api_key(api_key: str) -> None:
+    """An HTTP header carries printable ASCII only; never echo the key itself."""
+    if not all(33 <= ord(c) <= 126 for c in api_key):
+        bad = next(c for c in api_key if not 33 <= ord(c) <= 126)
+        raise ConfigurationError(
+            f"the API key contains a character that cannot be sent in an HTTP header "
+            f"({bad!a}, at position {api_key.index(bad) + 1} of {len(api_key)}): vpsnap keys "
+            "are printable ASCII; was it copied with a typo or a stray character?"
+        )
+
+
+def check_url(url: str) -> str:
+    """The base URL without its trailing slash; ``ConfigurationError`` when it is not an
+    http(s) URL with a host and a valid port."""
     if not url.startswith(("http://", "https://")):
         raise ConfigurationError(f"the vpsnap URL must start with http:// or https://: {url!r}")
-    return url.rstrip("/"), api_key
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port
+    except (httpx.InvalidURL, ValueError, UnicodeError) as exc:
+        raise ConfigurationError(f"the vpsnap URL {url!r} cannot be used: {exc}") from None
+    host = parsed.host
+    if not host or not all(c.isalnum() or c in ".-:[]_" for c in host):
+        raise ConfigurationError(f"the vpsnap URL {url!r} has no valid host name")
+    if port is not None and not 0 < port < 65536:
+        raise ConfigurationError(f"the vpsnap URL {url!r} has an invalid port ({port})")
+    if parsed.query or parsed.fragment:
+        raise ConfigurationError(f"the vpsnap URL {url!r} must not have a query or fragment")
+    return url.rstrip("/")
 
 
 def default_headers(api_key: str) -> dict[str, str]:
@@ -45,19 +88,29 @@ def default_headers(api_key: str) -> dict[str, str]:
     }
 
 
-class _Resources(Generic[M]):
+class _Resources(Bound[M], Generic[M]):
     vps: Inventory[M]
-    """The account's VPSes; buying snapshot slots."""
+    """The account's VPSes, power actions, buying snapshot slots."""
     snapshots: Snapshots[M]
     """Snapshots of a VPS, and ``create_safely``."""
+    schedules: Schedules[M]
+    """A VPS's snapshot schedule."""
     jobs: Jobs[M]
-    """Jobs by id; waiting for them."""
+    """Jobs: list, read, wait for them."""
 
     def _attach(self, url: str, runner: Runner[M]) -> None:
         self.url = url
+        self._runner = runner
         self.vps = Inventory(runner)
         self.snapshots = Snapshots(runner)
+        self.schedules = Schedules(runner)
         self.jobs = Jobs(runner)
+
+    def _server_version(self) -> Plan[ServerVersion]:
+        """``GET /api/version``: the server's version (needs no scope)."""
+        return (yield from fetch(get("/api/version"), self._runner.policy, ServerVersion.parse))
+
+    server_version = api_method(_server_version)
 
 
 class Client(_Resources[Sync]):

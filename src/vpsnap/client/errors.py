@@ -5,15 +5,20 @@
     ├── ConnectionFailed           no answer after the retries (__cause__: the httpx error)
     ├── UnexpectedResponse         an answer the SDK cannot read (not vpsnap, a proxy page)
     ├── InvalidRequest             400: invalid_request (field_errors), invalid_json, invalid_cursor
+    │   ├── HostNotAllowed         400: the server does not serve the URL's host name
     │   └── IdempotencyKeyReused   422
     ├── AmbiguousVps               a name or IP that matches more than one VPS
     ├── Unauthorized               401
     ├── Forbidden                  403 (required_scopes)
+    │   └── CsrfFailed             403 csrf_failed: a session-cookie change not from our pages
     ├── NotFound                   404 not_found
     │   ├── VpsNotFound
     │   ├── SnapshotNotFound
     │   ├── JobNotFound
     │   └── WebhookNotFound
+    ├── MethodNotAllowed           405
+    ├── PayloadTooLarge            413
+    ├── UnsupportedMediaType       415
     ├── Conflict                   409 conflict
     │   ├── SnapshotNameTaken
     │   ├── SnapshotsNotIncluded
@@ -22,18 +27,28 @@
     │   ├── VpsNotReady
     │   ├── SnapshotSlotsInUse
     │   ├── IdempotencyKeyInUse
+    │   ├── DiskUnusable           a disk of the VPS is missing, not qcow2 or unreadable
+    │   ├── SnapshotAmbiguous      the name matches several snapshots on a disk
+    │   ├── VmConfigChanged        the VM differs from the snapshot's or from its registration
+    │   ├── MemorySnapshotUnsupported  RAM state would not cover every writable device
+    │   ├── RestoreIncomplete      a restore stopped part-way (extensions say what took effect)
     │   └── CannotMakeRoom         create_safely could not free or buy a slot (reason_code, hint)
     ├── RateLimited                429 (retry_after), after the SDK's own retries
     │   └── VpsQueueFull           429: the VPS has as many unfinished jobs as it may queue
     ├── ServerError                5xx, after the SDK's own retries
     │   ├── BillingUnavailable     503
     │   ├── HypervisorUnavailable  503
+    │   ├── NodeUnavailable        503: the VPS's host is offline or drained (retry_after)
     │   └── InsufficientStorage    507: the VPS's data store would run too low on free space
     ├── JobFailed                  the job ended ``failed``: its problem, and ``error`` rebuilt
     └── JobTimeout                 the job did not end within the wait's timeout
 
 Unknown codes map by status: 400 InvalidRequest, 401, 403, 404 NotFound, 409 Conflict, 429,
 5xx ServerError, anything else VpsnapError. Branch on classes or ``code``, never on ``detail``.
+
+The server's error catalogue (its ``/errors`` pages) is the source of the codes; this module
+keeps its own mapping so that the SDK imports nothing of the server, and a parity test
+(tests/api/test_error_catalogue.py) fails when a server code has no exception here.
 """
 
 from __future__ import annotations
@@ -108,6 +123,24 @@ class IdempotencyKeyReused(InvalidRequest):
     code = "idempotency_key_reused"
 
 
+class HostNotAllowed(InvalidRequest):
+    """The server refused the URL's host name (its operator lists the names it serves)."""
+
+    code = "host_not_allowed"
+
+
+class MethodNotAllowed(VpsnapError):
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(VpsnapError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(VpsnapError):
+    code = "unsupported_media_type"
+
+
 class AmbiguousVps(VpsnapError):
     code = "ambiguous_vps"
 
@@ -122,6 +155,13 @@ class Forbidden(VpsnapError):
     @property
     def required_scopes(self) -> tuple[str, ...]:
         return tuple(self.extensions.get("requiredScopes", ()))
+
+
+class CsrfFailed(Forbidden):
+    """A change authenticated by the dashboard's session cookie that did not come from the
+    dashboard's own pages. Scripts should authenticate with an API key instead."""
+
+    code = "csrf_failed"
 
 
 class NotFound(VpsnapError):
@@ -172,12 +212,45 @@ class IdempotencyKeyInUse(Conflict):
     code = "idempotency_key_in_use"
 
 
+# -- hypervisor conditions that need someone to act (issue 9): 409, never retried ----------------
+
+
+class DiskUnusable(Conflict):
+    code = "disk_unusable"
+
+
+class SnapshotAmbiguous(Conflict):
+    code = "snapshot_ambiguous"
+
+
+class VmConfigChanged(Conflict):
+    code = "vm_config_changed"
+
+
+class MemorySnapshotUnsupported(Conflict):
+    """``devices`` names the writable devices a snapshot with RAM state would not cover."""
+
+    code = "memory_snapshot_unsupported"
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(self.extensions.get("devices", ()))
+
+
+class RestoreIncomplete(Conflict):
+    """``extensions`` say what took effect (``disksRestored``, ``memoryRestored``) and the power
+    state the VM was left in (``powerStateAfter``)."""
+
+    code = "restore_incomplete"
+
+
 class CannotMakeRoom(Conflict):
     """``create_safely`` found no free slot and could not make one as asked.
 
     ``reason_code`` says why (``snapshot_limit_reached``, ``snapshots_not_included``,
-    ``max_slots_reached``, ``slots_not_sold``, ``all_snapshots_busy``, or the config gate's
-    code); ``hint`` says what the user can do.
+    ``max_slots_reached``, ``slots_not_sold``, ``all_snapshots_busy``, ``declined`` when the
+    ``confirm`` callback said no, or the config gate's code); ``why`` is the first part of the
+    message, ``hint`` what the user can do.
     """
 
     code = "cannot_make_room"
@@ -185,6 +258,7 @@ class CannotMakeRoom(Conflict):
     def __init__(self, why: str, hint: str, *, reason_code: str, **kwargs: Any) -> None:
         super().__init__(f"{why} {hint}", **kwargs)
         self.reason_code = reason_code
+        self.why = why
         self.hint = hint
 
 
@@ -215,13 +289,25 @@ class HypervisorUnavailable(ServerError):
     code = "hypervisor_unavailable"
 
 
+class NodeUnavailable(ServerError):
+    """The VPS's host is offline or in maintenance (drained): nothing was queued; retry after
+    ``retry_after`` seconds."""
+
+    code = "node_unavailable"
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.extensions.get("retryAfter")
+        return float(value) if isinstance(value, int | float) else None
+
+
 class WebhookNotFound(NotFound):
     code = "webhook_not_found"
 
 
 class InsufficientStorage(ServerError):
     """507: the snapshot would leave the data store below the operator's free-space floor;
-    nothing was written. Retrying helps only once space is freed."""
+    nothing was written. Retried like any 5xx; it succeeds once space is freed."""
 
     code = "insufficient_storage"
 
@@ -267,8 +353,13 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
     for cls in (
         InvalidRequest,
         IdempotencyKeyReused,
+        HostNotAllowed,
+        MethodNotAllowed,
+        PayloadTooLarge,
+        UnsupportedMediaType,
         Unauthorized,
         Forbidden,
+        CsrfFailed,
         NotFound,
         VpsNotFound,
         SnapshotNotFound,
@@ -281,11 +372,17 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         VpsNotReady,
         SnapshotSlotsInUse,
         IdempotencyKeyInUse,
+        DiskUnusable,
+        SnapshotAmbiguous,
+        VmConfigChanged,
+        MemorySnapshotUnsupported,
+        RestoreIncomplete,
         RateLimited,
         VpsQueueFull,
         ServerError,
         BillingUnavailable,
         HypervisorUnavailable,
+        NodeUnavailable,
         WebhookNotFound,
         InsufficientStorage,
     )
@@ -297,7 +394,10 @@ _BY_STATUS: dict[int, type[VpsnapError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    405: MethodNotAllowed,
     409: Conflict,
+    413: PayloadTooLarge,
+    415: UnsupportedMediaType,
     422: InvalidRequest,
     429: RateLimited,
 }

@@ -1,5 +1,5 @@
-"""``client.vps``: the caller's VPSes, finding one by id, name or primary IP, and buying
-snapshot slots (upgrade options and config)."""
+"""``client.vps``: the caller's VPSes, finding one by id, name or primary IP, power actions,
+and buying snapshot slots (upgrade options and config)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from vpsnap.client._http import fetch
+from vpsnap.client._http import exchange, fetch
 from vpsnap.client._plan import Plan, get, mutation
-from vpsnap.client._runners import Bound, M, Runner, api_method
+from vpsnap.client._runners import (
+    Bound,
+    M,
+    Page,
+    PageQuery,
+    Runner,
+    api_method,
+    api_pager,
+    page_query,
+)
 from vpsnap.client.errors import AmbiguousVps, VpsNotFound
+from vpsnap.client.jobs import Operation, parse_operation
 from vpsnap.client.models import ConfigResult, UpgradeOptions, Vps, parse_vps_page
 
 VpsRef = str | Vps
@@ -44,28 +54,41 @@ class Inventory(Bound[M]):
     def __init__(self, runner: Runner[M]) -> None:
         self._runner = runner
 
+    def _page(
+        self, cursor: str | None, limit: int, name: str | None, primary_ip: str | None
+    ) -> Plan[Page[Vps]]:
+        params = {"limit": str(limit), "cursor": cursor, "name": name, "primaryIp": primary_ip}
+        items, next_cursor = yield from fetch(
+            get("/api/v2/vps", params), self._runner.policy, parse_vps_page
+        )
+        return Page(tuple(items), next_cursor)
+
     def _list(
+        self,
+        *,
+        name: str | None = None,
+        primary_ip: str | None = None,
+        limit: int = PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> PageQuery[Vps]:
+        """``GET /api/v2/vps``: the account's VPSes, oldest first, as a lazy iterator over
+        pages of ``limit`` (1..100) from ``cursor``; optionally only those with this name
+        (exact, ignoring case) or primary IP. Nothing is sent until it is iterated."""
+        return page_query(lambda at, size: self._page(at, size, name, primary_ip), limit, cursor)
+
+    list = api_pager(_list)
+
+    def _all(
         self, *, name: str | None = None, primary_ip: str | None = None
     ) -> Plan[builtins.list[Vps]]:
-        """Every VPS of the account (all pages), optionally only those with this name (exact,
-        ignoring case) or primary IP."""
         found: builtins.list[Vps] = []
         cursor: str | None = None
         while True:
-            params = {
-                "limit": str(PAGE_SIZE),
-                "cursor": cursor,
-                "name": name,
-                "primaryIp": primary_ip,
-            }
-            page, cursor = yield from fetch(
-                get("/api/v2/vps", params), self._runner.policy, parse_vps_page
-            )
-            found.extend(page)
-            if cursor is None:
+            page = yield from self._page(cursor, PAGE_SIZE, name, primary_ip)
+            found.extend(page.items)
+            if page.next_cursor is None:
                 return found
-
-    list = api_method(_list)
+            cursor = page.next_cursor
 
     def _get(self, vps: VpsRef) -> Plan[Vps]:
         """One VPS, by ``Vps``, id, name or primary IP (read fresh from the server)."""
@@ -81,9 +104,9 @@ class Inventory(Bound[M]):
         by_ip = _is_ip(ref)
         what = "primary IP" if by_ip else "name"
         if by_ip:
-            matches = yield from self._list(primary_ip=ref)
+            matches = yield from self._all(primary_ip=ref)
         else:
-            matches = yield from self._list(name=ref)
+            matches = yield from self._all(name=ref)
         if not matches:
             raise VpsNotFound(
                 f"no VPS with {what} {ref!r} in this account "
@@ -133,3 +156,42 @@ class Inventory(Bound[M]):
         )
 
     configure = api_method(_configure)
+
+    def _power(self, vps: VpsRef, action: str, body: dict[str, Any] | None) -> Plan[Operation[M]]:
+        vps_id = yield from self._resolve_id(vps)
+        response = yield from exchange(
+            mutation("POST", vps_path(vps_id, "actions", action), body), self._runner.policy
+        )
+        return parse_operation(self._runner, response)
+
+    def _start(self, vps: VpsRef) -> Plan[Operation[M]]:
+        """``POST …/actions/start``: start the VM (nothing changes when it runs). Needs
+        ``power:vm``; ``.wait()`` for the job, whose result has ``powerStateAfter``."""
+        return (yield from self._power(vps, "start", None))
+
+    start = api_method(_start)
+
+    def _shutdown(self, vps: VpsRef) -> Plan[Operation[M]]:
+        """``POST …/actions/shutdown``: ask the guest to power off (ACPI) and wait for it; the
+        job fails when the guest ignores it (then ``stop``)."""
+        return (yield from self._power(vps, "shutdown", None))
+
+    shutdown = api_method(_shutdown)
+
+    def _stop(self, vps: VpsRef) -> Plan[Operation[M]]:
+        """``POST …/actions/stop``: power off at once, like pulling the plug."""
+        return (yield from self._power(vps, "stop", None))
+
+    stop = api_method(_stop)
+
+    def _restart(self, vps: VpsRef, *, force: bool = False) -> Plan[Operation[M]]:
+        """``POST …/actions/restart``: graceful shutdown and start; ``force``: stop and start."""
+        return (yield from self._power(vps, "restart", {"force": True} if force else None))
+
+    restart = api_method(_restart)
+
+    def _reset(self, vps: VpsRef) -> Plan[Operation[M]]:
+        """``POST …/actions/reset``: reset at once, like pressing the reset button."""
+        return (yield from self._power(vps, "reset", None))
+
+    reset = api_method(_reset)

@@ -14,7 +14,16 @@ import httpx
 
 from vpsnap.client._http import exchange, read
 from vpsnap.client._plan import Notify, Plan, Sleep, get
-from vpsnap.client._runners import Bound, M, Runner, api_method
+from vpsnap.client._runners import (
+    Bound,
+    M,
+    Page,
+    PageQuery,
+    Runner,
+    api_method,
+    api_pager,
+    page_query,
+)
 from vpsnap.client.errors import JobFailed, JobTimeout
 from vpsnap.client.models import Raw, optional_timestamp, timestamp
 
@@ -121,6 +130,33 @@ class Jobs(Bound[M]):
 
     def __init__(self, runner: Runner[M]) -> None:
         self._runner = runner
+
+    def _list(
+        self,
+        *,
+        vps_id: str | None = None,
+        status: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> PageQuery[Job[M]]:
+        """``GET /api/jobs``: the account's jobs, newest first (finished ones are kept at least
+        7 days), optionally of one VPS (its id) or status; a lazy iterator over pages of
+        ``limit`` (1..100). Nothing is sent until it is iterated."""
+        runner = self._runner
+
+        def page(at: str | None, size: int) -> Plan[Page[Job[M]]]:
+            params = {"limit": str(size), "cursor": at, "vpsId": vps_id, "status": status}
+            response = yield from exchange(get("/api/jobs", params), runner.policy)
+
+            def parse(raw: Raw) -> Page[Job[M]]:
+                items = tuple(parse_job(runner, item) for item in raw["data"])
+                return Page(items, raw["nextCursor"] if raw["hasMore"] else None)
+
+            return read(response, parse)
+
+        return page_query(page, limit, cursor)
+
+    list = api_pager(_list)
 
     def _get(self, job_id: str) -> Plan[Job[M]]:
         """``GET /api/jobs/{job_id}``."""

@@ -106,9 +106,15 @@ class Snapshot:
     consistency: str  # crash | filesystem | memory
     raw: Raw = field(repr=False, compare=False)
     job_id: str | None = None
+    can_restore: Gate | None = None
+    """Whether this snapshot can be restored now (None: the server does not say)."""
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better (e.g. no guest agent answered); None when it is
+    ``memory`` or ``filesystem``, or the server predates the field."""
 
     @classmethod
     def parse(cls, raw: Raw) -> Snapshot:
+        actions = raw.get("actions") or {}
         return cls(
             name=raw["name"],
             display_id=raw["displayId"],
@@ -121,6 +127,8 @@ class Snapshot:
             origin=raw["origin"],
             consistency=raw["consistency"],
             raw=raw,
+            can_restore=Gate.parse(actions["canRestore"]) if "canRestore" in actions else None,
+            consistency_reason=raw.get("consistencyReason"),
         )
 
 
@@ -148,6 +156,8 @@ class Gate:
 class SnapshotActions:
     can_create: Gate
     can_restore: Gate
+    can_create_with_memory: Gate | None = None
+    """A snapshot with RAM state (None: the server does not say)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +184,11 @@ class SnapshotList:
             available=raw["available"],
             reason=raw["reason"],
             actions=SnapshotActions(
-                Gate.parse(actions["canCreate"]), Gate.parse(actions["canRestore"])
+                Gate.parse(actions["canCreate"]),
+                Gate.parse(actions["canRestore"]),
+                Gate.parse(actions["canCreateWithMemory"])
+                if "canCreateWithMemory" in actions
+                else None,
             ),
             raw=raw,
         )
@@ -317,3 +331,69 @@ def parse_vps_page(raw: Raw) -> tuple[Sequence[Vps], str | None]:
     """One page of ``GET /api/v2/vps``: its VPSes and the cursor of the next page."""
     next_cursor = raw["nextCursor"] if raw["hasMore"] else None
     return [Vps.parse(v) for v in raw["data"]], next_cursor
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A VPS's snapshot schedule: a snapshot ``auto-YYYYMMDD-HHMM`` every ``interval_hours``."""
+
+    enabled: bool
+    interval_hours: int
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_run_status: str | None  # "ok", "failed: …", "skipped: …"; None before the first run
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """``GET …/snapshot-schedules``: the schedule (None: none), slots, and whether one can
+    be enabled (``can_enable``)."""
+
+    vps_id: str
+    schedule: Schedule | None
+    limits: Limits
+    available: bool
+    reason: str | None
+    can_enable: Gate
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, vps_id: str, raw: Raw) -> ScheduleState:
+        item, limits = raw["schedule"], raw["limits"]
+        return cls(
+            vps_id=vps_id,
+            schedule=None
+            if item is None
+            else Schedule(
+                enabled=item["enabled"],
+                interval_hours=item["intervalHours"],
+                next_run_at=optional_timestamp(item["nextRunAt"]),
+                last_run_at=optional_timestamp(item["lastRunAt"]),
+                last_run_status=item["lastRunStatus"],
+                created_at=timestamp(item["createdAt"]),
+                updated_at=timestamp(item["updatedAt"]),
+            ),
+            limits=Limits(
+                limits["totalSnapshots"], limits["usedSnapshots"], limits["remainingSnapshots"]
+            ),
+            available=raw["available"],
+            reason=raw["reason"],
+            can_enable=Gate.parse(raw["actions"]["canEnable"]),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerVersion:
+    """``GET /api/version``."""
+
+    name: str
+    version: str
+    api_versions: tuple[str, ...]
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> ServerVersion:
+        return cls(raw["name"], raw["version"], tuple(raw["apiVersions"]), raw)

@@ -13,7 +13,7 @@ from vpsnap.client._http import exchange, fetch
 from vpsnap.client._plan import Notify, Plan, get, mutation
 from vpsnap.client._room import MAKE_ROOM_CHOICES, MakeRoom, Step
 from vpsnap.client._runners import Bound, M, Runner, api_method
-from vpsnap.client.errors import Forbidden, SnapshotNotFound
+from vpsnap.client.errors import CannotMakeRoom, Forbidden, SnapshotNotFound
 from vpsnap.client.inventory import Inventory, VpsRef, vps_path
 from vpsnap.client.jobs import DEFAULT_WAIT_TIMEOUT, Job, Operation, parse_operation, wait_for_job
 from vpsnap.client.models import Snapshot, SnapshotList, Vps
@@ -106,6 +106,7 @@ class Snapshots(Bound[M]):
         wait: bool = True,
         timeout: float | None = DEFAULT_WAIT_TIMEOUT,
         on_step: Callable[[Step], object] | None = None,
+        confirm: Callable[[Step], object] | None = None,
     ) -> Plan[Snapshot]:
         """Create a snapshot the careful way: find the VPS, read its gates and limits, make
         room as asked, create, wait for the job, and return the snapshot.
@@ -117,6 +118,11 @@ class Snapshots(Bound[M]):
         ``CannotMakeRoom`` (saying why and what to do) when no slot can be had. ``timeout``
         bounds every wait together. With ``wait=False`` the snapshot is returned while still
         ``creating``; its ``job_id`` is the job to wait for.
+
+        ``confirm(step)``, when given, is asked before making room (the step says which
+        snapshot would be deleted, or the price of the slot); a false answer (awaited when it
+        is an awaitable) raises ``CannotMakeRoom`` with ``reason_code="declined"`` and nothing
+        is changed.
         """
         if make_room not in MAKE_ROOM_CHOICES:
             raise ValueError(f"make_room must be one of {MAKE_ROOM_CHOICES}, not {make_room!r}")
@@ -126,6 +132,14 @@ class Snapshots(Bound[M]):
             return None if deadline is None else max(0.0, deadline - time.monotonic())
 
         def step(action: str, message: str) -> Plan[None]:
+            if confirm is not None:
+                answer = yield Notify(confirm, Step(action, message))
+                if not answer:
+                    raise CannotMakeRoom(
+                        f"{message}: not confirmed.",
+                        "Nothing was changed.",
+                        reason_code="declined",
+                    )
             if on_step is not None:
                 yield Notify(on_step, Step(action, message))
 
@@ -148,7 +162,8 @@ class Snapshots(Bound[M]):
                 yield from self._buy_slot(target, listing, step)
             else:
                 raise _room.no_room(label, listing)
-        yield from step("create", f"creating snapshot {name!r} of {label}")
+        if on_step is not None:
+            yield Notify(on_step, Step("create", f"creating snapshot {name!r} of {label}"))
         operation = yield from self._create(
             target, name, description=description, include_memory_state=include_memory_state
         )
@@ -182,7 +197,8 @@ class Snapshots(Bound[M]):
         except Forbidden as exc:
             raise Forbidden(
                 f"buying a snapshot slot for {label} needs an API key with the write:vm scope "
-                f"({exc.detail}). Use such a key, or make room with 'delete-oldest'.",
+                f"({exc.detail}). Use such a key, or make room with "
+                'make_room="delete-oldest".',
                 status=exc.status,
                 request_id=exc.request_id,
                 extensions=exc.extensions,

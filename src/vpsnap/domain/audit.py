@@ -93,8 +93,8 @@ class AuditAction(StrEnum):
     KEY_CREATE = "key.create"
     KEY_REVOKE = "key.revoke"
     USER_CREATE = "user.create"
-    USER_UPDATE = "user.update"
-    USER_REMOVE = "user.remove"
+    USER_DISABLE = "user.disable"
+    USER_SET_PASSWORD = "user.set_password"  # noqa: S105 - an action name, not a password
     WEBHOOK_CREATE = "webhook.create"
     WEBHOOK_DELETE = "webhook.delete"
     WEBHOOK_TEST = "webhook.test"

@@ -40,6 +40,19 @@ class Principal:
     account_id: str
     scopes: frozenset[Scope]
     key_id: str | None = None
+    user_id: str | None = None
+    """Set when the caller is a dashboard user signed in with a session (then no key_id)."""
+
+    @property
+    def principal_id(self) -> str:
+        """Who is acting, as a stable id: the API key's (``key_…``) or the dashboard user's
+        (``user:usr_…``). Per-caller budgets and logs are keyed on this, never on a presented
+        secret; a key and a session are separate callers."""
+        if self.key_id:
+            return self.key_id
+        if self.user_id:
+            return f"user:{self.user_id}"
+        return f"account:{self.account_id}"
 
     def has(self, scope: Scope) -> bool:
         # write:all is the vpsnap catch-all scope: it grants every other scope.

@@ -20,7 +20,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Protocol
 
-from vpsnap.domain.errors import DomainError, FieldError
+from vpsnap.domain.errors import FieldError
 from vpsnap.domain.model import Snapshot, Vps
 from vpsnap.domain.rules import ALLOWED, Gate, service_gate
 
@@ -201,12 +201,6 @@ def _escape(key: str) -> str:
 
 SLOTS_CHANGED_EVENT = "vps.snapshot_slots.changed"
 SLOTS_CHANGE_ABORTED_EVENT = "vps.snapshot_slots.change_aborted"
-
-
-class BillingUnavailable(DomainError):
-    """The billing system did not confirm a capacity change; nothing was applied."""
-
-    code = "billing_unavailable"
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,10 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    last_used_at: datetime | None = None
+    """When a request last authenticated with it, to within a minute (None: never)."""
+    name: str | None = None
+    """What the operator named it for (``vpsnap admin key create --name``)."""
 
     def is_usable(self, now: datetime) -> bool:
         if self.revoked_at is not None:
@@ -178,6 +182,49 @@ Machine = LaunchSpec | QmpAttachment | LibvirtDomain
 
 
 @dataclass(frozen=True, slots=True)
+class VmFacts:
+    """What a running VM's configuration means for snapshots with RAM state (``vm_facts``)."""
+
+    config: VmConfig | None
+    """RAM size and machine type now (None: the hypervisor does not tell)."""
+    uncovered_devices: tuple[str, ...] = ()
+    """Writable devices (guest-visible ids, e.g. ``data0`` or ``vdb``) that a snapshot of the
+    VPS's disks would not cover: RAM state saved or loaded without them is refused."""
+    live_snapshots_include_memory: bool = False
+    """Every live snapshot carries RAM state (libvirt), so every one needs full coverage."""
+    restarts_for_disk_restore: bool = True
+    """A disk-only restore of this running VM stops and starts it; False: vpsnap cannot start
+    it again (an attached VM), so such a restore is refused while it runs."""
+    restore_reverts_definition: bool = False
+    """A restore brings back the VM's definition saved with the snapshot too (libvirt), so the
+    VM's configuration now does not decide whether RAM state can be loaded."""
+
+    def to_json(self) -> JsonObject:
+        """The stored form (``vps.vm_facts``, published by the node's agent)."""
+        return {
+            "config": self.config.to_json() if self.config else None,
+            "uncoveredDevices": list(self.uncovered_devices),
+            "liveSnapshotsIncludeMemory": self.live_snapshots_include_memory,
+            "restartsForDiskRestore": self.restarts_for_disk_restore,
+            "restoreRevertsDefinition": self.restore_reverts_definition,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> VmFacts | None:
+        """The stored form back; None for anything else."""
+        if not isinstance(data, dict):
+            return None
+        devices = data.get("uncoveredDevices")
+        return cls(
+            config=VmConfig.from_json(data.get("config")),
+            uncovered_devices=tuple(str(d) for d in devices) if isinstance(devices, list) else (),
+            live_snapshots_include_memory=bool(data.get("liveSnapshotsIncludeMemory")),
+            restarts_for_disk_restore=bool(data.get("restartsForDiskRestore", True)),
+            restore_reverts_definition=bool(data.get("restoreRevertsDefinition")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Vps:
     id: str
     account_id: str
@@ -195,6 +242,43 @@ class Vps:
     plan: str | None = None
     """The operator's plan id (capacity configuration), when the VPS is on one."""
     machine: Machine | None = None
+    power_state: PowerState | None = None
+    """As its node's agent last observed it (None: never observed); see ``domain.nodes``."""
+    power_state_at: datetime | None = None
+    vm_facts: VmFacts | None = None
+    """What the running VM's configuration means for RAM state, as its node's agent last
+    observed it (None: not running, or not observed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmConfig:
+    """What RAM state can only be loaded into: a VM with the same RAM size and machine type.
+
+    Recorded with every snapshot that includes RAM state, so a restore into a VM that was
+    changed since is refused before anything is touched (QEMU would roll the disks back first
+    and only then fail to load the RAM).
+    """
+
+    memory_bytes: int
+    machine_type: str
+    """QEMU's concrete machine type, e.g. ``pc-i440fx-7.2`` (never an alias such as ``pc``)."""
+
+    def describe(self) -> str:
+        return f"{self.memory_bytes // (1024 * 1024)} MiB of RAM, machine {self.machine_type}"
+
+    def to_json(self) -> JsonObject:
+        """The stored form (``snapshots.vm_config``, a restore job's payload)."""
+        return {"memoryBytes": self.memory_bytes, "machineType": self.machine_type}
+
+    @classmethod
+    def from_json(cls, data: object) -> VmConfig | None:
+        """The stored form back; None for anything else (nothing recorded, an older row)."""
+        if not isinstance(data, dict):
+            return None
+        memory, machine = data.get("memoryBytes"), data.get("machineType")
+        if isinstance(memory, int) and isinstance(machine, str):
+            return cls(memory_bytes=memory, machine_type=machine)
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +299,10 @@ class Snapshot:
     vpsnap wrote. None for snapshots recorded before vpsnap kept it, and while ``creating``."""
     missing_since: datetime | None = None
     """When reconciliation first found it missing from the disks; None while it is seen."""
+    vm_config: VmConfig | None = None
+    """The VM's configuration when RAM state was saved (None: no RAM state, or not recorded)."""
+    consistency_reason: str | None = None
+    """Why ``consistency`` is not better than it is; None for ``memory`` and ``filesystem``."""
 
     @property
     def holds_slot(self) -> bool:
@@ -241,6 +329,8 @@ class Job:
     lease_expires_at: datetime | None = None
     lane: JobLane = JobLane.QUICK
     journal: JsonObject = field(default_factory=dict)
+    node: str = ""
+    """The hypervisor node whose agent runs it (the VPS's node when it was queued)."""
     """Facts the job recorded durably while it ran (``vpsnap.jobs.journal``): what it found
     before touching anything and which steps took effect, read by a re-run after a crash."""
     request_id: str | None = None

@@ -6,13 +6,14 @@ the job handlers depend only on the protocols.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
 from vpsnap.domain.audit import AuditEvent, AuditFilter
+from vpsnap.domain.disks import DiskFile, DiskOwner
 from vpsnap.domain.idempotency import IdempotencyRecord
 from vpsnap.domain.model import (
     Account,
@@ -26,11 +27,15 @@ from vpsnap.domain.model import (
     PowerState,
     Snapshot,
     SnapshotStatus,
+    VmConfig,
+    VmFacts,
     Vps,
     WriteIntent,
 )
+from vpsnap.domain.nodes import Node, NodeStats
 from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.storage import DataStore, VpsStorage
+from vpsnap.domain.users import Session, User
 from vpsnap.domain.webhooks import (
     MessageState,
     WebhookDelivery,
@@ -59,10 +64,26 @@ class SnapshotRequest:
     quiesce: bool = True
 
 
+NOT_RUNNING_REASON = "the VM was not running: there was no RAM to save and no guest agent to ask"
+"""The consistency reason of every snapshot taken of a stopped VM (its disk files only)."""
+QUIESCE_NOT_REQUESTED_REASON = "quiesce was not requested"
+
+
 @dataclass(frozen=True, slots=True)
 class TakenSnapshot:
     consistency: Consistency
     includes_memory_state: bool
+    vm_config: VmConfig | None = None
+    """With RAM state: the configuration it can be loaded into again (None: not known)."""
+    consistency_reason: str | None = None
+    """Why the consistency is not better than it is (e.g. no guest agent answered), for the
+    VPS's owner: it names no host path. None for ``memory`` and ``filesystem``."""
+    freeze_window_ms: float | None = None
+    """From the guest-agent freeze request until its thaw was answered, when one was sent."""
+    leftover_freeze_thawed: bool = False
+    """A guest freeze left in place earlier (dead agent, crashed vpsnap) was found and thawed."""
+    thaw_confirmed: bool | None = None
+    """After a freeze: the agent confirmed the guest is thawed again (None: no freeze sent)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +99,8 @@ class PowerOutcome:
 
 
 class HypervisorDriver(Protocol):
-    """One hypervisor backend. Every method raises only ``DomainError`` subclasses.
+    """One hypervisor backend. Every method raises only ``DomainError`` subclasses, whose
+    ``detail`` names the customer's objects only (host paths go to ``log_detail``).
 
     ``create_snapshot`` either leaves the snapshot on every disk of the VPS or on none of them;
     ``delete_snapshot`` of a name that is not there succeeds (jobs may be re-run).
@@ -90,13 +112,30 @@ class HypervisorDriver(Protocol):
 
     async def power_state(self, vps: Vps) -> PowerState: ...
 
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        """The running VM's facts for the RAM-snapshot gates; None when no VM of the VPS runs.
+
+        As fast and bounded as ``power_state`` (the API calls it while listing snapshots).
+        """
+        ...
+
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]: ...
 
     async def create_snapshot(self, vps: Vps, request: SnapshotRequest) -> TakenSnapshot: ...
 
     async def delete_snapshot(self, vps: Vps, name: str) -> None: ...
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome: ...
+    async def restore_snapshot(
+        self, vps: Vps, name: str, *, recorded: VmConfig | None = None
+    ) -> RestoreOutcome:
+        """Roll back to ``name``, keeping the power state.
+
+        ``recorded`` is the configuration the snapshot's RAM state was saved with: a running VM
+        that differs is refused (``VmConfigChanged``) before anything is touched. A restore that
+        fails after changing something raises ``RestoreIncomplete`` and leaves the VM in a
+        defined state (never running on half-restored RAM or disks).
+        """
+        ...
 
     async def change_power(
         self, vps: Vps, action: PowerAction, *, force: bool = False
@@ -108,6 +147,14 @@ class HypervisorDriver(Protocol):
         VPS (no machine to power, an unmanaged VM that is not running, a guest that ignored a
         graceful shutdown within the timeout).
         """
+        ...
+
+
+class DiskInspector(Protocol):
+    """Reads what a disk image file is (``qemu-img info``), for registering VPS disks."""
+
+    async def detect_format(self, path: str) -> str:
+        """The image format (``qcow2``, ``raw``, …); ``HypervisorError`` when unreadable."""
         ...
 
 
@@ -144,6 +191,18 @@ class ClaimRequest:
     account_share: Mapping[JobLane, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class StoredUser:
+    user: User
+    password_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSession:
+    session: Session
+    user: User
+
+
 class Transaction(Protocol):
     """One database transaction. Everything a service does in one use case goes through one."""
 
@@ -154,15 +213,81 @@ class Transaction(Protocol):
     async def add_api_key(self, key: ApiKey, secret_hash: str) -> None: ...
     async def find_api_key_by_hash(self, secret_hash: str) -> ApiKey | None: ...
     async def revoke_api_key(self, key_id: str, at: datetime) -> bool: ...
+    async def list_api_keys(self, account_id: str | None) -> list[ApiKey]:
+        """Every key (of one account, or of all), oldest first; revoked ones included."""
+        ...
+
+    async def record_key_use(self, key_id: str, at: datetime, *, not_since: datetime) -> None:
+        """Set the key's ``last_used_at`` to ``at`` unless it is already ``not_since`` or
+        later (so concurrent processes write it at most once per interval)."""
+        ...
+
+    # dashboard users and sessions (issue 11)
+    async def get_account(self, account_id: str) -> Account | None: ...
+    async def get_api_key(self, key_id: str) -> ApiKey | None: ...
+
+    async def add_user(self, user: User, password_hash: str) -> None:
+        """Raises ``Conflict`` when the email is taken (emails are unique across accounts)."""
+        ...
+
+    async def find_user_by_email(self, email: str) -> StoredUser | None: ...
+    async def list_users(self, account_id: str | None) -> list[User]: ...
+    async def set_user_password(self, user_id: str, password_hash: str) -> None: ...
+    async def disable_user(self, user_id: str, at: datetime) -> bool: ...
+    async def add_session(self, session: Session, token_hash: str) -> None: ...
+    async def find_session(self, token_hash: str) -> StoredSession | None: ...
+    async def touch_session(self, session_id: str, at: datetime) -> None: ...
+    async def delete_session(self, session_id: str) -> None: ...
+    async def delete_user_sessions(self, user_id: str) -> int: ...
+    async def purge_sessions(self, seen_before: datetime, created_before: datetime) -> int:
+        """Delete sessions idle since ``seen_before`` or signed in before ``created_before``."""
+        ...
 
     # inventory
-    async def add_vps(self, vps: Vps) -> None: ...
+    async def add_vps(self, vps: Vps, disk_files: Sequence[DiskFile] | None = None) -> None: ...
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]: ...
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None: ...
     async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None: ...
     async def list_vps(
         self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
     ) -> list[Vps]: ...
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None: ...
+    async def update_vps(self, vps: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
+        """Write the operator-editable fields (name, node, disks, slots, primary IP, machine)
+        of ``vps``; ``Conflict`` when the new name is taken in the account. ``disk_files``
+        re-index its disks (after a change of disks or node; ``DiskAlreadyRegistered`` when
+        another VPS of the node holds one)."""
+        ...
+
+    async def remove_vps(self, vps_id: str) -> None:
+        """Delete the VPS row with its snapshot records, schedule and finished jobs."""
+        ...
+
+    async def record_vm_facts(self, vps_id: str, facts: VmFacts | None) -> None:
+        """Store what the node's agent observed of the running VM (None: not running)."""
+        ...
+
+    async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:
+        """Store the power state observed at ``at`` if it differs from the stored one and the
+        stored one is not newer; True if it was stored."""
+        ...
+
+    # nodes
+    async def heartbeat(self, node: Node) -> None:
+        """Insert or update the node's row (its ``drained`` flag is kept)."""
+        ...
+
+    async def get_node(self, name: str) -> Node | None: ...
+    async def list_nodes(self) -> list[Node]: ...
+    async def set_node_drained(self, name: str, drained: bool) -> bool: ...
+    async def node_stats(self) -> dict[str, NodeStats]: ...
+    async def unstarted_jobs(self, node: str, created_before: datetime, limit: int) -> list[Job]:
+        """Queued or pending jobs of ``node`` created before ``created_before``, oldest first."""
+        ...
+
+    async def fail_unstarted_job(self, job: Job) -> bool:
+        """Write ``job``'s failure (error, finished_at) if it is still queued or pending."""
+        ...
 
     # snapshots
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]: ...
@@ -184,8 +309,11 @@ class Transaction(Protocol):
         includes_memory_state: bool,
         parent_name: str | None,
         disk_created_at: datetime | None = None,
+        vm_config: VmConfig | None = None,
+        consistency_reason: str | None = None,
     ) -> None:
-        """The snapshot exists on the hypervisor: it becomes ``available`` with these facts."""
+        """The snapshot exists on the hypervisor: it becomes ``available`` with these facts
+        (``vm_config``: the VM configuration its RAM state fits, when it has RAM state)."""
         ...
 
     async def set_snapshot_missing_since(
@@ -221,6 +349,18 @@ class Transaction(Protocol):
 
     async def count_unfinished_jobs(self, vps_id: str) -> int: ...
     async def has_active_job(self, vps_id: str) -> bool: ...
+    async def list_jobs(
+        self,
+        account_id: str,
+        *,
+        vps_id: str | None,
+        status: JobStatus | None,
+        before_id: str | None,
+        limit: int,
+    ) -> list[Job]:
+        """The account's jobs, newest first (ids are time-ordered), older than ``before_id``."""
+        ...
+
     async def next_pending_job(self, vps_id: str) -> Job | None: ...
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""

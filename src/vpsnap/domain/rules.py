@@ -20,6 +20,11 @@ from vpsnap.domain.model import (
 SNAPSHOT_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
 _NAME_RE = re.compile(SNAPSHOT_NAME_PATTERN)
 DESCRIPTION_MAX_LENGTH = 255
+# Text vpsnap stores or compares: no control characters (C0, DEL, C1), which no name or
+# description needs and PostgreSQL cannot even store (NUL). A description may span lines.
+DESCRIPTION_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"
+NAME_FILTER_MAX_LENGTH = 100
+NAME_FILTER_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,100}$"
 
 
 def is_valid_snapshot_name(name: str) -> bool:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from vpsnap.domain.errors import HypervisorError
-from vpsnap.domain.model import LibvirtDomain, PowerAction, PowerState, Vps
+from vpsnap.domain.model import LibvirtDomain, PowerAction, PowerState, VmConfig, VmFacts, Vps
 from vpsnap.domain.ports import (
     HypervisorDriver,
     PowerOutcome,
@@ -67,6 +67,9 @@ class DispatchingDriver:
     async def power_state(self, vps: Vps) -> PowerState:
         return await self._for(vps).power_state(vps)
 
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        return await self._for(vps).vm_facts(vps)
+
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
         return await self._for(vps).list_restore_points(vps)
 
@@ -76,8 +79,10 @@ class DispatchingDriver:
     async def delete_snapshot(self, vps: Vps, name: str) -> None:
         await self._for(vps).delete_snapshot(vps, name)
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
-        return await self._for(vps).restore_snapshot(vps, name)
+    async def restore_snapshot(
+        self, vps: Vps, name: str, *, recorded: VmConfig | None = None
+    ) -> RestoreOutcome:
+        return await self._for(vps).restore_snapshot(vps, name, recorded=recorded)
 
     async def change_power(
         self, vps: Vps, action: PowerAction, *, force: bool = False
@@ -94,7 +99,11 @@ class DispatchingDriver:
             except ImportError as exc:
                 if exc.name != "libvirt":
                     raise
-                raise HypervisorError(LIBVIRT_MISSING.format(name=vps.name)) from exc
+                raise HypervisorError(
+                    f"VPS {vps.name} is a libvirt domain, but this host has no libvirt support "
+                    "installed; the provider must add it.",
+                    log_detail=LIBVIRT_MISSING.format(name=vps.name),
+                ) from exc
         return self._libvirt
 
 

@@ -14,13 +14,26 @@ from typing import TYPE_CHECKING, Literal, get_args
 
 from vpsnap.domain.clock import SystemClock
 from vpsnap.domain.errors import (
-    HypervisorError,
+    DiskUnusable,
+    MemorySnapshotUnsupported,
     SnapshotNameTaken,
     SnapshotNotFound,
+    VmConfigChanged,
     VpsNotReady,
 )
-from vpsnap.domain.model import Consistency, PowerAction, PowerState, QmpAttachment, Vps
+from vpsnap.domain.model import (
+    Consistency,
+    LibvirtDomain,
+    PowerAction,
+    PowerState,
+    QmpAttachment,
+    VmConfig,
+    VmFacts,
+    Vps,
+)
 from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
+    QUIESCE_NOT_REQUESTED_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -49,6 +62,9 @@ _NO_MACHINE = (
 )
 
 
+FAKE_VM_CONFIG = VmConfig(memory_bytes=64 * 1024 * 1024, machine_type="pc-i440fx-7.2")
+
+
 @dataclass(slots=True)
 class _FakeVps:
     points: dict[str, RestorePoint] = field(default_factory=dict)
@@ -56,6 +72,8 @@ class _FakeVps:
     content: str = ""
     power_state: PowerState = PowerState.STOPPED
     guest_agent: bool = False
+    vm_config: VmConfig = FAKE_VM_CONFIG
+    uncovered_devices: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -98,6 +116,21 @@ class FakeDriver:
         """Whether a guest agent answers inside the VM (quiesced snapshots freeze through it)."""
         self._state(vps_id).guest_agent = answering
 
+    def set_vm(
+        self,
+        vps_id: str,
+        *,
+        config: VmConfig | None = None,
+        uncovered_devices: tuple[str, ...] | None = None,
+    ) -> None:
+        """The running VM's RAM size / machine type, and its writable devices that are not
+        registered disks (which RAM snapshots and restores refuse, as QemuDriver does)."""
+        state = self._state(vps_id)
+        if config is not None:
+            state.vm_config = config
+        if uncovered_devices is not None:
+            state.uncovered_devices = uncovered_devices
+
     def fail_next(self, operation: Operation, error: DomainError) -> None:
         """Make the next call of ``operation`` raise ``error`` without changing anything."""
         self._failures[_checked(operation)] = error
@@ -126,6 +159,17 @@ class FakeDriver:
     async def power_state(self, vps: Vps) -> PowerState:
         return self._state(vps.id).power_state
 
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        state = self._state(vps.id)
+        if not _is_live(vps, state):
+            return None
+        return VmFacts(
+            config=state.vm_config,
+            uncovered_devices=state.uncovered_devices,
+            live_snapshots_include_memory=isinstance(vps.machine, LibvirtDomain),
+            restarts_for_disk_restore=not isinstance(vps.machine, QmpAttachment),
+        )
+
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
         state = await self._enter("list", vps.id)
         self._require_disks(vps, state)
@@ -141,15 +185,32 @@ class FakeDriver:
         for existing in state.points:
             if name_key(existing) == name_key(request.name):
                 raise SnapshotNameTaken(
-                    f"a snapshot named {request.name} already exists on disk {vps.disks[0]}"
+                    f"a snapshot named {request.name} already exists on disk 1 of {vps.name}"
                 )
-        taken = TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+        taken = TakenSnapshot(
+            consistency=Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=NOT_RUNNING_REASON,
+        )
         if _is_live(vps, state):
             # As over QMP: RAM only when asked, a freeze only when an agent answers.
             if request.include_memory_state:
-                taken = TakenSnapshot(consistency=Consistency.MEMORY, includes_memory_state=True)
+                _refuse_uncovered(vps, state)
+                taken = TakenSnapshot(
+                    consistency=Consistency.MEMORY,
+                    includes_memory_state=True,
+                    vm_config=state.vm_config,
+                )
             elif request.quiesce and state.guest_agent:
                 taken = TakenSnapshot(Consistency.FILESYSTEM, includes_memory_state=False)
+            else:
+                taken = TakenSnapshot(
+                    Consistency.CRASH,
+                    includes_memory_state=False,
+                    consistency_reason=QUIESCE_NOT_REQUESTED_REASON
+                    if not request.quiesce
+                    else "no guest agent answered",
+                )
         else:
             self._require_unlocked(vps, state)
         state.points[request.name] = RestorePoint(
@@ -171,13 +232,22 @@ class FakeDriver:
         del state.points[name]
         del state.saved_content[name]
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
+    async def restore_snapshot(
+        self, vps: Vps, name: str, *, recorded: VmConfig | None = None
+    ) -> RestoreOutcome:
         state = await self._enter("restore", vps.id)
         self._require_disks(vps, state)
         if name not in state.points:
-            raise SnapshotNotFound(f"snapshot {name} does not exist on disk {vps.disks[0]}")
+            raise SnapshotNotFound(f"snapshot {name} does not exist on disk 1 of {vps.name}")
         if not _is_live(vps, state):
             self._require_unlocked(vps, state)
+        elif state.points[name].vm_state_size:
+            _refuse_uncovered(vps, state)
+            if recorded is not None and recorded != state.vm_config:
+                raise VmConfigChanged(
+                    f"Snapshot {name} of {vps.name} holds the RAM state of a VM with "
+                    f"{recorded.describe()}; the VM now has {state.vm_config.describe()}."
+                )
         elif not state.points[name].vm_state_size and isinstance(vps.machine, QmpAttachment):
             # Disk-only restore means stop + roll back + start, and vpsnap cannot start an
             # attached VM.
@@ -234,20 +304,33 @@ class FakeDriver:
     @staticmethod
     def _require_disks(vps: Vps, state: _FakeVps) -> None:
         if not vps.disks:
-            raise HypervisorError(f"VPS {vps.name} has no disks configured")
+            raise DiskUnusable(f"VPS {vps.name} has no disks configured.")
         if state.power_state is PowerState.ERROR:
-            raise HypervisorError(f"Disk image {vps.disks[-1]} does not exist")
+            raise DiskUnusable(
+                f"Disk {len(vps.disks)} of {vps.name} is missing on the host: its image file "
+                "does not exist.",
+                log_detail=f"{vps.disks[-1]} does not exist",
+            )
 
     @staticmethod
     def _require_unlocked(vps: Vps, state: _FakeVps) -> None:
         if state.power_state in _BUSY_STATES:
             raise VpsNotReady(
-                f"Disk {vps.disks[0]} is in use by another process (most likely the running "
+                f"Disk 1 of {vps.name} is in use by another process (most likely the running "
                 "VM). Stop the VM before snapshotting or restoring it."
             )
 
 
 _FAKE_VM_STATE_SIZE = 1024 * 1024
+
+
+def _refuse_uncovered(vps: Vps, state: _FakeVps) -> None:
+    if state.uncovered_devices:
+        raise MemorySnapshotUnsupported(
+            f"VPS {vps.name} has writable devices that are not among its snapshottable disks "
+            f"({', '.join(state.uncovered_devices)}).",
+            extensions={"devices": list(state.uncovered_devices)},
+        )
 
 
 def _is_live(vps: Vps, state: _FakeVps) -> bool:

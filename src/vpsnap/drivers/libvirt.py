@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import threading
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,14 +30,27 @@ import libvirt  # type: ignore[import-untyped]
 import structlog
 
 from vpsnap.domain.errors import (
+    DiskUnusable,
     DomainError,
     HypervisorError,
+    MemorySnapshotUnsupported,
+    RestoreIncomplete,
     SnapshotNameTaken,
     SnapshotNotFound,
+    VmConfigChanged,
     VpsNotReady,
 )
-from vpsnap.domain.model import Consistency, LibvirtDomain, PowerAction, PowerState, Vps
+from vpsnap.domain.model import (
+    Consistency,
+    LibvirtDomain,
+    PowerAction,
+    PowerState,
+    VmConfig,
+    VmFacts,
+    Vps,
+)
 from vpsnap.domain.ports import (
+    NOT_RUNNING_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -82,8 +97,18 @@ _NOT_READY_ERRORS = frozenset(
         libvirt.VIR_ERR_SNAPSHOT_REVERT_RISKY,
     }
 )
+# libvirt refuses these because of how the domain is defined (a disk type internal snapshots
+# cannot cover, a revert libvirt considers unsafe): only a change of the domain helps.
+_CONFIG_ERRORS = frozenset(
+    {libvirt.VIR_ERR_CONFIG_UNSUPPORTED, libvirt.VIR_ERR_SNAPSHOT_REVERT_RISKY}
+)
 _POLL_SECONDS = 0.2
 _PROBE_SECONDS = 5.0  # /readyz must answer even when a libvirtd hangs
+_THREADS = 8
+"""libvirt calls run in a pool of their own: a hung libvirtd blocks these threads until it
+answers (the caller gives up at its timeout, the thread cannot), and with the shared default
+pool that would soon block every other ``asyncio.to_thread`` of the process (the QEMU driver's
+image reads, for every other VPS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +143,8 @@ class DomainDescription:
     @property
     def unsnapshottable_disks(self) -> tuple[DomainDisk, ...]:
         """Writable disks an internal snapshot cannot cover: libvirt refuses the whole snapshot."""
-        return tuple(
-            d for d in self.disks if not d.read_only and (d.source is None or d.format != "qcow2")
-        )
+        uncovered = set(_uncovered(self.disks))
+        return tuple(d for d in self.disks if d.target in uncovered)
 
 
 def to_libvirt_name(name: str) -> str:
@@ -156,7 +180,9 @@ class _Connections:
                 conn = self._opener(uri)
             except libvirt.libvirtError as exc:
                 raise HypervisorError(
-                    f"cannot connect to libvirt at {uri}: {exc.get_error_message() or exc}"
+                    "The hypervisor (libvirt) cannot be reached.",
+                    log_detail=f"cannot connect to libvirt at {uri}: "
+                    f"{exc.get_error_message() or exc}",
                 ) from exc
             self._open[uri] = conn
             return conn
@@ -211,6 +237,7 @@ class LibvirtDriver:
         self._status_timeout = status_timeout
         self._call_timeout = call_timeout
         self._connections = _Connections(opener)
+        self._executor = ThreadPoolExecutor(_THREADS, thread_name_prefix="vpsnap-libvirt")
 
     # -- HypervisorDriver ------------------------------------------------------------------
 
@@ -230,6 +257,23 @@ class LibvirtDriver:
                 raise
             return PowerState.UNKNOWN
 
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        def facts(dom: Any) -> VmFacts | None:
+            if not dom.isActive():
+                return None
+            root = ET.fromstring(str(dom.XMLDesc(0)))  # noqa: S314 - XML from libvirtd
+            return VmFacts(
+                config=_domain_config(root),
+                uncovered_devices=_uncovered(_disks(root)),
+                # libvirt snapshots a live domain only with RAM, and restarts it for a restore.
+                live_snapshots_include_memory=True,
+                restarts_for_disk_restore=True,
+                # A revert restarts the domain with the definition saved in the snapshot.
+                restore_reverts_definition=True,
+            )
+
+        return await self._run(vps, facts, retry=True, timeout=self._status_timeout)
+
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
         return await self._run(vps, _list_points, retry=True)
 
@@ -240,10 +284,12 @@ class LibvirtDriver:
                 # vpsnap names are unique per VPS ignoring case; libvirt compares them exactly.
                 if name_key(existing) == name_key(request.name):
                     raise SnapshotNameTaken(
-                        f"a snapshot named {existing} already exists on disk "
-                        f"(libvirt domain {dom.name()})"
+                        f"a snapshot named {existing} already exists on disk (VPS {vps.name})"
                     )
             live = bool(dom.isActive())
+            # vpsnap's snapshot XML names no disks, so libvirt covers every disk of the domain
+            # and refuses one it cannot (a writable raw disk); said here in vpsnap's terms.
+            _refuse_uncovered(vps, dom, live=live)
             # libvirt refuses a disk-only internal snapshot of a running or paused domain, so a
             # live one always carries RAM state; a shut-off domain has none to carry.
             memory = "internal" if live else "no"
@@ -258,12 +304,15 @@ class LibvirtDriver:
                 if _names_taken(dom, request.name):
                     # Someone created it between the check and the call.
                     raise SnapshotNameTaken(
-                        f"a snapshot named {request.name} already exists on disk "
-                        f"(libvirt domain {dom.name()})"
+                        f"a snapshot named {request.name} already exists on disk (VPS {vps.name})"
                     ) from exc
                 raise
             if not live:
-                return TakenSnapshot(consistency=Consistency.CRASH, includes_memory_state=False)
+                return TakenSnapshot(
+                    consistency=Consistency.CRASH,
+                    includes_memory_state=False,
+                    consistency_reason=NOT_RUNNING_REASON,
+                )
             if not request.include_memory_state:
                 _log.info(
                     "libvirt_snapshot_includes_memory",
@@ -286,13 +335,21 @@ class LibvirtDriver:
 
         await self._run(vps, delete)
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
+    async def restore_snapshot(
+        self,
+        vps: Vps,
+        name: str,
+        *,
+        recorded: VmConfig | None = None,  # noqa: ARG002 - libvirt checks it itself
+    ) -> RestoreOutcome:
+        """libvirt keeps the domain definition with every snapshot and reverts it too (a domain
+        given more RAM since is restarted with the snapshot's), refusing what it cannot do
+        safely (``VmConfigChanged``), so ``recorded`` needs no check of vpsnap's own here."""
+
         def restore(dom: Any) -> RestoreOutcome:
             snap = _lookup_snapshot(dom, name)
             if snap is None:
-                raise SnapshotNotFound(
-                    f"snapshot {name} does not exist on libvirt domain {dom.name()}"
-                )
+                raise SnapshotNotFound(f"snapshot {name} does not exist on VPS {vps.name}")
             before = _power_state(dom)
             with_memory = _snapshot_has_memory(str(snap.getXMLDesc(0)))
             match before:
@@ -311,7 +368,22 @@ class LibvirtDriver:
                     )
             dom.revertToSnapshot(snap, flags)
             if before is PowerState.STOPPED and with_memory:
-                dom.destroy()
+                try:
+                    dom.destroy()
+                except libvirt.libvirtError as exc:
+                    # The revert took effect; only powering off again failed. Say so rather
+                    # than report a failed restore with the domain paused on the snapshot.
+                    raise RestoreIncomplete(
+                        f"Snapshot {name} was restored on VPS {vps.name} (disks and RAM, the "
+                        "VM paused), but the VM could not be powered off again as it was before. "
+                        "It is paused on the snapshot; stop it, or start it to resume there.",
+                        extensions={
+                            "disksRestored": list(range(1, len(vps.disks) + 1)),
+                            "memoryRestored": True,
+                            "powerStateAfter": _power_state(dom).value,
+                        },
+                        log_detail=f"destroy after revert failed: {exc.get_error_message()}",
+                    ) from exc
             return RestoreOutcome(power_state_before=before, power_state_after=_power_state(dom))
 
         return await self._run(vps, restore)
@@ -352,6 +424,8 @@ class LibvirtDriver:
 
     def close(self) -> None:
         self._connections.close_all()
+        # Threads stuck in a hung libvirtd cannot be interrupted; do not wait for them.
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -386,7 +460,7 @@ class LibvirtDriver:
         """Run ``work(domain)`` in a thread on the VPS's domain, mapping libvirt errors."""
         machine = vps.machine
         if not isinstance(machine, LibvirtDomain):
-            raise HypervisorError(f"VPS {vps.name} is not a libvirt domain")
+            raise HypervisorError(f"VPS {vps.name} is not a libvirt domain.")
 
         def on_domain(conn: Any) -> T:
             return work(_lookup_domain(conn, machine))
@@ -418,23 +492,27 @@ class LibvirtDriver:
                             # before the connection broke, and its job re-run sorts that out.
                             continue
                         raise HypervisorError(
-                            f"lost the connection to libvirt at {uri} "
-                            f"({exc.get_error_message() or exc}); it is reopened on the next "
-                            "call"
+                            "The connection to the hypervisor (libvirt) was lost; it is "
+                            "reopened on the next call.",
+                            log_detail=f"lost the connection to libvirt at {uri} "
+                            f"({exc.get_error_message() or exc})",
                         ) from exc
                     raise _domain_error(exc, uri, vps) from exc
             raise AssertionError("unreachable")  # pragma: no cover
 
         limit = self._call_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()  # as asyncio.to_thread does (log context)
         try:
             async with asyncio.timeout(limit):
-                return await asyncio.to_thread(call)
+                return await loop.run_in_executor(self._executor, context.run, call)
         except TimeoutError as exc:
             # The thread stays blocked in libvirt until it answers; only the caller moves on
             # (a job fails and is re-run, which first asks what exists).
-            subject = f"VPS {vps.name}" if vps is not None else uri
+            subject = f"VPS {vps.name}" if vps is not None else "The hypervisor"
             raise HypervisorError(
-                f"{subject}: libvirt at {uri} did not answer within {limit:g}s"
+                f"{subject}: the hypervisor (libvirt) did not answer within {limit:g}s.",
+                log_detail=f"libvirt at {uri} did not answer within {limit:g}s",
             ) from exc
 
 
@@ -577,6 +655,45 @@ def _qcow2_sources(disks: Iterable[DomainDisk]) -> tuple[str, ...]:
     return tuple(d.source for d in disks if d.source and d.format == "qcow2" and not d.read_only)
 
 
+def _uncovered(disks: Iterable[DomainDisk]) -> tuple[str, ...]:
+    """Writable disks an internal snapshot cannot cover (libvirt refuses the whole snapshot)."""
+    return tuple(
+        d.target for d in disks if not d.read_only and (d.source is None or d.format != "qcow2")
+    )
+
+
+def _refuse_uncovered(vps: Vps, dom: Any, *, live: bool) -> None:
+    root = ET.fromstring(str(dom.XMLDesc(0)))  # noqa: S314 - XML from libvirtd, not a user
+    uncovered = _uncovered(_disks(root))
+    if not uncovered:
+        return
+    devices = ", ".join(uncovered)
+    if live:
+        raise MemorySnapshotUnsupported(
+            f"VPS {vps.name} has writable devices that internal snapshots cannot cover "
+            f"({devices}), and libvirt snapshots a running VM only with its RAM state, which "
+            "must cover every writable device. Nothing was changed.",
+            extensions={"devices": list(uncovered)},
+        )
+    raise DiskUnusable(
+        f"VPS {vps.name} has writable disks that internal snapshots cannot cover ({devices}: "
+        "not qcow2), and libvirt snapshots every disk of the VM. Nothing was changed.",
+        extensions={"devices": list(uncovered)},
+    )
+
+
+def _domain_config(root: ET.Element) -> VmConfig | None:
+    memory = root.find("memory")
+    os_type = root.find("os/type")
+    if memory is None or memory.text is None or os_type is None:
+        return None
+    units = {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "b": 1, "bytes": 1}
+    return VmConfig(
+        memory_bytes=int(memory.text) * units.get(memory.get("unit", "KiB"), 1024),
+        machine_type=os_type.get("machine", ""),
+    )
+
+
 def _describe(dom: Any) -> DomainDescription:
     root = ET.fromstring(str(dom.XMLDesc(0)))  # noqa: S314 - XML from libvirtd, not a user
     disks = tuple(_disks(root))
@@ -593,19 +710,35 @@ def _describe(dom: Any) -> DomainDescription:
 
 
 def _domain_error(exc: libvirt.libvirtError, uri: str, vps: Vps | None) -> DomainError:
+    """libvirt's error in vpsnap's terms. libvirt's own message can hold host paths (disk
+    images, sockets), so it goes to ``log_detail`` only."""
     code = exc.get_error_code()
     message = exc.get_error_message() or str(exc)
-    subject = f"VPS {vps.name}" if vps is not None else uri
+    subject = f"VPS {vps.name}" if vps is not None else "The hypervisor"
+    log_detail = f"libvirt at {uri} (error {code}): {message}"
     if code == libvirt.VIR_ERR_NO_DOMAIN:
-        return HypervisorError(
-            f"{subject}: {message} on {uri}; the domain was undefined or renamed, or lives on "
-            "another host"
+        return VmConfigChanged(
+            f"{subject}: its libvirt domain does not exist on this host (it was undefined or "
+            "renamed, or lives on another host); the provider must register it again.",
+            log_detail=log_detail,
         )
     if code == libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
-        return SnapshotNotFound(f"{subject}: {message}")
+        return SnapshotNotFound(f"{subject}: the snapshot does not exist.", log_detail=log_detail)
     if code in _NOT_READY_ERRORS:
-        return VpsNotReady(f"{subject}: libvirt refused: {message}")
-    return HypervisorError(f"{subject}: libvirt at {uri} failed: {message}")
+        return VpsNotReady(
+            f"{subject}: the hypervisor (libvirt) refused the operation in the VM's current state.",
+            log_detail=log_detail,
+        )
+    if code in _CONFIG_ERRORS:
+        return VmConfigChanged(
+            f"{subject}: the hypervisor (libvirt) refused the operation because of how the VM "
+            "is configured now; nothing was changed.",
+            log_detail=log_detail,
+        )
+    return HypervisorError(
+        f"{subject}: the hypervisor (libvirt) could not carry out the operation.",
+        log_detail=log_detail,
+    )
 
 
 if TYPE_CHECKING:

@@ -85,7 +85,10 @@ class ManagedMachines:
 
     def dir_for(self, vps_id: str) -> MachineDir:
         if not vps_id or "/" in vps_id or vps_id.startswith("."):
-            raise HypervisorError(f"unusable VPS id for a machine directory: {vps_id!r}")
+            raise HypervisorError(
+                "This VPS's id cannot name a VM directory.",
+                log_detail=f"unusable VPS id for a machine directory: {vps_id!r}",
+            )
         return MachineDir(self.root / vps_id)
 
     def pid(self, vps_id: str) -> int | None:
@@ -161,10 +164,10 @@ class ManagedMachines:
 
     async def _launch(self, vps: Vps, spec: LaunchSpec, machine: MachineDir) -> int:
         if self.pid(vps.id) is not None:
-            raise HypervisorError(f"the VM of {vps.name} is already running")
+            raise HypervisorError(f"The VM of {vps.name} is already running.")
         # A VM that was just killed may still be releasing its disks' locks.
         if not await self.wait_exit(vps.id, self.timeout):
-            raise HypervisorError(f"the previous VM of {vps.name} is still exiting")
+            raise HypervisorError(f"The previous VM of {vps.name} is still shutting down.")
         await asyncio.to_thread(_prepare_dir, machine)
         argv = [self.qemu_system, *launch_arguments(vps, spec, machine)]
         try:
@@ -175,7 +178,11 @@ class ManagedMachines:
                 stderr=asyncio.subprocess.PIPE,
             )
         except OSError as exc:
-            raise HypervisorError(f"cannot run {self.qemu_system}: {exc}") from exc
+            raise HypervisorError(
+                f"The VM of {vps.name} cannot be started: the hypervisor cannot be run on this "
+                "host.",
+                log_detail=f"cannot run {self.qemu_system}: {exc}",
+            ) from exc
         try:
             # With -daemonize the first process exits once the VM is set up (sockets bound).
             async with asyncio.timeout(self.timeout):
@@ -186,18 +193,24 @@ class ManagedMachines:
             await process.wait()
             await self.kill(vps.id)
             raise HypervisorError(
-                f"{self.qemu_system} did not start within {self.timeout:g}s"
+                f"The VM of {vps.name} did not start within {self.timeout:g}s.",
+                log_detail=f"{self.qemu_system} did not start within {self.timeout:g}s: "
+                f"{' '.join(argv)}",
             ) from None
         if process.returncode != 0:
             await asyncio.to_thread(_remove_files, machine)
             message = _without_cpu_warnings(stderr.decode("utf-8", errors="replace"))
+            # QEMU's message names files, sockets and options: the operator's log has it.
             raise HypervisorError(
-                f"{self.qemu_system} failed to start the VM of {vps.name} "
-                f"(exit {process.returncode}): {message[:_MAX_ERROR_CHARS] or 'no output'}"
+                f"The VM of {vps.name} could not be started: the hypervisor refused its "
+                "configuration or could not open its disks. The provider's log has the reason.",
+                log_detail=f"{self.qemu_system} failed to start the VM of {vps.name} "
+                f"(exit {process.returncode}): {message[:_MAX_ERROR_CHARS] or 'no output'}; "
+                f"command: {' '.join(argv)}",
             )
         pid = self.pid(vps.id)
         if pid is None:
-            raise HypervisorError(f"the VM of {vps.name} exited right after it started")
+            raise HypervisorError(f"The VM of {vps.name} exited right after it started.")
         _log.info("vm_launched", vps_id=vps.id, pid=pid)
         return pid
 
@@ -220,7 +233,10 @@ class ManagedMachines:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             if not await self.wait_exit(vps_id, self.timeout):
-                raise HypervisorError(f"QEMU process {pid} did not end after SIGKILL")
+                raise HypervisorError(
+                    "The VM's process did not end when it was killed.",
+                    log_detail=f"QEMU process {pid} did not end after SIGKILL",
+                )
             _log.warning("vm_killed", vps_id=vps_id, pid=pid)
         await asyncio.to_thread(_remove_files, self.dir_for(vps_id))
 
@@ -230,8 +246,11 @@ def launch_arguments(vps: Vps, spec: LaunchSpec, machine: MachineDir) -> list[st
     for socket in (machine.qmp_socket, machine.status_socket, machine.guest_agent_socket):
         if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
             raise HypervisorError(
-                f"socket path {socket} is longer than {_MAX_SOCKET_PATH} bytes, the limit of "
-                "unix sockets; use a shorter data dir"
+                f"The VM of {vps.name} cannot be started on this host: its control socket "
+                "would not fit the operating system's limit. The provider must use a shorter "
+                "data directory.",
+                log_detail=f"socket path {socket} is longer than {_MAX_SOCKET_PATH} bytes, the "
+                "limit of unix sockets; use a shorter data dir",
             )
     args = [
         "-name",

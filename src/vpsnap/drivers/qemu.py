@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from vpsnap.domain.errors import DomainError, HypervisorError, VpsNotReady
+from vpsnap.domain.errors import (
+    DomainError,
+    HypervisorError,
+    MemorySnapshotUnsupported,
+    RestoreIncomplete,
+    SnapshotAmbiguous,
+    VmConfigChanged,
+    VpsNotReady,
+)
 from vpsnap.domain.model import (
     Consistency,
     LaunchSpec,
@@ -27,9 +35,12 @@ from vpsnap.domain.model import (
     PowerAction,
     PowerState,
     QmpAttachment,
+    VmConfig,
+    VmFacts,
     Vps,
 )
 from vpsnap.domain.ports import (
+    QUIESCE_NOT_REQUESTED_REASON,
     PowerOutcome,
     RestoreOutcome,
     RestorePoint,
@@ -37,9 +48,18 @@ from vpsnap.domain.ports import (
     TakenSnapshot,
 )
 from vpsnap.drivers import live
-from vpsnap.drivers.guest_agent import GuestAgent
-from vpsnap.drivers.offline import DiskImages, refuse_taken_name, restorable
-from vpsnap.drivers.qmp import Monitor, MonitorGone, open_monitor
+from vpsnap.drivers.guest_agent import GuestAgent, Quiesce
+from vpsnap.drivers.offline import (
+    DiskImages,
+    disk_label,
+    disk_labels,
+    note_leftover,
+    raise_partial_delete,
+    refuse_ambiguous,
+    refuse_taken_name,
+    restorable,
+)
+from vpsnap.drivers.qmp import Monitor, MonitorGone, QemuRefused, open_monitor
 
 if TYPE_CHECKING:
     from vpsnap.domain.ports import HypervisorDriver
@@ -64,7 +84,11 @@ class LiveTimeouts:
     status: float = 1.0
     """A power-state read for the API: past this the state is reported ``unknown``."""
     guest_agent: float = 3.0
-    """Each guest-agent exchange (sync, freeze, thaw): no answer means no agent."""
+    """Each guest-agent exchange (sync, status, thaw): no answer means no agent."""
+    guest_freeze: float = 10.0
+    """The freeze itself: the guest first writes out its dirty data (seconds under write load)."""
+    guest_agent_recovery: float = 30.0
+    """An agent that stops answering after a freeze is retried this long to thaw the guest."""
     shutdown: float = 60.0
     """A graceful shutdown: the guest must power off within this, else "use stop"."""
     snapshot_job: float = 600.0
@@ -108,18 +132,43 @@ class QemuDriver:
     # -- reading ---------------------------------------------------------------------------
 
     async def power_state(self, vps: Vps) -> PowerState:
+        return await self._read_state(vps, self._timeouts.status)
+
+    async def _decided_state(self, vps: Vps) -> PowerState:
+        """A power state a job acts on or reports: given the monitor's full timeout, not the
+        short one of a read for display (a VM that was just started may take a moment)."""
+        return await self._read_state(vps, self._timeouts.qmp)
+
+    async def _read_state(self, vps: Vps, timeout: float) -> PowerState:
         vm = self._vm(vps)
         if vm is None or (vm.launch is not None and not self._process_alive(vps)):
             return await self._offline_state(vps)
         try:
-            async with self._monitor(vm.status_socket, self._timeouts.status) as monitor:
+            async with self._monitor(vm.status_socket, timeout) as monitor:
                 return await live.run_state(monitor)
         except MonitorGone:
             return await self._offline_state(vps)
         except HypervisorError as exc:
             # Busy (a snapshot holds an attached VM's only monitor) or stuck: say so, don't hang.
-            _log.info("power_state_unknown", vps_id=vps.id, reason=exc.detail)
+            _log.info("power_state_unknown", vps_id=vps.id, reason=exc.log_detail or exc.detail)
             return PowerState.UNKNOWN
+
+    async def vm_facts(self, vps: Vps) -> VmFacts | None:
+        vm = self._vm(vps)
+        if vm is None or (vm.launch is not None and not self._process_alive(vps)):
+            return None
+        try:
+            # The status monitor and its short timeout: the API lists snapshots with this.
+            async with self._monitor(vm.status_socket, self._timeouts.status) as monitor:
+                devices = await live.block_devices(monitor)
+                config = await live.vm_config(monitor)
+        except MonitorGone:
+            return None
+        return VmFacts(
+            config=config,
+            uncovered_devices=live.uncovered_writable(devices, vps.disks),
+            restarts_for_disk_restore=vm.launch is not None,
+        )
 
     async def list_restore_points(self, vps: Vps) -> list[RestorePoint]:
         # The snapshot table is read from the files even while the VM runs: QEMU writes it
@@ -135,8 +184,10 @@ class QemuDriver:
             assert vm is not None  # a monitor means a VM
             infos = await self._images.inspect(vps, require_qcow2=True)
             refuse_taken_name(vps, infos, request.name)
-            nodes = await live.disk_nodes(monitor, vps.disks)
+            devices = await live.block_devices(monitor)
+            nodes = live.nodes_of(devices, vps.disks)
             if request.include_memory_state:
+                _refuse_uncovered(vps, devices, "snapshot")
                 return await self._save_vm(vps, monitor, nodes, request.name)
             return await self._snapshot_disks(vm, request, monitor, nodes)
 
@@ -153,45 +204,45 @@ class QemuDriver:
             ]
             if not holders:
                 return  # a re-run delete job finds it gone already
-            for disk, info in zip(vps.disks, infos, strict=True):
-                if len(info.snapshots_named(name)) > 1:
-                    raise HypervisorError(
-                        f"disk {disk} has several snapshots named {name!r}; vpsnap will not "
-                        "guess which one to delete"
-                    )
+            refuse_ambiguous(vps, infos, name, "delete")
             nodes = dict(zip(vps.disks, await live.disk_nodes(monitor, vps.disks), strict=True))
             with_ram = any(s.vm_state_size for i in infos for s in i.snapshots_named(name))
             if with_ram:
+                # One QEMU job over every holder; what it managed to delete before a failure
+                # is found again by the re-run (delete only deletes what is still there).
                 await live.delete_vm(
                     monitor,
                     [nodes[d] for d in holders],
                     name,
                     timeout=self._timeouts.snapshot_job,
                 )
-            else:
-                await live.delete_disk_snapshot(monitor, [nodes[d] for d in holders], name)
+                return
+            # Not atomic (QEMU has no transaction for deletes): one disk after the other, and a
+            # failure says which disks it already left.
+            done: list[str] = []
+            for disk in holders:
+                try:
+                    await live.delete_disk_snapshot(monitor, [nodes[disk]], name)
+                except DomainError as exc:
+                    raise_partial_delete(vps, name, done, disk, exc)
+                done.append(disk)
 
-    async def restore_snapshot(self, vps: Vps, name: str) -> RestoreOutcome:
-        before = await self.power_state(vps)
+    async def restore_snapshot(
+        self, vps: Vps, name: str, *, recorded: VmConfig | None = None
+    ) -> RestoreOutcome:
+        before = await self._decided_state(vps)
         async with self._live_monitor(vps) as (vm, monitor):
             if monitor is None:
                 await self._images.restore_snapshot(vps, name)
-                return RestoreOutcome(before, await self.power_state(vps))
+                return RestoreOutcome(before, await self._decided_state(vps))
             assert vm is not None  # a monitor means a VM
             infos = await self._images.inspect(vps, require_qcow2=True)
             found = restorable(vps, infos, name)
             ram_disks = [d for d, s in zip(vps.disks, found, strict=True) if s.vm_state_size]
             if ram_disks:
-                _refuse_id_lookalike(vps, infos, name)
-                nodes = dict(zip(vps.disks, await live.disk_nodes(monitor, vps.disks), strict=True))
-                await live.load_vm(
-                    monitor,
-                    list(nodes.values()),
-                    name,
-                    vmstate_node=nodes[ram_disks[0]],
-                    timeout=self._timeouts.snapshot_job,
+                return await self._load_vm(
+                    vps, vm, monitor, infos, name, ram_disk=ram_disks[0], recorded=recorded
                 )
-                return RestoreOutcome(before, await live.run_state(monitor))
             if vm.launch is None:
                 raise VpsNotReady(
                     f"VPS {vps.name} is a running VM that vpsnap does not manage, and snapshot "
@@ -200,17 +251,134 @@ class QemuDriver:
                 )
             await self._end_process(vps, monitor)
         # The monitor is closed: QEMU is gone, so its disks are free for qemu-img.
+        return await self._restore_disks_and_start(vps, vm.launch, name, before)
+
+    async def _load_vm(
+        self,
+        vps: Vps,
+        vm: _Vm,
+        monitor: Monitor,
+        infos: list[ImageInfo],
+        name: str,
+        *,
+        ram_disk: str,
+        recorded: VmConfig | None,
+    ) -> RestoreOutcome:
+        """Disks and RAM back to ``name`` with ``snapshot-load``.
+
+        QEMU rolls every disk back *before* it loads the RAM, and only then finds out whether
+        the RAM fits the VM. So everything that can be checked is checked first (nothing touched
+        on a refusal); a load that still fails leaves the VM in a defined state: a managed VM is
+        powered off, an attached one is marked so it reads ``error`` and ``start`` refuses it.
+        """
+        before = await live.run_state(monitor)
+        _refuse_id_lookalike(vps, infos, name)
+        devices = await live.block_devices(monitor)
+        nodes = dict(zip(vps.disks, live.nodes_of(devices, vps.disks), strict=True))
+        _refuse_uncovered(vps, devices, "restore")
+        if recorded is not None:
+            current = await live.vm_config(monitor)
+            if current != recorded:
+                raise VmConfigChanged(
+                    f"Snapshot {name} of {vps.name} holds the RAM state of a VM with "
+                    f"{recorded.describe()}; the VM now has {current.describe()}. Nothing was "
+                    "changed. Run the VM with the snapshot's configuration again, or stop it and "
+                    "restore the disks only.",
+                    extensions={
+                        "snapshotVm": _config_json(recorded),
+                        "currentVm": _config_json(current),
+                    },
+                )
+        try:
+            await live.load_vm(
+                monitor,
+                list(nodes.values()),
+                name,
+                vmstate_node=nodes[ram_disk],
+                timeout=self._timeouts.snapshot_job,
+            )
+        except HypervisorError as exc:
+            raise await self._after_failed_load(vps, vm, monitor, name, exc) from exc
+        await live.clear_ram_invalid(monitor)
+        return RestoreOutcome(before, await live.run_state(monitor))
+
+    async def _after_failed_load(
+        self, vps: Vps, vm: _Vm, monitor: Monitor, name: str, cause: HypervisorError
+    ) -> RestoreIncomplete:
+        """Leave the VM in a defined state after ``snapshot-load`` failed, and say so."""
+        # QEMU reports a failure of the RAM part as "... while loading VM state": the disks were
+        # all rolled back before it. Anything else may have stopped while rolling disks back.
+        qemu_error = cause.qemu_error if isinstance(cause, QemuRefused) else ""
+        disks_done = "while loading VM state" in qemu_error
+        disks = (
+            f"every disk of {vps.name} ({disk_labels(vps, vps.disks)}) was rolled back to it"
+            if disks_done
+            else f"the disks of {vps.name} may have been rolled back to it (all, some or none)"
+        )
+        if vm.launch is not None:
+            await self._end_process(vps, monitor)
+            after = PowerState.STOPPED
+            left = (
+                "The VM was powered off so that the guest cannot run on partly loaded memory; "
+                "start it to boot from its disks."
+            )
+        else:
+            try:
+                await live.mark_ram_invalid(monitor, f"restore of {name} failed")
+            except HypervisorError as exc:
+                _log.error(
+                    "ram_invalid_mark_failed", vps_id=vps.id, error=exc.log_detail or exc.detail
+                )
+            after = PowerState.ERROR
+            left = (
+                "The VM was left stopped and reads as error: start refuses to resume it. Reset "
+                "it (or restart with force) to boot it from its disks, or restore a snapshot "
+                "again."
+            )
+        return RestoreIncomplete(
+            f"Restoring snapshot {name} stopped part-way: {disks}, but its RAM state could not "
+            f"be loaded into the VM. {left}",
+            extensions={
+                "disksRestored": [i + 1 for i in range(len(vps.disks))] if disks_done else None,
+                "memoryRestored": False,
+                "powerStateAfter": after.value,
+            },
+            log_detail=cause.log_detail or cause.detail,
+        )
+
+    async def _restore_disks_and_start(
+        self, vps: Vps, spec: LaunchSpec, name: str, before: PowerState
+    ) -> RestoreOutcome:
+        """The rest of a disk-only restore of a running managed VM: quit (done by the caller),
+        roll every disk back, start again (paused again if it was)."""
         paused = before is PowerState.PAUSED
         try:
             await self._images.restore_snapshot(vps, name)
-        except BaseException:
-            # Whatever failed, the VM must not stay off because of a restore: start it again on
-            # the disks as they are, and report the restore's own error.
-            with contextlib.suppress(DomainError):
-                await self._start_managed(vps, vm.launch, paused=paused)
+        except RestoreIncomplete:
+            # Some disks are rolled back, others not: booting the guest on them would mix two
+            # points in time. It stays off; the problem says which disks are where.
             raise
-        await self._start_managed(vps, vm.launch, paused=paused)
-        return RestoreOutcome(before, await self.power_state(vps))
+        except BaseException:
+            # Nothing was rolled back: the VM must not stay off because of a failed restore.
+            # Start it again on its disks as they are, and report the restore's own error.
+            with contextlib.suppress(DomainError):
+                await self._start_managed(vps, spec, paused=paused)
+            raise
+        try:
+            await self._start_managed(vps, spec, paused=paused)
+        except DomainError as exc:
+            raise RestoreIncomplete(
+                f"Snapshot {name} was restored on every disk of {vps.name}, but the VM could not "
+                f"be started again ({exc.detail}). It is stopped; start it when the cause is "
+                "fixed.",
+                extensions={
+                    "disksRestored": [i + 1 for i in range(len(vps.disks))],
+                    "memoryRestored": False,
+                    "powerStateAfter": PowerState.STOPPED.value,
+                },
+                log_detail=exc.log_detail or exc.detail,
+            ) from exc
+        return RestoreOutcome(before, await self._decided_state(vps))
 
     # -- power -----------------------------------------------------------------------------
 
@@ -220,12 +388,12 @@ class QemuDriver:
         vm = self._vm(vps)
         if vm is None:
             raise VpsNotReady(_NO_MACHINE.format(name=vps.name))
-        before = await self.power_state(vps)
+        before = await self._decided_state(vps)
         if vm.launch is not None:
             await self._power_managed(vps, vm.launch, action, force=force)
         else:
             await self._power_attached(vps, vm, action, force=force)
-        return PowerOutcome(before, await self.power_state(vps))
+        return PowerOutcome(before, await self._decided_state(vps))
 
     async def _power_managed(
         self, vps: Vps, spec: LaunchSpec, action: PowerAction, *, force: bool
@@ -239,9 +407,9 @@ class QemuDriver:
                 return  # shutdown / stop of a stopped VM: already done
             match action:
                 case PowerAction.START:
-                    await _resume(monitor)
+                    await _resume(vps, monitor)
                 case PowerAction.RESET:
-                    await monitor.execute("system_reset")
+                    await _reset(monitor)
                 case PowerAction.STOP:
                     await self._end_process(vps, monitor)
                 case PowerAction.SHUTDOWN:
@@ -259,18 +427,20 @@ class QemuDriver:
                 if action in (PowerAction.SHUTDOWN, PowerAction.STOP):
                     return
                 raise VpsNotReady(
-                    f"VPS {vps.name} is not running, and it is a VM vpsnap does not manage "
-                    f"(attached through {vm.job_socket}): its owner must start it."
+                    f"VPS {vps.name} is not running, and it is a VM vpsnap does not manage: its "
+                    "owner must start it.",
+                    log_detail=f"attached through {vm.job_socket}",
                 )
             match action:
                 case PowerAction.START:
-                    await _resume(monitor)
+                    await _resume(vps, monitor)
                 case PowerAction.RESET:
-                    await monitor.execute("system_reset")
+                    await _reset(monitor)
                 case PowerAction.RESTART if force:
                     # Stop+start is impossible without the process; a hard reset is the same
-                    # for the guest.
-                    await monitor.execute("system_reset")
+                    # for the guest, and a VM that was not running boots again.
+                    await _reset(monitor)
+                    await _resume(vps, monitor)
                 case PowerAction.RESTART:
                     raise VpsNotReady(
                         f"VPS {vps.name} is a VM vpsnap does not manage: after a graceful "
@@ -309,12 +479,12 @@ class QemuDriver:
                 )
             case LibvirtDomain():
                 raise HypervisorError(
-                    f"VPS {vps.name} is a libvirt domain; the QEMU driver cannot reach it"
+                    f"VPS {vps.name} is a libvirt domain; the QEMU driver cannot reach it."
                 )
 
     def _managed(self) -> ManagedMachines:
         if self._machines is None:
-            raise HypervisorError("this vpsnap has no data dir for VMs it starts itself")
+            raise HypervisorError("This vpsnap has no data dir for VMs it starts itself.")
         return self._machines
 
     def _process_alive(self, vps: Vps) -> bool:
@@ -328,7 +498,8 @@ class QemuDriver:
                 await lock.acquire()
         except TimeoutError:
             raise HypervisorError(
-                f"the QMP socket {socket_path} is busy with another operation"
+                "The VM's monitor is busy with another operation.",
+                log_detail=f"the QMP socket {socket_path} is busy with another operation",
             ) from None
         try:
             async with open_monitor(socket_path, timeout) as monitor:
@@ -359,24 +530,45 @@ class QemuDriver:
     async def _snapshot_disks(
         self, vm: _Vm, request: SnapshotRequest, monitor: Monitor, nodes: tuple[str, ...]
     ) -> TakenSnapshot:
-        freeze: contextlib.AbstractAsyncContextManager[bool] = contextlib.nullcontext(
-            enter_result=False
-        )
-        agent = vm.agent_socket if request.quiesce else None
+        freeze: contextlib.AbstractAsyncContextManager[Quiesce]
+        if not request.quiesce:
+            freeze = contextlib.nullcontext(Quiesce(reason=QUIESCE_NOT_REQUESTED_REASON))
+        elif vm.agent_socket is None:
+            freeze = contextlib.nullcontext(
+                Quiesce(reason="the VM was registered without a guest-agent channel")
+            )
         # A channel no agent has opened answers nothing: skip the wait for the agent's timeout.
-        if agent is not None and await live.agent_channel_open(monitor, agent) is not False:
-            freeze = GuestAgent(agent, self._timeouts.guest_agent).frozen_filesystems()
-        async with freeze as frozen:
+        elif await live.agent_channel_open(monitor, vm.agent_socket) is False:
+            freeze = contextlib.nullcontext(
+                Quiesce(reason="no guest agent runs in the guest (its channel is not open)")
+            )
+        else:
+            freeze = GuestAgent(
+                vm.agent_socket,
+                self._timeouts.guest_agent,
+                freeze_timeout=self._timeouts.guest_freeze,
+                recovery=self._timeouts.guest_agent_recovery,
+            ).frozen_filesystems()
+        async with freeze as quiesce:
             # One transaction: QEMU snapshots every disk or, on any error, none.
             await live.take_disk_snapshot(monitor, nodes, request.name)
-        consistency = Consistency.FILESYSTEM if frozen else Consistency.CRASH
-        return TakenSnapshot(consistency=consistency, includes_memory_state=False)
+        # Complete only now: the thaw (and its window) happens when the block exits.
+        return TakenSnapshot(
+            consistency=Consistency.FILESYSTEM if quiesce.frozen else Consistency.CRASH,
+            includes_memory_state=False,
+            consistency_reason=None if quiesce.frozen else quiesce.reason,
+            freeze_window_ms=quiesce.window_ms,
+            leftover_freeze_thawed=quiesce.leftover_thawed,
+            thaw_confirmed=quiesce.thaw_confirmed,
+        )
 
     async def _save_vm(
         self, vps: Vps, monitor: Monitor, nodes: tuple[str, ...], name: str
     ) -> TakenSnapshot:
         # No freeze around a RAM snapshot: RAM is consistent by itself, and a guest frozen at
-        # save time would come back frozen on every restore of it.
+        # save time would come back frozen on every restore of it. The configuration the RAM
+        # fits is recorded with it, so a restore into a changed VM is refused up front.
+        config = await live.vm_config(monitor)
         try:
             await live.save_vm(
                 monitor, nodes, name, vmstate_node=nodes[0], timeout=self._timeouts.snapshot_job
@@ -384,7 +576,9 @@ class QemuDriver:
         except HypervisorError as exc:
             await self._undo_create(vps, monitor, nodes, name, exc)
             raise
-        return TakenSnapshot(consistency=Consistency.MEMORY, includes_memory_state=True)
+        return TakenSnapshot(
+            consistency=Consistency.MEMORY, includes_memory_state=True, vm_config=config
+        )
 
     async def _undo_create(
         self,
@@ -402,8 +596,13 @@ class QemuDriver:
             ]
             await live.delete_disk_snapshot(monitor, leftover, name)
         except HypervisorError as exc:
-            _log.warning("snapshot_rollback_failed", vps_id=vps.id, snapshot=name, error=str(exc))
-            cause.add_note(f"rollback could not delete snapshot {name}: {exc}; delete it by hand")
+            _log.warning(
+                "snapshot_rollback_failed",
+                vps_id=vps.id,
+                snapshot=name,
+                error=exc.log_detail or exc.detail,
+            )
+            note_leftover(vps, name, list(vps.disks), cause)
 
     async def _start_managed(self, vps: Vps, spec: LaunchSpec, *, paused: bool) -> None:
         await self._managed().launch(vps, spec)
@@ -417,7 +616,7 @@ class QemuDriver:
         try:
             await monitor.execute("quit")
         except HypervisorError as exc:
-            _log.warning("vm_quit_failed", vps_id=vps.id, error=exc.detail)
+            _log.warning("vm_quit_failed", vps_id=vps.id, error=exc.log_detail or exc.detail)
         if not await self._managed().wait_exit(vps.id, self._timeouts.qmp):
             await self._managed().kill(vps.id)
 
@@ -437,10 +636,54 @@ class QemuDriver:
         return True
 
 
-async def _resume(monitor: Monitor) -> None:
-    # Starting a running VM changes nothing; a paused one continues.
-    if await live.run_state(monitor) is PowerState.PAUSED:
+async def _resume(vps: Vps, monitor: Monitor) -> None:
+    """``start`` of a VM whose process runs: continue it only where that is safe."""
+    status = await live.status(monitor)
+    if status.run_state == "running":
+        return  # starting a running VM changes nothing
+    if status.ram_invalid or not status.state.resumable:
+        why = (
+            "its RAM is only partly restored after a failed restore"
+            if status.ram_invalid or status.run_state == "restore-vm"
+            else f"it is in the hypervisor state {status.run_state!r}, which cannot be resumed"
+        )
+        raise VpsNotReady(
+            f"VPS {vps.name} cannot be resumed: {why}. Reset it, or restart it with force, to "
+            "boot it from its disks."
+        )
+    if status.run_state == "suspended":
+        # The guest suspended itself to RAM; QEMU ignores `cont` there, a wake-up resumes it.
+        await monitor.execute("system_wakeup")
+    else:
         await monitor.execute("cont")
+
+
+async def _reset(monitor: Monitor) -> None:
+    """A hard reset: the guest boots again from its disks, so half-loaded RAM no longer
+    matters (a stopped VM goes to ``prelaunch``, which ``start`` continues). Waits for QEMU to
+    have carried it out, so what follows sees the reset VM."""
+    await monitor.execute_until("system_reset", "RESET", timeout=monitor.timeout)
+    await live.clear_ram_invalid(monitor)
+
+
+def _refuse_uncovered(vps: Vps, devices: list[live.BlockDevice], verb: str) -> None:
+    uncovered = live.uncovered_writable(devices, vps.disks)
+    if uncovered:
+        raise MemorySnapshotUnsupported(
+            f"VPS {vps.name} has writable devices that are not among its snapshottable disks "
+            f"({', '.join(uncovered)}): RAM state saved or loaded without them would not match "
+            f"their data, so vpsnap does not {verb} with RAM state. Nothing was changed. A "
+            "disk-only snapshot or restore (of the VPS's disks only) is possible.",
+            extensions={"devices": list(uncovered)},
+            log_detail="uncovered writable devices: "
+            + ", ".join(
+                f"{d.guest_id}={d.file} ({d.format})" for d in devices if d.guest_id in uncovered
+            ),
+        )
+
+
+def _config_json(config: VmConfig) -> dict[str, object]:
+    return {"memoryMib": config.memory_bytes // (1024 * 1024), "machineType": config.machine_type}
 
 
 def _ignored_shutdown(vps: Vps, limit: float) -> str:
@@ -455,10 +698,10 @@ def _refuse_id_lookalike(vps: Vps, infos: list[ImageInfo], name: str) -> None:
     # equal to another snapshot's id would load the wrong disk state under the right RAM.
     for disk, info in zip(vps.disks, infos, strict=True):
         if any(s.id == name and s.name != name for s in info.snapshots):
-            raise HypervisorError(
-                f"snapshot {name!r} cannot be restored with its RAM state: on disk {disk} another "
-                f"snapshot has the id {name}, and QEMU would load that one. Stop the VM and "
-                "restore the disks only."
+            raise SnapshotAmbiguous(
+                f"Snapshot {name!r} cannot be restored with its RAM state: on "
+                f"{disk_label(vps, disk)} another snapshot has the id {name}, and the hypervisor "
+                "would load that one. Stop the VM and restore the disks only."
             )
 
 

@@ -2,6 +2,9 @@
 
 Used by the QEMU driver for qcow2 internal snapshots, and by demo setup, tests and benchmarks
 to create images and write or verify data patterns.
+
+Errors say what failed on which disk in the customer's words (``label``, e.g. "disk 2 of
+web-1"); the image path, the command and the tool's output go to ``log_detail`` only.
 """
 
 from __future__ import annotations
@@ -18,7 +21,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from vpsnap.domain.errors import HypervisorError, VpsNotReady
+from vpsnap.domain.errors import (
+    DiskUnusable,
+    DomainError,
+    HypervisorError,
+    SnapshotAmbiguous,
+    SnapshotNotFound,
+    VpsNotReady,
+)
 from vpsnap.drivers import qcow2
 
 StrPath = str | os.PathLike[str]
@@ -29,6 +39,17 @@ _LOCK_MARKERS = ('Failed to get "write" lock', 'Failed to get shared "write" loc
 _LOCK_HINT = "Is another process using the image"
 _PATTERN_MISMATCH = "Pattern verification failed"
 _MAX_DETAIL_CHARS = 2000
+# Conditions of the image itself that no retry changes (QEMU's block layer messages).
+_NOT_QCOW2 = "Image is not in qcow2 format"
+_UNUSABLE_MARKERS = (
+    "Permission denied",
+    "requires '",  # "'file' driver requires 'x' to be a regular file"
+    "is marked corrupt",
+    "Image is corrupt",
+    "No such file or directory",
+)
+DEFAULT_LABEL = "the disk image"
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Loaded here, in the parent: the child between fork and exec must not dlopen anything.
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -97,11 +118,13 @@ class QemuImg:
 
     async def version(self) -> str:
         """The first line of ``qemu-img --version``."""
-        result = await self._run_checked(self.binary, ["--version"], path=None)
+        result = await self._run_checked(
+            self.binary, ["--version"], path=None, action="identify the tool for"
+        )
         return result.stdout.strip().splitlines()[0] if result.stdout.strip() else ""
 
-    async def info(self, path: StrPath) -> ImageInfo:
-        """Format, sizes and snapshots of an image.
+    async def info(self, path: StrPath, *, label: str = DEFAULT_LABEL) -> ImageInfo:
+        """Format, sizes and snapshots of an image (``label`` names it in errors).
 
         A plain qcow2 image is read directly (``vpsnap.drivers.qcow2``: microseconds instead of
         a ~10 ms process); anything else is asked of ``qemu-img info``.
@@ -109,7 +132,7 @@ class QemuImg:
         try:
             image = await asyncio.to_thread(qcow2.read_image, path)
         except qcow2.Qcow2Unreadable:
-            return await self.tool_info(path)
+            return await self.tool_info(path, label=label)
         return ImageInfo(
             format="qcow2",
             virtual_size=image.virtual_size,
@@ -120,13 +143,17 @@ class QemuImg:
             ),
         )
 
-    async def tool_info(self, path: StrPath) -> ImageInfo:
+    async def tool_info(self, path: StrPath, *, label: str = DEFAULT_LABEL) -> ImageInfo:
         """``qemu-img info``, the authority on every image format."""
         # -U (force-share) lets this read the header while a VM holds the write lock.
         result = await self._run_checked(
-            self.binary, ["info", "--output=json", "-U", _positional(path)], path=path
+            self.binary,
+            ["info", "--output=json", "-U", _positional(path)],
+            path=path,
+            label=label,
+            action="read",
         )
-        return _parse_info(result.stdout, path)
+        return _parse_info(result.stdout, path, label)
 
     async def detect_format(self, path: StrPath) -> str:
         return (await self.info(path)).format
@@ -138,16 +165,19 @@ class QemuImg:
             self.binary,
             ["create", "-q", "-f", "qcow2", _positional(path), str(virtual_size_bytes)],
             path=None,
+            action="create an image for",
         )
 
-    async def create_snapshot(self, path: StrPath, name: str) -> None:
+    async def create_snapshot(
+        self, path: StrPath, name: str, *, label: str = DEFAULT_LABEL
+    ) -> None:
         """Create an internal snapshot.
 
         qcow2 accepts a second snapshot with an existing name; callers check first.
         """
-        await self._snapshot_command("-c", name, path)
+        await self._snapshot_command("-c", name, path, label, f"take snapshot {name} of")
 
-    async def apply_snapshot(self, path: StrPath, name: str) -> None:
+    async def apply_snapshot(self, path: StrPath, name: str, *, label: str = DEFAULT_LABEL) -> None:
         """Revert the image to the one snapshot called ``name``.
 
         ``qemu-img snapshot -a X`` looks X up as an *id* first and only then as a name (qcow2's
@@ -155,10 +185,12 @@ class QemuImg:
         another one is named "1". The name is therefore resolved to its id here and the id is
         passed: ids are unique per image, and an id match always wins.
         """
-        target = _only_snapshot(await self.info(path), name, path)
-        await self._snapshot_command("-a", target.id, path)
+        target = _only_snapshot(await self.info(path, label=label), name, label)
+        await self._snapshot_command("-a", target.id, path, label, f"roll back to snapshot {name}")
 
-    async def delete_snapshot(self, path: StrPath, name: str) -> None:
+    async def delete_snapshot(
+        self, path: StrPath, name: str, *, label: str = DEFAULT_LABEL
+    ) -> None:
         """Delete the snapshot called ``name``.
 
         Unlike apply, ``qemu-img snapshot -d`` matches by name only (checked against QEMU 7.2:
@@ -166,8 +198,8 @@ class QemuImg:
         is unambiguous as long as it is unique on the image, which is checked here because with
         duplicates qemu-img silently deletes just the first one.
         """
-        _only_snapshot(await self.info(path), name, path)
-        await self._snapshot_command("-d", name, path)
+        _only_snapshot(await self.info(path, label=label), name, label)
+        await self._snapshot_command("-d", name, path, label, f"delete snapshot {name} from")
 
     # -- qemu-io ---------------------------------------------------------------------------
 
@@ -192,12 +224,14 @@ class QemuImg:
                 _positional(path),
             ],
             path=path,
+            action="write data to",
         )
         # Older qemu-io exited 0 even when the command failed, so trust only its report line.
         if f"wrote {length}/{length} bytes" not in result.stdout:
             raise HypervisorError(
-                f"qemu-io did not confirm the write to {os.fspath(path)}: "
-                f"{_trim(result.stderr or result.stdout)}"
+                "The write to the disk image was not confirmed.",
+                log_detail=f"qemu-io did not confirm the write to {os.fspath(path)}: "
+                f"{_trim(result.stderr or result.stdout)}",
             )
 
     async def read_matches(
@@ -228,30 +262,59 @@ class QemuImg:
         if _PATTERN_MISMATCH in result.stdout or _PATTERN_MISMATCH in result.stderr:
             return False
         if result.returncode != 0:
-            await _raise_for_failure(self.qemu_io, result, path)
+            await _raise_for_failure(
+                self.qemu_io,
+                ["read"],
+                result,
+                path=path,
+                label=DEFAULT_LABEL,
+                action="read data from",
+            )
         if f"read {length}/{length} bytes" not in result.stdout:
             raise HypervisorError(
-                f"qemu-io did not confirm the read of {os.fspath(path)}: "
-                f"{_trim(result.stderr or result.stdout)}"
+                "The read of the disk image was not confirmed.",
+                log_detail=f"qemu-io did not confirm the read of {os.fspath(path)}: "
+                f"{_trim(result.stderr or result.stdout)}",
             )
         return True
 
     # -- plumbing --------------------------------------------------------------------------
 
-    async def _snapshot_command(self, flag: str, argument: str, path: StrPath) -> None:
+    async def _snapshot_command(
+        self, flag: str, argument: str, path: StrPath, label: str, action: str
+    ) -> None:
         await self._run_checked(
             self.binary,
             ["snapshot", "-q", "--image-opts", flag, argument, _qcow2_image_opts(path)],
             path=path,
+            label=label,
+            action=action,
         )
 
-    async def _run_checked(self, program: str, args: list[str], *, path: StrPath | None) -> _Result:
-        result = await self._run(program, args)
+    async def _run_checked(
+        self,
+        program: str,
+        args: list[str],
+        *,
+        path: StrPath | None,
+        action: str,
+        label: str = DEFAULT_LABEL,
+    ) -> _Result:
+        """Run ``program``; a failure raises a domain error saying it could not ``action``
+        ``label`` (e.g. "take snapshot x of" "disk 1 of web-1")."""
+        result = await self._run(program, args, label=label, action=action)
         if result.returncode != 0:
-            await _raise_for_failure(program, result, path)
+            await _raise_for_failure(program, args, result, path=path, label=label, action=action)
         return result
 
-    async def _run(self, program: str, args: list[str]) -> _Result:
+    async def _run(
+        self,
+        program: str,
+        args: list[str],
+        *,
+        label: str = DEFAULT_LABEL,
+        action: str = "use",
+    ) -> _Result:
         try:
             process = await asyncio.create_subprocess_exec(
                 program,
@@ -265,10 +328,14 @@ class QemuImg:
                 preexec_fn=functools.partial(_die_with, os.getpid()),
             )
         except FileNotFoundError as exc:
-            raise HypervisorError(f"{_tool_name(program)} not found at {program}") from exc
+            raise HypervisorError(
+                "The hypervisor's disk tool is not installed on this host.",
+                log_detail=f"{_tool_name(program)} not found at {program}",
+            ) from exc
         except PermissionError as exc:
             raise HypervisorError(
-                f"{_tool_name(program)} at {program} is not executable: {exc}"
+                "The hypervisor's disk tool cannot be run on this host.",
+                log_detail=f"{_tool_name(program)} at {program} is not executable: {exc}",
             ) from exc
 
         try:
@@ -277,8 +344,10 @@ class QemuImg:
         except TimeoutError:
             await _kill(process)
             raise HypervisorError(
-                f"{_tool_name(program)} timed out after {self.timeout:g}s and was killed "
-                f"(arguments: {' '.join(args)})"
+                f"The hypervisor did not {action} {label} within {self.timeout:g}s; the "
+                "attempt was stopped.",
+                log_detail=f"{_tool_name(program)} timed out after {self.timeout:g}s and was "
+                f"killed (arguments: {' '.join(args)})",
             ) from None
         except BaseException:
             # Cancelled: do not leave a qemu-img running on its own against the image.
@@ -299,19 +368,52 @@ async def _kill(process: asyncio.subprocess.Process) -> None:
     await process.wait()
 
 
-async def _raise_for_failure(program: str, result: _Result, path: StrPath | None) -> None:
+async def _raise_for_failure(
+    program: str,
+    args: list[str],
+    result: _Result,
+    *,
+    path: StrPath | None,
+    label: str,
+    action: str,
+) -> None:
     output = result.stderr.strip() or result.stdout.strip()
-    if any(marker in output for marker in _LOCK_MARKERS) or _LOCK_HINT in output:
-        where = f"Disk {os.fspath(path)}" if path is not None else "The disk"
-        raise VpsNotReady(
-            f"{where} is in use by another process (most likely the running VM). "
-            "Stop the VM before snapshotting or restoring it."
-        )
-    if path is not None and not await asyncio.to_thread(Path(path).exists):
-        raise HypervisorError(f"Disk image {os.fspath(path)} does not exist")
-    raise HypervisorError(
-        f"{_tool_name(program)} failed (exit {result.returncode}): {_trim(output) or 'no output'}"
+    log_detail = (
+        f"{_tool_name(program)} {' '.join(args)} failed (exit {result.returncode}): "
+        f"{_trim(output) or 'no output'}"
     )
+    error: DomainError
+    if any(marker in output for marker in _LOCK_MARKERS) or _LOCK_HINT in output:
+        error = VpsNotReady(
+            f"{_capitalised(label)} is in use by another process (most likely the running VM). "
+            "Stop the VM before snapshotting or restoring it.",
+            log_detail=log_detail,
+        )
+    elif path is not None and not await asyncio.to_thread(Path(path).exists):
+        error = DiskUnusable(
+            f"{_capitalised(label)} is missing on the host: its image file does not exist.",
+            log_detail=log_detail,
+        )
+    elif _NOT_QCOW2 in output:
+        error = DiskUnusable(
+            f"{_capitalised(label)} is not a qcow2 image; internal snapshots need qcow2.",
+            log_detail=log_detail,
+        )
+    elif any(marker in output for marker in _UNUSABLE_MARKERS):
+        error = DiskUnusable(
+            f"{_capitalised(label)} cannot be opened by the hypervisor (unreadable or damaged "
+            "image); the provider must check it.",
+            log_detail=log_detail,
+        )
+    else:
+        error = HypervisorError(
+            f"The hypervisor could not {action} {label}.", log_detail=log_detail
+        )
+    raise error
+
+
+def _capitalised(label: str) -> str:
+    return label[:1].upper() + label[1:]
 
 
 def _tool_name(program: str) -> str:
@@ -344,26 +446,27 @@ def _check_range(offset: int, length: int, pattern_byte: int) -> None:
         raise ValueError("pattern_byte must be 0..255")
 
 
-def _only_snapshot(info: ImageInfo, name: str, path: StrPath) -> DiskSnapshotInfo:
+def _only_snapshot(info: ImageInfo, name: str, label: str) -> DiskSnapshotInfo:
     matches = info.snapshots_named(name)
     if not matches:
-        raise HypervisorError(f"Disk {os.fspath(path)} has no snapshot named {name!r}")
+        raise SnapshotNotFound(f"Snapshot {name} does not exist on {label}.")
     if len(matches) > 1:
         ids = ", ".join(s.id for s in matches)
-        raise HypervisorError(
-            f"Disk {os.fspath(path)} has {len(matches)} snapshots named {name!r} (ids {ids}); "
-            "vpsnap will not guess which one is meant. Rename or delete the extra ones with "
-            "qemu-img."
+        raise SnapshotAmbiguous(
+            f"{_capitalised(label)} has {len(matches)} snapshots named {name!r}; vpsnap will "
+            "not guess which one is meant. The provider must rename or delete the extra ones.",
+            log_detail=f"{label}: snapshots named {name!r} have the ids {ids}",
         )
     return matches[0]
 
 
-def _parse_info(stdout: str, path: StrPath) -> ImageInfo:
+def _parse_info(stdout: str, path: StrPath, label: str) -> ImageInfo:
     try:
         return _image_info_from_json(json.loads(stdout))
     except (ValueError, TypeError, KeyError) as exc:
         raise HypervisorError(
-            f"Could not understand qemu-img info output for {os.fspath(path)}: {exc}"
+            f"The hypervisor's description of {label} could not be read.",
+            log_detail=f"Could not understand qemu-img info output for {os.fspath(path)}: {exc}",
         ) from exc
 
 

@@ -250,8 +250,13 @@ class Worker:
         else:
             JOB_FAILURES.labels(job.type.value, error.code).inc()
             # A warning: an operator's log shipping alerts on these, with the code to act on.
+            # log_detail: the operator's account (paths, tool output) the problem never shows.
             bound.warning(
-                "job_failed", duration_ms=elapsed_ms, code=error.code, detail=error.detail
+                "job_failed",
+                duration_ms=elapsed_ms,
+                code=error.code,
+                detail=error.detail,
+                log_detail=error.log_detail,
             )
 
     async def _hand_back(self, job: Job) -> None:

@@ -24,7 +24,6 @@ from vpsnap.domain.auth import Principal
 from vpsnap.domain.capacity import (
     SNAPSHOT_SLOTS_KEY,
     BillingGateway,
-    BillingUnavailable,
     CapacityConfig,
     Plan,
     PriceChange,
@@ -37,6 +36,7 @@ from vpsnap.domain.capacity import (
 )
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import (
+    BillingUnavailable,
     Conflict,
     DomainError,
     FieldError,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.services.accounts import AccountService
@@ -12,15 +13,20 @@ from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
 from vpsnap.services.inventory import InventoryService
 from vpsnap.services.jobs import JobService
+from vpsnap.services.nodes import NodeDirectory
+from vpsnap.services.panel import PanelService
 from vpsnap.services.power import PowerService
+from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
+from vpsnap.services.users import UserService
 from vpsnap.services.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
 class Services:
     store: Store
-    driver: HypervisorDriver
+    driver: HypervisorDriver | None
+    """None in processes that never talk to a hypervisor (``vpsnap api``, ``scheduler``)."""
     accounts: AccountService
     credentials: CredentialService
     inventory: InventoryService
@@ -29,8 +35,15 @@ class Services:
     capacity: CapacityService
     idempotency: IdempotencyService
     power: PowerService
+    # dashboard (issue 11)
+    users: UserService
+    sessions: SessionService
+    panel: PanelService
+    nodes: NodeDirectory
     audit: AuditService
     webhooks: WebhookService
+    extra_checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
+    """More readiness checks of this process (e.g. ``rate_limits`` when they live in Redis)."""
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""
@@ -40,9 +53,16 @@ class Services:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"unavailable: {type(exc).__name__}"
-        try:
-            await self.driver.probe()
-            checks["hypervisor"] = "ok"
-        except Exception as exc:
-            checks["hypervisor"] = f"unavailable: {exc}"
+        if self.driver is not None:
+            try:
+                await self.driver.probe()
+                checks["hypervisor"] = "ok"
+            except Exception as exc:
+                checks["hypervisor"] = f"unavailable: {exc}"
+        for name, probe in self.extra_checks.items():
+            try:
+                await probe()
+                checks[name] = "ok"
+            except Exception as exc:
+                checks[name] = f"unavailable: {type(exc).__name__}"
         return checks

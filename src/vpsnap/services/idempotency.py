@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import (
@@ -82,6 +83,21 @@ def parse_key(values: Sequence[str]) -> str | None:
             "invalid_format",
         )
     return key
+
+
+# Visible ASCII stays as it is; anything else (controls, NUL, spaces, non-ASCII) is
+# percent-encoded, as it was on the wire.
+_VISIBLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def readable_target(target: str) -> str:
+    """``target`` as stored and shown (``first: POST /api/…``): visible ASCII only.
+
+    The path arrives percent-decoded and may hold anything a client sent, NUL included,
+    which PostgreSQL refuses to store; the record keeps it re-encoded instead. (The column is
+    informational: the fingerprint, over the target as received, decides.)
+    """
+    return quote(target, safe=_VISIBLE_ASCII)
 
 
 def _invalid(detail: str, code: str) -> InvalidRequest:
@@ -197,7 +213,7 @@ class IdempotencyService:
                     owner=request.owner,
                     key=request.key,
                     method=request.method,
-                    path=request.target[:_PATH_COLUMN_LENGTH],
+                    path=readable_target(request.target)[:_PATH_COLUMN_LENGTH],
                     fingerprint=request.fingerprint,
                     state=IdempotencyState.IN_FLIGHT,
                     response_status=None,

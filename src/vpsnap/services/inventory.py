@@ -1,15 +1,16 @@
-"""Use cases on the VPS inventory: list (paginated, filtered) and show, with live power state."""
+"""Use cases on the VPS inventory: list (paginated, filtered) and show, with the power state
+the VPS's node last published (never a hypervisor call: a read must not wait on a host)."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 
 from vpsnap.domain.auth import Principal
-from vpsnap.domain.errors import DomainError, FieldError, InvalidRequest
+from vpsnap.domain.errors import FieldError, InvalidRequest
 from vpsnap.domain.model import PowerState, Vps
-from vpsnap.domain.ports import HypervisorDriver, Store, VpsFilter
+from vpsnap.domain.ports import Store, VpsFilter
 from vpsnap.services.access import owned_vps
+from vpsnap.services.nodes import NodeDirectory, observed_power_state
 from vpsnap.services.pagination import decode_cursor, encode_cursor
 
 MAX_PAGE_SIZE = 100
@@ -34,15 +35,14 @@ class VpsPage:
 @dataclass(frozen=True, slots=True)
 class InventoryService:
     store: Store
-    driver: HypervisorDriver
+    nodes: NodeDirectory
 
-    async def _power_state(self, vps: Vps) -> PowerState:
-        # The listing must not fail because one hypervisor is unreachable: that VPS shows
-        # `unknown` and the rest are listed.
-        try:
-            return await self.driver.power_state(vps)
-        except DomainError:
-            return PowerState.UNKNOWN
+    async def power_state(self, vps: Vps) -> PowerState:
+        """The power state the VPS's node last published (``unknown`` when its node is
+        offline or nothing was observed yet); a read of the store, never of a hypervisor."""
+        async with self.store.transaction(read_only=True) as tx:
+            state = await self.nodes.state(tx, vps.node)
+        return observed_power_state(vps, state)
 
     async def list(
         self, principal: Principal, flt: VpsFilter, cursor: str | None, limit: int
@@ -55,15 +55,16 @@ class InventoryService:
         after = decode_cursor(cursor) if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)
-        page = rows[:limit]
-        states = await asyncio.gather(*(self._power_state(v) for v in page))
+            page = rows[:limit]
+            states = await self.nodes.states(tx, (v.node for v in page))
         next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
         return VpsPage(
-            items=[VpsView(v, s) for v, s in zip(page, states, strict=True)],
+            items=[VpsView(v, observed_power_state(v, states[v.node])) for v in page],
             next_cursor=next_cursor,
         )
 
     async def get(self, principal: Principal, vps_id: str) -> VpsView:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
-        return VpsView(vps, await self._power_state(vps))
+            state = await self.nodes.state(tx, vps.node)
+        return VpsView(vps, observed_power_state(vps, state))

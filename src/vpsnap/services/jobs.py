@@ -9,16 +9,19 @@ from typing import Any
 from vpsnap.domain.audit import Actor
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import JobNotFound, VpsQueueFull
-from vpsnap.domain.ids import new_id
+from vpsnap.domain.errors import FieldError, InvalidRequest, JobNotFound, VpsQueueFull
+from vpsnap.domain.ids import is_valid_id, new_id
 from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.rules import lane_for
 from vpsnap.events.context import current_origin
+from vpsnap.services.access import owned_vps
+from vpsnap.services.pagination import decode_cursor, encode_cursor
 
 # What a caller told "queue full" should wait before trying again (seconds): long enough for a
 # few quick jobs to run, short enough not to matter to a script.
 QUEUE_FULL_RETRY_SECONDS = 5
+MAX_PAGE_SIZE = 100
 
 
 async def enqueue(
@@ -67,9 +70,20 @@ async def enqueue(
         lane=lane_for(job_type, payload, snapshot),
         request_id=current_origin().request_id,
         created_by=created_by,
+        node=vps.node,
     )
     await tx.add_job(job, vps.node)
     return job
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    items: list[Job]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +91,42 @@ class JobService:
     store: Store
     events: JobEvents
 
-    async def get(self, principal: Principal, job_id: str) -> Job:
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        vps_id: str | None = None,
+        status: JobStatus | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> JobPage:
+        """The account's jobs, newest first (finished ones are kept for the retention period),
+        optionally of one VPS (``VpsNotFound`` when it is not the caller's) or one status."""
+        if not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidRequest(
+                f"limit must be between 1 and {MAX_PAGE_SIZE}.",
+                [FieldError("/query/limit", f"Between 1 and {MAX_PAGE_SIZE}.", "out_of_range")],
+            )
+        before = decode_cursor(cursor) if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
-            job = await tx.get_job(job_id)
+            if vps_id is not None:
+                await owned_vps(tx, principal, vps_id)
+            rows = await tx.list_jobs(
+                principal.account_id,
+                vps_id=vps_id,
+                status=status,
+                before_id=before,
+                limit=limit + 1,
+            )
+        page = rows[:limit]
+        next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
+        return JobPage(page, next_cursor)
+
+    async def get(self, principal: Principal, job_id: str) -> Job:
+        job = None
+        if is_valid_id("job", job_id):  # a malformed id cannot exist: the store is not asked
+            async with self.store.transaction(read_only=True) as tx:
+                job = await tx.get_job(job_id)
         if job is None or job.account_id != principal.account_id:
             raise JobNotFound(f"No job with id {job_id!r} in this account.")
         return job

@@ -18,6 +18,7 @@ from vpsnap.domain.rules import service_gate
 from vpsnap.events.audit import AuditTrail
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.nodes import NodeDirectory
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class PowerService:
     store: Store
     events: JobEvents
     clock: Clock
+    nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
 
@@ -55,6 +57,7 @@ class PowerService:
                 raise VpsNotReady(
                     f"{vps.name} has no VM to power: it is registered with disk images only."
                 )
+            await self.nodes.require_available(tx, vps)
             job = await enqueue(
                 tx,
                 self.clock,

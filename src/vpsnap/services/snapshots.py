@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
+
+import structlog
 
 from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
@@ -21,27 +24,35 @@ from vpsnap.domain.model import (
     Consistency,
     Job,
     JobType,
+    PowerState,
     Snapshot,
     SnapshotOrigin,
     SnapshotStatus,
+    VmFacts,
     Vps,
 )
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.rules import (
+    ALLOWED,
     Gate,
     SlotUsage,
     can_create,
     can_restore,
+    is_valid_snapshot_name,
     name_key,
     not_on_plan_reason,
     service_gate,
     slot_usage,
 )
 from vpsnap.domain.storage import SpaceGuard
+from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.events.audit import AuditTrail
 from vpsnap.services.access import owned_vps
 from vpsnap.services.jobs import enqueue
+from vpsnap.services.nodes import NodeDirectory
 from vpsnap.services.storage import check_space, published_stores, space_gate
+
+_log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,19 @@ class SnapshotListing:
     reason: str | None
     can_create: Gate
     can_restore: Gate
+    # issue 9 (kinds 2, 3, 5): what the running VM allows; additive to the contract's gates.
+    can_create_with_memory: Gate = ALLOWED
+    restore_gates: dict[str, Gate] = field(default_factory=dict)
+    """Per snapshot name: whether that snapshot can be restored now."""
+
+
+RESTORE_VM_CONFIG = "vmConfig"
+"""Restore job payload key: the restored snapshot's recorded VM configuration (``to_json``)."""
+
+
+def restore_payload(snapshot: Snapshot) -> dict[str, Any]:
+    """A restore job's payload: the VM configuration the snapshot's RAM state fits."""
+    return {RESTORE_VM_CONFIG: snapshot.vm_config.to_json() if snapshot.vm_config else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +93,7 @@ class SnapshotService:
     events: JobEvents
     clock: Clock
     retention: timedelta
+    nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
     space: SpaceGuard = field(default_factory=SpaceGuard)
@@ -82,21 +107,45 @@ class SnapshotService:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
+            node = await self.nodes.gate(tx, vps)
             stores = await published_stores(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
-        gate = can_create(vps, usage, principal)
-        if gate.allowed:
-            gate = space_gate(vps, stores, self.space, self.clock.now())
+        facts = self._vm_facts(vps)
+
+        def with_node(gate: Gate) -> Gate:
+            # The VPS's own reasons come first; an unreachable host is said when they allow.
+            return gate if not gate.allowed else node
+
+        create_gate = live_create_gate(can_create(vps, usage, principal), facts)
+        if create_gate.allowed:
+            # The free-space guard (docs/operations.md, "Disk space"), for a disk-only snapshot.
+            create_gate = space_gate(vps, stores, self.space, self.clock.now())
+        restore_gate_now = can_restore(vps, snapshots, principal)
+        base = restore_base(vps, principal)
         return SnapshotListing(
             vps=vps,
             snapshots=snapshots,
             usage=usage,
             available=available,
             reason=None if available else not_on_plan_reason(vps),
-            can_create=gate,
-            can_restore=can_restore(vps, snapshots, principal),
+            # The VPS's own reasons come first; an unreachable host is said when they allow.
+            can_create=create_gate if not create_gate.allowed else node,
+            can_restore=restore_gate_now if not restore_gate_now.allowed else node,
+            can_create_with_memory=memory_gate(
+                create_gate if not create_gate.allowed else node, facts
+            ),
+            restore_gates={s.name: restore_gate(s, base, facts) for s in snapshots},
         )
+
+    @staticmethod
+    def _vm_facts(vps: Vps) -> VmFacts | None:
+        """The running VM's facts as its node's agent last published them, or None (no VM, not
+        running, not observed yet). A read of the store, never of a hypervisor: a listing
+        never waits on a host (in scale-out the API cannot reach one at all)."""
+        if vps.machine is None or vps.power_state not in (PowerState.RUNNING, PowerState.PAUSED):
+            return None
+        return vps.vm_facts
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
         """Accept a snapshot (contract 6.2): checks, the ``creating`` row, the job and the
@@ -115,6 +164,7 @@ class SnapshotService:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshots = await tx.list_snapshots(vps.id)
             self._check_can_create(vps, snapshots, request.name)
+            await self.nodes.require_available(tx, vps)
             now = self.clock.now()
             await check_space(
                 tx, vps, self.space, now, include_memory_state=request.include_memory_state
@@ -198,6 +248,7 @@ class SnapshotService:
                 raise SnapshotBusy(
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; wait for that job."
                 )
+            await self.nodes.require_available(tx, vps)
             await tx.update_snapshot(dataclasses.replace(snapshot, status=SnapshotStatus.DELETING))
             job = await enqueue(
                 tx,
@@ -235,6 +286,7 @@ class SnapshotService:
                     f"Snapshot {snapshot.name!r} is {snapshot.status.value}; it cannot be "
                     "restored now."
                 )
+            await self.nodes.require_available(tx, vps)
             job = await enqueue(
                 tx,
                 self.clock,
@@ -244,6 +296,8 @@ class SnapshotService:
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
                 created_by=Actor.of(principal),
+                # issue 9, kind 3: the driver refuses a VM whose RAM size or machine type changed.
+                payload=restore_payload(snapshot),
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_RESTORE, vps, job)
         self.events.jobs_queued()
@@ -253,7 +307,8 @@ class SnapshotService:
     async def _existing(
         tx: Transaction, vps: Vps, name: str, *, failed_too: bool = False
     ) -> Snapshot:
-        snapshot = await tx.get_snapshot(vps.id, name)
+        # A name that breaks the name rule cannot exist: answered without asking the store.
+        snapshot = await tx.get_snapshot(vps.id, name) if is_valid_snapshot_name(name) else None
         if snapshot is None:
             raise SnapshotNotFound(f"{vps.name} has no snapshot named {name!r}.")
         if snapshot.status is SnapshotStatus.FAILED and not failed_too:

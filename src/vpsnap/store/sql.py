@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,7 +15,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from vpsnap.domain.audit import Actor
-from vpsnap.domain.errors import Conflict, IdempotencyKeyInUse, SnapshotNameTaken
+from vpsnap.domain.disks import DiskFile, DiskOwner
+from vpsnap.domain.errors import (
+    Conflict,
+    DiskAlreadyRegistered,
+    IdempotencyKeyInUse,
+    SnapshotNameTaken,
+)
 from vpsnap.domain.idempotency import IdempotencyRecord, IdempotencyState
 from vpsnap.domain.model import (
     Account,
@@ -27,17 +34,22 @@ from vpsnap.domain.model import (
     JobStatus,
     JobType,
     OperatingSystem,
+    PowerState,
     Resources,
     ServiceStatus,
     Snapshot,
     SnapshotOrigin,
     SnapshotStatus,
+    VmConfig,
+    VmFacts,
     Vps,
     WriteIntent,
 )
-from vpsnap.domain.ports import ClaimRequest, VpsFilter
+from vpsnap.domain.nodes import Node, NodeStats
+from vpsnap.domain.ports import ClaimRequest, StoredSession, StoredUser, VpsFilter
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
+from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
 from vpsnap.store.tables import (
@@ -45,9 +57,13 @@ from vpsnap.store.tables import (
     api_keys,
     idempotency_records,
     jobs,
+    nodes,
+    sessions,
     snapshot_schedules,
     snapshots,
+    users,
     vps,
+    vps_disks,
     write_intents,
 )
 
@@ -60,6 +76,18 @@ _bp = sa.bindparam
 _GET_VPS = sa.select(vps).where(vps.c.id == _bp("b_id"))
 _GET_VPS_LOCKED = _GET_VPS.with_for_update()
 _FIND_KEY = sa.select(api_keys).where(api_keys.c.secret_hash == _bp("b_hash"))
+_FIND_USER = sa.select(users).where(users.c.email == _bp("b_email"))
+# Every authenticated panel request runs this: one indexed join, built once.
+_FIND_SESSION = (
+    sa.select(
+        users,
+        sessions.c.id.label("session_id"),
+        sessions.c.created_at.label("session_created_at"),
+        sessions.c.last_seen_at,
+    )
+    .select_from(sessions.join(users, sessions.c.user_id == users.c.id))
+    .where(sessions.c.token_hash == _bp("b_hash"))
+)
 _LIST_SNAPSHOTS = (
     sa.select(snapshots)
     .where(snapshots.c.vps_id == _bp("b_vps"))
@@ -116,6 +144,7 @@ _NEXT_QUEUED = (
     .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
 )
+_NOTIFY = sa.select(sa.func.pg_notify(_bp("b_channel"), _bp("b_payload")))
 _RECORD_JOURNAL = (
     jobs.update()
     .where(
@@ -187,22 +216,53 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
-class SqlStore:
-    """Implements ``vpsnap.domain.ports.Store``."""
+class Channel(StrEnum):
+    """PostgreSQL NOTIFY channels (suffixes of ``SqlStore.channel_prefix``)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    JOBS = "jobs"
+    """Jobs became claimable; payload: the node, or ``*`` for any."""
+    JOB = "job"
+    """A job's status changed; payload: its id."""
+    KEYS = "keys"
+    """An API key was revoked; payload: its id."""
+
+
+class SqlStore:
+    """Implements ``vpsnap.domain.ports.Store``.
+
+    On PostgreSQL every change of a job's status, every job that becomes claimable and every
+    key revocation also sends a NOTIFY from inside its transaction (delivered at commit, never
+    for a rollback): other processes' long-polls, agents and key caches wake on it
+    (``vpsnap.jobs.signals.PgListener``). Channel names carry ``channel_prefix``, so separate
+    deployments (or test schemas) in one database do not wake each other.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, url: str | None = None, channel_prefix: str = "vpsnap"
+    ) -> None:
         self.engine = engine
+        self.url = url
+        self.channel_prefix = channel_prefix
         self._read_engine = engine.execution_options(**{_READ_ONLY: True})
+        self._notifies = engine.dialect.name == "postgresql"
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
-        return cls(create_engine(url, schema=schema))
+        prefix = f"vpsnap_{schema}" if schema else "vpsnap"
+        return cls(create_engine(url, schema=schema), url=url, channel_prefix=prefix)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self._notifies
+
+    def channel(self, channel: Channel) -> str:
+        return f"{self.channel_prefix}_{channel.value}"
 
     @asynccontextmanager
     async def transaction(self, *, read_only: bool = False) -> AsyncIterator[SqlTransaction]:
         """One transaction; ``read_only`` ones must not write (SQLite would then fail them)."""
         async with (self._read_engine if read_only else self.engine).begin() as conn:
-            yield SqlTransaction(conn)
+            yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -224,6 +284,19 @@ def _api_key(row: Row) -> ApiKey:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         revoked_at=row["revoked_at"],
+        last_used_at=row["last_used_at"],
+        name=row["name"],
+    )
+
+
+def _user(row: Row) -> User:
+    return User(
+        id=row["id"],
+        account_id=row["account_id"],
+        email=row["email"],
+        role=Role(row["role"]),
+        created_at=row["created_at"],
+        disabled_at=row["disabled_at"],
     )
 
 
@@ -246,6 +319,9 @@ def _vps(row: Row) -> Vps:
         current_snapshot=row["current_snapshot"],
         plan=row["plan"],
         machine=machine_from_json(row["machine"]),
+        power_state=PowerState(row["power_state"]) if row["power_state"] else None,
+        power_state_at=row["power_state_at"],
+        vm_facts=VmFacts.from_json(row["vm_facts"]),
     )
 
 
@@ -286,6 +362,8 @@ def _snapshot(row: Row) -> Snapshot:
         expires_at=row["expires_at"],
         disk_created_at=row["disk_created_at"],
         missing_since=row["missing_since"],
+        vm_config=VmConfig.from_json(row["vm_config"]),
+        consistency_reason=row["consistency_reason"],
     )
 
 
@@ -304,6 +382,8 @@ def _snapshot_values(item: Snapshot) -> dict[str, Any]:
         "expires_at": item.expires_at,
         "disk_created_at": item.disk_created_at,
         "missing_since": item.missing_since,
+        "vm_config": item.vm_config.to_json() if item.vm_config else None,
+        "consistency_reason": item.consistency_reason,
     }
 
 
@@ -329,6 +409,7 @@ def _job(row: Row) -> Job:
         journal=row["journal"] or {},
         request_id=row["request_id"],
         created_by=Actor.from_json(row["created_by"]) if row["created_by"] else None,
+        node=row["node"],
     )
 
 
@@ -357,6 +438,17 @@ def _job_values(item: Job) -> dict[str, Any]:
     }
 
 
+def _node(row: Row) -> Node:
+    return Node(
+        name=row["name"],
+        version=row["version"],
+        started_at=row["started_at"],
+        last_seen_at=row["last_seen_at"],
+        drained=row["drained"],
+        agent=row["agent"],
+    )
+
+
 def _write_intent(row: Row) -> WriteIntent:
     return WriteIntent(
         id=row["id"],
@@ -373,8 +465,17 @@ def _write_intent(row: Row) -> WriteIntent:
 class SqlTransaction(OperationsQueries):
     """Implements ``vpsnap.domain.ports.Transaction`` on one connection inside BEGIN/COMMIT."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, notify_prefix: str | None = None) -> None:
         self.conn = conn
+        self._notify_prefix = notify_prefix
+
+    async def _notify(self, channel: Channel, payload: str) -> None:
+        # Transactional: PostgreSQL delivers it at commit, and not at all on rollback.
+        if self._notify_prefix is not None:
+            await self.conn.execute(
+                _NOTIFY,
+                {"b_channel": f"{self._notify_prefix}_{channel.value}", "b_payload": payload},
+            )
 
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         result = await self.conn.execute(query, params)
@@ -414,6 +515,7 @@ class SqlTransaction(OperationsQueries):
                 created_at=key.created_at,
                 expires_at=key.expires_at,
                 revoked_at=key.revoked_at,
+                name=key.name,
             )
         )
 
@@ -427,15 +529,193 @@ class SqlTransaction(OperationsQueries):
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=at)
         )
+        if result.rowcount:
+            await self._notify(Channel.KEYS, key_id)
         return result.rowcount > 0
+
+    # dashboard users and sessions -------------------------------------------------------------
+
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._one(sa.select(accounts).where(accounts.c.id == account_id))
+        return _account(row) if row else None
+
+    async def get_api_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one(sa.select(api_keys).where(api_keys.c.id == key_id))
+        return _api_key(row) if row else None
+
+    async def add_user(self, user: User, password_hash: str) -> None:
+        try:
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    users.insert().values(
+                        id=user.id,
+                        account_id=user.account_id,
+                        email=user.email,
+                        password_hash=password_hash,
+                        role=user.role.value,
+                        created_at=user.created_at,
+                        disabled_at=user.disabled_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise Conflict(f"a user with the email {user.email!r} already exists") from exc
+
+    async def find_user_by_email(self, email: str) -> StoredUser | None:
+        row = await self._one(_FIND_USER, {"b_email": email})
+        return StoredUser(_user(row), row["password_hash"]) if row else None
+
+    async def list_users(self, account_id: str | None) -> list[User]:
+        query = sa.select(users).order_by(users.c.email)
+        if account_id is not None:
+            query = query.where(users.c.account_id == account_id)
+        return [_user(r) for r in await self._all(query)]
+
+    async def set_user_password(self, user_id: str, password_hash: str) -> None:
+        await self.conn.execute(
+            users.update().where(users.c.id == user_id).values(password_hash=password_hash)
+        )
+
+    async def disable_user(self, user_id: str, at: datetime) -> bool:
+        result = await self.conn.execute(
+            users.update()
+            .where(users.c.id == user_id, users.c.disabled_at.is_(None))
+            .values(disabled_at=at)
+        )
+        return result.rowcount > 0
+
+    async def add_session(self, session: Session, token_hash: str) -> None:
+        await self.conn.execute(
+            sessions.insert().values(
+                id=session.id,
+                user_id=session.user_id,
+                token_hash=token_hash,
+                created_at=session.created_at,
+                last_seen_at=session.last_seen_at,
+            )
+        )
+
+    async def find_session(self, token_hash: str) -> StoredSession | None:
+        row = await self._one(_FIND_SESSION, {"b_hash": token_hash})
+        if row is None:
+            return None
+        session = Session(
+            id=row["session_id"],
+            user_id=row["id"],
+            created_at=row["session_created_at"],
+            last_seen_at=row["last_seen_at"],
+        )
+        return StoredSession(session, _user(row))
+
+    async def touch_session(self, session_id: str, at: datetime) -> None:
+        await self.conn.execute(
+            sessions.update().where(sessions.c.id == session_id).values(last_seen_at=at)
+        )
+
+    async def delete_session(self, session_id: str) -> None:
+        await self.conn.execute(sessions.delete().where(sessions.c.id == session_id))
+
+    async def delete_user_sessions(self, user_id: str) -> int:
+        result = await self.conn.execute(sessions.delete().where(sessions.c.user_id == user_id))
+        return int(result.rowcount)
+
+    async def purge_sessions(self, seen_before: datetime, created_before: datetime) -> int:
+        result = await self.conn.execute(
+            sessions.delete().where(
+                sa.or_(
+                    sessions.c.last_seen_at < seen_before,
+                    sessions.c.created_at < created_before,
+                )
+            )
+        )
+        return int(result.rowcount)
+
+    async def list_api_keys(self, account_id: str | None) -> list[ApiKey]:
+        query = sa.select(api_keys).order_by(api_keys.c.created_at, api_keys.c.id)
+        if account_id is not None:
+            query = query.where(api_keys.c.account_id == account_id)
+        return [_api_key(r) for r in await self._all(query)]
+
+    async def record_key_use(self, key_id: str, at: datetime, *, not_since: datetime) -> None:
+        await self.conn.execute(
+            api_keys.update()
+            .where(
+                api_keys.c.id == key_id,
+                sa.or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < not_since),
+            )
+            .values(last_used_at=at)
+        )
 
     # inventory --------------------------------------------------------------------------------
 
-    async def add_vps(self, vps_item: Vps) -> None:
+    async def add_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
+        """Insert the VPS and index its disks (``vps_disks``); ``disk_files`` are the disks as
+        the service identified them, in ``vps.disks`` order (default: the paths as given).
+        Raises ``Conflict`` for a taken name, ``DiskAlreadyRegistered`` when the store already
+        holds one of the disk files (a caller that skipped the service's check, or a race)."""
         try:
             await self.conn.execute(vps.insert(), _vps_values(vps_item))
         except IntegrityError as exc:
             raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+        await self._index_disks(vps_item, disk_files)
+
+    async def _index_disks(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None) -> None:
+        files = (
+            list(disk_files) if disk_files is not None else [DiskFile(d) for d in vps_item.disks]
+        )
+        if len(files) != len(vps_item.disks):
+            raise ValueError("one DiskFile per disk of the VPS")
+        if not files:
+            return
+        try:
+            # A savepoint: a refused disk must not end the caller's transaction (PostgreSQL).
+            async with self.conn.begin_nested():
+                await self.conn.execute(
+                    vps_disks.insert(),
+                    [
+                        {
+                            "vps_id": vps_item.id,
+                            "position": position,
+                            "node": vps_item.node,
+                            "path": file.path,
+                            "path_key": file.path_key,
+                            "file_id": file.file_id,
+                        }
+                        for position, file in enumerate(files)
+                    ],
+                )
+        except IntegrityError as exc:
+            raise DiskAlreadyRegistered(
+                f"a disk of {vps_item.name!r} is already registered to a VPS "
+                f"({', '.join(vps_item.disks)})"
+            ) from exc
+
+    async def disk_owners(self, node: str, files: Sequence[DiskFile]) -> list[DiskOwner]:
+        """The registered disks of ``node`` that are one of ``files`` (same real path, or same
+        device and inode), with the VPS and account they belong to."""
+        if not files:
+            return []
+        keys = [f.path_key for f in files]
+        file_ids = [f.file_id for f in files if f.file_id is not None]
+        matches: sa.ColumnElement[bool] = vps_disks.c.path_key.in_(keys)
+        if file_ids:
+            matches = sa.or_(matches, vps_disks.c.file_id.in_(file_ids))
+        query = (
+            sa.select(
+                vps_disks.c.path,
+                vps_disks.c.file_id,
+                vps.c.id,
+                vps.c.name,
+                accounts.c.name.label("account_name"),
+            )
+            .join(vps, vps.c.id == vps_disks.c.vps_id)
+            .join(accounts, accounts.c.id == vps.c.account_id)
+            .where(vps_disks.c.node == node, matches)
+            .order_by(vps_disks.c.vps_id, vps_disks.c.position)
+        )
+        return [
+            DiskOwner(DiskFile(r["path"], r["file_id"]), r["id"], r["name"], r["account_name"])
+            for r in await self._all(query)
+        ]
 
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
         row = await self._one(_GET_VPS_LOCKED if lock else _GET_VPS, {"b_id": vps_id})
@@ -463,8 +743,147 @@ class SqlTransaction(OperationsQueries):
             query = query.where(vps.c.id > after_id)
         return [_vps(r) for r in await self._all(query)]
 
+    async def record_vm_facts(self, vps_id: str, facts: VmFacts | None) -> None:
+        await self.conn.execute(
+            vps.update()
+            .where(vps.c.id == vps_id)
+            .values(vm_facts=facts.to_json() if facts is not None else None)
+        )
+
+    async def record_power_state(self, vps_id: str, state: PowerState, at: datetime) -> bool:
+        result = await self.conn.execute(
+            vps.update()
+            .where(
+                vps.c.id == vps_id,
+                sa.or_(vps.c.power_state.is_(None), vps.c.power_state != state.value),
+                # A read that began before the stored observation was made is older news.
+                sa.or_(vps.c.power_state_at.is_(None), vps.c.power_state_at <= at),
+            )
+            .values(power_state=state.value, power_state_at=at)
+        )
+        return bool(result.rowcount)
+
+    # nodes ------------------------------------------------------------------------------------
+
+    async def heartbeat(self, node: Node) -> None:
+        values = {
+            "version": node.version,
+            "agent": node.agent,
+            "started_at": node.started_at,
+            "last_seen_at": node.last_seen_at,
+        }
+        updated = await self.conn.execute(
+            nodes.update().where(nodes.c.name == node.name).values(**values)
+        )
+        if not updated.rowcount:
+            await self.conn.execute(
+                nodes.insert().values(name=node.name, drained=node.drained, **values)
+            )
+
+    async def get_node(self, name: str) -> Node | None:
+        row = await self._one(sa.select(nodes).where(nodes.c.name == name))
+        return _node(row) if row else None
+
+    async def list_nodes(self) -> list[Node]:
+        return [_node(r) for r in await self._all(sa.select(nodes).order_by(nodes.c.name))]
+
+    async def set_node_drained(self, name: str, drained: bool) -> bool:
+        result = await self.conn.execute(
+            nodes.update().where(nodes.c.name == name).values(drained=drained)
+        )
+        return bool(result.rowcount)
+
+    async def node_stats(self) -> dict[str, NodeStats]:
+        counts = {
+            r["node"]: r["n"]
+            for r in await self._all(
+                sa.select(vps.c.node, sa.func.count().label("n")).group_by(vps.c.node)
+            )
+        }
+        waiting = {
+            r["node"]: (r["n"], r["oldest"])
+            for r in await self._all(
+                sa.select(
+                    jobs.c.node,
+                    sa.func.count().label("n"),
+                    sa.func.min(jobs.c.created_at).label("oldest"),
+                )
+                .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]))
+                .group_by(jobs.c.node)
+            )
+        }
+        names = set(counts) | set(waiting)
+        stats = {}
+        for name in names:
+            queued, oldest = waiting.get(name, (0, None))
+            if isinstance(oldest, str):  # SQLite returns min() of a timestamp as text
+                oldest = datetime.fromisoformat(oldest)
+            stats[name] = NodeStats(
+                vps_count=counts.get(name, 0),
+                queued_jobs=queued,
+                oldest_queued_at=oldest.replace(tzinfo=UTC) if oldest is not None else None,
+            )
+        return stats
+
+    async def unstarted_jobs(self, node: str, created_before: datetime, limit: int) -> list[Job]:
+        query = (
+            sa.select(jobs)
+            .where(
+                jobs.c.node == node,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]),
+                jobs.c.created_at < created_before,
+            )
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        return [_job(r) for r in await self._all(query)]
+
+    async def fail_unstarted_job(self, job: Job) -> bool:
+        result = await self.conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job.id,
+                jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PENDING.value]),
+            )
+            .values(
+                status=JobStatus.FAILED.value,
+                error=job.error,
+                finished_at=job.finished_at,
+            )
+        )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job.id)
+        return bool(result.rowcount)
+
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
         await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
+
+    async def update_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
+        """Write the operator-editable fields. ``disk_files`` (the disks as the service
+        identified them) re-index the VPS's disks, as a change of disks or node needs; the
+        store refuses a disk another VPS of the node holds (``DiskAlreadyRegistered``)."""
+        values = _vps_values(vps_item)
+        editable = ("name", "name_key", "node", "disks", "snapshot_slots", "primary_ip", "machine")
+        try:
+            await self.conn.execute(
+                vps.update().where(vps.c.id == vps_item.id).values({k: values[k] for k in editable})
+            )
+        except IntegrityError as exc:
+            raise Conflict(f"the account already has a VPS named {vps_item.name!r}") from exc
+        if disk_files is not None:
+            await self.conn.execute(vps_disks.delete().where(vps_disks.c.vps_id == vps_item.id))
+            await self._index_disks(vps_item, disk_files)
+
+    async def remove_vps(self, vps_id: str) -> None:
+        # Children first: every one of them references the VPS row.
+        await self.conn.execute(vps_disks.delete().where(vps_disks.c.vps_id == vps_id))
+        await self.conn.execute(write_intents.delete().where(write_intents.c.vps_id == vps_id))
+        await self.conn.execute(jobs.delete().where(jobs.c.vps_id == vps_id))
+        await self.conn.execute(snapshots.delete().where(snapshots.c.vps_id == vps_id))
+        await self.conn.execute(
+            snapshot_schedules.delete().where(snapshot_schedules.c.vps_id == vps_id)
+        )
+        await self.conn.execute(vps.delete().where(vps.c.id == vps_id))
 
     # snapshots --------------------------------------------------------------------------------
 
@@ -510,6 +929,8 @@ class SqlTransaction(OperationsQueries):
         includes_memory_state: bool,
         parent_name: str | None,
         disk_created_at: datetime | None = None,
+        vm_config: VmConfig | None = None,
+        consistency_reason: str | None = None,
     ) -> None:
         await self.conn.execute(
             _UPDATE_SNAPSHOT,
@@ -518,10 +939,12 @@ class SqlTransaction(OperationsQueries):
                 "b_key": name_key(name),
                 "status": SnapshotStatus.AVAILABLE.value,
                 "consistency": consistency.value,
+                "consistency_reason": consistency_reason,
                 "includes_memory_state": includes_memory_state,
                 "parent_name": parent_name,
                 "disk_created_at": disk_created_at,
                 "missing_since": None,
+                "vm_config": vm_config.to_json() if vm_config else None,
             },
         )
 
@@ -599,6 +1022,8 @@ class SqlTransaction(OperationsQueries):
 
     async def add_job(self, job: Job, node: str) -> None:
         await self.conn.execute(jobs.insert(), {"node": node, **_job_values(job)})
+        if job.status is JobStatus.QUEUED:
+            await self._notify(Channel.JOBS, node)
 
     async def get_job(self, job_id: str) -> Job | None:
         row = await self._one(_GET_JOB, {"b_id": job_id})
@@ -606,11 +1031,16 @@ class SqlTransaction(OperationsQueries):
 
     async def update_job(self, job: Job) -> None:
         await self.conn.execute(_UPDATE_JOB, {"b_id": job.id, **_job_values(job)})
+        await self._notify(Channel.JOB, job.id)
+        if job.status is JobStatus.QUEUED:
+            await self._notify(Channel.JOBS, job.node or "*")
 
     async def finish_job(self, job: Job, worker: str) -> bool:
         result = await self.conn.execute(
             _FINISH_JOB, {"b_id": job.id, "b_worker": worker, **_job_values(job)}
         )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job.id)
         return bool(result.rowcount)
 
     async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
@@ -624,6 +1054,29 @@ class SqlTransaction(OperationsQueries):
 
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
+
+    async def list_jobs(
+        self,
+        account_id: str,
+        *,
+        vps_id: str | None,
+        status: JobStatus | None,
+        before_id: str | None,
+        limit: int,
+    ) -> list[Job]:
+        query = (
+            sa.select(jobs)
+            .where(jobs.c.account_id == account_id)
+            .order_by(jobs.c.id.desc())
+            .limit(limit)
+        )
+        if vps_id is not None:
+            query = query.where(jobs.c.vps_id == vps_id)
+        if status is not None:
+            query = query.where(jobs.c.status == status.value)
+        if before_id is not None:
+            query = query.where(jobs.c.id < before_id)
+        return [_job(r) for r in await self._all(query)]
 
     async def next_pending_job(self, vps_id: str) -> Job | None:
         row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
@@ -693,6 +1146,9 @@ class SqlTransaction(OperationsQueries):
                 attempts=jobs.c.attempts - 1,
             )
         )
+        if result.rowcount:
+            await self._notify(Channel.JOB, job_id)
+            await self._notify(Channel.JOBS, "*")
         return bool(result.rowcount)
 
     async def requeue_orphaned(
@@ -710,6 +1166,9 @@ class SqlTransaction(OperationsQueries):
                 .where(jobs.c.id.in_(ids), jobs.c.status == JobStatus.IN_PROGRESS.value)
                 .values(status=JobStatus.QUEUED.value, lease_owner=None, lease_expires_at=None)
             )
+            for job_id in ids:
+                await self._notify(Channel.JOB, job_id)
+            await self._notify(Channel.JOBS, node or "*")
         return ids
 
     async def count_jobs(self, status: JobStatus) -> int:

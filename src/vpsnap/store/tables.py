@@ -69,6 +69,8 @@ api_keys = sa.Table(
     sa.Column("created_at", UtcDateTime(), nullable=False),
     sa.Column("expires_at", UtcDateTime(), nullable=True),
     sa.Column("revoked_at", UtcDateTime(), nullable=True),
+    sa.Column("last_used_at", UtcDateTime(), nullable=True),  # migration 0009
+    sa.Column("name", sa.String(100), nullable=True),  # migration 0009
 )
 
 vps = sa.Table(
@@ -91,9 +93,31 @@ vps = sa.Table(
     sa.Column("plan", sa.String(100), nullable=True),
     # How to reach the VM (store/machines.py); NULL: disk images only.
     sa.Column("machine", sa.JSON(), nullable=True),
+    # Published by the node's agent when it changes (domain/nodes.py); NULL: never observed.
+    sa.Column("power_state", sa.String(20), nullable=True),
+    sa.Column("power_state_at", UtcDateTime(), nullable=True),
+    # With the power state: what the running VM means for RAM state (domain VmFacts); 0013.
+    sa.Column("vm_facts", sa.JSON(), nullable=True),
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
+
+# One row per disk of a VPS, so that one disk file belongs to one VPS once (domain/disks.py):
+# unique per node by real path (hashed: a path can outgrow an index entry) and by
+# (device, inode). `vps.disks` keeps the order the driver uses; `add_vps` writes both.
+vps_disks = sa.Table(
+    "vps_disks",
+    metadata,
+    sa.Column("vps_id", sa.String(40), sa.ForeignKey("vps.id"), primary_key=True),
+    sa.Column("position", sa.Integer(), primary_key=True),
+    sa.Column("node", sa.String(100), nullable=False),
+    sa.Column("path", sa.Text(), nullable=False),
+    sa.Column("path_key", sa.String(64), nullable=False),
+    # "<st_dev>:<st_ino>"; NULL when the file could not be read where it was registered.
+    sa.Column("file_id", sa.String(64), nullable=True),
+    sa.UniqueConstraint("node", "path_key", name="uq_vps_disks_node_path_key"),
+    sa.UniqueConstraint("node", "file_id", name="uq_vps_disks_node_file_id"),
+)
 
 snapshots = sa.Table(
     "snapshots",
@@ -113,6 +137,11 @@ snapshots = sa.Table(
     # The qcow2 date of the snapshot as vpsnap made it: proof of ownership before deleting.
     sa.Column("disk_created_at", UtcDateTime(), nullable=True),
     sa.Column("missing_since", UtcDateTime(), nullable=True),
+    # RAM size and machine type the snapshot's RAM state fits (migration 0007); NULL: no RAM
+    # state, or taken before vpsnap recorded it.
+    sa.Column("vm_config", sa.JSON(), nullable=True),
+    # Why the consistency is not better (no agent answered, VM not running, ...); 0008.
+    sa.Column("consistency_reason", sa.String(300), nullable=True),
 )
 
 jobs = sa.Table(
@@ -144,6 +173,18 @@ jobs = sa.Table(
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
+sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
+
+nodes = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("agent", sa.String(200), nullable=True),
+    sa.Column("started_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+    sa.Column("drained", sa.Boolean(), nullable=False, server_default=sa.false()),
+)
 
 # Kept independently of jobs (which are purged): an open intent is the only proof that a
 # snapshot on disk without a row is vpsnap's own leftover.
@@ -298,3 +339,31 @@ vps_storage = sa.Table(
     sa.Column("allocated_bytes", sa.BigInteger(), nullable=False),
     sa.Column("observed_at", UtcDateTime(), nullable=False),
 )
+# -- dashboard users and sessions (issue 11, migration 0006) ------------------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    # Normalized (trimmed, lowercased): one user per address across all accounts, so signing
+    # in needs nothing but the address.
+    sa.Column("email", sa.String(254), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(200), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("disabled_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_users_account_id", users.c.account_id)
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False),
+    # SHA-256 of the cookie value: the database never holds a usable session token.
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_seen_at", UtcDateTime(), nullable=False),
+)
+sa.Index("ix_sessions_user_id", sessions.c.user_id)

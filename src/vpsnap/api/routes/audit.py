@@ -29,7 +29,7 @@ def _utc(moment: datetime | None) -> datetime | None:
     "",
     operation_id="listAuditEvents",
     response_model=AuditPageOut,
-    responses=problem_responses(400, 401, 403),
+    responses=problem_responses("invalid_request", "invalid_cursor", "forbidden"),
 )
 async def list_audit_events(
     principal: ReadAudit,

@@ -20,6 +20,7 @@ from vpsnap.api.capacity_schemas import (
 )
 from vpsnap.api.deps import ReadVm, ServicesDep, require
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import VpsIdPath
 from vpsnap.api.presenters import gate_out
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.capacity import SNAPSHOT_SLOTS_KEY, PriceChange, format_amount
@@ -36,8 +37,15 @@ def get_capacity(services: ServicesDep) -> CapacityService:
 CapacityDep = Annotated[CapacityService, Depends(get_capacity)]
 WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
 
-_READ_ERRORS = problem_responses(401, 403, 404, 429)
-_CONFIG_ERRORS = problem_responses(400, 401, 403, 404, 409, 429, 503)
+_READ_ERRORS = problem_responses("forbidden", "vps_not_found")
+_CONFIG_ERRORS = problem_responses(
+    "forbidden",
+    "vps_not_found",
+    "conflict",
+    "snapshot_slots_in_use",
+    "vps_not_ready",
+    "billing_unavailable",
+)
 
 
 def price_out(price: DomainPrice) -> PriceOut:
@@ -125,7 +133,7 @@ def configure_out(outcome: ConfigOutcome) -> ConfigureOut:
     responses=_READ_ERRORS,
 )
 async def get_upgrade_options(
-    vps_id: str, principal: ReadVm, capacity: CapacityDep
+    vps_id: VpsIdPath, principal: ReadVm, capacity: CapacityDep
 ) -> UpgradeOptionsOut:
     """The VPS's product, what can be bought (snapshot slots: range, step, unit price), and the
     operator's plans."""
@@ -139,7 +147,7 @@ async def get_upgrade_options(
     responses=_CONFIG_ERRORS,
 )
 async def configure_vps(
-    vps_id: str, body: ConfigureIn, principal: WriteVm, capacity: CapacityDep
+    vps_id: VpsIdPath, body: ConfigureIn, principal: WriteVm, capacity: CapacityDep
 ) -> ConfigureOut:
     """Preview (`dryRun: true`) or commit a new snapshot slot count. A commit is confirmed by
     the operator's billing webhook when one is configured, and applies at once."""

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Body, Depends, Response
 
 from vpsnap.api.deps import RateLimitsDep, ServicesDep, require
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import VpsIdPath
 from vpsnap.api.presenters import accepted
 from vpsnap.api.schemas import OperationOut, PowerActionIn, RestartIn
 from vpsnap.domain.auth import Principal, Scope
@@ -22,7 +23,9 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/actions", tags=["Power"])
 
 PowerVm = Annotated[Principal, Depends(require(Scope.POWER_VM))]
 
-_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
+_ERRORS = problem_responses(
+    "forbidden", "vps_not_found", "vps_not_ready", "node_unavailable", "vps_queue_full"
+)
 
 _SUMMARIES = {
     PowerAction.START: "Start the VM (nothing changes when it runs already).",
@@ -49,7 +52,7 @@ async def _queue(
 
 def _simple_action(action: PowerAction) -> Callable[..., Awaitable[OperationOut]]:
     async def endpoint(
-        vps_id: str,
+        vps_id: VpsIdPath,
         response: Response,
         principal: PowerVm,
         services: ServicesDep,
@@ -82,7 +85,7 @@ for _action in (PowerAction.START, PowerAction.SHUTDOWN, PowerAction.STOP, Power
     responses=_ERRORS,
 )
 async def restart_vps(
-    vps_id: str,
+    vps_id: VpsIdPath,
     response: Response,
     principal: PowerVm,
     services: ServicesDep,

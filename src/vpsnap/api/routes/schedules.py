@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 
 from vpsnap.api.deps import ReadVm, ServicesDep, require
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import VpsIdPath
 from vpsnap.api.presenters import gate_out
 from vpsnap.api.schedule_schemas import (
     ScheduleActionsOut,
@@ -23,7 +24,8 @@ router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshot-schedules", tags=["Sche
 
 WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
 
-_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
+_READ_ERRORS = problem_responses("forbidden", "vps_not_found")
+_PUT_ERRORS = problem_responses("forbidden", "vps_not_found", "snapshots_not_included")
 
 
 def get_schedule_service(services: ServicesDep) -> ScheduleService:
@@ -61,18 +63,26 @@ def schedule_state_out(view: ScheduleView) -> ScheduleStateOut:
 
 
 @router.get(
-    "", operation_id="getSnapshotSchedule", response_model=ScheduleStateOut, responses=_ERRORS
+    "",
+    operation_id="getSnapshotSchedule",
+    response_model=ScheduleStateOut,
+    responses=_READ_ERRORS,
 )
-async def get_schedule(vps_id: str, principal: ReadVm, schedules: SchedulesDep) -> ScheduleStateOut:
+async def get_schedule(
+    vps_id: VpsIdPath, principal: ReadVm, schedules: SchedulesDep
+) -> ScheduleStateOut:
     """The VPS's schedule (null when it has none), its slots, and whether it can be enabled."""
     return schedule_state_out(await schedules.get(principal, vps_id))
 
 
 @router.post(
-    "", operation_id="putSnapshotSchedule", response_model=ScheduleStateOut, responses=_ERRORS
+    "",
+    operation_id="putSnapshotSchedule",
+    response_model=ScheduleStateOut,
+    responses=_PUT_ERRORS,
 )
 async def put_schedule(
-    vps_id: str, body: ScheduleIn, principal: WriteVm, schedules: SchedulesDep
+    vps_id: VpsIdPath, body: ScheduleIn, principal: WriteVm, schedules: SchedulesDep
 ) -> ScheduleStateOut:
     """Create or replace the schedule. `409 snapshots_not_included` when enabling a VPS without
     snapshot slots; disabling is always allowed."""
@@ -87,9 +97,11 @@ async def put_schedule(
     operation_id="deleteSnapshotSchedule",
     status_code=204,
     response_class=Response,
-    responses=_ERRORS,
+    responses=_READ_ERRORS,
 )
-async def delete_schedule(vps_id: str, principal: WriteVm, schedules: SchedulesDep) -> Response:
+async def delete_schedule(
+    vps_id: VpsIdPath, principal: WriteVm, schedules: SchedulesDep
+) -> Response:
     """Remove the schedule (204 also when there was none). Its snapshots are kept and expire
     as usual; a run already queued still completes."""
     await schedules.delete(principal, vps_id)

@@ -8,8 +8,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from vpsnap import __version__
 from vpsnap.api.deps import ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import ErrorCodePath
+from vpsnap.api.schemas import VersionOut
 from vpsnap.domain.errors import NotFound
 from vpsnap.domain.problems import CATALOGUE
 from vpsnap.metrics import render
@@ -21,6 +24,12 @@ router = APIRouter(tags=["Service"])
 async def healthz() -> dict[str, str]:
     """The process is alive."""
     return {"status": "ok"}
+
+
+@router.get("/api/version", operation_id="getVersion", response_model=VersionOut)
+async def version() -> VersionOut:
+    """The server's version, for `vpsnap version` and support requests (no key needed)."""
+    return VersionOut(name="vpsnap", version=__version__, api_versions=["v2"])
 
 
 @router.get(
@@ -55,12 +64,20 @@ def _page(title: str, body: str) -> str:
     )
 
 
+_RETRY_ADVICE = {
+    True: "Retrying can help: the same request may succeed later without anyone acting "
+    "(the SDK retries it with backoff).",
+    False: "Retrying will not help: the same request gets the same answer until the request "
+    "or the state it depends on is changed.",
+}
+
+
 @router.get("/errors", operation_id="listErrorCodes", response_class=HTMLResponse)
 async def error_index() -> HTMLResponse:
     """Every problem code this API answers with."""
     items = "".join(
         f"<li><a href='/errors/{code}'><code>{code}</code></a> — {kind.status} "
-        f"{html.escape(kind.title)}</li>"
+        f"{html.escape(kind.title)}{' (retryable)' if kind.retryable else ''}</li>"
         for code, kind in sorted(CATALOGUE.items())
     )
     return HTMLResponse(_page("Error codes", f"<h1>Error codes</h1><ul>{items}</ul>"))
@@ -70,9 +87,9 @@ async def error_index() -> HTMLResponse:
     "/errors/{code}",
     operation_id="describeErrorCode",
     response_class=HTMLResponse,
-    responses=problem_responses(404),
+    responses=problem_responses("not_found"),
 )
-async def error_page(code: str) -> HTMLResponse:
+async def error_page(code: ErrorCodePath) -> HTMLResponse:
     """The human explanation behind a problem's `type` URL."""
     kind = CATALOGUE.get(code)
     if kind is None:
@@ -81,6 +98,7 @@ async def error_page(code: str) -> HTMLResponse:
         f"<h1>{html.escape(kind.title)}</h1>"
         f"<p>HTTP status <b>{kind.status}</b>, code <code>{html.escape(code)}</code>.</p>"
         f"<p>{html.escape(kind.explanation)}</p>"
+        f"<p>{_RETRY_ADVICE[kind.retryable]}</p>"
         "<p>Branch on the <code>code</code> member of the problem document, never on "
         "<code>detail</code>. Quote the <code>requestId</code> when asking for help.</p>"
         "<p><a href='/errors'>All error codes</a></p>"

@@ -6,17 +6,46 @@ from fastapi import APIRouter, Response
 
 from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import SnapshotNamePath, VpsIdPath
 from vpsnap.api.presenters import accepted, snapshot_list_out
 from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
 
 router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
 
-_ERRORS = problem_responses(400, 401, 403, 404, 409, 429)
+_LIST_ERRORS = problem_responses("forbidden", "vps_not_found")
+# Work queued for the VPS's node: refused while the node is unavailable, bounded per VPS.
+_QUEUED_WORK = ("node_unavailable", "vps_queue_full")
+_CREATE_ERRORS = problem_responses(
+    "forbidden",
+    "vps_not_found",
+    "snapshot_name_taken",
+    "snapshots_not_included",
+    "snapshot_limit_reached",
+    "vps_not_ready",
+    # The VPS's data store would run too low (docs/operations.md, "Disk space").
+    "insufficient_storage",
+    *_QUEUED_WORK,
+)
+_DELETE_ERRORS = problem_responses(
+    "forbidden", "vps_not_found", "snapshot_not_found", "snapshot_busy", *_QUEUED_WORK
+)
+_RESTORE_ERRORS = problem_responses(
+    "forbidden",
+    "vps_not_found",
+    "snapshot_not_found",
+    "snapshot_busy",
+    "vps_not_ready",
+    *_QUEUED_WORK,
+)
 
 
-@router.get("", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_ERRORS)
-async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) -> SnapshotListOut:
+@router.get(
+    "", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_LIST_ERRORS
+)
+async def list_snapshots(
+    vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep
+) -> SnapshotListOut:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
     return snapshot_list_out(await services.snapshots.listing(principal, vps_id))
 
@@ -26,11 +55,10 @@ async def list_snapshots(vps_id: str, principal: ReadVm, services: ServicesDep) 
     operation_id="createSnapshot",
     status_code=202,
     response_model=OperationOut,
-    # 507 insufficient_storage: the VPS's data store would run too low (docs/operations.md).
-    responses={**_ERRORS, **problem_responses(507)},
+    responses=_CREATE_ERRORS,
 )
 async def create_snapshot(
-    vps_id: str,
+    vps_id: VpsIdPath,
     body: CreateSnapshotIn,
     response: Response,
     principal: BackupVm,
@@ -57,11 +85,11 @@ async def create_snapshot(
     operation_id="deleteSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    responses=_DELETE_ERRORS,
 )
 async def delete_snapshot(
-    vps_id: str,
-    snapshot_id: str,
+    vps_id: VpsIdPath,
+    snapshot_id: SnapshotNamePath,
     response: Response,
     principal: BackupVm,
     services: ServicesDep,
@@ -78,11 +106,11 @@ async def delete_snapshot(
     operation_id="restoreSnapshot",
     status_code=202,
     response_model=OperationOut,
-    responses=_ERRORS,
+    responses=_RESTORE_ERRORS,
 )
 async def restore_snapshot(
-    vps_id: str,
-    snapshot_id: str,
+    vps_id: VpsIdPath,
+    snapshot_id: SnapshotNamePath,
     response: Response,
     principal: BackupVm,
     services: ServicesDep,

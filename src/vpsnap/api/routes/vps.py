@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 
 from vpsnap.api.deps import ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
+from vpsnap.api.params import CursorParam, IpFilter, NameFilter, VpsIdPath
 from vpsnap.api.presenters import vps_out
 from vpsnap.api.schemas import VpsOut, VpsPageOut
 from vpsnap.domain.ports import VpsFilter
@@ -19,15 +20,15 @@ router = APIRouter(prefix="/api/v2/vps", tags=["VPS"])
     "",
     operation_id="listVps",
     response_model=VpsPageOut,
-    responses=problem_responses(400, 401, 403),
+    responses=problem_responses("invalid_request", "invalid_cursor", "forbidden"),
 )
 async def list_vps(
     principal: ReadVm,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    name: Annotated[str | None, Query(max_length=100)] = None,
-    primary_ip: Annotated[str | None, Query(alias="primaryIp", max_length=64)] = None,
+    cursor: CursorParam = None,
+    name: NameFilter = None,
+    primary_ip: IpFilter = None,
 ) -> VpsPageOut:
     """The caller's VPSes, oldest first; follow `nextCursor` for the next page."""
     page = await services.inventory.list(
@@ -44,8 +45,8 @@ async def list_vps(
     "/{vps_id}",
     operation_id="getVps",
     response_model=VpsOut,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses("forbidden", "vps_not_found"),
 )
-async def get_vps(vps_id: str, principal: ReadVm, services: ServicesDep) -> VpsOut:
+async def get_vps(vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep) -> VpsOut:
     """One VPS, with its power state as the hypervisor reports it now."""
     return vps_out(await services.inventory.get(principal, vps_id))

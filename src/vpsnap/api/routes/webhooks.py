@@ -28,7 +28,7 @@ WriteVm = Annotated[Principal, Depends(require(Scope.WRITE_VM))]
     "",
     operation_id="listWebhooks",
     response_model=WebhookListOut,
-    responses=problem_responses(401, 403),
+    responses=problem_responses("forbidden"),
 )
 async def list_webhooks(principal: WriteVm, services: ServicesDep) -> WebhookListOut:
     """The account's webhook endpoints (secrets are never shown again)."""
@@ -40,7 +40,7 @@ async def list_webhooks(principal: WriteVm, services: ServicesDep) -> WebhookLis
     operation_id="createWebhook",
     status_code=201,
     response_model=CreatedWebhookOut,
-    responses=problem_responses(400, 401, 403, 409),
+    responses=problem_responses("invalid_request", "forbidden", "conflict"),
 )
 async def create_webhook(
     body: WebhookIn, principal: WriteVm, services: ServicesDep
@@ -56,7 +56,7 @@ async def create_webhook(
     "/{webhook_id}",
     operation_id="getWebhook",
     response_model=WebhookOut,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses("forbidden", "webhook_not_found"),
 )
 async def get_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep) -> WebhookOut:
     """One endpoint: its events, whether it is enabled, its last success and failure."""
@@ -68,7 +68,7 @@ async def get_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep
     operation_id="deleteWebhook",
     status_code=204,
     response_class=Response,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses("forbidden", "webhook_not_found"),
 )
 async def delete_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep) -> Response:
     """Remove the endpoint; undelivered events for it are dropped."""
@@ -81,7 +81,7 @@ async def delete_webhook(webhook_id: str, principal: WriteVm, services: Services
     operation_id="testWebhook",
     status_code=202,
     response_model=WebhookTestOut,
-    responses=problem_responses(401, 403, 404),
+    responses=problem_responses("forbidden", "webhook_not_found"),
 )
 async def test_webhook(
     webhook_id: str, principal: WriteVm, services: ServicesDep
@@ -96,7 +96,9 @@ async def test_webhook(
     "/{webhook_id}/deliveries",
     operation_id="listWebhookDeliveries",
     response_model=DeliveryPageOut,
-    responses=problem_responses(400, 401, 403, 404),
+    responses=problem_responses(
+        "invalid_request", "invalid_cursor", "forbidden", "webhook_not_found"
+    ),
 )
 async def list_deliveries(
     webhook_id: str,

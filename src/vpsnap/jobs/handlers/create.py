@@ -14,13 +14,26 @@ from typing import Any
 import structlog
 
 from vpsnap.domain.errors import DomainError, SnapshotLimitReached, SnapshotNameTaken
-from vpsnap.domain.model import Consistency, IntentState, Job, Vps
-from vpsnap.domain.ports import HypervisorDriver, RestorePoint, SnapshotRequest, Transaction
+from vpsnap.domain.model import Consistency, IntentState, Job, VmConfig, Vps
+from vpsnap.domain.ports import (
+    HypervisorDriver,
+    RestorePoint,
+    SnapshotRequest,
+    TakenSnapshot,
+    Transaction,
+)
 from vpsnap.domain.rules import slot_usage
 from vpsnap.jobs.handlers.ownership import clashing_point, find_point
 from vpsnap.jobs.journal import JobJournal
 
 log = structlog.get_logger("vpsnap.worker")
+
+_RERUN_REASON = (
+    "the job was re-run after its worker stopped, and a filesystem freeze leaves no trace on "
+    "the disks to prove it"
+)
+# What the guest agent did, reported with the job when a freeze was tried (docs/api.md).
+_QUIESCE_RESULT = ("freezeWindowMs", "guestThawed", "leftoverFreezeThawed")
 
 
 class CreateSnapshotHandler:
@@ -78,6 +91,9 @@ class CreateSnapshotHandler:
             "consistency": taken.consistency.value,
             "includesMemoryState": taken.includes_memory_state,
             "diskCreatedAt": _iso(made.created_at) if made is not None else None,
+            # What the RAM state fits, so a restore can refuse a changed VM up front (issue 9).
+            "vmConfig": taken.vm_config.to_json() if taken.vm_config else None,
+            **_quiesce_facts(taken),
         }
 
     async def succeed(
@@ -92,11 +108,15 @@ class CreateSnapshotHandler:
             includes_memory_state=bool(facts["includesMemoryState"]),
             parent_name=vps.current_snapshot,
             disk_created_at=datetime.fromisoformat(recorded) if recorded else None,
+            vm_config=VmConfig.from_json(facts.get("vmConfig")),
+            consistency_reason=facts.get("consistencyReason"),
         )
         await tx.set_current_snapshot(vps.id, name)
         # The row owns the snapshot now.
         await tx.close_write_intents(job.id, IntentState.DONE, now, name=name)
-        return {"name": name}
+        # What the guest agent did, when a freeze was tried, is reported with the job
+        # (docs/api.md, "Snapshots"); the reason is on the snapshot itself.
+        return {"name": name, **{k: facts[k] for k in _QUIESCE_RESULT if k in facts}}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         # The slot is given back at once. What the failed attempt may have left on disk is
@@ -133,8 +153,19 @@ def _facts_of_existing(point: RestorePoint) -> dict[str, Any]:
     return {
         "consistency": (Consistency.MEMORY if with_memory else Consistency.CRASH).value,
         "includesMemoryState": with_memory,
+        "consistencyReason": None if with_memory else _RERUN_REASON,
         "diskCreatedAt": _iso(point.created_at),
     }
+
+
+def _quiesce_facts(taken: TakenSnapshot) -> dict[str, Any]:
+    facts: dict[str, Any] = {"consistencyReason": taken.consistency_reason}
+    if taken.freeze_window_ms is not None:
+        facts["freezeWindowMs"] = taken.freeze_window_ms
+        facts["guestThawed"] = bool(taken.thaw_confirmed)
+    if taken.leftover_freeze_thawed:
+        facts["leftoverFreezeThawed"] = True
+    return facts
 
 
 def _iso(moment: datetime | None) -> str | None:

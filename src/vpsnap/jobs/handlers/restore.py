@@ -11,10 +11,20 @@ from datetime import datetime
 from typing import Any
 
 from vpsnap.domain.errors import SnapshotNotFound
-from vpsnap.domain.model import Job, PowerAction, PowerState, SnapshotStatus, Vps
+from vpsnap.domain.model import (
+    Job,
+    PowerAction,
+    PowerState,
+    SnapshotStatus,
+    VmConfig,
+    VmFacts,
+    Vps,
+)
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
 from vpsnap.jobs.journal import JobJournal
+from vpsnap.jobs.observer import VM_FACTS, observe_vm
+from vpsnap.services.snapshots import RESTORE_VM_CONFIG
 
 POWER_STATE_BEFORE = "powerStateBefore"
 
@@ -54,12 +64,23 @@ class RestoreSnapshotHandler:
                 "snapshot carries its name now); it can only be deleted."
             )
         # Applying a snapshot is idempotent: a re-run rolls back to the same point again.
-        outcome = await driver.restore_snapshot(vps, name)
+        outcome = await driver.restore_snapshot(
+            vps,
+            name,
+            # The VM configuration the snapshot's RAM state fits, recorded with it and put in
+            # the job when the restore was asked for (issue 9, kind 3).
+            recorded=VmConfig.from_json(job.payload.get(RESTORE_VM_CONFIG)),
+        )
         after = outcome.power_state_after
         if before is PowerState.RUNNING and after is PowerState.STOPPED:
             # An earlier attempt stopped the VM and died before starting it again.
             after = (await driver.change_power(vps, PowerAction.START)).power_state_after
-        return {"powerStateBefore": before.value, "powerStateAfter": after.value}
+        facts = await observe_vm(driver, vps, after)
+        return {
+            "powerStateBefore": before.value,
+            "powerStateAfter": after.value,
+            VM_FACTS: facts.to_json() if facts is not None else None,
+        }
 
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
@@ -68,7 +89,9 @@ class RestoreSnapshotHandler:
         await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
         # The restored snapshot becomes the parent of the next one.
         await tx.set_current_snapshot(vps.id, name)
-        return {"name": name, **facts}
+        await tx.record_power_state(vps.id, PowerState(facts["powerStateAfter"]), now)
+        await tx.record_vm_facts(vps.id, VmFacts.from_json(facts.get(VM_FACTS)))
+        return {"name": name, **{k: v for k, v in facts.items() if k != VM_FACTS}}
 
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)

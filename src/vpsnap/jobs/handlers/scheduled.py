@@ -87,7 +87,7 @@ class ScheduledSnapshotHandler:
                     "scheduled_rollback_failed",
                     job_id=job.id,
                     snapshot=name,
-                    detail=cleanup.detail,
+                    detail=cleanup.log_detail or cleanup.detail,
                 )
             # Closes the intent when nothing is left, else reconciliation removes the rest.
             await settle_failed_write(driver, vps, name, journal)
@@ -95,6 +95,7 @@ class ScheduledSnapshotHandler:
                 f"Could not delete {replaced!r} to make room: {exc.detail}",
                 code=exc.code,
                 extensions=exc.extensions,
+                log_detail=exc.log_detail,  # the operator's account travels with it
             ) from exc
         return facts
 

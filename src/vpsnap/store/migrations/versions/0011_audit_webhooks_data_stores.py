@@ -3,7 +3,7 @@ and delivery attempts, the data stores and per-VPS allocation published by each 
 and on every job who asked for it and in which request.
 
 Revision ID: 0011
-Revises: 0004
+Revises: 0013
 Create Date: 2026-12-02
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from vpsnap.store.tables import UtcDateTime
 
 revision = "0011"
-down_revision = "0004"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

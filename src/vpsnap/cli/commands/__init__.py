@@ -1,0 +1,1 @@
+"""One module per command group (see ``vpsnap.cli``); ``admin/`` holds the server's."""

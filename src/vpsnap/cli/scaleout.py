@@ -1,0 +1,79 @@
+"""The scale-out processes (docs/scale-out.md): ``vpsnap api``, ``vpsnap agent``,
+``vpsnap scheduler`` and ``vpsnap migrate``. The CLI commands parse options and call these.
+
+Each process stops cleanly on SIGTERM or SIGINT: the API stops accepting requests, the agent
+lets running jobs finish within the shutdown grace and hands the rest back, a scheduler releases
+its lock at once (a standby takes over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+import uvicorn
+
+from vpsnap.api.app import create_app
+from vpsnap.cli.processes import Server, stop_on_signals
+from vpsnap.logging import configure_logging
+from vpsnap.runtime import Role, Runtime
+from vpsnap.settings import Settings
+from vpsnap.store import migrate
+
+log = structlog.get_logger("vpsnap.process")
+
+
+def http_server(runtime: Runtime, settings: Settings) -> Server:
+    config = uvicorn.Config(
+        create_app(runtime.services, settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # the edge middleware logs every request as JSON
+        lifespan="off",
+        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies them
+        # itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
+        proxy_headers=False,
+    )
+    return Server(config)
+
+
+async def run_api(settings: Settings) -> None:
+    """``vpsnap api``: HTTP only, stateless; refuses to start unless the schema is current."""
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime.build(settings, role=Role.API)
+    server = http_server(runtime, settings)
+    stopping = asyncio.Event()
+    with stop_on_signals(stopping, server):
+        async with runtime.api_process():
+            log.info("api_started", host=settings.host, port=settings.port)
+            await server.serve()
+
+
+async def run_agent(settings: Settings) -> None:
+    """``vpsnap agent --node NAME``: its node's jobs, VMs, reconciliation and observations."""
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime.build(settings, role=Role.AGENT)
+    stopping = asyncio.Event()
+    with stop_on_signals(stopping):
+        await runtime.run_agent(stopping)
+
+
+async def run_scheduler(settings: Settings) -> None:
+    """``vpsnap scheduler``: active or standby, until stopped."""
+    configure_logging(settings.log_level, settings.log_format)
+    runtime = Runtime.build(settings, role=Role.SCHEDULER)
+    stopping = asyncio.Event()
+    with stop_on_signals(stopping):
+        await runtime.run_scheduler_process(stopping)
+
+
+async def run_migrate(settings: Settings) -> tuple[str | None, str]:
+    """``vpsnap migrate``: bring the database to this vpsnap's schema; returns (before, after)."""
+    runtime = Runtime.build(settings, role=Role.ADMIN)
+    try:
+        before = await migrate.current_revision(runtime.store.engine)
+        await migrate.upgrade(runtime.store.engine)
+        return before, migrate.head_revision()
+    finally:
+        await runtime.close()

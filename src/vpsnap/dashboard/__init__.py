@@ -1,0 +1,22 @@
+"""The customer's web panel (issue 11): server-rendered pages on the same services as the API
+(never HTTP calls to it), signed in with the ``hostup_session`` cookie."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from vpsnap.dashboard import auth, pages, settings_pages
+from vpsnap.dashboard.config import DashboardConfig
+from vpsnap.dashboard.web import HERE
+from vpsnap.settings import Settings
+
+STATIC_PATH = "/static/panel"
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add the panel's routes and assets to the app."""
+    app.state.dashboard = DashboardConfig.from_settings(settings)
+    for module in (auth, pages, settings_pages):
+        app.include_router(module.router)
+    app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="panel-static")

@@ -1,0 +1,158 @@
+"""Fast start: the client commands, ``--help`` and completion load nothing of the server.
+
+Each case runs the real entry point in a fresh interpreter and lists what it imported
+(``sys.modules`` at exit). Time itself is measured by ``bench/cli_startup.py``, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.live_server import LiveServer
+
+SERVER_PACKAGES = {
+    "sqlalchemy",
+    "alembic",
+    "fastapi",
+    "uvicorn",
+    "pydantic_settings",
+    "pydantic",
+    "starlette",
+    "structlog",
+    "aiosqlite",
+    "asyncpg",
+}
+SERVER_MODULES = (
+    "vpsnap.api",
+    "vpsnap.services",
+    "vpsnap.store",
+    "vpsnap.runtime",
+    "vpsnap.settings",
+    "vpsnap.drivers",
+    "vpsnap.jobs",
+    "vpsnap.domain",
+)
+
+PROBE = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+from vpsnap.cli.entry import main
+sys.argv[0] = "vpsnap"
+main()
+"""
+
+
+def loaded_by(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    out = tmp_path / "modules.json"
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    return set(json.loads(out.read_text())), done
+
+
+def server_parts(modules: set[str]) -> list[str]:
+    return sorted(
+        m for m in modules if m.split(".")[0] in SERVER_PACKAGES or m.startswith(SERVER_MODULES)
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--help",),
+        ("--version",),
+        ("vps", "--help"),
+        ("snapshots", "create", "--help"),
+        ("jobs", "list", "--help"),
+        ("context", "list"),
+        ("completion", "bash"),
+    ],
+)
+def test_help_version_and_local_commands_load_no_server_and_no_http(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    modules, done = loaded_by(tmp_path, *args)
+    assert done.returncode == 0, done.stderr
+    assert server_parts(modules) == []
+    if args in (("--help",), ("--version",)):
+        # Not even the SDK: the root help comes from the command table alone.
+        assert "httpx" not in modules
+        assert "vpsnap.client" not in modules
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("vps", "list"),
+        ("vps", "get", "demo-web", "-o", "yaml"),
+        ("snapshots", "list", "demo-db"),
+        ("jobs", "list"),
+        ("schedules", "get", "demo-web"),
+        ("version",),
+    ],
+)
+def test_client_commands_load_no_server(
+    tmp_path: Path, api_server: LiveServer, args: tuple[str, ...]
+) -> None:
+    env = {"VPSNAP_URL": api_server.url, "VPSNAP_API_KEY": api_server.key()}
+    modules, done = loaded_by(tmp_path, *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "httpx" in modules  # it did talk to the server
+    assert server_parts(modules) == []
+
+
+@pytest.mark.slow
+@pytest.mark.qemu
+def test_a_completion_request_loads_no_server_and_a_cached_one_no_http(
+    tmp_path: Path, api_server: LiveServer
+) -> None:
+    env = {
+        "VPSNAP_URL": api_server.url,
+        "VPSNAP_API_KEY": api_server.key(),
+        "_VPSNAP_COMPLETE": "bash_complete",
+        "COMP_WORDS": "vpsnap snapshots list demo-",
+        "COMP_CWORD": "3",
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+    }
+    first, done = loaded_by(tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert {"plain,demo-web", "plain,demo-db", "plain,demo-nosnap"} <= set(done.stdout.split())
+    assert server_parts(first) == []
+    again, done = loaded_by(tmp_path, env=env)
+    assert {"plain,demo-web", "plain,demo-db"} <= set(done.stdout.split())
+    assert "httpx" not in again  # answered from the cache
+    assert server_parts(again) == []
+
+
+def test_server_commands_say_what_to_install_when_the_server_is_missing(tmp_path: Path) -> None:
+    # A client-only install, simulated: the server's packages cannot be found.
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import importlib.util\n"
+        "_find = importlib.util.find_spec\n"
+        "def find_spec(name, *a, **k):\n"
+        "    return None if name.split('.')[0] in {'fastapi', 'sqlalchemy'} else _find(name, *a, **k)\n"
+        "importlib.util.find_spec = find_spec\n"
+    )
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    for args in (("serve", "--demo"), ("admin", "vps", "list")):
+        modules, done = loaded_by(tmp_path, *args, env=env)
+        assert done.returncode == 1
+        assert "pip install 'vpsnap[server]'" in done.stderr
+        assert server_parts(modules) == []
