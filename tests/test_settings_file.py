@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-from vpsnap.cli.main import app
+from click.testing import CliRunner
 
 from vpsnap import settings as settings_module
+from vpsnap.cli.entry import cli as app
 from vpsnap.settings import ConfigFileError, Settings, load_settings
 
 
@@ -17,7 +17,7 @@ from vpsnap.settings import ConfigFileError, Settings, load_settings
 def no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # Neither the machine's /etc/vpsnap nor the caller's environment may leak into a test.
     monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", tmp_path / "absent.toml")
-    for name in ("VPSNAP_CONFIG", "VPSNAP_PORT", "VPSNAP_LOG_LEVEL", "VPSNAP_HOST"):
+    for name in ("VPSNAP_SETTINGS_FILE", "VPSNAP_PORT", "VPSNAP_LOG_LEVEL", "VPSNAP_HOST"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -58,7 +58,7 @@ def test_the_file_is_found_by_variable_or_default_location(
     monkeypatch.setattr(settings_module, "DEFAULT_CONFIG_FILE", default)
     assert load_settings().port == 7000
     named = write(tmp_path / "named.toml", "port = 7100\n")
-    monkeypatch.setenv("VPSNAP_CONFIG", str(named))
+    monkeypatch.setenv("VPSNAP_SETTINGS_FILE", str(named))
     assert load_settings().port == 7100
     assert load_settings(write(tmp_path / "flag.toml", "port = 7200\n")).port == 7200
     # A plain Settings() (tests, embedding) never reads a file.
@@ -96,5 +96,5 @@ def test_the_command_line_reads_the_file(tmp_path: Path) -> None:
     assert (data_dir / "vpsnap.db").is_file()
     bad = write(tmp_path / "bad.toml", "nope = 1\n")
     result = CliRunner().invoke(app, ["--config", str(bad), "admin", "account", "create", "y"])
-    assert result.exit_code == 2
+    assert result.exit_code != 0
     assert "nope: unknown setting" in result.stderr

@@ -270,7 +270,7 @@ class Settings(BaseSettings):
 # -- the configuration file (issue 12) ------------------------------------------------------------
 
 DEFAULT_CONFIG_FILE = Path("/etc/vpsnap/vpsnap.toml")
-CONFIG_ENV = "VPSNAP_CONFIG"
+CONFIG_ENV = "VPSNAP_SETTINGS_FILE"
 _config_file: ContextVar[Path | None] = ContextVar("vpsnap_config_file", default=None)
 
 
@@ -280,8 +280,9 @@ class ConfigFileError(ConfigurationError):
 
 
 def config_file(explicit: Path | None = None) -> Path | None:
-    """The file to read: ``--config``, else ``VPSNAP_CONFIG``, else ``/etc/vpsnap/vpsnap.toml``
-    when it exists. A file named explicitly must exist."""
+    """The file to read: ``--config``, else ``VPSNAP_SETTINGS_FILE``, else
+    ``/etc/vpsnap/vpsnap.toml`` when it exists. A file named explicitly must exist.
+    (``VPSNAP_CONFIG`` is the client command's own file of contexts, docs/cli.md.)"""
     named = explicit or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
     if named is not None:
         if not named.is_file():

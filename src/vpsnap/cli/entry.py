@@ -50,7 +50,7 @@ COMMANDS = {
     callback=store_option,
     expose_value=False,
     help="Server settings file (TOML) for serve, the scale-out processes and admin (default "
-    "$VPSNAP_CONFIG, then /etc/vpsnap/vpsnap.toml if it exists); flags and VPSNAP_* win.",
+    "$VPSNAP_SETTINGS_FILE, then /etc/vpsnap/vpsnap.toml if it exists); flags and VPSNAP_* win.",
 )
 def cli() -> None:
     """vpsnap: VPS snapshots from the command line.

@@ -52,7 +52,7 @@ def admin_options(function: F) -> F:
 
 def load_settings(**overrides: Any) -> Settings:
     """The flags given on the command line, then the environment, then the settings file
-    (``vpsnap --config FILE``, ``VPSNAP_CONFIG``, ``/etc/vpsnap/vpsnap.toml``)."""
+    (``vpsnap --config FILE``, ``VPSNAP_SETTINGS_FILE``, ``/etc/vpsnap/vpsnap.toml``)."""
     path = click.get_current_context().ensure_object(CliState).settings_file
     try:
         return settings_from_file(path, **overrides)
