@@ -376,3 +376,11 @@ async def test_delivery_history_pages_with_a_cursor(api: Api) -> None:
                 break
         assert len(seen) == len(set(seen)) == receiver_count
         assert len(receiver.received) == receiver_count
+        for bad in ("nope", "a\x00b", "x" * 500):
+            response = await api.client.get(
+                f"/api/v2/webhooks/{endpoint['id']}/deliveries",
+                params={"cursor": bad},
+                headers=api.auth(),
+            )
+            assert response.status_code == 400, response.text
+            assert response.json()["code"] == "invalid_cursor"

@@ -50,7 +50,7 @@ class AuditService:
                 "since must be before until.",
                 [FieldError("/query/since", "Must be before until.", "out_of_range")],
             )
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_cursor(cursor, "aud") if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_audit_events(flt, before, limit + 1)
         page = rows[:limit]

@@ -12,7 +12,7 @@ from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import Conflict, FieldError, InvalidRequest, WebhookNotFound
-from vpsnap.domain.ids import new_id
+from vpsnap.domain.ids import is_valid_id, new_id
 from vpsnap.domain.ports import Store, Transaction
 from vpsnap.domain.webhooks import (
     SUBSCRIBABLE_EVENTS,
@@ -175,7 +175,7 @@ class WebhookService:
                 f"limit must be between 1 and {MAX_PAGE_SIZE}.",
                 [FieldError("/query/limit", f"Between 1 and {MAX_PAGE_SIZE}.", "out_of_range")],
             )
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_cursor(cursor, "dlv") if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             endpoint = await _owned(tx, principal, endpoint_id)
             rows = await tx.list_webhook_deliveries(endpoint.id, before, limit + 1)
@@ -185,7 +185,10 @@ class WebhookService:
 
 
 async def _owned(tx: Transaction, principal: Principal, endpoint_id: str) -> WebhookEndpoint:
-    endpoint = await tx.get_webhook_endpoint(endpoint_id)
+    # A malformed id cannot exist: the store is never asked about it.
+    endpoint = (
+        await tx.get_webhook_endpoint(endpoint_id) if is_valid_id("whk", endpoint_id) else None
+    )
     if endpoint is None or endpoint.account_id != principal.account_id:
         raise WebhookNotFound(f"No webhook endpoint with id {endpoint_id!r} in this account.")
     return endpoint

@@ -10,10 +10,15 @@ from fastapi import APIRouter, Depends, Query
 from vpsnap.api.deps import ServicesDep, require
 from vpsnap.api.openapi import problem_responses
 from vpsnap.api.ops_schemas import AuditEventOut, AuditPageOut
+from vpsnap.api.params import CursorParam, VpsIdFilter
 from vpsnap.domain.audit import ActorKind, AuditFilter
 from vpsnap.domain.auth import Principal, Scope
 
 router = APIRouter(prefix="/api/v2/audit-events", tags=["Audit"])
+
+# Checked at the edge like every filter (docs/api.md, "Input"): printable ASCII ids only.
+ACTOR_ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,200}$"
+ACTION_PATTERN = r"^[a-z]+(\.[a-z_]+){1,3}$"
 
 ReadAudit = Annotated[Principal, Depends(require(Scope.READ_AUDIT))]
 
@@ -35,13 +40,19 @@ async def list_audit_events(
     principal: ReadAudit,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    vps_id: Annotated[str | None, Query(alias="vpsId", max_length=40)] = None,
+    cursor: CursorParam = None,
+    vps_id: VpsIdFilter = None,
     actor: Annotated[
-        str | None, Query(max_length=200, description="An actor id: `key_…`, a user id, …")
+        str | None,
+        Query(
+            pattern=ACTOR_ID_PATTERN,
+            description="An actor id: `key_…`, a user id, an OS user, `scheduler`, …",
+        ),
     ] = None,
     actor_kind: Annotated[ActorKind | None, Query(alias="actorKind")] = None,
-    action: Annotated[str | None, Query(max_length=60, examples=["snapshot.restore"])] = None,
+    action: Annotated[
+        str | None, Query(pattern=ACTION_PATTERN, examples=["snapshot.restore"])
+    ] = None,
     since: Annotated[datetime | None, Query(description="From this time (inclusive)")] = None,
     until: Annotated[datetime | None, Query(description="Before this time (exclusive)")] = None,
 ) -> AuditPageOut:

@@ -17,6 +17,7 @@ from vpsnap.api.ops_schemas import (
     WebhookOut,
     WebhookTestOut,
 )
+from vpsnap.api.params import CursorParam, WebhookIdPath
 from vpsnap.domain.auth import Principal, Scope
 
 router = APIRouter(prefix="/api/v2/webhooks", tags=["Webhooks"])
@@ -58,7 +59,9 @@ async def create_webhook(
     response_model=WebhookOut,
     responses=problem_responses("forbidden", "webhook_not_found"),
 )
-async def get_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep) -> WebhookOut:
+async def get_webhook(
+    webhook_id: WebhookIdPath, principal: WriteVm, services: ServicesDep
+) -> WebhookOut:
     """One endpoint: its events, whether it is enabled, its last success and failure."""
     return WebhookOut.of(await services.webhooks.get(principal, webhook_id))
 
@@ -70,7 +73,9 @@ async def get_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep
     response_class=Response,
     responses=problem_responses("forbidden", "webhook_not_found"),
 )
-async def delete_webhook(webhook_id: str, principal: WriteVm, services: ServicesDep) -> Response:
+async def delete_webhook(
+    webhook_id: WebhookIdPath, principal: WriteVm, services: ServicesDep
+) -> Response:
     """Remove the endpoint; undelivered events for it are dropped."""
     await services.webhooks.delete(principal, webhook_id)
     return Response(status_code=204)
@@ -84,7 +89,7 @@ async def delete_webhook(webhook_id: str, principal: WriteVm, services: Services
     responses=problem_responses("forbidden", "webhook_not_found"),
 )
 async def test_webhook(
-    webhook_id: str, principal: WriteVm, services: ServicesDep
+    webhook_id: WebhookIdPath, principal: WriteVm, services: ServicesDep
 ) -> WebhookTestOut:
     """Queue a signed `webhook.test` event for this endpoint; its delivery shows up in
     `deliveries` within seconds."""
@@ -101,11 +106,11 @@ async def test_webhook(
     ),
 )
 async def list_deliveries(
-    webhook_id: str,
+    webhook_id: WebhookIdPath,
     principal: WriteVm,
     services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: CursorParam = None,
 ) -> DeliveryPageOut:
     """Delivery attempts, newest first: status code or error, duration, attempt number."""
     page = await services.webhooks.deliveries(principal, webhook_id, cursor, limit)
