@@ -18,7 +18,7 @@ import structlog
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.model import JobType, SnapshotStatus
 from vpsnap.domain.ports import JobEvents, Store, Transaction
-from vpsnap.services.jobs import enqueue
+from vpsnap.domain.queue import enqueue
 
 log = structlog.get_logger("vpsnap.retention")
 

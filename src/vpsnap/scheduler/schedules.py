@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from vpsnap.domain.clock import Clock
+from vpsnap.domain.job_types import SnapshotPayload
 from vpsnap.domain.model import (
     Consistency,
     JobType,
@@ -30,11 +31,11 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import SlotUsage, name_key, service_gate, slot_usage
 from vpsnap.domain.schedules import rotation_victim, scheduled_name
-from vpsnap.jobs.handlers.scheduled import REPLACES, run_status
+from vpsnap.jobs.handlers.scheduled import run_status
 from vpsnap.scheduler.retention import mark_deleting
-from vpsnap.services.jobs import enqueue
 
 log = structlog.get_logger("vpsnap.schedules")
 
@@ -140,7 +141,7 @@ async def _run(
         vps,
         JobType.SNAPSHOT_SCHEDULED,
         snapshot_name=name,
-        payload={"includeMemoryState": False, "quiesce": True, REPLACES: replaces},
+        payload=SnapshotPayload(include_memory_state=False, quiesce=True, replaces=replaces),
     )
     await tx.save_schedule(advanced)
     log.info("schedule_run_queued", vps_id=vps.id, snapshot=name, replaces=replaces, job_id=job.id)

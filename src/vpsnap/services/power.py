@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsNotReady
+from vpsnap.domain.job_types import PowerPayload
 from vpsnap.domain.model import Job, JobType, PowerAction
 from vpsnap.domain.ports import JobEvents, Store
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import service_gate
 from vpsnap.services.access import owned_vps
-from vpsnap.services.jobs import enqueue
 from vpsnap.services.nodes import NodeDirectory
 
 
@@ -48,7 +49,7 @@ class PowerService:
                 vps,
                 JobType.VPS_POWER,
                 snapshot_name=None,
-                payload={"action": action.value, "force": force},
+                payload=PowerPayload(action=action, force=force),
                 max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import structlog
 
@@ -19,6 +18,7 @@ from vpsnap.domain.errors import (
     SnapshotsNotIncluded,
     VpsNotReady,
 )
+from vpsnap.domain.job_types import RestorePayload, SnapshotPayload
 from vpsnap.domain.model import (
     Consistency,
     Job,
@@ -31,6 +31,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import (
     ALLOWED,
     Gate,
@@ -45,7 +46,6 @@ from vpsnap.domain.rules import (
 )
 from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.services.access import owned_vps
-from vpsnap.services.jobs import enqueue
 from vpsnap.services.nodes import NodeDirectory
 
 _log = structlog.get_logger(__name__)
@@ -64,15 +64,6 @@ class SnapshotListing:
     can_create_with_memory: Gate = ALLOWED
     restore_gates: dict[str, Gate] = field(default_factory=dict)
     """Per snapshot name: whether that snapshot can be restored now."""
-
-
-RESTORE_VM_CONFIG = "vmConfig"
-"""Restore job payload key: the restored snapshot's recorded VM configuration (``to_json``)."""
-
-
-def restore_payload(snapshot: Snapshot) -> dict[str, Any]:
-    """A restore job's payload: the VM configuration the snapshot's RAM state fits."""
-    return {RESTORE_VM_CONFIG: snapshot.vm_config.to_json() if snapshot.vm_config else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +153,9 @@ class SnapshotService:
                 vps,
                 JobType.SNAPSHOT_CREATE,
                 snapshot_name=request.name,
-                payload={
-                    "includeMemoryState": request.include_memory_state,
-                    "quiesce": request.quiesce,
-                },
+                payload=SnapshotPayload(
+                    include_memory_state=request.include_memory_state, quiesce=request.quiesce
+                ),
                 max_unfinished=self.max_jobs_per_vps,
             )
         self.events.jobs_queued()
@@ -232,7 +222,7 @@ class SnapshotService:
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
                 # issue 9, kind 3: the driver refuses a VM whose RAM size or machine type changed.
-                payload=restore_payload(snapshot),
+                payload=RestorePayload(vm_config=snapshot.vm_config),
             )
         self.events.jobs_queued()
         return job
