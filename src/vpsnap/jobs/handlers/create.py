@@ -135,7 +135,12 @@ async def settle_failed_write(
     try:
         left = find_point(await driver.list_restore_points(vps), name)
     except DomainError as exc:
-        log.warning("write_intent_left_open", vps_id=vps.id, snapshot=name, reason=exc.detail)
+        log.warning(
+            "write_intent_left_open",
+            vps_id=vps.id,
+            snapshot=name,
+            reason=exc.log_detail or exc.detail,
+        )
         return
     if left is None:
         await journal.close_intent(name, IntentState.UNDONE)
