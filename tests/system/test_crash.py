@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -40,40 +39,6 @@ def start_server(data_dir: Path, env: dict[str, str]) -> ServerProcess:
     return ServerProcess(data_dir, env=env, ready_path="/healthz")
 
 
-def admin(data_dir: Path, *args: str) -> str:
-    result = subprocess.run(
-        [VPSNAP, "admin", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return result.stdout.strip()
-
-
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
-    """A data dir with one account, one key, one VPS on a real qcow2 disk."""
-    disk = tmp_path / "web.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    admin(tmp_path, "account", "create", "acme")
-    key = admin(tmp_path, "key", "create", "--account", "acme", "--scopes", "write:all")
-    admin(
-        tmp_path,
-        "vps",
-        "add",
-        "--account",
-        "acme",
-        "--name",
-        "web",
-        "--disk",
-        str(disk),
-        "--slots",
-        "3",
-    )
-    yield tmp_path, key, str(disk)
-
-
 def snapshot_names(disk: str) -> list[str]:
     out = subprocess.run(
         ["qemu-img", "info", "-U", "--output=json", disk], capture_output=True, check=True
@@ -83,9 +48,10 @@ def snapshot_names(disk: str) -> list[str]:
 
 @pytest.mark.parametrize("stall", ["before", "after"])
 def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
-    setup: tuple[Path, str, str], stall: str
+    one_vps: tuple[Path, str, Path], stall: str
 ) -> None:
-    data_dir, key, disk = setup
+    data_dir, key, disk_path = one_vps
+    disk = str(disk_path)
     marker = data_dir / "qemu-img-snapshot"
     wrapper = data_dir / "qemu-img-wrapper"
     wrapper.write_text(WRAPPER.format(marker=marker))
@@ -143,8 +109,10 @@ def test_a_killed_server_finishes_the_job_exactly_once_after_restart(
     assert '"event": "job_requeued"' in restarted.read_log()
 
 
-def test_a_second_server_on_the_same_data_dir_is_refused(setup: tuple[Path, str, str]) -> None:
-    data_dir, _, _ = setup
+def test_a_second_server_on_the_same_data_dir_is_refused(
+    one_vps: tuple[Path, str, Path],
+) -> None:
+    data_dir, _, _ = one_vps
     server = start_server(data_dir, {})
     try:
         second = subprocess.run(

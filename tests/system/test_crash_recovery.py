@@ -170,37 +170,12 @@ def test_a_restore_of_a_running_vm_killed_after_qemu_exited_ends_running(
         second.stop()
 
 
-@pytest.fixture
-def plain_dir(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
-    """A data dir with one account, one key, one VPS on a real qcow2 disk (no VM)."""
-    disk = tmp_path / "web.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    from tests.system.test_crash import admin
-
-    admin(tmp_path, "account", "create", "acme")
-    key = admin(tmp_path, "key", "create", "--account", "acme", "--scopes", "write:all")
-    admin(
-        tmp_path,
-        "vps",
-        "add",
-        "--account",
-        "acme",
-        "--name",
-        "web",
-        "--disk",
-        str(disk),
-        "--slots",
-        "3",
-    )
-    yield tmp_path, key, disk
-
-
-def test_a_slow_qemu_img_never_outlives_a_killed_server(plain_dir: tuple[Path, str, Path]) -> None:
+def test_a_slow_qemu_img_never_outlives_a_killed_server(one_vps: tuple[Path, str, Path]) -> None:
     """`kill -9` of the server (its pid only) while qemu-img creates a snapshot: qemu-img must
     not go on and write a second, untracked snapshot after the restarted server re-ran the
     job (it dies with the server). Afterwards: the job completed once, one snapshot on disk,
     and its row available."""
-    data_dir, key, disk = plain_dir
+    data_dir, key, disk = one_vps
     wrapper, marker = _wrapper(data_dir, "-c")
     go = data_dir / "go"
     env = {"VPSNAP_QEMU_IMG": str(wrapper), "GO": str(go)}
@@ -230,12 +205,12 @@ def test_a_slow_qemu_img_never_outlives_a_killed_server(plain_dir: tuple[Path, s
 
 
 def test_sigterm_lets_a_job_run_for_the_grace_then_hands_it_back(
-    plain_dir: tuple[Path, str, Path],
+    one_vps: tuple[Path, str, Path],
 ) -> None:
     """SIGTERM while a 60 s job runs: the process exits after the grace period (not at once,
     leaving the job in_progress until the next start); the job is back in the queue and the
     next server finishes it exactly once."""
-    data_dir, key, disk = plain_dir
+    data_dir, key, disk = one_vps
     wrapper, marker = _wrapper(data_dir, "-c")
     env = {"VPSNAP_QEMU_IMG": str(wrapper), "VPSNAP_SHUTDOWN_GRACE_SECONDS": "2"}
     first = ServerProcess(data_dir, env=env)

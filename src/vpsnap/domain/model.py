@@ -331,6 +331,14 @@ class Job:
     journal: JsonObject = field(default_factory=dict)
     node: str = ""
     """The hypervisor node whose agent runs it (the VPS's node when it was queued)."""
+
+    @property
+    def snapshot(self) -> str:
+        """The snapshot a snapshot job acts on; ``ValueError`` for a job without one."""
+        if self.snapshot_name is None:
+            raise ValueError(f"{self.type.value} job {self.id} acts on no snapshot")
+        return self.snapshot_name
+
     """Facts the job recorded durably while it ran (``vpsnap.jobs.journal``): what it found
     before touching anything and which steps took effect, read by a re-run after a crash."""
     request_id: str | None = None

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from vpsnap.domain.auth import Principal, Scope
+from vpsnap.domain.job_types import JobPayload, PowerPayload, SnapshotPayload
 from vpsnap.domain.model import (
     JobLane,
     JobType,
@@ -112,18 +113,17 @@ def can_restore(
     return ALLOWED
 
 
-def lane_for(job_type: JobType, payload: dict[str, object], snapshot: Snapshot | None) -> JobLane:
+def lane_for(job_type: JobType, payload: JobPayload, snapshot: Snapshot | None) -> JobLane:
     """The worker lane of a job: ``slow`` for work that can wait on a guest or write RAM for
     minutes (a graceful shutdown or restart, a snapshot with RAM state, a restore of one),
     ``quick`` for the rest."""
     slow = False
-    if job_type is JobType.VPS_POWER:
-        action = payload.get("action")
-        slow = action == PowerAction.SHUTDOWN.value or (
-            action == PowerAction.RESTART.value and not payload.get("force")
+    if isinstance(payload, PowerPayload):
+        slow = payload.action is PowerAction.SHUTDOWN or (
+            payload.action is PowerAction.RESTART and not payload.force
         )
-    elif job_type in (JobType.SNAPSHOT_CREATE, JobType.SNAPSHOT_SCHEDULED):
-        slow = bool(payload.get("includeMemoryState"))
+    elif isinstance(payload, SnapshotPayload):
+        slow = payload.include_memory_state
     elif job_type is JobType.SNAPSHOT_RESTORE:
         slow = snapshot is not None and snapshot.includes_memory_state
     return JobLane.SLOW if slow else JobLane.QUICK

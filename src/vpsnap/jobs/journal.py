@@ -22,7 +22,7 @@ from vpsnap.domain.clock import Clock
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import IntentState, Job, Snapshot, Vps, WriteIntent
 from vpsnap.domain.ports import Store
-from vpsnap.jobs.queue import LeaseLost
+from vpsnap.domain.queue import record_journal
 
 INTENT = "intent"
 """Journal key: the write intent of this job (``{"name", "at"}``), once recorded."""
@@ -52,8 +52,7 @@ class JobJournal:
         """Add ``facts`` (JSON values) to the journal and commit them; raises ``LeaseLost``."""
         updated = {**self._facts, **facts}
         async with self._store.transaction() as tx:
-            if not await tx.record_job_journal(self._job.id, self._worker, updated):
-                raise LeaseLost(self._job.id)
+            await record_journal(tx, self._job, self._worker, updated)
         self._facts = updated
 
     async def open_intent(self, vps: Vps, name: str) -> WriteIntent:
@@ -74,8 +73,7 @@ class JobJournal:
         )
         updated = {**self._facts, INTENT: {"name": name, "at": now.isoformat()}}
         async with self._store.transaction() as tx:
-            if not await tx.record_job_journal(self._job.id, self._worker, updated):
-                raise LeaseLost(self._job.id)
+            await record_journal(tx, self._job, self._worker, updated)
             await tx.add_write_intent(intent)
         self._facts = updated
         return intent

@@ -23,13 +23,13 @@ from typing import Any
 
 import structlog
 
+from vpsnap.domain import queue
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import DomainError, VpsNotFound
 from vpsnap.domain.model import Job, JobLane, JobType, Vps
 from vpsnap.domain.ports import ClaimRequest, HypervisorDriver, Store, Transaction
 from vpsnap.domain.problems import error_summary
 from vpsnap.events.outbox import record_job_events
-from vpsnap.jobs import queue
 from vpsnap.jobs.data_stores import WriteGuard
 from vpsnap.jobs.handlers import HANDLERS
 from vpsnap.jobs.journal import JobJournal
@@ -162,7 +162,7 @@ class Worker:
             account_share=self.account_share(),
         )
         async with self.store.transaction() as tx:
-            jobs = await tx.claim_jobs(request)
+            jobs = await queue.claim(tx, request)
             claimed = [await self._prepare(tx, job) for job in jobs]
         for claim in claimed:
             self.events.job_changed(claim.job.id, claim.job)
@@ -191,7 +191,7 @@ class Worker:
         for extra in claimed[1:]:
             # One job at a time: a second one (of the other lane) goes back untouched.
             async with self.store.transaction() as tx:
-                await tx.hand_back(extra.job.id, self.worker_id)
+                await queue.hand_back(tx, extra.job, self.worker_id)
         if not claimed:
             return False
         await self._run(claimed[0])
@@ -202,7 +202,9 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             async with self.store.transaction() as tx:
-                kept = await tx.extend_lease(job_id, self.worker_id, self.clock.now() + self.lease)
+                kept = await queue.extend_lease(
+                    tx, job_id, self.worker_id, self.clock.now() + self.lease
+                )
             if not kept:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
                 return
@@ -261,7 +263,7 @@ class Worker:
 
     async def _hand_back(self, job: Job) -> None:
         async with self.store.transaction() as tx:
-            handed = await tx.hand_back(job.id, self.worker_id)
+            handed = await queue.hand_back(tx, job, self.worker_id)
         if handed:
             log.warning("job_handed_back", job_id=job.id, worker=self.worker_id)
             self.events.job_changed(job.id)

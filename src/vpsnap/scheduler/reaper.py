@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from vpsnap.domain import queue
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.ports import JobEvents, Store
 
@@ -16,7 +17,7 @@ async def requeue_orphans(
     """Re-queue in-progress jobs whose lease expired (or all of them, when this process is
     known to be the only worker of the node, e.g. at embedded start-up)."""
     async with store.transaction() as tx:
-        ids = await tx.requeue_orphaned(node, None if all_in_progress else clock.now())
+        ids = await queue.requeue_orphans(tx, node, None if all_in_progress else clock.now())
     for job_id in ids:
         log.warning("job_requeued", job_id=job_id, reason="lease_expired")
         events.job_changed(job_id)

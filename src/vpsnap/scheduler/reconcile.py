@@ -132,7 +132,9 @@ async def _reconcile_vps(run: _Pass, vps: Vps) -> None:
         points = await run.driver.list_restore_points(vps)
     except DomainError as exc:
         # Not "the snapshots are gone": nothing is concluded from a disk that cannot be read.
-        run.note(Action.UNREADABLE, vps, None, f"could not read the disks, retried: {exc.detail}")
+        # Findings are the operator's (log, `admin reconcile`): the full account, paths included.
+        reason = exc.log_detail or exc.detail
+        run.note(Action.UNREADABLE, vps, None, f"could not read the disks, retried: {reason}")
         return
     on_disk = {p.name: p for p in points}
     async with run.store.transaction(read_only=True) as tx:
@@ -294,4 +296,4 @@ async def _locked(
                     vps_id=vps.id,
                 )
     except DomainError as exc:
-        run.note(Action.FAILED, vps, None, exc.detail)
+        run.note(Action.FAILED, vps, None, exc.log_detail or exc.detail)

@@ -19,8 +19,8 @@ from vpsnap.domain.audit import SCHEDULER, AuditAction, Target
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.model import JobType, SnapshotStatus
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.queue import enqueue
 from vpsnap.events.audit import record
-from vpsnap.services.jobs import enqueue
 
 log = structlog.get_logger("vpsnap.retention")
 

@@ -23,6 +23,7 @@ import structlog
 from vpsnap.domain.audit import SCHEDULER, AuditAction, AuditOutcome, Target
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import InsufficientStorage
+from vpsnap.domain.job_types import SnapshotPayload
 from vpsnap.domain.model import (
     Consistency,
     JobType,
@@ -32,13 +33,13 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import SlotUsage, name_key, service_gate, slot_usage
 from vpsnap.domain.schedules import rotation_victim, scheduled_name
 from vpsnap.domain.storage import SpaceGuard, space_refusal
 from vpsnap.events.audit import record
-from vpsnap.jobs.handlers.scheduled import REPLACES, run_status
+from vpsnap.jobs.handlers.scheduled import run_status
 from vpsnap.scheduler.retention import mark_deleting
-from vpsnap.services.jobs import enqueue
 from vpsnap.services.storage import published_stores
 
 log = structlog.get_logger("vpsnap.schedules")
@@ -172,7 +173,7 @@ async def _run(  # noqa: PLR0917 - one call site, read with the caller
         vps,
         JobType.SNAPSHOT_SCHEDULED,
         snapshot_name=name,
-        payload={"includeMemoryState": False, "quiesce": True, REPLACES: replaces},
+        payload=SnapshotPayload(include_memory_state=False, quiesce=True, replaces=replaces),
         created_by=SCHEDULER,
     )
     await record(

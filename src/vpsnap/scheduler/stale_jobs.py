@@ -8,18 +8,17 @@ does, and the VPS's next job is promoted (it gets the same treatment once it is 
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import timedelta
 
 import structlog
 
+from vpsnap.domain import queue
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import NodeUnavailable
 from vpsnap.domain.model import JobStatus
 from vpsnap.domain.nodes import NodeState
 from vpsnap.domain.ports import JobEvents, Store
 from vpsnap.domain.problems import error_summary
-from vpsnap.jobs import queue
 from vpsnap.jobs.handlers import HANDLERS
 from vpsnap.services.nodes import NodeDirectory
 
@@ -59,14 +58,12 @@ async def _fail(store: Store, events: JobEvents, clock: Clock, job_id: str, node
             f"The job was not started within the time allowed: the host of this VPS ({node}) "
             "has been unreachable. Nothing was changed.",
         )
-        ended = dataclasses.replace(job, error=error_summary(error), finished_at=now)
-        if not await tx.fail_unstarted_job(ended):
+        ended = await queue.fail_unstarted(tx, job, error_summary(error), now)
+        if ended is None:
             return False
+        promoted = ended[1]
         if vps is not None:
             await HANDLERS[job.type].undo(tx, job, vps)
-        promoted = (
-            await queue.promote_next(tx, job.vps_id) if job.status is JobStatus.QUEUED else None
-        )
     log.warning("job_not_started", job_id=job.id, node=node, code=error.code)
     events.job_changed(job.id)
     if promoted is not None:

@@ -1,79 +1,20 @@
-"""Use cases on jobs: read one, wait for it to change (long-poll), and queue new ones."""
+"""Use cases on jobs: read one, list them, wait for one to change (long-poll). Queueing is
+``vpsnap.domain.queue.enqueue``."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from vpsnap.domain.audit import Actor
 from vpsnap.domain.auth import Principal
-from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import FieldError, InvalidRequest, JobNotFound, VpsQueueFull
-from vpsnap.domain.ids import is_valid_id, new_id
-from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
-from vpsnap.domain.ports import JobEvents, Store, Transaction
-from vpsnap.domain.rules import lane_for
-from vpsnap.events.context import current_origin
+from vpsnap.domain.errors import FieldError, InvalidRequest, JobNotFound
+from vpsnap.domain.ids import is_valid_id
+from vpsnap.domain.model import Job, JobStatus
+from vpsnap.domain.ports import JobEvents, Store
 from vpsnap.services.access import owned_vps
 from vpsnap.services.pagination import decode_cursor, encode_cursor
 
-# What a caller told "queue full" should wait before trying again (seconds): long enough for a
-# few quick jobs to run, short enough not to matter to a script.
-QUEUE_FULL_RETRY_SECONDS = 5
 MAX_PAGE_SIZE = 100
-
-
-async def enqueue(
-    tx: Transaction,
-    clock: Clock,
-    vps: Vps,
-    job_type: JobType,
-    *,
-    snapshot_name: str | None,
-    payload: dict[str, Any] | None = None,
-    snapshot: Snapshot | None = None,
-    max_unfinished: int | None = None,
-    created_by: Actor | None = None,
-) -> Job:
-    """Queue a job for a VPS whose row the caller has locked.
-
-    Jobs of one VPS never run concurrently: behind an unfinished job the new one waits as
-    ``pending`` and is promoted, in arrival order, when the one before it ends. ``snapshot`` is
-    the snapshot the job acts on, when it exists (it decides the lane of a restore).
-
-    Raises ``VpsQueueFull`` when ``max_unfinished`` is given and the VPS already has that many
-    unfinished jobs: requests of users are bounded, the scheduler's own work (expiry) is not.
-    The job records ``created_by`` and the id of the request being served (if any).
-    """
-    if max_unfinished is not None and await tx.count_unfinished_jobs(vps.id) >= max_unfinished:
-        raise VpsQueueFull(
-            f"{vps.name} already has {max_unfinished} unfinished jobs, the most one VPS may "
-            f"queue. Retry in {QUEUE_FULL_RETRY_SECONDS} s or once some have run.",
-            extensions={"retryAfter": QUEUE_FULL_RETRY_SECONDS, "maxJobs": max_unfinished},
-        )
-    waiting = await tx.has_active_job(vps.id)
-    payload = payload or {}
-    job = Job(
-        id=new_id("job"),
-        account_id=vps.account_id,
-        vps_id=vps.id,
-        type=job_type,
-        status=JobStatus.PENDING if waiting else JobStatus.QUEUED,
-        snapshot_name=snapshot_name,
-        payload=payload,
-        progress=0,
-        result=None,
-        error=None,
-        attempts=0,
-        created_at=clock.now(),
-        lane=lane_for(job_type, payload, snapshot),
-        request_id=current_origin().request_id,
-        created_by=created_by,
-        node=vps.node,
-    )
-    await tx.add_job(job, vps.node)
-    return job
 
 
 @dataclass(frozen=True, slots=True)

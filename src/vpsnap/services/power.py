@@ -12,12 +12,14 @@ from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsNotReady
+from vpsnap.domain.job_types import PowerPayload
 from vpsnap.domain.model import Job, JobType, PowerAction
 from vpsnap.domain.ports import JobEvents, Store
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import service_gate
 from vpsnap.events.audit import AuditTrail
+from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps
-from vpsnap.services.jobs import enqueue
 from vpsnap.services.nodes import NodeDirectory
 
 
@@ -64,9 +66,10 @@ class PowerService:
                 vps,
                 JobType.VPS_POWER,
                 snapshot_name=None,
-                payload={"action": action.value, "force": force},
+                payload=PowerPayload(action=action, force=force),
                 max_unfinished=self.max_jobs_per_vps,
                 created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
             )
             await AuditTrail(self.store, self.clock).record(
                 tx,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import structlog
 
@@ -20,6 +19,7 @@ from vpsnap.domain.errors import (
     SnapshotsNotIncluded,
     VpsNotReady,
 )
+from vpsnap.domain.job_types import RestorePayload, SnapshotPayload
 from vpsnap.domain.model import (
     Consistency,
     Job,
@@ -32,6 +32,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import JobEvents, Store, Transaction
+from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import (
     ALLOWED,
     Gate,
@@ -47,8 +48,8 @@ from vpsnap.domain.rules import (
 from vpsnap.domain.storage import SpaceGuard
 from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.events.audit import AuditTrail
+from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps
-from vpsnap.services.jobs import enqueue
 from vpsnap.services.nodes import NodeDirectory
 from vpsnap.services.storage import check_space, published_stores, space_gate
 
@@ -68,15 +69,6 @@ class SnapshotListing:
     can_create_with_memory: Gate = ALLOWED
     restore_gates: dict[str, Gate] = field(default_factory=dict)
     """Per snapshot name: whether that snapshot can be restored now."""
-
-
-RESTORE_VM_CONFIG = "vmConfig"
-"""Restore job payload key: the restored snapshot's recorded VM configuration (``to_json``)."""
-
-
-def restore_payload(snapshot: Snapshot) -> dict[str, Any]:
-    """A restore job's payload: the VM configuration the snapshot's RAM state fits."""
-    return {RESTORE_VM_CONFIG: snapshot.vm_config.to_json() if snapshot.vm_config else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,12 +181,12 @@ class SnapshotService:
                 vps,
                 JobType.SNAPSHOT_CREATE,
                 snapshot_name=request.name,
-                payload={
-                    "includeMemoryState": request.include_memory_state,
-                    "quiesce": request.quiesce,
-                },
+                payload=SnapshotPayload(
+                    include_memory_state=request.include_memory_state, quiesce=request.quiesce
+                ),
                 max_unfinished=self.max_jobs_per_vps,
                 created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_CREATE, vps, job)
         self.events.jobs_queued()
@@ -259,6 +251,7 @@ class SnapshotService:
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
                 created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_DELETE, vps, job)
         self.events.jobs_queued()
@@ -296,8 +289,9 @@ class SnapshotService:
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
                 created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
                 # issue 9, kind 3: the driver refuses a VM whose RAM size or machine type changed.
-                payload=restore_payload(snapshot),
+                payload=RestorePayload(vm_config=snapshot.vm_config),
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_RESTORE, vps, job)
         self.events.jobs_queued()

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from vpsnap.domain.errors import DomainError, SnapshotLimitReached, SnapshotNameTaken
+from vpsnap.domain.job_types import snapshot_payload
 from vpsnap.domain.model import Consistency, IntentState, Job, VmConfig, Vps
 from vpsnap.domain.ports import (
     HypervisorDriver,
@@ -52,7 +53,7 @@ class CreateSnapshotHandler:
     async def perform(
         self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         ours = journal.intended == name
         present = await driver.list_restore_points(vps)
         clash = clashing_point(present, name)
@@ -71,10 +72,11 @@ class CreateSnapshotHandler:
             await driver.delete_snapshot(vps, name)
         if not ours:
             await journal.open_intent(vps, name)
+        payload = snapshot_payload(job)
         request = SnapshotRequest(
             name=name,
-            include_memory_state=bool(job.payload.get("includeMemoryState", False)),
-            quiesce=bool(job.payload.get("quiesce", True)),
+            include_memory_state=payload.include_memory_state,
+            quiesce=payload.quiesce,
         )
         try:
             taken = await driver.create_snapshot(vps, request)
@@ -99,7 +101,7 @@ class CreateSnapshotHandler:
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         recorded = facts.get("diskCreatedAt")
         await tx.record_snapshot_taken(
             vps.id,
@@ -121,7 +123,7 @@ class CreateSnapshotHandler:
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         # The slot is given back at once. What the failed attempt may have left on disk is
         # covered by its write intent (settled in perform, or by reconciliation).
-        await tx.remove_snapshot(vps.id, job.snapshot_name or "")
+        await tx.remove_snapshot(vps.id, job.snapshot)
 
 
 async def settle_failed_write(
@@ -133,7 +135,12 @@ async def settle_failed_write(
     try:
         left = find_point(await driver.list_restore_points(vps), name)
     except DomainError as exc:
-        log.warning("write_intent_left_open", vps_id=vps.id, snapshot=name, reason=exc.detail)
+        log.warning(
+            "write_intent_left_open",
+            vps_id=vps.id,
+            snapshot=name,
+            reason=exc.log_detail or exc.detail,
+        )
         return
     if left is None:
         await journal.close_intent(name, IntentState.UNDONE)

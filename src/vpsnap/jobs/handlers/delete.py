@@ -49,7 +49,7 @@ class DeleteSnapshotHandler:
     async def perform(
         self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         row = await journal.snapshot(vps.id, name)
         recorded = row.disk_created_at if row is not None else None
         return {"removedFromDisk": await delete_own_snapshot(driver, vps, name, recorded)}
@@ -57,7 +57,7 @@ class DeleteSnapshotHandler:
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         # The store re-links its children and the VPS's current pointer to its parent.
         await tx.remove_snapshot(vps.id, name)
         return {"name": name}
@@ -65,7 +65,7 @@ class DeleteSnapshotHandler:
     async def undo(self, tx: Transaction, job: Job, vps: Vps) -> None:
         await tx.set_snapshot_status(
             vps.id,
-            job.snapshot_name or "",
+            job.snapshot,
             SnapshotStatus.AVAILABLE,
             only_from=SnapshotStatus.DELETING,
         )

@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from vpsnap.domain.model import Job, PowerAction, PowerState, VmFacts, Vps
+from vpsnap.domain.job_types import power_payload
+from vpsnap.domain.model import Job, PowerState, VmFacts, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.observer import VM_FACTS, observe_vm
@@ -23,8 +24,9 @@ class PowerHandler:
     async def perform(
         self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
     ) -> dict[str, Any]:
-        action = PowerAction(job.payload["action"])
-        outcome = await driver.change_power(vps, action, force=bool(job.payload.get("force")))
+        payload = power_payload(job)
+        action = payload.action
+        outcome = await driver.change_power(vps, action, force=payload.force)
         facts = await observe_vm(driver, vps, outcome.power_state_after)
         return {
             "action": action.value,

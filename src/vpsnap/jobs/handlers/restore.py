@@ -11,12 +11,12 @@ from datetime import datetime
 from typing import Any
 
 from vpsnap.domain.errors import SnapshotNotFound
+from vpsnap.domain.job_types import restore_payload
 from vpsnap.domain.model import (
     Job,
     PowerAction,
     PowerState,
     SnapshotStatus,
-    VmConfig,
     VmFacts,
     Vps,
 )
@@ -24,7 +24,6 @@ from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
 from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.observer import VM_FACTS, observe_vm
-from vpsnap.services.snapshots import RESTORE_VM_CONFIG
 
 POWER_STATE_BEFORE = "powerStateBefore"
 
@@ -34,7 +33,7 @@ async def _move(
 ) -> None:
     # Conditional: a delete accepted behind this restore has already made the snapshot
     # `deleting` (and given its slot back); the restore must not undo that.
-    await tx.set_snapshot_status(vps.id, job.snapshot_name or "", new, only_from=old)
+    await tx.set_snapshot_status(vps.id, job.snapshot, new, only_from=old)
 
 
 class RestoreSnapshotHandler:
@@ -44,7 +43,7 @@ class RestoreSnapshotHandler:
     async def perform(
         self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         recorded = journal.facts.get(POWER_STATE_BEFORE)
         if isinstance(recorded, str):
             before = PowerState(recorded)
@@ -69,7 +68,7 @@ class RestoreSnapshotHandler:
             name,
             # The VM configuration the snapshot's RAM state fits, recorded with it and put in
             # the job when the restore was asked for (issue 9, kind 3).
-            recorded=VmConfig.from_json(job.payload.get(RESTORE_VM_CONFIG)),
+            recorded=restore_payload(job).vm_config,
         )
         after = outcome.power_state_after
         if before is PowerState.RUNNING and after is PowerState.STOPPED:
@@ -85,7 +84,7 @@ class RestoreSnapshotHandler:
     async def succeed(
         self, tx: Transaction, job: Job, vps: Vps, facts: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
-        name = job.snapshot_name or ""
+        name = job.snapshot
         await _move(tx, job, vps, SnapshotStatus.RESTORING, SnapshotStatus.AVAILABLE)
         # The restored snapshot becomes the parent of the next one.
         await tx.set_current_snapshot(vps.id, name)

@@ -2,9 +2,9 @@
 
 The run was decided when it was queued (``vpsnap.scheduler.schedules``): the new snapshot's
 row is ``creating`` and, when every slot was used, the replaced scheduled snapshot is
-``deleting``, its name in the payload under ``replaces``. The new snapshot is taken *before*
-the old one is deleted, so a run that fails anywhere keeps the old restore point: the new row
-goes (its slot is free at once) and the old one is ``available`` again.
+``deleting``, its name in the payload (``SnapshotPayload.replaces``). The new snapshot is taken
+*before* the old one is deleted, so a run that fails anywhere keeps the old restore point: the
+new row goes (its slot is free at once) and the old one is ``available`` again.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 
 from vpsnap.domain.errors import DomainError
+from vpsnap.domain.job_types import snapshot_payload
 from vpsnap.domain.model import Job, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.create import CreateSnapshotHandler, settle_failed_write
@@ -23,9 +24,6 @@ from vpsnap.jobs.handlers.delete import delete_own_snapshot
 from vpsnap.jobs.journal import JobJournal
 
 log = structlog.get_logger("vpsnap.worker")
-
-REPLACES = "replaces"
-"""Payload key: the name of the scheduled snapshot this run deletes to make room, or None."""
 
 # ``snapshot_schedules.last_run_status`` is VARCHAR(300); PostgreSQL refuses longer values.
 LAST_RUN_STATUS_MAX = 300
@@ -39,8 +37,7 @@ def run_status(text: str) -> str:
 
 
 def _replaced(job: Job) -> str | None:
-    value = job.payload.get(REPLACES)
-    return value if isinstance(value, str) else None
+    return snapshot_payload(job).replaces
 
 
 async def _record_run(tx: Transaction, vps_id: str, at: datetime, status: str) -> None:
@@ -79,7 +76,7 @@ class ScheduledSnapshotHandler:
             # Keep the old restore point and take the new one back: the failed run then
             # changes nothing, and the VPS never holds more snapshots than it has slots. The
             # new one is this job's own (its write intent is still open).
-            name = job.snapshot_name or ""
+            name = job.snapshot
             try:
                 await driver.delete_snapshot(vps, name)
             except DomainError as cleanup:
