@@ -85,11 +85,14 @@ async def create(api: Api, vps: str, name: str) -> Any:
 
 
 async def add_vps(api: Api, name: str, **machine: Any) -> str:
+    # A disk of its own: one disk file belongs to one VPS (issue 9, kind 4).
+    disk = api.data_dir / f"{name}.qcow2"
+    await QemuImg().create_image(disk, 64 * 1024 * 1024)
     vps = await api.runtime.services.accounts.add_vps(
         NewVps(
             account_name="demo",
             name=name,
-            disks=(str(api.disk("demo-web")),),
+            disks=(str(disk),),
             snapshot_slots=2,
             **machine,
         )

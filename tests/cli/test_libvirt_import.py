@@ -112,5 +112,5 @@ def test_import_errors_name_what_is_wrong(lab: LibvirtLab, tmp_path: Path) -> No
     code, _, err = vpsnap(
         data, "admin", "vps", "import-libvirt", "--account", "acme", "--domain", "no-such-domain"
     )
-    assert code == 1
+    assert code == 4  # a conflict (vm_config_changed: the libvirt domain is not there)
     assert "no-such-domain" in err

@@ -105,8 +105,22 @@ def test_a_demo_session_leaves_no_key_in_the_log(tmp_path: Path) -> None:
         env={"VPSNAP_LOG_LEVEL": "debug", "VPSNAP_DEMO_VM": "false"},
     )
     try:
-        keys = json.loads((tmp_path / "demo-tokens.json").read_text())
+        tokens = json.loads((tmp_path / "demo-tokens.json").read_text())
+        passwords: dict[str, str] = tokens.pop("users")
+        keys = {label: secret for label, secret in tokens.items() if isinstance(secret, str)}
         used = session(server, keys, tmp_path)
+        # A panel sign-in (a password over the wire) and a session cookie's use.
+        login = httpx.post(
+            f"{server.url}/login",
+            data={"email": "demo@example.com", "password": passwords["demo@example.com"]},
+            headers={"Origin": server.url},
+            timeout=60,
+        )
+        assert login.status_code == 303, login.status_code
+        cookie = login.cookies.get("hostup_session")
+        assert cookie
+        panel = httpx.get(f"{server.url}/vps", cookies={"hostup_session": cookie}, timeout=60)
+        assert panel.status_code == 200
         time.sleep(0.5)  # the last log lines
     finally:
         server.stop()
@@ -114,6 +128,10 @@ def test_a_demo_session_leaves_no_key_in_the_log(tmp_path: Path) -> None:
     assert "request_completed" in log  # debug logging really ran
     assert len(log.splitlines()) > 20
     lines = log.splitlines()
+    # The dashboard's passwords and the session cookie never reach the log either.
+    for email, password in passwords.items():
+        assert not [n for n, line in enumerate(lines, 1) if password in line], email
+    assert not [n for n, line in enumerate(lines, 1) if cookie in line], "session cookie"
     for label, secret in used.items():
         digest = hashlib.sha256(secret.encode()).hexdigest()
         for what, material in (("secret", secret), ("hash", digest), ("hash prefix", digest[:32])):

@@ -48,7 +48,7 @@ class JobService:
                 f"limit must be between 1 and {MAX_PAGE_SIZE}.",
                 [FieldError("/query/limit", f"Between 1 and {MAX_PAGE_SIZE}.", "out_of_range")],
             )
-        before = decode_cursor(cursor) if cursor is not None else None
+        before = decode_cursor(cursor, "job") if cursor is not None else None
         async with self.store.transaction(read_only=True) as tx:
             if vps_id is not None:
                 await owned_vps(tx, principal, vps_id)

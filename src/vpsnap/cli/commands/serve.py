@@ -74,6 +74,8 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
             if demo:
                 await seed_demo(runtime, qemu_img_for(settings))
                 await start_demo_vm(runtime)
+                # Publish the new VPSes' power states now, not at the next periodic refresh.
+                await runtime.observer().refresh_power_states()
             if stopping.is_set():
                 return
             serving = asyncio.create_task(server.serve(sockets=[listener]))
