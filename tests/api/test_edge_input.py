@@ -62,7 +62,6 @@ QUERY_CODES = {
     "limit": "invalid_request",
     "cursor": "invalid_cursor",
     # the audit trail's filters (issue 12)
-    "vpsId": "invalid_request",
     "actor": "invalid_request",
     "actorKind": "invalid_request",
     "action": "invalid_request",
