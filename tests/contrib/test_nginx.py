@@ -83,7 +83,7 @@ def nginx(tmp_path: Path) -> Iterator[tuple[str, str, Path, dict[str, str]]]:
             "VPSNAP_LOG_LEVEL": "warning",
             "VPSNAP_DEMO_VM": "false",
             "VPSNAP_FORWARDED_ALLOW_IPS": "127.0.0.1",
-            "VPSNAP_ALLOWED_HOSTS": "localhost",
+            "VPSNAP_ALLOWED_HOSTS": "localhost,127.0.0.1",
         },
     )
     conf_dir = tmp_path / "nginx"
