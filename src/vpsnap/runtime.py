@@ -31,11 +31,16 @@ from vpsnap.capacity_config import load_capacity_config
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DataDirInUse, ProcessRefused
 from vpsnap.domain.ports import HypervisorDriver
+from vpsnap.domain.storage import SpaceGuard
 from vpsnap.domain.users import SessionPolicy
+from vpsnap.domain.webhooks import RetryPolicy
 from vpsnap.drivers.dispatch import DispatchingDriver, libvirt_driver_factory
 from vpsnap.drivers.machines import ManagedMachines
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
+from vpsnap.events.addresses import AddressPolicy
+from vpsnap.events.delivery import WebhookDispatcher, WebhookSender
+from vpsnap.jobs.data_stores import WriteGuard, publish_data_stores
 from vpsnap.jobs.observer import NodeObserver
 from vpsnap.jobs.signals import InProcessJobEvents, PgListener, asyncpg_dsn
 from vpsnap.jobs.worker import Worker, default_worker_id
@@ -47,6 +52,7 @@ from vpsnap.scheduler.retention import sweep_expired
 from vpsnap.scheduler.schedules import run_due_schedules
 from vpsnap.scheduler.stale_jobs import fail_unstartable_jobs
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.audit import AuditService
 from vpsnap.services.capacity import CapacityService
 from vpsnap.services.container import Services
 from vpsnap.services.credentials import CredentialService
@@ -60,7 +66,8 @@ from vpsnap.services.power import PowerService
 from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
 from vpsnap.services.users import UserService
-from vpsnap.settings import Settings
+from vpsnap.services.webhooks import WebhookService
+from vpsnap.settings import ConfigFileError, Settings
 from vpsnap.store import migrate
 from vpsnap.store.locks import SessionLock
 from vpsnap.store.sql import Channel, SqlStore
@@ -76,6 +83,22 @@ class Role(StrEnum):
     AGENT = "agent"
     SCHEDULER = "scheduler"
     ADMIN = "admin"
+
+
+def space_guard(settings: Settings) -> SpaceGuard:
+    return SpaceGuard(
+        floor_bytes=int(settings.storage_free_floor),
+        margin_bytes=int(settings.storage_snapshot_margin),
+        # Several missed publications: the node is not publishing, its numbers mean little.
+        stale_after=timedelta(seconds=max(5 * settings.data_store_interval_seconds, 60)),
+    )
+
+
+def address_policy(settings: Settings) -> AddressPolicy:
+    try:
+        return AddressPolicy.from_settings(settings.webhook_allowed_networks)
+    except ValueError as exc:
+        raise ConfigFileError(f"VPSNAP_WEBHOOK_ALLOWED_NETWORKS: {exc}") from None
 
 
 def qemu_img_for(settings: Settings) -> QemuImg:
@@ -169,6 +192,7 @@ class Runtime:
                 timedelta(hours=settings.retention_hours),
                 nodes,
                 max_jobs_per_vps=settings.max_jobs_per_vps,
+                space=space_guard(settings),
             ),
             jobs=JobService(store, events),
             capacity=CapacityService(
@@ -185,6 +209,8 @@ class Runtime:
             sessions=SessionService(store, clock, passwords, session_policy(settings)),
             panel=PanelService(store, inventory),
             nodes=nodes,
+            audit=AuditService(store),
+            webhooks=WebhookService(store, clock, address_policy(settings)),
         )
         return cls(settings, store, driver, events, clock, services, role)
 
@@ -246,6 +272,7 @@ class Runtime:
             slow_concurrency=self.settings.worker_slow_concurrency,
             max_attempts=self.settings.job_max_attempts,
             grace_seconds=self.settings.shutdown_grace_seconds,
+            write_guard=WriteGuard(space_guard(self.settings), self.clock),
         )
 
     def observer(self) -> NodeObserver:
@@ -275,8 +302,15 @@ class Runtime:
                     now - timedelta(days=settings.job_retention_days)
                 )
                 records = await tx.purge_idempotency(now)
+                # The audit trail has a retention of its own, independent of jobs.
+                audit = await tx.purge_audit_events(
+                    now - timedelta(days=settings.audit_retention_days)
+                )
+                deliveries = await tx.purge_webhook_history(
+                    now - timedelta(days=settings.webhook_retention_days)
+                )
             sessions = await self.services.sessions.purge()
-            return jobs, records, sessions
+            return jobs, records, sessions, audit, deliveries
 
         async def expire_snapshots() -> object:
             return await sweep_expired(self.store, self.events, self.clock)
@@ -287,6 +321,7 @@ class Runtime:
                 self.events,
                 self.clock,
                 retention=timedelta(hours=settings.retention_hours),
+                space=space_guard(settings),
             )
 
         async def unstartable_jobs() -> object:
@@ -298,12 +333,18 @@ class Runtime:
                 timedelta(seconds=settings.queued_job_timeout_seconds),
             )
 
+        dispatcher = self.webhook_dispatcher()
+
         return [
             PeriodicTask("lease-reaper", max(settings.job_lease_seconds / 3, 0.5), reap_leases),
             PeriodicTask("housekeeping", settings.scheduler_interval_seconds, housekeeping),
             PeriodicTask("retention", settings.scheduler_interval_seconds, expire_snapshots),
             PeriodicTask("schedules", settings.scheduler_interval_seconds, run_schedules),
             PeriodicTask("unstartable-jobs", settings.scheduler_interval_seconds, unstartable_jobs),
+            # Webhooks go out from the (one active) scheduler: sent once in scale-out.
+            PeriodicTask(
+                "webhooks", settings.webhook_delivery_interval_seconds, dispatcher.deliver_due
+            ),
         ]
 
     def node_tasks(self, observer: NodeObserver) -> list[PeriodicTask]:
@@ -313,13 +354,33 @@ class Runtime:
         async def reconcile_node() -> object:
             return await reconcile(self.store, driver, settings.node, clock=self.clock)
 
+        async def publish_data_stores_of_node() -> object:
+            # Only the node's agent sees its disks: the API and the gates read what it wrote.
+            return await publish_data_stores(self.store, self.clock, settings.node)
+
         return [
             PeriodicTask("heartbeat", settings.node_heartbeat_seconds, observer.heartbeat),
             PeriodicTask(
                 "power-states", settings.power_refresh_seconds, observer.refresh_power_states
             ),
             PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
+            PeriodicTask(
+                "data-stores", settings.data_store_interval_seconds, publish_data_stores_of_node
+            ),
         ]
+
+    def webhook_dispatcher(self) -> WebhookDispatcher:
+        settings = self.settings
+        return WebhookDispatcher(
+            self.store,
+            self.clock,
+            WebhookSender(address_policy(settings), timeout=settings.webhook_timeout_seconds),
+            RetryPolicy(
+                base=timedelta(seconds=settings.webhook_retry_base_seconds),
+                cap=timedelta(seconds=settings.webhook_retry_max_seconds),
+                window=timedelta(hours=settings.webhook_retry_window_hours),
+            ),
+        )
 
     def listener(self, *, wake_worker: bool) -> PgListener | None:
         """LISTEN/NOTIFY wake-ups from other processes (PostgreSQL only; None on SQLite)."""

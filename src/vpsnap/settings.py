@@ -1,12 +1,26 @@
-"""Runtime settings, read from ``VPSNAP_*`` environment variables and CLI flags."""
+"""Runtime settings: CLI flags, then ``VPSNAP_*`` environment variables, then the TOML
+configuration file (``load_settings``), then the defaults below."""
 
 from __future__ import annotations
 
+import os
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import ByteSize, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from vpsnap.domain.errors import ConfigurationError
 
 
 class Settings(BaseSettings):
@@ -192,7 +206,134 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
+    # -- operations (issue 12): audit, webhooks, disk space (docs/operations.md) -------------
+    audit_retention_days: int = Field(
+        default=400, ge=1, description="Audit events are kept this long (independent of jobs)"
+    )
+    webhook_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks webhooks may reach although not public (comma-separated CIDRs, "
+        "e.g. 10.0.0.0/8); default none",
+    )
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_delivery_interval_seconds: float = Field(
+        default=2.0, gt=0, description="How often the outbox is checked for due messages"
+    )
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_hours: float = Field(
+        default=24.0, gt=0, description="A message undelivered this long is given up"
+    )
+    webhook_retention_days: int = Field(default=30, ge=1)
+    storage_free_floor: ByteSize = Field(
+        default=ByteSize(1024**3),
+        description="Free space a snapshot must leave on the disks' filesystem (1GiB, 500MB…)",
+    )
+    storage_snapshot_margin: ByteSize = Field(
+        default=ByteSize(256 * 1024**2),
+        description="Added to the worst-case size of a snapshot (RAM for one with memory)",
+    )
+    data_store_interval_seconds: float = Field(
+        default=60.0, gt=0, description="How often a node publishes its disks' free space"
+    )
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init), then the environment, then the configuration file (if one is being
+        loaded by ``load_settings``): the first that sets a value wins."""
+        sources = [init_settings, env_settings, dotenv_settings, file_secret_settings]
+        config_file = _config_file.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'vpsnap.db').resolve()}"
+
+
+# -- the configuration file (issue 12) ------------------------------------------------------------
+
+DEFAULT_CONFIG_FILE = Path("/etc/vpsnap/vpsnap.toml")
+CONFIG_ENV = "VPSNAP_SETTINGS_FILE"
+_config_file: ContextVar[Path | None] = ContextVar("vpsnap_config_file", default=None)
+
+
+class ConfigFileError(ConfigurationError):
+    """The configuration file is missing, not TOML, or sets something wrong (the CLI prints it
+    and exits, as for every ``ConfigurationError``)."""
+
+
+def config_file(explicit: Path | None = None) -> Path | None:
+    """The file to read: ``--config``, else ``VPSNAP_SETTINGS_FILE``, else
+    ``/etc/vpsnap/vpsnap.toml`` when it exists. A file named explicitly must exist.
+    (``VPSNAP_CONFIG`` is the client command's own file of contexts, docs/cli.md.)"""
+    named = explicit or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if named is not None:
+        if not named.is_file():
+            raise ConfigFileError(f"{named}: the configuration file does not exist")
+        return named
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def _check_keys(path: Path) -> None:
+    """Unknown keys are errors: a typo must never silently leave a default in place."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigFileError(
+            f"{path}: cannot read the configuration file: {exc.strerror}"
+        ) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigFileError(f"{path}: not valid TOML: {exc}") from exc
+    known = Settings.model_fields
+    for key in data:
+        if key not in known:
+            hint = " (keys are the setting names without VPSNAP_, in lower case)"
+            raise ConfigFileError(f"{path}: {key}: unknown setting{hint}")
+
+
+@contextmanager
+def _reading(path: Path | None) -> Iterator[None]:
+    token = _config_file.set(path)
+    try:
+        yield
+    finally:
+        _config_file.reset(token)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Settings from the flags given (``overrides``; None values are not given), the
+    environment and the configuration file (``config_file``), in that order of precedence.
+
+    Raises ``ConfigFileError`` for a missing or unreadable file, an unknown key, or a value
+    that does not validate (naming the file and the key).
+    """
+    path = config_file(config)
+    if path is not None:
+        _check_keys(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        with _reading(path):
+            return Settings(**given)
+    except ValidationError as exc:
+        where = f"{path} or the environment" if path is not None else "the environment"
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigFileError(f"{where}: {key}: {first['msg']}") from None

@@ -206,7 +206,8 @@ async def test_commit_is_confirmed_by_billing_and_applies_at_once(capi: Capacity
         1,
     )
     assert payload["priceChange"]["recurringAmount"] == "1.50"
-    assert delivery.headers["x-vpsnap-delivery"] == payload["id"]
+    assert delivery.headers["webhook-id"].startswith("msg_")
+    assert payload["id"].startswith("chg_")
 
     # The new slot is there at once: the snapshot list shows it and a snapshot can be taken.
     assert await capi.limits("demo-nosnap") == {

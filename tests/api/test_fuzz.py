@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import Api
+from vpsnap.events import addresses
 
 # docs/api.md lists these; test_every_operation_is_fuzzed keeps the list complete.
 OPERATION_IDS = [
@@ -59,6 +61,14 @@ OPERATION_IDS = [
     "metrics",
     "listErrorCodes",
     "describeErrorCode",
+    # operations (issue 12)
+    "listAuditEvents",
+    "listWebhooks",
+    "createWebhook",
+    "getWebhook",
+    "deleteWebhook",
+    "testWebhook",
+    "listWebhookDeliveries",
 ]
 
 CHECKS = [
@@ -94,6 +104,10 @@ NOTHING_TO_NEGATE = {
     "readyz",
     "metrics",
     "listErrorCodes",
+    "listWebhooks",
+    "getWebhook",
+    "deleteWebhook",
+    "testWebhook",
 }
 CASES = [
     (operation_id, mode)
@@ -106,6 +120,16 @@ CASES = [
 BUSINESS_RULE_CODES = {"out_of_range", "not_allowed"}
 
 PROBLEM_MEMBERS = {"type", "title", "status", "code", "requestId"}
+
+
+@pytest.fixture(autouse=True)
+def no_name_lookups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generated webhook URLs name random hosts: answer them here instead of asking DNS."""
+
+    async def unknown(host: str, port: int) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, f"{host}:{port} is not looked up in tests")
+
+    monkeypatch.setattr(addresses, "lookup", unknown)
 
 
 @pytest.fixture
@@ -132,15 +156,20 @@ def _data_dependent_rejection(operation_id: str, response: httpx.Response) -> bo
     if response.status_code != 400:
         return False
     body = response.json()
-    if operation_id in {"listVps", "listJobs"} and body["code"] == "invalid_cursor":
+    if (
+        operation_id in {"listVps", "listJobs", "listAuditEvents", "listWebhookDeliveries"}
+        and body["code"] == "invalid_cursor"
+    ):
         # `cursor` is opaque: any string is schema-valid, only those this server handed out are
         # accepted (docs/api.md, Pagination).
         return True
     # The slot range and step are the operator's configuration, the billing cycle the VPS's
     # (docs/capacity.md): `out_of_range` / `not_allowed`, never a schema rule.
     codes = {error["code"] for error in body.get("errors", [])}
+    # A webhook URL that resolves to no public address, an event name that is no event, a
+    # time range that ends before it starts (docs/webhooks.md, docs/api.md): data, not schema.
     return (
-        operation_id == "configureVps"
+        operation_id in ("configureVps", "createWebhook", "listAuditEvents")
         and body["code"] == "invalid_request"
         and bool(codes)
         and codes <= BUSINESS_RULE_CODES

@@ -33,6 +33,11 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
     "ConfigResourcesIn": {"snapshotSlots": 3},
     "RestartIn": {"force": False},
     "PowerActionIn": {},
+    "WebhookIn": {
+        "url": "https://hooks.example.com/vpsnap",
+        "eventTypes": ["job.failed"],
+        "description": "d",
+    },
 }
 
 # Every JSON value of a type other than the field's (a string spelling of the right value, a
@@ -43,6 +48,7 @@ WRONG_VALUES: dict[type, list[Any]] = {
     float: ["6", "6.0", True, [], {}, None],
     str: [1, 1.5, True, [], {}],
     BaseModel: ["x", 1, True, [], None],
+    list[str]: ["job.failed", 1, True, {}],  # a wrong item points at the item (/eventTypes/0)
 }
 
 

@@ -50,6 +50,17 @@ OPERATIONS: dict[str, tuple[str, str]] = {
 }
 # Service endpoints for monitoring and people, not for API clients.
 NOT_FOR_CLIENTS = {"healthz", "readyz", "metrics", "listErrorCodes", "describeErrorCode"}
+# Issue 12's operations: in the API (docs/api.md, docs/webhooks.md) and the admin CLI
+# (`vpsnap admin audit`); SDK methods and client commands for them are still to be written.
+NOT_FOR_CLIENTS |= {
+    "listAuditEvents",
+    "listWebhooks",
+    "createWebhook",
+    "getWebhook",
+    "deleteWebhook",
+    "testWebhook",
+    "listWebhookDeliveries",
+}
 
 
 def operation_ids(server: LiveServer) -> set[str]:

@@ -159,6 +159,7 @@ def _fill(path: str, api: Api) -> str:
         "name": "nothing",
         "key_id": "key_nothing",
         "action": "stop",
+        "webhook_id": "whk_01hxa3b4c5d6e7f8g9h0j1k2m3",
     }
     return re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], path)
 

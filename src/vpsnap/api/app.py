@@ -11,13 +11,24 @@ from vpsnap.api.docs import install_docs
 from vpsnap.api.edge import EdgeMiddleware
 from vpsnap.api.idempotency import IdempotencyMiddleware
 from vpsnap.api.openapi import VpsnapApi
+from vpsnap.api.origin import OriginMiddleware
 from vpsnap.api.problems import (
     domain_error_handler,
     http_error_handler,
     validation_error_handler,
 )
 from vpsnap.api.ratelimit import RateLimits
-from vpsnap.api.routes import capacity, jobs, power, schedules, service, snapshots, vps
+from vpsnap.api.routes import (
+    audit,
+    capacity,
+    jobs,
+    power,
+    schedules,
+    service,
+    snapshots,
+    vps,
+    webhooks,
+)
 from vpsnap.api.trust import HostPolicy
 from vpsnap.dashboard.web import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
@@ -52,6 +63,8 @@ def create_app(
     app.add_exception_handler(DomainError, domain_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, html_errors_for_browsers(http_error_handler))
+    # Innermost: the request id and client address the edge settled, for the audit trail.
+    app.add_middleware(OriginMiddleware)
     # Added before the edge so the edge (request ids, body limit, rate limit) stays outermost
     # and a replayed answer passes through it like a fresh one.
     app.add_middleware(
@@ -70,6 +83,8 @@ def create_app(
         # (uvicorn's own handling is off, see cli/serve.py, so this is the only place).
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.forwarded_allow_ips)
     for module in (vps, snapshots, schedules, capacity, power, jobs, service):
+        app.include_router(module.router)
+    for module in (audit, webhooks):  # operations (issue 12)
         app.include_router(module.router)
     install_docs(app)
     # -- the web panel (issue 11) --

@@ -170,6 +170,10 @@ class EdgeMiddleware:
             REQUEST_DURATION.labels(
                 route_template(scope), scope.get("method", ""), str(status["code"])
             ).observe(elapsed)
+            # Who asked, from where (issue 12): the principal the request authenticated as,
+            # and the client address (a trusted proxy's X-Forwarded-For, else the peer).
+            principal = state.get("principal")
+            client = scope.get("client")
             log.info(
                 "request_completed",
                 request_id=request_id,
@@ -177,6 +181,9 @@ class EdgeMiddleware:
                 path=scope.get("path"),
                 status=status["code"],
                 duration_ms=round(elapsed * 1000, 2),
+                client_ip=client[0] if client else None,
+                account_id=getattr(principal, "account_id", None),
+                key_id=getattr(principal, "key_id", None),
             )
 
     async def _count(

@@ -20,7 +20,7 @@ from typing import Annotated
 from fastapi import Path, Query
 from pydantic import AfterValidator
 
-from vpsnap.domain.ids import JOB_ID_PATTERN, VPS_ID_PATTERN
+from vpsnap.domain.ids import JOB_ID_PATTERN, VPS_ID_PATTERN, id_pattern
 from vpsnap.domain.rules import (
     NAME_FILTER_MAX_LENGTH,
     NAME_FILTER_PATTERN,
@@ -49,6 +49,22 @@ SnapshotNamePath = Annotated[
         pattern=SNAPSHOT_NAME_PATTERN,
         description="The snapshot's name (matched ignoring case).",
         examples=["before-upgrade"],
+    ),
+]
+WebhookIdPath = Annotated[
+    str,
+    Path(
+        pattern=id_pattern("whk"),
+        description="The webhook endpoint's id (`whk_` + a lowercase ULID).",
+        examples=["whk_01hxa3b4c5d6e7f8g9h0j1k2m3"],
+    ),
+]
+VpsIdFilter = Annotated[
+    str | None,
+    Query(
+        alias="vpsId",
+        pattern=VPS_ID_PATTERN,
+        description="Only events of this VPS (`vps_` + a lowercase ULID).",
     ),
 ]
 ErrorCodePath = Annotated[

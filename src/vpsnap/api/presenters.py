@@ -7,6 +7,7 @@ from fastapi import Response
 from vpsnap.api.schemas import (
     BillingOut,
     GateOut,
+    JobCreatorOut,
     JobOut,
     LimitsOut,
     OperatingSystemOut,
@@ -140,4 +141,8 @@ def job_out(job: Job, error: dict[str, object] | None) -> JobOut:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        request_id=job.request_id,
+        created_by=JobCreatorOut(kind=job.created_by.kind.value, id=job.created_by.id)
+        if job.created_by
+        else None,
     )

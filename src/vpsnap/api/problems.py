@@ -26,6 +26,7 @@ from vpsnap.domain.errors import (
     Unauthorized,
     UnsupportedMediaType,
     VpsNotFound,
+    WebhookNotFound,
 )
 from vpsnap.domain.problems import error_summary
 
@@ -130,6 +131,7 @@ PATH_NOT_FOUND: dict[str, tuple[type[NotFound], str]] = {
     "vps_id": (VpsNotFound, "No VPS with id {value} in this account."),
     "snapshot_id": (SnapshotNotFound, "The VPS has no snapshot named {value}."),
     "job_id": (JobNotFound, "No job with id {value} in this account."),
+    "webhook_id": (WebhookNotFound, "No webhook endpoint with id {value} in this account."),
 }
 
 

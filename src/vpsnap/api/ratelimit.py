@@ -15,6 +15,7 @@ from limits.storage import storage_from_string
 
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import RateLimited
+from vpsnap.metrics import RATE_LIMITED
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ class RateLimits:
 
     async def _hit(self, policy: str, item: RateLimitItem, identity: str) -> RateState:
         allowed = await self._limiter.hit(item, policy, identity)
+        if not allowed:
+            RATE_LIMITED.labels(policy).inc()
         stats = await self._limiter.get_window_stats(item, policy, identity)
         return RateState(
             policy=policy,

@@ -180,6 +180,11 @@ class OperationOut(ApiModel):
     operation: OperationBody
 
 
+class JobCreatorOut(ApiModel):
+    kind: str = Field(examples=["api_key"])
+    id: str = Field(examples=["key_01hxa3b4c5d6e7f8g9h0j1k2m3"])
+
+
 class JobOut(ApiModel):
     job_id: str
     type: str
@@ -192,6 +197,12 @@ class JobOut(ApiModel):
     created_at: Timestamp
     started_at: Timestamp | None
     finished_at: Timestamp | None
+    request_id: str | None = Field(
+        default=None, description="The request that queued the job (its `X-Request-Id`)."
+    )
+    created_by: JobCreatorOut | None = Field(
+        default=None, description="Who asked for it: an API key, a user, the scheduler."
+    )
 
 
 class JobPageOut(ApiModel):

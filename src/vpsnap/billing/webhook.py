@@ -1,7 +1,10 @@
-"""The billing webhook: an HMAC-signed JSON POST to the operator's billing system.
+"""The billing webhook: a signed JSON POST to the operator's billing system.
 
-One POST per event, no retries (the customer's request is waiting; they retry it). Any 2xx
-answer confirms; anything else (another status, a timeout, a refused connection) is
+Signed per the Standard Webhooks specification, as the tenants' webhooks are
+(``webhook-id``, ``webhook-timestamp``, ``webhook-signature``; ``vpsnap.events.delivery``):
+the timestamp is part of what is signed, so a captured request cannot be replayed later. One
+POST per event, no retries (the customer's request is waiting; they retry it). Any 2xx answer
+confirms; anything else (another status, a timeout, a refused connection) is
 ``BillingUnavailable`` and the change is not applied. See ``docs/capacity.md`` for the payload
 and how to verify the signature.
 """
@@ -9,9 +12,8 @@ and how to verify the signature.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -28,19 +30,11 @@ from vpsnap.domain.capacity import (
 )
 from vpsnap.domain.clock import Clock, SystemClock, format_timestamp
 from vpsnap.domain.errors import BillingConfigError, BillingUnavailable
+from vpsnap.domain.ids import new_id
+from vpsnap.events.delivery import signed_headers
 from vpsnap.settings import Settings
 
 log = structlog.get_logger("vpsnap.billing")
-
-SIGNATURE_HEADER = "X-Vpsnap-Signature"
-TIMESTAMP_HEADER = "X-Vpsnap-Timestamp"
-DELIVERY_HEADER = "X-Vpsnap-Delivery"
-EVENT_HEADER = "X-Vpsnap-Event"
-
-
-def sign(secret: str, body: bytes) -> str:
-    """The signature header value: ``sha256=<hex HMAC-SHA256 of the raw body>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def price_change_json(change: PriceChange) -> dict[str, str]:
@@ -95,14 +89,12 @@ class WebhookBillingGateway:
         await self._deliver(event_payload(SLOTS_CHANGE_ABORTED_EVENT, change, reason=reason))
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload, separators=(",", ":")).encode()
+        body = json.dumps(payload, separators=(",", ":"))
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"vpsnap/{__version__}",
-            SIGNATURE_HEADER: sign(self._secret, body),
-            TIMESTAMP_HEADER: str(int(self._clock.now().timestamp())),
-            DELIVERY_HEADER: payload["id"],
-            EVENT_HEADER: payload["event"],
+            # Wall-clock time, not the injected clock: the receiver checks it against its own.
+            **signed_headers(self._secret, new_id("msg"), body, datetime.now(UTC)),
         }
         context = {"webhook_event": payload["event"], "change_id": payload["id"], "url": self.url}
         try:
@@ -112,7 +104,7 @@ class WebhookBillingGateway:
                 asyncio.timeout(self.timeout),
                 httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client,
             ):
-                response = await client.post(self.url, content=body, headers=headers)
+                response = await client.post(self.url, content=body.encode(), headers=headers)
         except (TimeoutError, httpx.TimeoutException):
             log.warning("billing_webhook_failed", error="timeout", **context)
             raise BillingUnavailable(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
 from vpsnap import __version__
 from vpsnap.cli.lazy import Lazy, LazyGroup
-from vpsnap.cli.state import connection_options
+from vpsnap.cli.state import connection_options, store_option
 
 _C = "vpsnap.cli.commands."
 
@@ -42,6 +43,15 @@ COMMANDS = {
 )
 @click.version_option(__version__, "--version", "-V", prog_name="vpsnap")
 @connection_options
+@click.option(
+    "--config",
+    "settings_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    callback=store_option,
+    expose_value=False,
+    help="Server settings file (TOML) for serve, the scale-out processes and admin (default "
+    "$VPSNAP_SETTINGS_FILE, then /etc/vpsnap/vpsnap.toml if it exists); flags and VPSNAP_* win.",
+)
 def cli() -> None:
     """vpsnap: VPS snapshots from the command line.
 

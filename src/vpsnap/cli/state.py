@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -48,6 +49,8 @@ class CliState:
     no_header: bool = False
     columns: str | None = None
     wide: bool = False
+    settings_file: Path | None = None
+    """The server's settings file (``vpsnap --config FILE serve|admin …``; docs/operations.md)."""
 
     @property
     def format(self) -> str:
@@ -104,6 +107,10 @@ def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if value is not None and value is not False and param.name is not None:
         setattr(ctx.ensure_object(CliState), param.name, value)
     return value
+
+
+store_option = _store
+"""Click callback that keeps an option's value in the invocation's ``CliState``."""
 
 
 def connection_options(function: F) -> F:

@@ -23,6 +23,7 @@ from vpsnap.client.errors import (
     HypervisorUnavailable,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
+    InsufficientStorage,
     InvalidRequest,
     JobFailed,
     JobNotFound,
@@ -50,6 +51,7 @@ from vpsnap.client.errors import (
     VpsNotFound,
     VpsNotReady,
     VpsQueueFull,
+    WebhookNotFound,
 )
 from vpsnap.client.inventory import Inventory, VpsRef
 from vpsnap.client.jobs import Job, Jobs, Operation
@@ -102,6 +104,7 @@ __all__ = [
     "HypervisorUnavailable",
     "IdempotencyKeyInUse",
     "IdempotencyKeyReused",
+    "InsufficientStorage",
     "InvalidRequest",
     "Inventory",
     "Job",
@@ -157,4 +160,5 @@ __all__ = [
     "VpsQueueFull",
     "VpsRef",
     "VpsnapError",
+    "WebhookNotFound",
 ]

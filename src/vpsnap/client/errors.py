@@ -14,7 +14,8 @@
     ├── NotFound                   404 not_found
     │   ├── VpsNotFound
     │   ├── SnapshotNotFound
-    │   └── JobNotFound
+    │   ├── JobNotFound
+    │   └── WebhookNotFound
     ├── MethodNotAllowed           405
     ├── PayloadTooLarge            413
     ├── UnsupportedMediaType       415
@@ -37,7 +38,8 @@
     ├── ServerError                5xx, after the SDK's own retries
     │   ├── BillingUnavailable     503
     │   ├── HypervisorUnavailable  503
-    │   └── NodeUnavailable        503: the VPS's host is offline or drained (retry_after)
+    │   ├── NodeUnavailable        503: the VPS's host is offline or drained (retry_after)
+    │   └── InsufficientStorage    507: the VPS's data store would run too low on free space
     ├── JobFailed                  the job ended ``failed``: its problem, and ``error`` rebuilt
     └── JobTimeout                 the job did not end within the wait's timeout
 
@@ -299,6 +301,17 @@ class NodeUnavailable(ServerError):
         return float(value) if isinstance(value, int | float) else None
 
 
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+
+
+class InsufficientStorage(ServerError):
+    """507: the snapshot would leave the data store below the operator's free-space floor;
+    nothing was written. Retried like any 5xx; it succeeds once space is freed."""
+
+    code = "insufficient_storage"
+
+
 class JobFailed(VpsnapError):
     """The job ended ``failed``. ``job`` is its last state; ``error`` is its problem document
     rebuilt as an exception (e.g. ``SnapshotNameTaken``), so callers can branch on it."""
@@ -370,6 +383,8 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         BillingUnavailable,
         HypervisorUnavailable,
         NodeUnavailable,
+        WebhookNotFound,
+        InsufficientStorage,
     )
 }
 _BY_CODE |= {"invalid_json": InvalidRequest, "invalid_cursor": InvalidRequest}

@@ -8,6 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter, Request, Response
 
 from vpsnap.dashboard.web import DashboardRoute, Form, Page, SignedIn, field, redirect, render
+from vpsnap.domain.audit import Actor
 from vpsnap.domain.auth import Scope
 from vpsnap.domain.capacity import SNAPSHOT_SLOTS_KEY, format_amount
 from vpsnap.domain.errors import InvalidRequest
@@ -174,7 +175,10 @@ async def key_create(request: Request, page: SignedIn, form: Form) -> Response:
             )
         expires = timedelta(days=int(days))
     issued = await page.services.credentials.issue_for_account(
-        page.context.principal.account_id, scopes, expires
+        page.context.principal.account_id,
+        scopes,
+        expires,
+        actor=Actor.of(page.context.principal),
     )
     return render(request, "key_created.html", {"issued": issued}, page=page)
 
@@ -183,5 +187,7 @@ async def key_create(request: Request, page: SignedIn, form: Form) -> Response:
 async def key_revoke(key_id: str, page: SignedIn, form: Form) -> Response:
     del form
     page.require_owner("manage API keys")
-    await page.services.credentials.revoke_for_account(page.context.principal.account_id, key_id)
+    await page.services.credentials.revoke_for_account(
+        page.context.principal.account_id, key_id, actor=Actor.of(page.context.principal)
+    )
     return redirect("/keys")

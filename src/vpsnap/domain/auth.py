@@ -12,6 +12,8 @@ class Scope(StrEnum):
     BACKUP_VM = "backup:vm"
     POWER_VM = "power:vm"
     WRITE_ALL = "write:all"
+    READ_AUDIT = "read:audit"
+    """The account's audit trail (``GET /api/v2/audit-events``); write:all grants it too."""
 
 
 def parse_scopes(text: str) -> frozenset[Scope]:

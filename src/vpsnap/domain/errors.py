@@ -304,3 +304,17 @@ class ProcessRefused(ConfigurationError):
 
 class CapacityConfigError(ConfigurationError):
     """The capacity file is missing, not TOML, or not a valid configuration."""
+
+
+# -- operations (issue 12) -----------------------------------------------------------------------
+
+
+class InsufficientStorage(DomainError):
+    """The data store of the VPS's disks would fall below the free-space floor
+    (``vpsnap.domain.storage``): refused before anything is written."""
+
+    code = "insufficient_storage"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"

@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from vpsnap.domain.audit import Actor
+
 JsonObject = dict[str, Any]
 
 
@@ -339,6 +341,10 @@ class Job:
 
     """Facts the job recorded durably while it ran (``vpsnap.jobs.journal``): what it found
     before touching anything and which steps took effect, read by a re-run after a crash."""
+    request_id: str | None = None
+    """The request that queued it (``X-Request-Id``); None for the scheduler's own jobs."""
+    created_by: Actor | None = None
+    """Who asked for it (an API key, a dashboard user, the scheduler)."""
 
 
 class IntentState(StrEnum):

@@ -265,6 +265,26 @@ CATALOGUE |= {
 }
 
 
+# -- operations (issue 12) ----------------------------------------------------------------------
+CATALOGUE |= {
+    "webhook_not_found": ProblemKind(
+        404,
+        "Webhook not found",
+        "No webhook endpoint with this id exists in the caller's account.",
+        retryable=False,
+    ),
+    "insufficient_storage": ProblemKind(
+        507,
+        "Insufficient storage",
+        "The filesystem holding the VPS's disks would run too low on free space if this "
+        "snapshot were taken (a snapshot with RAM state writes the whole RAM). Nothing was "
+        "written. It may succeed later, once expiring snapshots free space; sooner if you "
+        "delete snapshots or the operator frees space.",
+        retryable=True,
+    ),
+}
+
+
 def kind_of(code: str) -> ProblemKind:
     """The catalogue entry of ``code``; an unknown code is answered as ``internal_error``."""
     return CATALOGUE.get(code, CATALOGUE["internal_error"])

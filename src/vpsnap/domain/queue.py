@@ -32,6 +32,7 @@ import dataclasses
 from datetime import datetime
 from typing import Any
 
+from vpsnap.domain.audit import Actor
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsQueueFull
 from vpsnap.domain.ids import new_id
@@ -59,6 +60,8 @@ async def enqueue(
     payload: JobPayload = None,
     snapshot: Snapshot | None = None,
     max_unfinished: int | None = None,
+    created_by: Actor | None = None,
+    request_id: str | None = None,
 ) -> Job:
     """Queue a job for a VPS whose row the caller has locked.
 
@@ -66,6 +69,7 @@ async def enqueue(
     snapshot the job acts on, when it exists (it decides the lane of a restore). Raises
     ``VpsQueueFull`` when ``max_unfinished`` is given and the VPS already has that many
     unfinished jobs: requests of users are bounded, the scheduler's own work (expiry) is not.
+    The job records who asked for it (``created_by``) and in which request (``request_id``).
     """
     if max_unfinished is not None and await tx.count_unfinished_jobs(vps.id) >= max_unfinished:
         raise VpsQueueFull(
@@ -89,6 +93,8 @@ async def enqueue(
         created_at=clock.now(),
         lane=lane_for(job_type, payload, snapshot),
         node=vps.node,
+        request_id=request_id,
+        created_by=created_by,
     )
     await tx.add_job(job, vps.node)
     return job

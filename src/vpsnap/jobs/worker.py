@@ -26,13 +26,15 @@ import structlog
 from vpsnap.domain import queue
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import DomainError, VpsNotFound
-from vpsnap.domain.model import Job, JobLane, Vps
+from vpsnap.domain.model import Job, JobLane, JobType, Vps
 from vpsnap.domain.ports import ClaimRequest, HypervisorDriver, Store, Transaction
 from vpsnap.domain.problems import error_summary
+from vpsnap.events.outbox import record_job_events
+from vpsnap.jobs.data_stores import WriteGuard
 from vpsnap.jobs.handlers import HANDLERS
 from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.signals import InProcessJobEvents
-from vpsnap.metrics import JOB_DURATION
+from vpsnap.metrics import JOB_DURATION, JOB_FAILURES
 
 log = structlog.get_logger("vpsnap.worker")
 
@@ -44,6 +46,15 @@ class Claim:
     job: Job
     vps: Vps | None
     failure: DomainError | None
+
+
+def _writes_snapshot(job: Job, journal: JobJournal) -> bool:
+    """A snapshot job about to write for the first time (a re-run after a crash may have
+    written already: its journal names the intent, and finishing it frees nothing)."""
+    return (
+        job.type in (JobType.SNAPSHOT_CREATE, JobType.SNAPSHOT_SCHEDULED)
+        and journal.intended is None
+    )
 
 
 def default_worker_id() -> str:
@@ -64,6 +75,8 @@ class Worker:
     max_attempts: int = 5
     grace_seconds: float = 30.0
     idle_wakeup_seconds: float = 5.0
+    write_guard: WriteGuard | None = None
+    """Checks free space with a real statvfs right before a snapshot is written."""
     _running: dict[asyncio.Task[None], Job] = field(default_factory=dict)
     _cutting: set[str] = field(default_factory=set)
     _stopping: bool = False
@@ -208,6 +221,10 @@ class Worker:
         try:
             if error is None and vps is not None:
                 journal = JobJournal(self.store, self.clock, job, self.worker_id)
+                if self.write_guard is not None and _writes_snapshot(job, journal):
+                    await self.write_guard.before_write(
+                        vps, include_memory_state=bool(job.payload.get("includeMemoryState"))
+                    )
                 facts = await handler.perform(self.driver, job, vps, journal)
         except queue.LeaseLost:
             bound.warning("job_lease_lost", worker=self.worker_id)
@@ -233,8 +250,10 @@ class Worker:
         if error is None:
             bound.info("job_succeeded", duration_ms=elapsed_ms)
         else:
+            JOB_FAILURES.labels(job.type.value, error.code).inc()
+            # A warning: an operator's log shipping alerts on these, with the code to act on.
             # log_detail: the operator's account (paths, tool output) the problem never shows.
-            bound.info(
+            bound.warning(
                 "job_failed",
                 duration_ms=elapsed_ms,
                 code=error.code,
@@ -255,6 +274,11 @@ class Worker:
         try:
             async with self.store.transaction() as tx:
                 vps = await tx.get_vps(job.vps_id, lock=True)
+                before = (
+                    await tx.get_snapshot(vps.id, job.snapshot_name)
+                    if vps is not None and job.snapshot_name
+                    else None
+                )
                 if vps is None or error is not None:
                     failure = error or VpsNotFound("The VPS no longer exists.")
                     finished, promoted = await queue.finish(
@@ -267,6 +291,8 @@ class Worker:
                     finished, promoted = await queue.finish(
                         tx, job, self.worker_id, now, result=result
                     )
+                # Webhook events commit with the job's end, or not at all (events.outbox).
+                await record_job_events(tx, now, finished, vps, snapshot_before=before)
         except queue.LeaseLost:
             log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
             return

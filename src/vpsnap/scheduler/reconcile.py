@@ -27,10 +27,12 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from vpsnap.domain.audit import RECONCILER, AuditAction, Target
 from vpsnap.domain.clock import Clock, SystemClock
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.model import IntentState, Snapshot, SnapshotStatus, Vps, WriteIntent
 from vpsnap.domain.ports import HypervisorDriver, RestorePoint, Store, Transaction, VpsFilter
+from vpsnap.events.audit import record
 from vpsnap.jobs.handlers.ownership import is_the_recorded_one
 from vpsnap.metrics import RECONCILIATION_ACTIONS
 
@@ -160,7 +162,12 @@ async def _check_row(run: _Pass, vps: Vps, snapshot: Snapshot, point: RestorePoi
     if snapshot.status is SnapshotStatus.FAILED:
         if whole:
             run.note(Action.REAPPEARED, vps, name, "on every disk again: available")
-            await _locked(run, vps, lambda tx: _reappeared(tx, vps, name))
+            await _locked(
+                run,
+                vps,
+                lambda tx: _reappeared(tx, vps, name),
+                audit=(AuditAction.RECONCILE_REAPPEARED, name),
+            )
         return
     if snapshot.status is not SnapshotStatus.AVAILABLE:
         return  # creating/deleting/restoring without a job: a job's end is being written
@@ -192,6 +199,7 @@ async def _check_row(run: _Pass, vps: Vps, snapshot: Snapshot, point: RestorePoi
         lambda tx: tx.set_snapshot_status(
             vps.id, name, SnapshotStatus.FAILED, only_from=SnapshotStatus.AVAILABLE
         ),
+        audit=(AuditAction.RECONCILE_MARK_MISSING, name),
     )
 
 
@@ -228,7 +236,7 @@ async def _check_unknown(
         await run.driver.delete_snapshot(vps, point.name)
         await tx.close_write_intents(intent.job_id, IntentState.UNDONE, run.now, name=point.name)
 
-    await _locked(run, vps, remove)
+    await _locked(run, vps, remove, audit=(AuditAction.RECONCILE_REMOVE_LEFTOVER, point.name))
 
 
 def _covering_intent(point: RestorePoint, intents: list[WriteIntent]) -> WriteIntent | None:
@@ -258,9 +266,16 @@ async def _settle_intent(run: _Pass, vps: Vps, intent: WriteIntent) -> None:
     )
 
 
-async def _locked(run: _Pass, vps: Vps, change: Callable[[Transaction], Awaitable[object]]) -> None:
+async def _locked(
+    run: _Pass,
+    vps: Vps,
+    change: Callable[[Transaction], Awaitable[object]],
+    *,
+    audit: tuple[AuditAction, str] | None = None,
+) -> None:
     """Apply ``change`` under the VPS row lock, unless a job was queued since the scan (it owns
-    the VPS's snapshots now) or this is a dry run."""
+    the VPS's snapshots now) or this is a dry run; ``audit`` (action, snapshot name) records
+    the change in the same transaction, by the reconciler."""
     if run.report.dry_run:
         return
     try:
@@ -269,5 +284,16 @@ async def _locked(run: _Pass, vps: Vps, change: Callable[[Transaction], Awaitabl
             if locked is None or await tx.has_active_job(vps.id):
                 return
             await change(tx)
+            if audit is not None:
+                action, name = audit
+                await record(
+                    tx,
+                    run.now,
+                    RECONCILER,
+                    action,
+                    account_id=vps.account_id,
+                    target=Target("snapshot", name),
+                    vps_id=vps.id,
+                )
     except DomainError as exc:
         run.note(Action.FAILED, vps, None, exc.log_detail or exc.detail)

@@ -15,10 +15,12 @@ from datetime import datetime
 
 import structlog
 
+from vpsnap.domain.audit import SCHEDULER, AuditAction, Target
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.model import JobType, SnapshotStatus
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.queue import enqueue
+from vpsnap.events.audit import record
 
 log = structlog.get_logger("vpsnap.retention")
 
@@ -62,7 +64,19 @@ async def _expire(
         # The scan ran without the lock: a user may have deleted or restored it since.
         if not await mark_deleting(tx, vps_id, name, expired_at=now):
             continue
-        job = await enqueue(tx, clock, vps, JobType.SNAPSHOT_EXPIRE, snapshot_name=name)
+        job = await enqueue(
+            tx, clock, vps, JobType.SNAPSHOT_EXPIRE, snapshot_name=name, created_by=SCHEDULER
+        )
+        await record(
+            tx,
+            now,
+            SCHEDULER,
+            AuditAction.SNAPSHOT_EXPIRE,
+            account_id=vps.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps.id,
+            details={"jobId": job.id},
+        )
         log.info("snapshot_expiry_queued", vps_id=vps_id, snapshot=name, job_id=job.id)
         job_ids.append(job.id)
     return job_ids

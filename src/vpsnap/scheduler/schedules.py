@@ -20,7 +20,9 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from vpsnap.domain.audit import SCHEDULER, AuditAction, AuditOutcome, Target
 from vpsnap.domain.clock import Clock
+from vpsnap.domain.errors import InsufficientStorage
 from vpsnap.domain.job_types import SnapshotPayload
 from vpsnap.domain.model import (
     Consistency,
@@ -34,8 +36,11 @@ from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import SlotUsage, name_key, service_gate, slot_usage
 from vpsnap.domain.schedules import rotation_victim, scheduled_name
+from vpsnap.domain.storage import SpaceGuard, space_refusal
+from vpsnap.events.audit import record
 from vpsnap.jobs.handlers.scheduled import run_status
 from vpsnap.scheduler.retention import mark_deleting
+from vpsnap.services.storage import published_stores
 
 log = structlog.get_logger("vpsnap.schedules")
 
@@ -59,10 +64,13 @@ async def run_due_schedules(
     *,
     retention: timedelta,
     limit: int = 100,
+    space: SpaceGuard | None = None,
 ) -> list[str]:
     """Run every due schedule, reading them ``limit`` at a time; returns the ids of the jobs
     queued (skipped runs queue none). Scheduled snapshots expire ``retention`` after they are
-    taken, as manual ones do."""
+    taken, as manual ones do. A run that would leave the VPS's data store below ``space``'s
+    floor is skipped (``insufficient_storage``)."""
+    space = space or SpaceGuard()
     now = clock.now()
     job_ids: list[str] = []
     seen: set[str] = set()
@@ -73,7 +81,7 @@ async def run_due_schedules(
         seen.update(fresh)
         for vps_id in fresh:
             async with store.transaction() as tx:
-                job_id = await _run(tx, clock, vps_id, now, retention)
+                job_id = await _run(tx, clock, vps_id, now, retention, space)
             if job_id is not None:
                 job_ids.append(job_id)
         # A run moves next_run_at past now (or finds the schedule changed), so each one
@@ -85,8 +93,13 @@ async def run_due_schedules(
     return job_ids
 
 
-async def _run(
-    tx: Transaction, clock: Clock, vps_id: str, now: datetime, retention: timedelta
+async def _run(  # noqa: PLR0917 - one call site, read with the caller
+    tx: Transaction,
+    clock: Clock,
+    vps_id: str,
+    now: datetime,
+    retention: timedelta,
+    space: SpaceGuard,
 ) -> str | None:
     vps = await tx.get_vps(vps_id, lock=True)
     # Re-read under the lock: another scheduler (or a PUT) may have run or changed it since
@@ -106,6 +119,13 @@ async def _run(
     name = scheduled_name(now)
     snapshots = await tx.list_snapshots(vps.id)
     skipped = _skip_reason(vps, snapshots, name)
+    problem_code = None
+    if skipped is None:
+        no_space = space_refusal(
+            vps, await published_stores(tx, vps), space, include_memory_state=False, now=now
+        )
+        if no_space is not None:
+            skipped, problem_code = f"skipped: {no_space}", InsufficientStorage.code
     victim: Snapshot | None = None
     if skipped is None and slot_usage(vps, snapshots).used >= vps.snapshot_slots:
         victim = rotation_victim(snapshots)
@@ -118,6 +138,18 @@ async def _run(
             dataclasses.replace(advanced, last_run_at=now, last_run_status=run_status(skipped))
         )
         log.info("schedule_run_skipped", vps_id=vps.id, reason=skipped)
+        await record(
+            tx,
+            now,
+            SCHEDULER,
+            AuditAction.SNAPSHOT_SCHEDULED,
+            account_id=vps.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps.id,
+            outcome=AuditOutcome.FAILED,
+            problem_code=problem_code,
+            details={"reason": skipped},
+        )
         return None
     replaces = victim.name if victim is not None else None
 
@@ -142,6 +174,17 @@ async def _run(
         JobType.SNAPSHOT_SCHEDULED,
         snapshot_name=name,
         payload=SnapshotPayload(include_memory_state=False, quiesce=True, replaces=replaces),
+        created_by=SCHEDULER,
+    )
+    await record(
+        tx,
+        now,
+        SCHEDULER,
+        AuditAction.SNAPSHOT_SCHEDULED,
+        account_id=vps.account_id,
+        target=Target("snapshot", name),
+        vps_id=vps.id,
+        details={"jobId": job.id, "replaces": replaces},
     )
     await tx.save_schedule(advanced)
     log.info("schedule_run_queued", vps_id=vps.id, snapshot=name, replaces=replaces, job_id=job.id)

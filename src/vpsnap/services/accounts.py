@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.disks import DiskFile, DiskOwner, repeated
 from vpsnap.domain.errors import (
@@ -33,6 +34,7 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import DiskInspector, Store, VpsFilter
+from vpsnap.events.audit import AuditTrail, operator_actor
 
 MAX_SLOTS = 1000
 
@@ -142,10 +144,25 @@ class AccountService:
             for a in sorted(accounts, key=lambda a: a.created_at)
         ]
 
-    async def create_account(self, name: str) -> Account:
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.store, self.clock)
+
+    async def create_account(self, name: str, *, actor: Actor | None = None) -> Account:
+        """Create an account; audited as ``account.create`` by ``actor`` (default: the OS user
+        running this process, as for every operator action here)."""
+        actor = actor or operator_actor()
         account = Account(id=new_id("acct"), name=name, created_at=self.clock.now())
-        async with self.store.transaction() as tx:
+        target = Target("account", account.id)
+        action = AuditAction.ACCOUNT_CREATE
+        async with (
+            self.audit.refusals(actor, action, account_id=None, target=target),
+            self.store.transaction() as tx,
+        ):
             await tx.add_account(account)
+            await self.audit.record(
+                tx, actor, action, account_id=account.id, target=target, details={"name": name}
+            )
         return account
 
     async def ensure_account(self, name: str) -> Account:
@@ -153,14 +170,22 @@ class AccountService:
             existing = await tx.find_account_by_name(name)
         return existing or await self.create_account(name)
 
-    async def add_vps(self, new: NewVps) -> Vps:
+    async def add_vps(self, new: NewVps, *, actor: Actor | None = None) -> Vps:
         """Register a VPS; every command that registers disks comes through here.
 
         Raises ``NotFound`` for an unknown account, ``Conflict`` for a taken name, and
         ``DiskAlreadyRegistered`` when a disk file is given twice or already belongs to a VPS
         on the node, whatever the account (compared by real path and by device and inode,
-        ``identify_disks``); its detail names that VPS, for the operator.
+        ``identify_disks``); its detail names that VPS, for the operator. Audited as
+        ``vps.add`` by ``actor`` (default: the OS user running this process).
         """
+        actor = actor or operator_actor()
+        async with self.audit.refusals(
+            actor, AuditAction.VPS_ADD, account_id=None, target=Target("vps", new.name)
+        ):
+            return await self._add_vps(new, actor)
+
+    async def _add_vps(self, new: NewVps, actor: Actor) -> Vps:
         files = await identify_disks(new.disks)
         twice = repeated(zip(new.disks, files, strict=True))
         if twice is not None:
@@ -192,7 +217,20 @@ class AccountService:
                 machine=new.machine,
             )
             await tx.add_vps(vps, files)
+            await self.audit.record(
+                tx,
+                actor,
+                AuditAction.VPS_ADD,
+                account_id=account.id,
+                target=Target("vps", vps.id),
+                vps_id=vps.id,
+                details={"name": vps.name, "node": vps.node, "snapshotSlots": vps.snapshot_slots},
+            )
         return vps
+
+    async def find_account(self, name: str) -> Account | None:
+        async with self.store.transaction(read_only=True) as tx:
+            return await tx.find_account_by_name(name)
 
     async def register_vps(self, new: NewVps) -> Vps:
         """``add_vps`` for an operator's input: each disk must be an existing qcow2 file
@@ -232,14 +270,24 @@ class AccountService:
             names = {a.id: a.name for a in await tx.list_accounts()}
         return vps, names.get(vps.account_id, "?")
 
-    async def update_vps(self, vps_id: str, change: VpsChange) -> Vps:
+    async def update_vps(
+        self, vps_id: str, change: VpsChange, *, actor: Actor | None = None
+    ) -> Vps:
         """Change what the operator owns of a VPS: name, slots, primary IP, disks, node.
 
         Slots below the snapshots that hold one raise ``SnapshotSlotsInUse`` (the operator
         sets slots directly: no price, no billing webhook). New disks are checked like
         ``register_vps``'s and refused while the VPS has snapshots (they live inside the old
-        disks) or jobs (a job works on the old disks).
+        disks) or jobs (a job works on the old disks). Audited as ``vps.update`` by ``actor``
+        (default: the OS user), with the fields that changed.
         """
+        actor = actor or operator_actor()
+        async with self.audit.refusals(
+            actor, AuditAction.VPS_UPDATE, account_id=None, target=Target("vps", vps_id)
+        ):
+            return await self._update_vps(vps_id, change, actor)
+
+    async def _update_vps(self, vps_id: str, change: VpsChange, actor: Actor) -> Vps:
         _check_change(change)
         disks = None if change.disks is None else await self.check_disk_files(change.disks)
         async with self.store.transaction() as tx:
@@ -285,15 +333,32 @@ class AccountService:
                         "belongs to one VPS"
                     )
             await tx.update_vps(updated, files)
+            await self.audit.record(
+                tx,
+                actor,
+                AuditAction.VPS_UPDATE,
+                account_id=vps.account_id,
+                target=Target("vps", vps_id),
+                vps_id=vps_id,
+                details=_changed_fields(vps, updated),
+            )
         return updated
 
-    async def remove_vps(self, vps_id: str) -> RemovedVps:
+    async def remove_vps(self, vps_id: str, *, actor: Actor | None = None) -> RemovedVps:
         """Remove a VPS from vpsnap: its row, snapshot records, schedule and finished jobs.
 
         Refused (``Conflict``) while it has jobs queued or running. Nothing on disk is touched:
         the snapshots vpsnap made stay inside the disk images and are returned, so that the
-        operator can delete them (``qemu-img snapshot -d``) or keep them.
+        operator can delete them (``qemu-img snapshot -d``) or keep them. Audited as
+        ``vps.remove`` by ``actor`` (default: the OS user); the trail keeps the VPS's id.
         """
+        actor = actor or operator_actor()
+        target = Target("vps", vps_id)
+        action = AuditAction.VPS_REMOVE
+        async with self.audit.refusals(actor, action, account_id=None, target=target):
+            return await self._remove_vps(vps_id, actor)
+
+    async def _remove_vps(self, vps_id: str, actor: Actor) -> RemovedVps:
         async with self.store.transaction() as tx:
             vps = await tx.get_vps(vps_id, lock=True)
             if vps is None:
@@ -306,6 +371,15 @@ class AccountService:
             names = {a.id: a.name for a in await tx.list_accounts()}
             snapshots = tuple(await tx.list_snapshots(vps_id))
             await tx.remove_vps(vps_id)
+            await self.audit.record(
+                tx,
+                actor,
+                AuditAction.VPS_REMOVE,
+                account_id=vps.account_id,
+                target=Target("vps", vps_id),
+                vps_id=vps_id,
+                details={"name": vps.name, "snapshotsLeftOnDisk": [s.name for s in snapshots]},
+            )
         return RemovedVps(vps, names.get(vps.account_id, "?"), snapshots)
 
     async def find_vps(self, account_name: str, vps_name: str) -> Vps | None:
@@ -366,3 +440,16 @@ def _check_slots(vps: Vps, snapshots: list[Snapshot], slots: int) -> None:
             f"delete {len(in_use) - slots} first, or keep at least {len(in_use)} slots",
             extensions={"snapshotsInUse": in_use},
         )
+
+
+def _changed_fields(before: Vps, after: Vps) -> dict[str, object]:
+    """What an update changed, as ``{field: {"from", "to"}}`` for the audit trail."""
+    changes: dict[str, object] = {}
+    for name in ("name", "snapshot_slots", "primary_ip", "disks", "node"):
+        old, new = getattr(before, name), getattr(after, name)
+        if old != new:
+            changes[name] = {
+                "from": list(old) if isinstance(old, tuple) else old,
+                "to": list(new) if isinstance(new, tuple) else new,
+            }
+    return changes

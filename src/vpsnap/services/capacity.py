@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.capacity import (
     SNAPSHOT_SLOTS_KEY,
@@ -47,6 +48,7 @@ from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import Snapshot, Vps
 from vpsnap.domain.ports import Store
 from vpsnap.domain.rules import ALLOWED, Gate
+from vpsnap.events.audit import AuditTrail
 from vpsnap.services.access import owned_vps
 
 log = structlog.get_logger("vpsnap.capacity")
@@ -101,7 +103,43 @@ class CapacityService:
         billing_cycle: str | None = None,
         cancel_existing_invoice: bool = False,
     ) -> ConfigOutcome:
-        """Preview (``dry_run``) or commit a new snapshot slot count (module docstring)."""
+        """Preview (``dry_run``) or commit a new snapshot slot count (module docstring). A
+        commit that changes the count is audited (``vps.config``), a refused one as failed."""
+        if dry_run:
+            return await self._configure(
+                principal,
+                vps_id,
+                resources,
+                dry_run=True,
+                billing_cycle=billing_cycle,
+                cancel_existing_invoice=cancel_existing_invoice,
+            )
+        async with AuditTrail(self.store, self.clock).refusals(
+            Actor.of(principal),
+            AuditAction.VPS_CONFIG,
+            account_id=principal.account_id,
+            target=Target("vps", vps_id),
+            vps_id=vps_id,
+        ):
+            return await self._configure(
+                principal,
+                vps_id,
+                resources,
+                dry_run=False,
+                billing_cycle=billing_cycle,
+                cancel_existing_invoice=cancel_existing_invoice,
+            )
+
+    async def _configure(
+        self,
+        principal: Principal,
+        vps_id: str,
+        resources: Mapping[str, object],
+        *,
+        dry_run: bool,
+        billing_cycle: str | None,
+        cancel_existing_invoice: bool,
+    ) -> ConfigOutcome:
         option, requested = self._validated(resources, dry_run, billing_cycle)
 
         async with self.store.transaction(read_only=True) as tx:
@@ -184,6 +222,18 @@ class CapacityService:
             gate = commit_gate(vps, snapshots, change.to_slots)
             _raise_unless_allowed(gate, vps, snapshots, change.to_slots, change_id=change.id)
             await tx.set_snapshot_slots(vps.id, change.to_slots)
+            await AuditTrail(self.store, self.clock).record(
+                tx,
+                Actor.of(principal),
+                AuditAction.VPS_CONFIG,
+                account_id=principal.account_id,
+                target=Target("vps", vps.id),
+                vps_id=vps.id,
+                details={
+                    "snapshotSlots": {"from": change.from_slots, "to": change.to_slots},
+                    "changeId": change.id,
+                },
+            )
 
     async def _abort(self, change: SlotChange, error: Exception) -> None:
         reason = error.code if isinstance(error, DomainError) else "internal_error"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.services.accounts import AccountService
+from vpsnap.services.audit import AuditService
 from vpsnap.services.capacity import CapacityService
 from vpsnap.services.credentials import CredentialService
 from vpsnap.services.idempotency import IdempotencyService
@@ -18,6 +19,7 @@ from vpsnap.services.power import PowerService
 from vpsnap.services.sessions import SessionService
 from vpsnap.services.snapshots import SnapshotService
 from vpsnap.services.users import UserService
+from vpsnap.services.webhooks import WebhookService
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class Services:
     sessions: SessionService
     panel: PanelService
     nodes: NodeDirectory
+    audit: AuditService
+    webhooks: WebhookService
     extra_checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
     """More readiness checks of this process (e.g. ``rate_limits`` when they live in Redis)."""
 

@@ -10,12 +10,14 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import NotFound, Unauthorized
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.model import ApiKey
 from vpsnap.domain.ports import Store
+from vpsnap.events.audit import AuditTrail, operator_actor
 
 KEY_PREFIX = "vpsnap_"
 
@@ -80,6 +82,21 @@ class CredentialService:
         expires_in: timedelta | None = None,
         *,
         name: str | None = None,
+        actor: Actor | None = None,
+    ) -> IssuedKey:
+        """Issue a key (audited as ``key.create`` by ``actor``, default: the OS user)."""
+        actor = actor or operator_actor()
+        audit = AuditTrail(self.store, self.clock)
+        async with audit.refusals(actor, AuditAction.KEY_CREATE, account_id=None):
+            return await self._issue(account_name, scopes, expires_in, name, actor)
+
+    async def _issue(
+        self,
+        account_name: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None,
+        name: str | None,
+        actor: Actor,
     ) -> IssuedKey:
         now = self.clock.now()
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -97,33 +114,51 @@ class CredentialService:
                 name=name,
             )
             await tx.add_api_key(key, hash_secret(secret))
+            await AuditTrail(self.store, self.clock).record(
+                tx,
+                actor,
+                AuditAction.KEY_CREATE,
+                account_id=account.id,
+                target=Target("key", key.id),
+                details={
+                    "scopes": sorted(key.scopes),
+                    "expiresAt": key.expires_at.isoformat() if key.expires_at else None,
+                },
+            )
         return IssuedKey(key=key, secret=secret)
 
     # -- the dashboard's API keys page (issue 11): an owner manages their own account's keys --
 
     async def issue_for_account(
-        self, account_id: str, scopes: frozenset[Scope], expires_in: timedelta | None = None
+        self,
+        account_id: str,
+        scopes: frozenset[Scope],
+        expires_in: timedelta | None = None,
+        *,
+        actor: Actor | None = None,
     ) -> IssuedKey:
-        """Like ``issue``, for an account known by id (the signed-in owner's)."""
+        """Like ``issue``, for an account known by id (the signed-in owner's, the ``actor``)."""
         async with self.store.transaction(read_only=True) as tx:
             account = await tx.get_account(account_id)
         if account is None:
             raise NotFound(f"No account with id {account_id!r}.")
-        return await self.issue(account.name, scopes, expires_in)
+        return await self.issue(account.name, scopes, expires_in, actor=actor)
 
     async def list_for_account(self, account_id: str) -> list[ApiKey]:
         """The account's keys, newest first, revoked and expired ones included."""
         async with self.store.transaction(read_only=True) as tx:
             return list(reversed(await tx.list_api_keys(account_id)))
 
-    async def revoke_for_account(self, account_id: str, key_id: str) -> None:
+    async def revoke_for_account(
+        self, account_id: str, key_id: str, *, actor: Actor | None = None
+    ) -> None:
         """Revoke one of the account's keys; another account's key is ``NotFound`` (as a
         missing one), so nobody learns which key ids exist."""
         async with self.store.transaction(read_only=True) as tx:
             key = await tx.get_api_key(key_id)
         if key is None or key.account_id != account_id:
             raise NotFound(f"No active API key with id {key_id!r}.")
-        await self.revoke(key_id)
+        await self.revoke(key_id, actor=actor)
 
     async def list_keys(self, account_name: str | None = None) -> list[KeyListing]:
         """Every key, or those of one account (``NotFound`` when there is no such account),
@@ -139,10 +174,24 @@ class CredentialService:
             keys = await tx.list_api_keys(account_id)
         return [KeyListing(k, names.get(k.account_id, "?")) for k in keys]
 
-    async def revoke(self, key_id: str) -> None:
-        async with self.store.transaction() as tx:
+    async def revoke(self, key_id: str, *, actor: Actor | None = None) -> None:
+        """Revoke a key (audited as ``key.revoke`` by ``actor``, default: the OS user)."""
+        actor = actor or operator_actor()
+        audit = AuditTrail(self.store, self.clock)
+        target = Target("key", key_id)
+        async with (
+            audit.refusals(actor, AuditAction.KEY_REVOKE, account_id=None, target=target),
+            self.store.transaction() as tx,
+        ):
             if not await tx.revoke_api_key(key_id, self.clock.now()):
                 raise NotFound(f"No active API key with id {key_id!r}.")
+            await audit.record(
+                tx,
+                actor,
+                AuditAction.KEY_REVOKE,
+                account_id=await tx.api_key_account(key_id),
+                target=target,
+            )
         self.forget(key_id)
 
     def forget(self, key_id: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsNotReady
@@ -16,6 +17,8 @@ from vpsnap.domain.model import Job, JobType, PowerAction
 from vpsnap.domain.ports import JobEvents, Store
 from vpsnap.domain.queue import enqueue
 from vpsnap.domain.rules import service_gate
+from vpsnap.events.audit import AuditTrail
+from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps
 from vpsnap.services.nodes import NodeDirectory
 
@@ -31,6 +34,20 @@ class PowerService:
 
     async def request(
         self, principal: Principal, vps_id: str, action: PowerAction, *, force: bool = False
+    ) -> Job:
+        """Queue ``action`` (audited as ``vps.<action>``, refusals as ``failed``)."""
+        audit = AuditTrail(self.store, self.clock)
+        async with audit.refusals(
+            Actor.of(principal),
+            AuditAction(f"vps.{action.value}"),
+            account_id=principal.account_id,
+            target=Target("vps", vps_id),
+            vps_id=vps_id,
+        ):
+            return await self._request(principal, vps_id, action, force=force)
+
+    async def _request(
+        self, principal: Principal, vps_id: str, action: PowerAction, *, force: bool
     ) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
@@ -51,6 +68,17 @@ class PowerService:
                 snapshot_name=None,
                 payload=PowerPayload(action=action, force=force),
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
+            )
+            await AuditTrail(self.store, self.clock).record(
+                tx,
+                Actor.of(principal),
+                AuditAction(f"vps.{action.value}"),
+                account_id=principal.account_id,
+                target=Target("vps", vps.id),
+                vps_id=vps.id,
+                details={"jobId": job.id, "force": force},
             )
         self.events.jobs_queued()
         return job

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from datetime import timedelta
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import FieldError, InvalidRequest, SnapshotsNotIncluded
@@ -19,6 +20,7 @@ from vpsnap.domain.model import Vps
 from vpsnap.domain.ports import Store
 from vpsnap.domain.rules import ALLOWED, Gate, SlotUsage, not_on_plan_reason, slot_usage
 from vpsnap.domain.schedules import Schedule, clamp_interval
+from vpsnap.events.audit import AuditTrail
 from vpsnap.services.access import owned_vps
 
 
@@ -72,6 +74,20 @@ class ScheduleService:
                 [FieldError("/intervalHours", "Must be a finite number.", "invalid_type")],
             )
         interval = clamp_interval(interval_hours)
+        audit = AuditTrail(self.store, self.clock)
+        actor, action = Actor.of(principal), AuditAction.SCHEDULE_UPDATE
+        async with audit.refusals(
+            actor,
+            action,
+            account_id=principal.account_id,
+            target=Target("schedule", vps_id),
+            vps_id=vps_id,
+        ):
+            return await self._put(principal, vps_id, enabled=enabled, interval=interval)
+
+    async def _put(
+        self, principal: Principal, vps_id: str, *, enabled: bool, interval: int
+    ) -> ScheduleView:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             if enabled and vps.snapshot_slots == 0:
@@ -80,6 +96,15 @@ class ScheduleService:
             schedule = self._changed(vps.id, existing, enabled=enabled, interval=interval)
             if schedule is not existing:
                 await tx.save_schedule(schedule)
+                await AuditTrail(self.store, self.clock).record(
+                    tx,
+                    Actor.of(principal),
+                    AuditAction.SCHEDULE_UPDATE,
+                    account_id=principal.account_id,
+                    target=Target("schedule", vps.id),
+                    vps_id=vps.id,
+                    details={"enabled": enabled, "intervalHours": interval},
+                )
             usage = slot_usage(vps, await tx.list_snapshots(vps.id))
         return _view(principal, vps, schedule, usage)
 
@@ -116,9 +141,25 @@ class ScheduleService:
     async def delete(self, principal: Principal, vps_id: str) -> bool:
         """Remove the schedule; its snapshots are kept. False when there was none (the API
         answers 204 either way: the schedule is gone, which is what was asked)."""
-        async with self.store.transaction() as tx:
-            vps = await owned_vps(tx, principal, vps_id, lock=True)
-            return await tx.delete_schedule(vps.id)
+        audit = AuditTrail(self.store, self.clock)
+        actor, target = Actor.of(principal), Target("schedule", vps_id)
+        action = AuditAction.SCHEDULE_DELETE
+        async with audit.refusals(
+            actor, action, account_id=principal.account_id, target=target, vps_id=vps_id
+        ):
+            async with self.store.transaction() as tx:
+                vps = await owned_vps(tx, principal, vps_id, lock=True)
+                deleted = await tx.delete_schedule(vps.id)
+                await audit.record(
+                    tx,
+                    actor,
+                    action,
+                    account_id=principal.account_id,
+                    target=target,
+                    vps_id=vps.id,
+                    details={"existed": deleted},
+                )
+            return deleted
 
 
 def _view(

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import structlog
 
+from vpsnap.domain.audit import Actor, AuditAction, Target
 from vpsnap.domain.auth import Principal
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import (
@@ -44,9 +45,13 @@ from vpsnap.domain.rules import (
     service_gate,
     slot_usage,
 )
+from vpsnap.domain.storage import SpaceGuard
 from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
+from vpsnap.events.audit import AuditTrail
+from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps
 from vpsnap.services.nodes import NodeDirectory
+from vpsnap.services.storage import check_space, published_stores, space_gate
 
 _log = structlog.get_logger(__name__)
 
@@ -83,12 +88,19 @@ class SnapshotService:
     nodes: NodeDirectory
     max_jobs_per_vps: int | None = None
     """Unfinished jobs one VPS may have; a request beyond it is ``VpsQueueFull``."""
+    space: SpaceGuard = field(default_factory=SpaceGuard)
+    """The free space a create must leave on the VPS's data store (``insufficient_storage``)."""
+
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.store, self.clock)
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
             node = await self.nodes.gate(tx, vps)
+            stores = await published_stores(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0
         facts = self._vm_facts(vps)
@@ -98,6 +110,9 @@ class SnapshotService:
             return gate if not gate.allowed else node
 
         create_gate = live_create_gate(can_create(vps, usage, principal), facts)
+        if create_gate.allowed:
+            # The free-space guard (docs/operations.md, "Disk space"), for a disk-only snapshot.
+            create_gate = space_gate(vps, stores, self.space, self.clock.now())
         restore_gate_now = can_restore(vps, snapshots, principal)
         base = restore_base(vps, principal)
         return SnapshotListing(
@@ -125,6 +140,16 @@ class SnapshotService:
         return vps.vm_facts
 
     async def create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
+        """Accept a snapshot (contract 6.2): checks, the ``creating`` row, the job and the
+        audit event in one transaction; a refusal is audited as ``failed``."""
+        actor, target = Actor.of(principal), Target("snapshot", request.name)
+        action = AuditAction.SNAPSHOT_CREATE
+        async with self.audit.refusals(
+            actor, action, account_id=principal.account_id, target=target, vps_id=vps_id
+        ):
+            return await self._create(principal, vps_id, request)
+
+    async def _create(self, principal: Principal, vps_id: str, request: CreateSnapshot) -> Job:
         async with self.store.transaction() as tx:
             # The VPS row lock serializes concurrent creates: the slot check and the insert
             # below see every snapshot committed before them.
@@ -133,6 +158,9 @@ class SnapshotService:
             self._check_can_create(vps, snapshots, request.name)
             await self.nodes.require_available(tx, vps)
             now = self.clock.now()
+            await check_space(
+                tx, vps, self.space, now, include_memory_state=request.include_memory_state
+            )
             await tx.add_snapshot(
                 Snapshot(
                     vps_id=vps.id,
@@ -157,9 +185,25 @@ class SnapshotService:
                     include_memory_state=request.include_memory_state, quiesce=request.quiesce
                 ),
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_CREATE, vps, job)
         self.events.jobs_queued()
         return job
+
+    async def _audited(
+        self, tx: Transaction, principal: Principal, action: AuditAction, vps: Vps, job: Job
+    ) -> None:
+        await self.audit.record(
+            tx,
+            Actor.of(principal),
+            action,
+            account_id=principal.account_id,
+            target=Target("snapshot", job.snapshot_name or ""),
+            vps_id=vps.id,
+            details={"jobId": job.id},
+        )
 
     @staticmethod
     def _check_can_create(vps: Vps, snapshots: list[Snapshot], name: str) -> None:
@@ -179,6 +223,16 @@ class SnapshotService:
             )
 
     async def delete(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.audit.refusals(
+            Actor.of(principal),
+            AuditAction.SNAPSHOT_DELETE,
+            account_id=principal.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps_id,
+        ):
+            return await self._delete(principal, vps_id, name)
+
+    async def _delete(self, principal: Principal, vps_id: str, name: str) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshot = await self._existing(tx, vps, name, failed_too=True)
@@ -196,11 +250,24 @@ class SnapshotService:
                 snapshot_name=snapshot.name,
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_DELETE, vps, job)
         self.events.jobs_queued()
         return job
 
     async def restore(self, principal: Principal, vps_id: str, name: str) -> Job:
+        async with self.audit.refusals(
+            Actor.of(principal),
+            AuditAction.SNAPSHOT_RESTORE,
+            account_id=principal.account_id,
+            target=Target("snapshot", name),
+            vps_id=vps_id,
+        ):
+            return await self._restore(principal, vps_id, name)
+
+    async def _restore(self, principal: Principal, vps_id: str, name: str) -> Job:
         async with self.store.transaction() as tx:
             vps = await owned_vps(tx, principal, vps_id, lock=True)
             snapshot = await self._existing(tx, vps, name)
@@ -221,9 +288,12 @@ class SnapshotService:
                 snapshot_name=snapshot.name,
                 snapshot=snapshot,
                 max_unfinished=self.max_jobs_per_vps,
+                created_by=Actor.of(principal),
+                request_id=current_origin().request_id,
                 # issue 9, kind 3: the driver refuses a VM whose RAM size or machine type changed.
                 payload=RestorePayload(vm_config=snapshot.vm_config),
             )
+            await self._audited(tx, principal, AuditAction.SNAPSHOT_RESTORE, vps, job)
         self.events.jobs_queued()
         return job
 

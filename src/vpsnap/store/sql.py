@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from vpsnap.domain.audit import Actor
 from vpsnap.domain.disks import DiskFile, DiskOwner
 from vpsnap.domain.errors import (
     Conflict,
@@ -50,6 +51,7 @@ from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.machines import machine_from_json, machine_to_json
+from vpsnap.store.operations import OperationsQueries
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -405,6 +407,8 @@ def _job(row: Row) -> Job:
         lease_expires_at=row["lease_expires_at"],
         lane=JobLane(row["lane"]),
         journal=row["journal"] or {},
+        request_id=row["request_id"],
+        created_by=Actor.from_json(row["created_by"]) if row["created_by"] else None,
         node=row["node"],
     )
 
@@ -429,6 +433,8 @@ def _job_values(item: Job) -> dict[str, Any]:
         "lease_expires_at": item.lease_expires_at,
         "lane": item.lane.value,
         "journal": item.journal or None,
+        "request_id": item.request_id,
+        "created_by": item.created_by.as_json() if item.created_by else None,
     }
 
 
@@ -456,7 +462,7 @@ def _write_intent(row: Row) -> WriteIntent:
     )
 
 
-class SqlTransaction:
+class SqlTransaction(OperationsQueries):
     """Implements ``vpsnap.domain.ports.Transaction`` on one connection inside BEGIN/COMMIT."""
 
     def __init__(self, conn: AsyncConnection, notify_prefix: str | None = None) -> None:

@@ -167,6 +167,9 @@ jobs = sa.Table(
     sa.Column("lane", sa.String(10), nullable=False, server_default="quick"),
     # What the job recorded while it ran (jobs/journal.py); NULL: nothing yet.
     sa.Column("journal", sa.JSON(), nullable=True),
+    # Who asked for it (an audit actor) and in which request (issue 12).
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("created_by", sa.JSON(), nullable=True),
 )
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
@@ -233,6 +236,109 @@ idempotency_records = sa.Table(
 sa.Index("ix_idempotency_records_expires_at", idempotency_records.c.expires_at)
 sa.Index("ix_snapshots_expires_at", snapshots.c.expires_at)
 
+# -- issue 12: audit trail, webhook outbox, data stores ------------------------------------------
+# Kept independently of jobs, accounts and VPSes (no foreign keys): the trail must outlive what
+# it describes, and is purged only after the audit retention.
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("occurred_at", UtcDateTime(), nullable=False),
+    sa.Column("account_id", sa.String(40), nullable=True),
+    sa.Column("actor_kind", sa.String(20), nullable=False),
+    sa.Column("actor_id", sa.String(200), nullable=False),
+    sa.Column("actor_label", sa.String(200), nullable=True),
+    sa.Column("action", sa.String(60), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("target_type", sa.String(40), nullable=True),
+    sa.Column("target_id", sa.String(200), nullable=True),
+    sa.Column("vps_id", sa.String(40), nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("client_ip", sa.String(64), nullable=True),
+    sa.Column("problem_code", sa.String(60), nullable=True),
+    sa.Column("details", sa.JSON(), nullable=True),
+)
+sa.Index("ix_audit_events_account_id", audit_events.c.account_id, audit_events.c.id)
+sa.Index("ix_audit_events_occurred_at", audit_events.c.occurred_at)
+
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("account_id", sa.String(40), sa.ForeignKey("accounts.id"), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("description", sa.String(255), nullable=True),
+    sa.Column("event_types", sa.JSON(), nullable=False),
+    # Needed in clear to sign; shown to the tenant once, at creation.
+    sa.Column("secret", sa.String(100), nullable=False),
+    sa.Column("enabled", sa.Boolean(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("last_success_at", UtcDateTime(), nullable=True),
+    sa.Column("last_failure_at", UtcDateTime(), nullable=True),
+    sa.Column("disabled_at", UtcDateTime(), nullable=True),
+    sa.Column("disabled_reason", sa.String(300), nullable=True),
+)
+sa.Index("ix_webhook_endpoints_account_id", webhook_endpoints.c.account_id)
+
+# The transactional outbox: one message per (event, endpoint), written with the state change.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("endpoint_id", sa.String(40), nullable=False),
+    sa.Column("account_id", sa.String(40), nullable=False),
+    sa.Column("event_type", sa.String(60), nullable=False),
+    sa.Column("payload", sa.JSON(), nullable=False),
+    sa.Column("state", sa.String(20), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False),
+    sa.Column("next_attempt_at", UtcDateTime(), nullable=False),
+    sa.Column("created_at", UtcDateTime(), nullable=False),
+    sa.Column("finished_at", UtcDateTime(), nullable=True),
+)
+sa.Index("ix_webhook_outbox_state_next", webhook_outbox.c.state, webhook_outbox.c.next_attempt_at)
+sa.Index("ix_webhook_outbox_endpoint", webhook_outbox.c.endpoint_id, webhook_outbox.c.state)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("message_id", sa.String(40), nullable=False),
+    sa.Column("endpoint_id", sa.String(40), nullable=False),
+    sa.Column("event_type", sa.String(60), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False),
+    sa.Column("attempted_at", UtcDateTime(), nullable=False),
+    sa.Column("outcome", sa.String(20), nullable=False),
+    sa.Column("status_code", sa.Integer(), nullable=True),
+    sa.Column("error", sa.String(300), nullable=True),
+    sa.Column("duration_ms", sa.Integer(), nullable=False),
+)
+sa.Index(
+    "ix_webhook_deliveries_endpoint", webhook_deliveries.c.endpoint_id, webhook_deliveries.c.id
+)
+sa.Index("ix_webhook_deliveries_attempted_at", webhook_deliveries.c.attempted_at)
+
+# Published by the agent of each node (embedded: the serve process): what only a host can see.
+data_stores = sa.Table(
+    "data_stores",
+    metadata,
+    sa.Column("node", sa.String(100), primary_key=True),
+    # The mount point of the filesystem that holds VPS disks.
+    sa.Column("path", sa.String(1000), primary_key=True),
+    sa.Column("total_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("free_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("observed_at", UtcDateTime(), nullable=False),
+)
+
+vps_storage = sa.Table(
+    "vps_storage",
+    metadata,
+    sa.Column("vps_id", sa.String(40), primary_key=True),
+    sa.Column("node", sa.String(100), nullable=False),
+    # Mount points (data_stores.path) of the filesystems its disks are on.
+    sa.Column("stores", sa.JSON(), nullable=False),
+    sa.Column("allocated_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("observed_at", UtcDateTime(), nullable=False),
+)
 # -- dashboard users and sessions (issue 11, migration 0006) ------------------------------------
 
 users = sa.Table(

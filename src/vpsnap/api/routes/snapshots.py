@@ -23,6 +23,8 @@ _CREATE_ERRORS = problem_responses(
     "snapshots_not_included",
     "snapshot_limit_reached",
     "vps_not_ready",
+    # The VPS's data store would run too low (docs/operations.md, "Disk space").
+    "insufficient_storage",
     *_QUEUED_WORK,
 )
 _DELETE_ERRORS = problem_responses(

@@ -17,6 +17,7 @@ ADMIN_COMMANDS = {
     "user": Lazy(_A + "user", "Dashboard users: create, list, disable, set-password."),
     "demo": Lazy(_A + "demo", "The demo data: reset."),
     "reconcile": Lazy(_A + "reconcile", "Compare database and disks.", "command"),
+    "audit": Lazy(_A + "audit", "The audit trail: who did what, when, from where.", "command"),
 }
 
 

@@ -12,9 +12,16 @@ import click
 
 from vpsnap.cli.exit_codes import ExitCode
 from vpsnap.cli.state import OUTPUTS, CliState
-from vpsnap.domain.errors import Conflict, DomainError, InvalidRequest, NotFound
+from vpsnap.domain.errors import (
+    ConfigurationError,
+    Conflict,
+    DomainError,
+    InvalidRequest,
+    NotFound,
+)
 from vpsnap.runtime import Role, Runtime
 from vpsnap.settings import Settings
+from vpsnap.settings import load_settings as settings_from_file
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,8 +51,13 @@ def admin_options(function: F) -> F:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Environment first, then whatever flags were given on the command line."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    """The flags given on the command line, then the environment, then the settings file
+    (``vpsnap --config FILE``, ``VPSNAP_SETTINGS_FILE``, ``/etc/vpsnap/vpsnap.toml``)."""
+    path = click.get_current_context().ensure_object(CliState).settings_file
+    try:
+        return settings_from_file(path, **overrides)
+    except ConfigurationError as exc:
+        raise fail(exc) from None
 
 
 def exit_code(error: DomainError) -> ExitCode:
