@@ -48,8 +48,13 @@ async def start_in_guest(guest: Guest, name: str, script: str) -> None:
 
 # -- 1. quiesced snapshot ---------------------------------------------------------------------
 
+# The writer paces itself with bash's own `read -t` on a FIFO (5 ms) rather than `sleep`, which
+# under TCG costs a process spawn of tens of ms: with gaps that long, a short freeze could fall
+# between two writes and the test would see no write held by it.
 WRITER = r"""
 touch /run/writer.on
+rm -f /run/writer.fifo; mkfifo /run/writer.fifo
+exec 9<>/run/writer.fifo
 i=0
 while [ -e /run/writer.on ]; do
   t0=$EPOCHREALTIME
@@ -57,7 +62,7 @@ while [ -e /run/writer.on ]; do
   t1=$EPOCHREALTIME
   echo "$i $t0 $t1" >> /run/writer.log
   i=$((i+1))
-  sleep 0.02
+  read -t 0.005 -u 9 || true
 done
 echo done > /run/writer.done
 """
