@@ -653,12 +653,32 @@ http {{
     def stop(self) -> None:
         """Stop everything this cluster started, newest first (nginx, schedulers, agents,
         APIs, then Redis and PostgreSQL of its own)."""
-        for member in reversed(self._started):
-            with contextlib.suppress(Exception):
-                member.stop()
+        # nginx first (no new requests), then the vpsnap processes together (each has its
+        # own grace), then the servers they need.
+        tiers = [
+            [m for m in self._started if m.name == "nginx"],
+            [m for m in self._started if m.name not in ("nginx", "redis", "postgres")],
+            [m for m in self._started if m.name == "redis"],
+        ]
+        for tier in tiers:
+            _stop_together(tier)
         self._started.clear()
         if self.postgres is not None:
             self.postgres.remove()
+
+    def heal(self) -> list[str]:
+        """Start again every process of the cluster that is not running (after a test killed
+        it); returns their names."""
+        healed = []
+        for member in self._started:
+            if member.alive:
+                continue
+            if self.postgres is not None and member is self.postgres.member:
+                self.postgres.start()
+            else:
+                self.restart(member.name)
+            healed.append(member.name)
+        return healed
 
     def running(self) -> list[Member]:
         """The processes started and not stopped by the cluster (dead ones included)."""
@@ -677,6 +697,15 @@ http {{
                 if name != "migrate"
             },
         }
+
+
+def _stop_together(members: Sequence[Member], timeout: float = STOP_TIMEOUT_S) -> None:
+    for member in members:
+        member.signal(member.stop_signal)
+    deadline = time.monotonic() + timeout
+    for member in members:
+        with contextlib.suppress(Exception):
+            member.stop(max(deadline - time.monotonic(), 0.1))
 
 
 async def _recreate_database(admin_url: str, database: str) -> None:
