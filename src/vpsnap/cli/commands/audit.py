@@ -60,10 +60,8 @@ def group() -> None:
 )
 @click.option("--actor-kind", type=click.Choice(ACTOR_KINDS), help="Only actors of this kind.")
 @click.option("--action", metavar="ACTION", help="Only this action, e.g. snapshot.restore.")
-@click.option(
-    "--since", type=click.DateTime(), help="From this time, inclusive (UTC unless an offset)."
-)
-@click.option("--until", type=click.DateTime(), help="Before this time (UTC unless an offset).")
+@click.option("--since", type=click.DateTime(), help="From this time, inclusive (UTC).")
+@click.option("--until", type=click.DateTime(), help="Before this time (UTC).")
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
