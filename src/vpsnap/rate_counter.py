@@ -27,6 +27,7 @@ import structlog
 from limits import RateLimitItem
 from limits.aio.storage import Storage as AsyncStorage
 from limits.aio.strategies import FixedWindowRateLimiter
+from limits.errors import ConfigurationError as LimitsConfigurationError
 from limits.storage import storage_from_string
 
 from vpsnap.domain.errors import ConfigurationError
@@ -71,7 +72,10 @@ class RateCounter:
         options: dict[str, float] = {}
         if storage_uri.startswith(_REDIS_SCHEMES):
             options = {"connect_timeout": timeout_seconds, "stream_timeout": timeout_seconds}
-        storage = storage_from_string(storage_uri, **options)
+        try:
+            storage = storage_from_string(storage_uri, **options)
+        except LimitsConfigurationError as exc:  # unknown scheme, client library missing
+            raise ConfigurationError(f"VPSNAP_RATE_LIMIT_STORAGE: {exc}") from None
         if not isinstance(storage, AsyncStorage):
             # A synchronous client would block the event loop on every request.
             raise ConfigurationError(
@@ -153,6 +157,15 @@ class RateCounter:
             await limiter.clear(item, namespace, identity)
 
         await self._call(clear)
+
+    async def close(self) -> None:
+        """Close the shared storage's connections (``limits`` has no close of its own: this
+        reaches its Redis client's connection pool; nothing to do for memory)."""
+        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        pool = getattr(client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+            await asyncio.sleep(0)  # let the transports finish closing
 
     async def readiness(self) -> str:
         """``ok``, or ``unavailable: <why>`` while the shared storage does not answer (asked
