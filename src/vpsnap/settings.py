@@ -38,6 +38,13 @@ class Settings(BaseSettings):
         description="Base URL used in problem `type` links; default: the request's own base URL",
     )
     node: str = Field(default="local", description="The hypervisor node this process serves")
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`vpsnap agent` and `vpsnap scheduler`: serve /healthz and /readyz on "
+        "host:this port (default: none)",
+    )
 
     retention_hours: float = 24.0
 

@@ -15,6 +15,7 @@ import uvicorn
 
 from vpsnap.api.app import create_app
 from vpsnap.api.openapi import VpsnapApi
+from vpsnap.cli.health import health_endpoint
 from vpsnap.cli.processes import Server, stop_on_signals
 from vpsnap.logging import configure_logging
 from vpsnap.runtime import Role, Runtime
@@ -56,21 +57,25 @@ async def run_api(settings: Settings) -> None:
 
 
 async def run_agent(settings: Settings) -> None:
-    """``vpsnap agent --node NAME``: its node's jobs, VMs, reconciliation and observations."""
+    """``vpsnap agent --node NAME``: its node's jobs, VMs, reconciliation and observations
+    (and ``/healthz``, ``/readyz`` on ``settings.health_port`` when set)."""
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings, role=Role.AGENT)
     stopping = asyncio.Event()
     with stop_on_signals(stopping):
-        await runtime.run_agent(stopping)
+        async with health_endpoint(runtime, settings.health_port):
+            await runtime.run_agent(stopping)
 
 
 async def run_scheduler(settings: Settings) -> None:
-    """``vpsnap scheduler``: active or standby, until stopped."""
+    """``vpsnap scheduler``: active or standby, until stopped (and ``/healthz``, ``/readyz``
+    on ``settings.health_port`` when set)."""
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings, role=Role.SCHEDULER)
     stopping = asyncio.Event()
     with stop_on_signals(stopping):
-        await runtime.run_scheduler_process(stopping)
+        async with health_endpoint(runtime, settings.health_port):
+            await runtime.run_scheduler_process(stopping)
 
 
 async def run_migrate(settings: Settings) -> tuple[str | None, str]:
