@@ -1,7 +1,8 @@
-"""``--health-port`` of real ``vpsnap agent`` and ``vpsnap scheduler`` processes, on a
-PostgreSQL database of this module's own (created, migrated with ``vpsnap migrate``, dropped):
-``/healthz`` answers, ``/readyz`` checks the database, an agent's hypervisor (a broken qemu-img
-makes it 503) and that it holds its node, and says which scheduler is active."""
+"""Readiness of real processes on a PostgreSQL database of this module's own (created, migrated
+with ``vpsnap migrate``, dropped): ``--health-port`` of ``vpsnap agent`` and ``vpsnap
+scheduler`` (``/healthz`` answers, ``/readyz`` checks the database, an agent's hypervisor — a
+broken qemu-img makes it 503 — and that it holds its node, and says which scheduler is active),
+and ``/readyz`` of ``vpsnap api`` with Redis up and with Redis unreachable."""
 
 from __future__ import annotations
 
@@ -70,14 +71,16 @@ def env(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 class Process:
-    """A vpsnap process in its own process group, logging to a file; stopped by SIGTERM."""
+    """A vpsnap process in its own process group, logging to a file; stopped by SIGTERM. An
+    agent or scheduler gets ``--health-port``, an API process ``--port``."""
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.log = log
+        port_option = "--port" if args[0] == "api" else "--health-port"
         with log.open("w") as out:
             self.popen = subprocess.Popen(
-                [VPSNAP, *args, "--health-port", str(self.port)],
+                [VPSNAP, *args, port_option, str(self.port)],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -201,3 +204,33 @@ def test_a_taken_health_port_is_a_clear_refusal(env: dict[str, str]) -> None:
         )
     assert refused.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port} for health checks" in refused.stderr
+
+
+def test_an_api_process_reports_postgresql_and_redis(start) -> None:
+    closed = free_port()  # nothing listens there
+    with_redis = start("api", VPSNAP_RATE_LIMIT_STORAGE="async+redis://127.0.0.1:6379/13")
+    without = start("api", VPSNAP_RATE_LIMIT_STORAGE=f"async+redis://127.0.0.1:{closed}/13")
+    assert with_redis.wait_ready().json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "rate_limits": "ok"},
+    }
+    degraded = without.wait_ready()  # 200: the process serves, counting in its memory
+    assert degraded.json()["status"] == "degraded"
+    assert degraded.json()["checks"]["database"] == "ok"
+    assert degraded.json()["checks"]["rate_limits"].startswith("unavailable: ConnectionError")
+    for _ in range(3):
+        answered = without.get("/api/version")
+        assert answered.status_code == 200
+        assert "X-RateLimit-Remaining" in answered.headers
+    assert with_redis.stop() == 0
+    assert without.stop() == 0
+    # The counts it left in Redis database 13 (tests/scaleout's own).
+    keys = subprocess.run(
+        ["redis-cli", "-n", "13", "--scan", "--pattern", "LIMITS:*/127.0.0.1/*"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=10,
+    ).stdout.split()
+    if keys:
+        subprocess.run(["redis-cli", "-n", "13", "DEL", *keys], check=True, timeout=10)
