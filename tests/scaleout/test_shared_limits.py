@@ -31,7 +31,7 @@ from vpsnap.runtime import Role, Runtime
 
 REDIS_DB = 13
 REDIS = f"async+redis://127.0.0.1:6379/{REDIS_DB}"
-TIMEOUT = 0.2  # rate_limit_storage_timeout_seconds of these apps
+TIMEOUT = 0.5  # rate_limit_storage_timeout_seconds of these apps (roomy: a loaded CI machine)
 RETRY = 0.5  # rate_limit_storage_retry_seconds
 
 
