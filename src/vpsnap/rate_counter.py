@@ -82,8 +82,9 @@ class RateCounter:
                 f"VPSNAP_RATE_LIMIT_STORAGE: {storage_uri.partition('://')[0]}:// is not an "
                 "asyncio storage; use async+memory:// or async+redis://HOST:PORT/DB"
             )
-        self._storage = storage
-        self._primary = FixedWindowRateLimiter(self._storage)
+        self.storage = storage
+        """The configured ``limits`` storage (tests read a memory storage's counters)."""
+        self._primary = FixedWindowRateLimiter(self.storage)
         self._local = FixedWindowRateLimiter(storage_from_string(MEMORY)) if self.shared else None
         self._timeout = timeout_seconds
         self._retry = retry_seconds
@@ -161,7 +162,7 @@ class RateCounter:
     async def close(self) -> None:
         """Close the shared storage's connections (``limits`` has no close of its own: this
         reaches its Redis client's connection pool; nothing to do for memory)."""
-        client = getattr(getattr(self._storage, "bridge", None), "storage", None)
+        client = getattr(getattr(self.storage, "bridge", None), "storage", None)
         pool = getattr(client, "connection_pool", None)
         if pool is not None:
             pool.disconnect()
@@ -174,7 +175,7 @@ class RateCounter:
             return "ok"
         try:
             async with asyncio.timeout(self._timeout):
-                alive = await self._storage.check()
+                alive = await self.storage.check()
             if not alive:
                 raise ConnectionError("no answer to PING")  # noqa: TRY301 - one failure path
         except Exception as exc:  # reported, never raised (module docstring)
