@@ -107,6 +107,12 @@ RATE_LIMITED = Counter(
     ["policy"],
     registry=REGISTRY,
 )
+RATE_LIMIT_STORAGE_ERRORS = Counter(
+    "vpsnap_rate_limit_storage_errors",
+    "Calls on the shared rate-limit storage (Redis) that failed or timed out; each one was "
+    "counted in this process's memory instead (docs/scale-out.md).",
+    registry=REGISTRY,
+)
 BUILD_INFO = Gauge(
     "vpsnap_build_info",
     "Always 1; the labels say which vpsnap and Python this process runs.",

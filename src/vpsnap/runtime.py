@@ -141,6 +141,8 @@ class Runtime:
     role: Role = Role.EMBEDDED
     active_scheduler: bool = False
     """In a ``scheduler`` process: whether it holds the lock and runs the tasks now."""
+    node_held: bool = False
+    """In an ``agent`` process: whether it holds its node's lock (serves the node) now."""
     _lock_file: IO[str] | None = field(default=None, repr=False)
 
     @classmethod
@@ -486,9 +488,11 @@ class Runtime:
                 f"another agent already serves node {node!r} (one agent per node); stop it "
                 "first, or start this one with another --node"
             )
+        self.node_held = True
         try:
             await self._agent_loop(lock, stopping)
         finally:
+            self.node_held = False
             await lock.release()
             await self.close()
 

@@ -38,13 +38,34 @@ class Settings(BaseSettings):
         description="Base URL used in problem `type` links; default: the request's own base URL",
     )
     node: str = Field(default="local", description="The hypervisor node this process serves")
+    health_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`vpsnap agent` and `vpsnap scheduler`: serve /healthz and /readyz on "
+        "host:this port (default: none)",
+    )
 
     retention_hours: float = 24.0
 
     rate_limit_per_key: str = "600/minute"
     rate_limit_snapshot_mutations_per_vps: str = "30/minute"
     rate_limit_storage: str = Field(
-        default="async+memory://", description="a `limits` storage URI, e.g. async+redis://…"
+        default="async+memory://",
+        description="a `limits` storage URI: async+memory:// (this process) or "
+        "async+redis://HOST:6379/DB, shared by every API process (docs/scale-out.md)",
+    )
+    rate_limit_storage_timeout_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        description="Longest a call on a shared rate-limit storage (Redis) may take; past it the "
+        "request is counted in this process's memory",
+    )
+    rate_limit_storage_retry_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="After a failure of the shared storage, how long to count in memory before "
+        "trying it again",
     )
 
     max_body_bytes: int = 64 * 1024

@@ -40,7 +40,7 @@ def rate_limits(api: Api) -> RateLimits:
 
 def limiter_keys(api: Api) -> set[str]:
     """The counters the limiter keeps (in-memory storage): one per identity and window."""
-    storage = rate_limits(api)._limiter.storage
+    storage = rate_limits(api).counter.storage
     return set(storage.storage)  # type: ignore[attr-defined]
 
 

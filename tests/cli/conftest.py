@@ -12,7 +12,13 @@ from tests.live_server import LiveServer
 
 @pytest.fixture(scope="session")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path_factory.mktemp("cli-server"))
+    live = LiveServer(
+        tmp_path_factory.mktemp("cli-server"),
+        # `vpsnap webhooks` tests register a receiver on 127.0.0.1 (refused by default) and
+        # wait for its delivery attempts, checked for every 0.2 s instead of 2 s.
+        VPSNAP_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32",
+        VPSNAP_WEBHOOK_DELIVERY_INTERVAL_SECONDS="0.2",
+    )
     yield live
     live.stop()
 

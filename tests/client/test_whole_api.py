@@ -47,20 +47,16 @@ OPERATIONS: dict[str, tuple[str, str]] = {
     "listJobs": ("jobs.list", "jobs list"),
     "getJob": ("jobs.get", "jobs get"),
     "getVersion": ("server_version", "version"),
+    "listAuditEvents": ("audit.list", "audit list"),
+    "listWebhooks": ("webhooks.list", "webhooks list"),
+    "createWebhook": ("webhooks.create", "webhooks create"),
+    "getWebhook": ("webhooks.get", "webhooks get"),
+    "deleteWebhook": ("webhooks.delete", "webhooks delete"),
+    "testWebhook": ("webhooks.test", "webhooks test"),
+    "listWebhookDeliveries": ("webhooks.deliveries", "webhooks deliveries"),
 }
 # Service endpoints for monitoring and people, not for API clients.
 NOT_FOR_CLIENTS = {"healthz", "readyz", "metrics", "listErrorCodes", "describeErrorCode"}
-# Issue 12's operations: in the API (docs/api.md, docs/webhooks.md) and the admin CLI
-# (`vpsnap admin audit`); SDK methods and client commands for them are still to be written.
-NOT_FOR_CLIENTS |= {
-    "listAuditEvents",
-    "listWebhooks",
-    "createWebhook",
-    "getWebhook",
-    "deleteWebhook",
-    "testWebhook",
-    "listWebhookDeliveries",
-}
 
 
 def operation_ids(server: LiveServer) -> set[str]:

@@ -48,7 +48,8 @@ def demo(tmp_path: Path) -> Iterator[tuple[LiveServer, Path, dict[str, str]]]:
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
     home = tmp_path / "home"
     home.mkdir()
-    server = LiveServer(tmp_path / "var")
+    # As docs/sdk.md says to start the demo for its webhook example (a receiver on loopback).
+    server = LiveServer(tmp_path / "var", VPSNAP_WEBHOOK_ALLOWED_NETWORKS="127.0.0.1/32")
     env = {
         key: value
         for key, value in os.environ.items()
@@ -193,6 +194,7 @@ SDK_EXPECTS = (
     ("async-example available",),
     ("job_", "None"),
     ("sdk-example available job_",),
+    ("snapshot.create succeeded", "whk_", "True", "failed"),
 )
 
 

@@ -32,6 +32,7 @@ from vpsnap.api.routes import (
 from vpsnap.api.trust import HostPolicy
 from vpsnap.dashboard.web import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
+from vpsnap.rate_counter import RateCounter
 from vpsnap.services.container import Services
 from vpsnap.settings import Settings
 
@@ -55,7 +56,7 @@ def create_app(
     )
     app.state.services = services
     app.state.rate_limits = rate_limits or RateLimits(
-        settings.rate_limit_storage,
+        RateCounter.from_settings(settings),
         settings.rate_limit_per_key,
         settings.rate_limit_snapshot_mutations_per_vps,
         settings.rate_limit_per_ip,
@@ -88,5 +89,5 @@ def create_app(
         app.include_router(module.router)
     install_docs(app)
     # -- the web panel (issue 11) --
-    dashboard.install(app, settings)
+    dashboard.install(app, settings, app.state.rate_limits.counter)
     return app

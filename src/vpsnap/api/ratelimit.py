@@ -10,12 +10,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import FixedWindowRateLimiter
-from limits.storage import storage_from_string
 
 from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.errors import RateLimited
 from vpsnap.metrics import RATE_LIMITED
+from vpsnap.rate_counter import RateCounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +49,28 @@ class RateLimits:
     proxy says, ``api.trust``); ``per-key`` on the id of a verified principal, never on a
     presented secret; ``per-vps-snapshot-mutations`` on the verified account and a VPS id of
     the documented shape (checked before the route runs).
+
+    The counts live in ``counter`` (this process's memory, or Redis shared by every API
+    process, with this process's memory as the fallback while Redis is down).
     """
 
     def __init__(
-        self, storage_uri: str, per_key: str, per_vps_mutations: str, per_ip: str | None = None
+        self,
+        counter: RateCounter,
+        per_key: str,
+        per_vps_mutations: str,
+        per_ip: str | None = None,
     ) -> None:
-        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
+        self.counter = counter
         self._per_key = parse(per_key)
         self._per_vps = parse(per_vps_mutations)
         self._per_ip = parse(per_ip) if per_ip is not None else self._per_key
 
     async def _hit(self, policy: str, item: RateLimitItem, identity: str) -> RateState:
-        allowed = await self._limiter.hit(item, policy, identity)
+        allowed = await self.counter.hit(item, policy, identity)
         if not allowed:
             RATE_LIMITED.labels(policy).inc()
-        stats = await self._limiter.get_window_stats(item, policy, identity)
+        stats = await self.counter.window(item, policy, identity)
         return RateState(
             policy=policy,
             limit=item.amount,

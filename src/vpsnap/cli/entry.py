@@ -19,6 +19,8 @@ COMMANDS = {
     "snapshots": Lazy(_C + "snapshots", "Snapshots of a VPS: list, create, restore, delete."),
     "schedules": Lazy(_C + "schedules", "A VPS's snapshot schedule: show, set, delete."),
     "jobs": Lazy(_C + "jobs", "Jobs: list, show, wait for one to finish."),
+    "webhooks": Lazy(_C + "webhooks", "Webhook endpoints: create, test, deliveries, delete."),
+    "audit": Lazy(_C + "audit", "The account's audit trail: who did what, when."),
     "context": Lazy(_C + "context", "Named connections (URL and key): create, use, list."),
     "version": Lazy(_C + "version", "Client and server versions.", "command"),
     "completion": Lazy(_C + "completion", "Shell completion script (bash, zsh, fish).", "command"),

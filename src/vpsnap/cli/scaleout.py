@@ -14,6 +14,8 @@ import structlog
 import uvicorn
 
 from vpsnap.api.app import create_app
+from vpsnap.api.openapi import VpsnapApi
+from vpsnap.cli.health import health_endpoint
 from vpsnap.cli.processes import Server, stop_on_signals
 from vpsnap.logging import configure_logging
 from vpsnap.runtime import Role, Runtime
@@ -23,9 +25,9 @@ from vpsnap.store import migrate
 log = structlog.get_logger("vpsnap.process")
 
 
-def http_server(runtime: Runtime, settings: Settings) -> Server:
+def http_server(app: VpsnapApi, settings: Settings) -> Server:
     config = uvicorn.Config(
-        create_app(runtime.services, settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -42,30 +44,38 @@ async def run_api(settings: Settings) -> None:
     """``vpsnap api``: HTTP only, stateless; refuses to start unless the schema is current."""
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings, role=Role.API)
-    server = http_server(runtime, settings)
+    app = create_app(runtime.services, settings)
+    server = http_server(app, settings)
     stopping = asyncio.Event()
     with stop_on_signals(stopping, server):
         async with runtime.api_process():
             log.info("api_started", host=settings.host, port=settings.port)
-            await server.serve()
+            try:
+                await server.serve()
+            finally:
+                await app.state.rate_limits.counter.close()
 
 
 async def run_agent(settings: Settings) -> None:
-    """``vpsnap agent --node NAME``: its node's jobs, VMs, reconciliation and observations."""
+    """``vpsnap agent --node NAME``: its node's jobs, VMs, reconciliation and observations
+    (and ``/healthz``, ``/readyz`` on ``settings.health_port`` when set)."""
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings, role=Role.AGENT)
     stopping = asyncio.Event()
     with stop_on_signals(stopping):
-        await runtime.run_agent(stopping)
+        async with health_endpoint(runtime, settings.health_port):
+            await runtime.run_agent(stopping)
 
 
 async def run_scheduler(settings: Settings) -> None:
-    """``vpsnap scheduler``: active or standby, until stopped."""
+    """``vpsnap scheduler``: active or standby, until stopped (and ``/healthz``, ``/readyz``
+    on ``settings.health_port`` when set)."""
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings, role=Role.SCHEDULER)
     stopping = asyncio.Event()
     with stop_on_signals(stopping):
-        await runtime.run_scheduler_process(stopping)
+        async with health_endpoint(runtime, settings.health_port):
+            await runtime.run_scheduler_process(stopping)
 
 
 async def run_migrate(settings: Settings) -> tuple[str | None, str]:

@@ -7,6 +7,7 @@ Installs with ``pip install vpsnap`` (httpx only; no server dependencies). See d
 from vpsnap.client._http import NO_RETRIES, RetryPolicy
 from vpsnap.client._room import MakeRoom, Step
 from vpsnap.client._runners import Async, AsyncPager, Page, Sync, SyncPager
+from vpsnap.client.audit import ACTOR_KINDS, AuditEvents
 from vpsnap.client.client import API_KEY_ENV, DEFAULT_URL, URL_ENV, AsyncClient, Client
 from vpsnap.client.errors import (
     AmbiguousVps,
@@ -56,8 +57,12 @@ from vpsnap.client.errors import (
 from vpsnap.client.inventory import Inventory, VpsRef
 from vpsnap.client.jobs import Job, Jobs, Operation
 from vpsnap.client.models import (
+    AuditActor,
+    AuditEvent,
+    AuditTarget,
     Billing,
     ConfigResult,
+    CreatedWebhook,
     Gate,
     Limits,
     OperatingSystem,
@@ -74,19 +79,29 @@ from vpsnap.client.models import (
     SnapshotList,
     UpgradeOptions,
     Vps,
+    Webhook,
+    WebhookDelivery,
+    WebhookTest,
 )
 from vpsnap.client.schedules import Schedules
 from vpsnap.client.snapshots import Snapshots
+from vpsnap.client.webhooks import EVENT_TYPES, WebhookRef, Webhooks
 
 __all__ = [
+    "ACTOR_KINDS",
     "API_KEY_ENV",
     "DEFAULT_URL",
+    "EVENT_TYPES",
     "NO_RETRIES",
     "URL_ENV",
     "AmbiguousVps",
     "Async",
     "AsyncClient",
     "AsyncPager",
+    "AuditActor",
+    "AuditEvent",
+    "AuditEvents",
+    "AuditTarget",
     "Billing",
     "BillingUnavailable",
     "CannotMakeRoom",
@@ -95,6 +110,7 @@ __all__ = [
     "ConfigurationError",
     "Conflict",
     "ConnectionFailed",
+    "CreatedWebhook",
     "CsrfFailed",
     "DiskUnusable",
     "FieldError",
@@ -160,5 +176,10 @@ __all__ = [
     "VpsQueueFull",
     "VpsRef",
     "VpsnapError",
+    "Webhook",
+    "WebhookDelivery",
     "WebhookNotFound",
+    "WebhookRef",
+    "WebhookTest",
+    "Webhooks",
 ]

@@ -22,12 +22,14 @@ from vpsnap.client._runners import (
     SyncRunner,
     api_method,
 )
+from vpsnap.client.audit import AuditEvents
 from vpsnap.client.errors import ConfigurationError
 from vpsnap.client.inventory import Inventory
 from vpsnap.client.jobs import Jobs
 from vpsnap.client.models import ServerVersion
 from vpsnap.client.schedules import Schedules
 from vpsnap.client.snapshots import Snapshots
+from vpsnap.client.webhooks import Webhooks
 
 DEFAULT_URL = "http://127.0.0.1:8080"  # where `vpsnap serve` listens by default
 DEFAULT_TIMEOUT = 30.0
@@ -97,6 +99,10 @@ class _Resources(Bound[M], Generic[M]):
     """A VPS's snapshot schedule."""
     jobs: Jobs[M]
     """Jobs: list, read, wait for them."""
+    audit: AuditEvents[M]
+    """The account's audit trail (scope ``read:audit``)."""
+    webhooks: Webhooks[M]
+    """Webhook endpoints for job and snapshot events, test events, delivery attempts."""
 
     def _attach(self, url: str, runner: Runner[M]) -> None:
         self.url = url
@@ -105,6 +111,8 @@ class _Resources(Bound[M], Generic[M]):
         self.snapshots = Snapshots(runner)
         self.schedules = Schedules(runner)
         self.jobs = Jobs(runner)
+        self.audit = AuditEvents(runner)
+        self.webhooks = Webhooks(runner)
 
     def _server_version(self) -> Plan[ServerVersion]:
         """``GET /api/version``: the server's version (needs no scope)."""

@@ -397,3 +397,159 @@ class ServerVersion:
     @classmethod
     def parse(cls, raw: Raw) -> ServerVersion:
         return cls(raw["name"], raw["version"], tuple(raw["apiVersions"]), raw)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditActor:
+    """Who acted: ``kind`` is ``api_key``, ``user``, ``admin``, ``scheduler`` or
+    ``reconciler``; ``id`` is stable within the kind (a key id, a user id, an OS user)."""
+
+    kind: str
+    id: str
+    label: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTarget:
+    """What was acted on: ``type`` (``snapshot``, ``vps``, ``key``, ``webhook``, …) and id."""
+
+    type: str
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One entry of the account's audit trail (``GET /api/v2/audit-events``).
+
+    ``outcome`` is ``succeeded`` or ``failed`` (then ``problem_code`` says why); ``client_ip``
+    is the caller's address as the server trusts it (forwarded headers only from its proxies).
+    """
+
+    id: str
+    occurred_at: datetime
+    actor: AuditActor
+    action: str
+    outcome: str
+    target: AuditTarget | None
+    vps_id: str | None
+    request_id: str | None
+    client_ip: str | None
+    problem_code: str | None
+    details: Mapping[str, Any]
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> AuditEvent:
+        actor, target = raw["actor"], raw["target"]
+        return cls(
+            id=raw["id"],
+            occurred_at=timestamp(raw["occurredAt"]),
+            actor=AuditActor(actor["kind"], actor["id"], actor["label"]),
+            action=raw["action"],
+            outcome=raw["outcome"],
+            target=None if target is None else AuditTarget(target["type"], target["id"]),
+            vps_id=raw["vpsId"],
+            request_id=raw["requestId"],
+            client_ip=raw["clientIp"],
+            problem_code=raw["problemCode"],
+            details=raw["details"],
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    """A webhook endpoint of the account. ``enabled`` turns false when vpsnap gives up on it
+    after repeated failures (``disabled_at``, ``disabled_reason``); its secret is never shown
+    again after ``create``."""
+
+    id: str
+    url: str
+    description: str | None
+    event_types: tuple[str, ...]
+    enabled: bool
+    created_at: datetime
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    disabled_at: datetime | None
+    disabled_reason: str | None
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> Webhook:
+        return cls(**_webhook_fields(raw))
+
+
+def _webhook_fields(raw: Raw) -> dict[str, Any]:
+    return {
+        "id": raw["id"],
+        "url": raw["url"],
+        "description": raw["description"],
+        "event_types": tuple(raw["eventTypes"]),
+        "enabled": raw["enabled"],
+        "created_at": timestamp(raw["createdAt"]),
+        "last_success_at": optional_timestamp(raw["lastSuccessAt"]),
+        "last_failure_at": optional_timestamp(raw["lastFailureAt"]),
+        "disabled_at": optional_timestamp(raw["disabledAt"]),
+        "disabled_reason": raw["disabledReason"],
+        "raw": raw,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedWebhook(Webhook):
+    """The answer to ``webhooks.create``: the endpoint and its signing secret (Standard
+    Webhooks, ``whsec_…``), which the server shows this once. Kept out of ``repr``."""
+
+    secret: str = field(repr=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> CreatedWebhook:
+        return cls(**_webhook_fields(raw), secret=raw["secret"])
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTest:
+    """A queued ``webhook.test`` event: ``message_id`` is the ``webhook-id`` header it is
+    sent with, and names its attempts in ``deliveries``."""
+
+    message_id: str
+    event_type: str
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> WebhookTest:
+        return cls(raw["messageId"], raw["eventType"], raw)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookDelivery:
+    """One delivery attempt: ``outcome`` is ``delivered`` or ``failed``; ``status_code`` is
+    the receiver's answer (None when none came: then ``error`` says why); ``attempt`` counts
+    from 1 for each message; ``duration_ms`` in milliseconds."""
+
+    id: str
+    message_id: str
+    event_type: str
+    attempt: int
+    attempted_at: datetime
+    outcome: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    raw: Raw = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, raw: Raw) -> WebhookDelivery:
+        return cls(
+            id=raw["id"],
+            message_id=raw["messageId"],
+            event_type=raw["eventType"],
+            attempt=raw["attempt"],
+            attempted_at=timestamp(raw["attemptedAt"]),
+            outcome=raw["outcome"],
+            status_code=raw["statusCode"],
+            error=raw["error"],
+            duration_ms=raw["durationMs"],
+            raw=raw,
+        )

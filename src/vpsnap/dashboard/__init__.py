@@ -9,14 +9,16 @@ from fastapi.staticfiles import StaticFiles
 from vpsnap.dashboard import auth, pages, settings_pages
 from vpsnap.dashboard.config import DashboardConfig
 from vpsnap.dashboard.web import HERE
+from vpsnap.rate_counter import RateCounter
 from vpsnap.settings import Settings
 
 STATIC_PATH = "/static/panel"
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Add the panel's routes and assets to the app."""
-    app.state.dashboard = DashboardConfig.from_settings(settings)
+def install(app: FastAPI, settings: Settings, counter: RateCounter) -> None:
+    """Add the panel's routes and assets to the app; sign-in failures are counted in
+    ``counter`` (the API's rate-limit storage)."""
+    app.state.dashboard = DashboardConfig.from_settings(settings, counter)
     for module in (auth, pages, settings_pages):
         app.include_router(module.router)
     app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="panel-static")

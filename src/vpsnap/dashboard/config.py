@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from vpsnap.dashboard.throttle import LoginThrottle
+from vpsnap.rate_counter import RateCounter
 from vpsnap.settings import Settings
 
 
@@ -18,13 +19,14 @@ class DashboardConfig:
     throttle: LoginThrottle
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DashboardConfig:
+    def from_settings(cls, settings: Settings, counter: RateCounter) -> DashboardConfig:
+        """``counter``: the API's rate counter (one storage client, one fallback state)."""
         base = (settings.public_base_url or "").strip().lower()
         return cls(
             secure_cookies=base.startswith("https://"),
             session_lifetime_seconds=int(settings.session_lifetime_seconds),
             throttle=LoginThrottle(
-                settings.rate_limit_storage,
+                counter,
                 settings.login_failures_per_ip,
                 settings.login_failures_per_account,
             ),

@@ -14,10 +14,9 @@ import math
 import time
 
 from limits import RateLimitItem, parse
-from limits.aio.strategies import FixedWindowRateLimiter
-from limits.storage import storage_from_string
 
 from vpsnap.domain.users import normalize_email
+from vpsnap.rate_counter import RateCounter
 
 _PER_IP = "login-failures-ip"
 _PER_ACCOUNT = "login-failures-account"
@@ -29,8 +28,8 @@ def _address_key(email: str) -> str:
 
 
 class LoginThrottle:
-    def __init__(self, storage_uri: str, per_ip: str, per_account: str) -> None:
-        self._limiter = FixedWindowRateLimiter(storage_from_string(storage_uri))
+    def __init__(self, counter: RateCounter, per_ip: str, per_account: str) -> None:
+        self._limiter = counter
         self._per_ip = parse(per_ip)
         self._per_account = parse(per_account)
 
@@ -46,7 +45,7 @@ class LoginThrottle:
         wait: int | None = None
         for item, namespace, identity in self._counters(ip, email):
             if not await self._limiter.test(item, namespace, identity):
-                stats = await self._limiter.get_window_stats(item, namespace, identity)
+                stats = await self._limiter.window(item, namespace, identity)
                 seconds = max(1, math.ceil(stats.reset_time - time.time()))
                 wait = max(wait or 0, seconds)
         return wait

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -38,14 +38,21 @@ async def version() -> VersionOut:
     # Not a problem document: the same report as the 200, saying which check is down.
     responses={503: {"description": "Not ready: `checks` says which dependency is down."}},
 )
-async def readyz(services: ServicesDep) -> JSONResponse:
-    """The database and the hypervisor are reachable (503 when one is not)."""
+async def readyz(services: ServicesDep, request: Request) -> JSONResponse:
+    """The database and the hypervisor (in a process that has one) are reachable: 503 when one
+    is not. A shared rate-limit storage (Redis) that does not answer is reported as
+    `rate_limits` with status `degraded`, still 200: the process serves, counting in its own
+    memory, and a balancer must not take every API process out because Redis is down
+    (docs/scale-out.md)."""
     checks = await services.readiness()
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks},
-        status_code=200 if ready else 503,
-    )
+    degraded = False
+    counter = request.app.state.rate_limits.counter
+    if counter.shared:
+        checks["rate_limits"] = await counter.readiness()
+        degraded = checks["rate_limits"] != "ok"
+    status = "unavailable" if not ready else "degraded" if degraded else "ok"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", operation_id="metrics", response_class=PlainTextResponse)

@@ -20,6 +20,12 @@ _log_format = click.option(
     type=click.Choice(LOG_FORMATS),
     help="Logs on stderr: console lines on a terminal and JSON otherwise (auto), or as asked.",
 )
+_health_port = click.option(
+    "--health-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /healthz and /readyz on VPSNAP_HOST (127.0.0.1) at this port "
+    "(env VPSNAP_HEALTH_PORT; default: none).",
+)
 _database = click.option(
     "--database-url",
     help="postgresql+asyncpg://… (env VPSNAP_DATABASE_URL); the same for every process.",
@@ -78,10 +84,15 @@ def api(
     type=click.Path(path_type=Path, file_okay=False),
     help="Where managed VMs keep their sockets (env VPSNAP_DATA_DIR; default ./var).",
 )
+@_health_port
 @_database
 @_log_format
 def agent(
-    node: str | None, data_dir: Path | None, database_url: str | None, log_format: str | None
+    node: str | None,
+    data_dir: Path | None,
+    health_port: int | None,
+    database_url: str | None,
+    log_format: str | None,
 ) -> None:
     """One hypervisor host's agent: runs its node's jobs, reconciles its disks, runs its
     managed VMs, and publishes heartbeats and power states. One agent per node (a second
@@ -90,21 +101,28 @@ def agent(
     from vpsnap.cli.scaleout import run_agent  # noqa: PLC0415
 
     settings = load_settings(
-        node=node, data_dir=data_dir, database_url=database_url, log_format=log_format
+        node=node,
+        data_dir=data_dir,
+        health_port=health_port,
+        database_url=database_url,
+        log_format=log_format,
     )
     _run(settings, run_agent(settings))
 
 
 @click.command("scheduler")
+@_health_port
 @_database
 @_log_format
-def scheduler(database_url: str | None, log_format: str | None) -> None:
+def scheduler(health_port: int | None, database_url: str | None, log_format: str | None) -> None:
     """Retention sweep, schedule runs, housekeeping and the lease reaper. Run several: one is
     active (a PostgreSQL advisory lock), the others stand by and take over within seconds."""
     from vpsnap.cli.commands.admin.common import load_settings  # noqa: PLC0415
     from vpsnap.cli.scaleout import run_scheduler  # noqa: PLC0415
 
-    settings = load_settings(database_url=database_url, log_format=log_format)
+    settings = load_settings(
+        health_port=health_port, database_url=database_url, log_format=log_format
+    )
     _run(settings, run_scheduler(settings))
 
 

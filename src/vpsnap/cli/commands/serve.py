@@ -58,8 +58,9 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
 
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings)
+    app = create_app(runtime.services, settings)
     config = uvicorn.Config(
-        create_app(runtime.services, settings),
+        app,
         log_config=None,
         access_log=False,  # the edge middleware logs every request
         lifespan="off",
@@ -84,7 +85,10 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
                 await asyncio.sleep(0.05)
             if demo and server.started:
                 click.echo(_welcome(settings), err=True)
-            await serving
+            try:
+                await serving
+            finally:
+                await app.state.rate_limits.counter.close()
 
 
 @click.command("serve")
