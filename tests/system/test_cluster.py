@@ -347,3 +347,43 @@ def test_postgresql_restarted_under_the_cluster_every_process_reconnects(
         for n in (1, 2, 3):
             for snapshot in sdk.snapshots.list(f"db-{n}").snapshots:
                 sdk.snapshots.delete(f"db-{n}", snapshot.name).wait(timeout=30)
+
+
+def test_redis_down_limits_count_per_process_and_nothing_answers_500(
+    cluster: LocalCluster,
+) -> None:
+    """docs/scale-out.md, "When Redis is down": the API goes on answering (rate limits counted
+    in each process meanwhile), /readyz says ``degraded`` with 200, and the shared counters
+    are used again once Redis is back."""
+    redis = cluster.redis
+    assert redis is not None
+    assert cluster.rate_limit_storage.startswith("async+redis://"), cluster.rate_limit_storage
+    for url in cluster.api_urls:
+        assert httpx.get(f"{url}/readyz", timeout=10).json()["checks"]["rate_limits"] == "ok"
+    redis.stop()
+    try:
+        with client(cluster.url, cluster.keys["full"], NO_RETRIES) as sdk:
+            # Several requests per API process: the first finds Redis gone, the next ones
+            # count in memory.
+            for _ in range(6):
+                assert sdk.vps.get("web-2").node == "hv-2"
+            sdk.snapshots.create("web-2", "redis-down").wait(timeout=30)
+            sdk.snapshots.delete("web-2", "redis-down").wait(timeout=30)
+        for url in cluster.api_urls:
+            answer = httpx.get(f"{url}/readyz", timeout=10)
+            assert answer.status_code == 200
+            body = answer.json()
+            assert body["status"] == "degraded"
+            assert body["checks"]["rate_limits"].startswith("unavailable")
+            assert body["checks"]["database"] == "ok"
+        logged = [m for n, m in cluster.members.items() if n.startswith("api-")]
+        assert any(m.log_events("rate_limit_storage_unavailable") for m in logged)
+        assert not any('"status": 500' in m.log_text() for m in logged)
+    finally:
+        redis.start()
+    for url in cluster.api_urls:
+        until(
+            lambda url=url: httpx.get(f"{url}/readyz", timeout=10).json()["status"] == "ok",
+            20,
+            f"{url} back on Redis",
+        )
