@@ -75,8 +75,8 @@ class Member:
     log_path: Path
     cwd: Path
     stop_signal: signal.Signals = signal.SIGTERM
-    ready_marks: int = 0
-    """How many readiness lines (``agent_started``) its log held before its last start."""
+    health_url: str | None = None
+    """Its ``/readyz`` (an API's port, an agent's or scheduler's ``--health-port``)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
 
@@ -376,17 +376,14 @@ class LocalCluster:
         return asyncio.run(run())
 
     def active_scheduler(self) -> Member | None:
-        """The scheduler whose last ``scheduler_active``/``scheduler_standby`` says active."""
+        """The scheduler whose ``/readyz`` says ``"role": "active"``."""
         for member in self.members.values():
             if not member.name.startswith("scheduler-") or not member.alive:
                 continue
-            marks = [
-                (record.get("timestamp", ""), record["event"])
-                for event in ("scheduler_active", "scheduler_standby")
-                for record in member.log_events(event)
-            ]
-            if marks and max(marks)[1] == "scheduler_active":
-                return member
+            assert member.health_url is not None
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                if httpx.get(member.health_url, timeout=5).json().get("role") == "active":
+                    return member
         return None
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -421,6 +418,12 @@ class LocalCluster:
         self.members[name] = member
         return member
 
+    def _with_health(self, name: str, argv: list[str]) -> Member:
+        port = free_port()
+        member = self._member(name, [*argv, "--health-port", str(port)])
+        member.health_url = f"http://127.0.0.1:{port}/readyz"
+        return member
+
     def _start(self) -> None:
         plan = self.plan
         plan.root.mkdir(parents=True, exist_ok=True)
@@ -449,28 +452,28 @@ class LocalCluster:
         self.port = plan.port or free_port()
         self.api_ports = [free_port() for _ in range(plan.apis)]
         for index, port in enumerate(self.api_ports, 1):
-            self._member(
+            api = self._member(
                 f"api-{index}",
                 [VPSNAP, "api", "--port", str(port)],
                 # nginx is the only proxy whose X-Forwarded-* headers are believed.
                 VPSNAP_FORWARDED_ALLOW_IPS="127.0.0.1",
             )
+            api.health_url = f"http://127.0.0.1:{port}/readyz"
         for node in plan.nodes:
-            self._member(
+            self._with_health(
                 f"agent-{node}",
                 [VPSNAP, "agent", "--node", node, "--data-dir", str(self.data_dir(node))],
             )
         for index in range(1, plan.schedulers + 1):
-            self._member(f"scheduler-{index}", [VPSNAP, "scheduler"])
+            self._with_health(f"scheduler-{index}", [VPSNAP, "scheduler"])
         # Started together: each imports vpsnap (a second or two of CPU), in parallel.
         for name, member in self.members.items():
             if name.startswith(("api-", "agent-", "scheduler-")):
                 member.start()
                 self._started.append(member)
-        for index, url in enumerate(self.api_urls, 1):
-            self.wait_ready(f"api-{index}", url)
-        for node in plan.nodes:
-            self.wait_ready(f"agent-{node}")
+        for name, member in self.members.items():
+            if member.health_url is not None:
+                self.wait_ready(name)
         _wait_for(
             lambda: self.active_scheduler() is not None,
             START_TIMEOUT_S,
@@ -479,28 +482,17 @@ class LocalCluster:
         )
         self._start_nginx()
 
-    def wait_ready(
-        self, name: str, url: str | None = None, timeout: float = START_TIMEOUT_S
-    ) -> None:
-        """Until the process is ready: an API's ``/readyz`` answers 200; an agent has logged
-        ``agent_started`` (once more than before a restart)."""
+    def wait_ready(self, name: str, timeout: float = START_TIMEOUT_S) -> None:
+        """Until the process's ``/readyz`` answers 200: an API reaches PostgreSQL, an agent
+        holds its node's lock, a scheduler is active or standing by."""
         member = self.members[name]
-        if name.startswith("api-"):
-            base = url or self.api_urls[int(name.removeprefix("api-")) - 1]
-            _wait_for(lambda: _http_ok(f"{base}/readyz"), timeout, member, "ready API")
-        elif name.startswith("agent-"):
-            _wait_for(
-                lambda: len(member.log_events("agent_started")) > member.ready_marks,
-                timeout,
-                member,
-                "agent_started in its log",
-            )
+        if member.health_url is not None:
+            url = member.health_url
+            _wait_for(lambda: _http_ok(url), timeout, member, f"200 from {url}")
 
     def restart(self, name: str) -> None:
         """Start a stopped or killed process again and wait until it is ready."""
         member = self.members[name]
-        # What its earlier lives logged does not count.
-        member.ready_marks = len(member.log_events("agent_started"))
         member.start()
         self.wait_ready(name)
 
@@ -640,11 +632,20 @@ http {{
     def add_vps(self, node: str, name: str, *, disks: int = 1, slots: int = 10) -> str:
         """Register one more VPS of account ``demo`` on ``node`` (its disks made in the node's
         data dir); returns its id."""
+        return self.add_vpses([(node, name)], disks=disks, slots=slots)[0]
 
-        async def run() -> str:
+    def add_vpses(
+        self, placed: Sequence[tuple[str, str]], *, disks: int = 1, slots: int = 10
+    ) -> list[str]:
+        """``add_vps`` for each (node, name), in one go; their ids in the same order."""
+
+        async def run() -> list[str]:
             runtime = self._admin_runtime()
             try:
-                return await self._add_vps(runtime, node, name, disks, slots, data_mib=1)
+                return [
+                    await self._add_vps(runtime, node, name, disks, slots, data_mib=1)
+                    for node, name in placed
+                ]
             finally:
                 await runtime.close()
 
