@@ -6,8 +6,9 @@ the same ``LocalCluster``: they kill, restart and inspect its processes one by o
 
 Every process runs in a session (process group) of its own, so one can be stopped or killed
 with the ``qemu-img`` children it may have; a process that outlives a killed launcher gets
-SIGTERM from the kernel (``PR_SET_PDEATHSIG``). Stopping the cluster stops everything it
-started, in reverse order, SIGTERM first and SIGKILL after a grace period.
+SIGTERM from the kernel (``PR_SET_PDEATHSIG``; not PostgreSQL, which runs as another user).
+Stopping the cluster stops everything it started: nginx, then the vpsnap processes together,
+then Redis and PostgreSQL, each with its clean-stop signal first and SIGKILL after a grace.
 """
 
 from __future__ import annotations

@@ -188,6 +188,16 @@ def test_an_api_killed_with_a_create_in_flight_the_sdk_retry_lands_on_the_other(
         if not api.alive:
             cluster.restart("api-1")
     assert job.status == "completed"
+    # nginx saw the POST die on api-1 after sending it (not a refused connection).
+    port = cluster.api_ports[0]
+    cut = [
+        line
+        for line in (cluster.plan.root / "nginx" / "error.log").read_text().splitlines()
+        if f"POST /api/v2/vps/{vps_id}/snapshots" in line
+        and f'upstream: "http://127.0.0.1:{port}/' in line
+        and "while reading response header" in line
+    ]
+    assert cut, "the create was not in flight on api-1 when it was killed"
     on_disk = disk_snapshots(cluster.disk("hv-1", "web-1"))
     assert on_disk.count(name) == 1, on_disk
     rows = cluster.query(
@@ -218,14 +228,21 @@ def test_an_agent_killed_mid_job_its_node_goes_offline_and_the_job_runs_once(
             )
             return bool(rows)
 
-        until(running, 30, "a create of kill-agent running")
+        # Frozen first, then checked, then killed: the kill lands mid-job for sure (a job
+        # that ended between the check and a plain kill would leave nothing running).
+        for _ in range(len(names)):
+            until(running, 30, "a create of kill-agent running")
+            agent.signal(signal.SIGSTOP)
+            interrupted = cluster.query(
+                "SELECT id, snapshot_name FROM jobs WHERE vps_id = $1 AND status = 'in_progress'",
+                vps_id,
+            )
+            if interrupted:
+                break
+            agent.signal(signal.SIGCONT)
+        assert interrupted, "never caught a create running"
         agent.kill()
         killed_at = time.monotonic()
-        interrupted = cluster.query(
-            "SELECT id, snapshot_name FROM jobs WHERE vps_id = $1 AND status = 'in_progress'",
-            vps_id,
-        )
-        assert interrupted, "the job finished before the kill landed"
 
         # web-3's power state was published while hv-3 was alive ("stopped").
         assert sdk.vps.get("web-3").power_state != "unknown"
