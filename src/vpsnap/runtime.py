@@ -517,10 +517,15 @@ class Runtime:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), self.settings.node_heartbeat_seconds)
-                if not stopping.is_set() and not await lock.check() and not await lock.acquire():
+                if stopping.is_set() or await lock.check() or await lock.acquire():
+                    continue
+                if lock.reachable:
                     # PostgreSQL restarted and someone else took the node meanwhile.
                     log.error("agent_node_lost", node=self.settings.node)
                     break
+                # PostgreSQL is down or restarting: the node is still ours to take back (its
+                # other connections reconnect by themselves); try again at the next beat.
+                log.warning("agent_node_lock_unreachable", node=self.settings.node)
         finally:
             worker.stop()
             inner.set()

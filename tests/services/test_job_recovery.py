@@ -10,10 +10,11 @@ from datetime import timedelta
 import pytest
 
 from vpsnap.domain.errors import HypervisorError
-from vpsnap.domain.model import Consistency, Job, JobStatus, LaunchSpec, PowerState
+from vpsnap.domain.model import Consistency, Job, JobLane, JobStatus, LaunchSpec, PowerState
 from vpsnap.domain.ports import RestorePoint, SnapshotRequest
 from vpsnap.drivers.fake import FakeDriver
 from vpsnap.jobs.handlers import HANDLERS
+from vpsnap.jobs.worker import Claim, Worker
 from vpsnap.scheduler.reaper import requeue_orphans
 from vpsnap.services.snapshots import CreateSnapshot
 
@@ -496,3 +497,39 @@ async def test_stop_lets_a_job_within_the_grace_finish(world: World) -> None:
     world.driver.release("create")
     await asyncio.wait_for(running, 5)
     assert (await world.job(job.id)).status is JobStatus.COMPLETED
+
+
+class _ClaimFailsOnce(Worker):
+    """A worker whose first claim meets a database that went away (a PostgreSQL restart)."""
+
+    failed = False
+
+    async def _claim(self, free: dict[JobLane, int]) -> list[Claim]:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionRefusedError("the database is restarting")
+        return await super()._claim(free)
+
+
+async def test_a_failed_claim_does_not_end_the_worker(world: World) -> None:
+    """The worker outlives a claim that fails (its node would otherwise take no more jobs
+    while its agent looks alive) and claims again after a pause."""
+    vps = await world.add_vps()
+    job = await world.runtime.services.snapshots.create(
+        world.principal, vps.id, CreateSnapshot("after-restart")
+    )
+    base = world.runtime.worker()
+    worker = _ClaimFailsOnce(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.init}
+    )
+    running = asyncio.create_task(worker.run())
+    try:
+        async with asyncio.timeout(10):  # a dead worker would leave the job queued forever
+            done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+            while not done.status.is_terminal:
+                done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 5)
+    assert worker.failed
+    assert done.status is JobStatus.COMPLETED

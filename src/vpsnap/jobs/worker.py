@@ -38,6 +38,9 @@ from vpsnap.metrics import JOB_DURATION, JOB_FAILURES
 
 log = structlog.get_logger("vpsnap.worker")
 
+CLAIM_RETRY_SECONDS = 1.0
+"""After a failed claim (the database unreachable), the pause before the next try."""
+
 
 @dataclass(frozen=True, slots=True)
 class Claim:
@@ -104,7 +107,16 @@ class Worker:
         log.info("worker_started", worker=self.worker_id, node=self.node)
         while not self._stopping:
             self.events.work_available.clear()
-            await self.claim_available()
+            try:
+                await self.claim_available()
+            except Exception as exc:
+                # The database went away (a PostgreSQL restart, a failover): the worker must
+                # outlive it, or its node would stop taking jobs while its agent looks alive.
+                # The claim's transaction was rolled back; try again after a pause.
+                log.warning("claim_failed", worker=self.worker_id, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.events.work_available.wait(), CLAIM_RETRY_SECONDS)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.events.work_available.wait(), self.idle_wakeup_seconds)
         await self._drain()

@@ -30,6 +30,9 @@ class SessionLock:
         self.name = name
         self.key = lock_key(name)
         self._conn: Any = None
+        self.reachable = True
+        """Whether the last ``acquire`` reached PostgreSQL: False means the answer said
+        nothing about who holds the lock (the server is down or restarting)."""
 
     async def acquire(self) -> bool:
         import asyncpg  # noqa: PLC0415 - server-only dependency
@@ -40,11 +43,14 @@ class SessionLock:
             conn = await asyncpg.connect(self._dsn, timeout=10)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("lock_connect_failed", lock=self.name, error=str(exc))
+            self.reachable = False
             return False
+        self.reachable = True
         try:
             taken = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.key))
         except (OSError, asyncpg.PostgresError) as exc:
             log.warning("lock_failed", lock=self.name, error=str(exc))
+            self.reachable = False
             taken = False
         if not taken:
             await conn.close()
@@ -60,7 +66,16 @@ class SessionLock:
             return False
         try:
             await self._conn.fetchval("SELECT 1", timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except (
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # A connection PostgreSQL dropped under it (a restart) can also leave asyncpg's
+            # protocol half-way: "cannot switch to state 12; another operation is in
+            # progress". The lock is gone with that session either way.
+            asyncpg.exceptions.InternalClientError,
+            TimeoutError,
+        ) as exc:
             log.warning("lock_lost", lock=self.name, error=str(exc))
             await self.release()
             return False
