@@ -74,6 +74,9 @@ LIST_P99_TARGET_MS = 10.0
 STARTUP_TARGET_S = 2.0
 
 
+PHASES = ("reads", "reconcile", "startup", "sweep")
+
+
 class FixedClock:
     """The bench's clock: a moment that only the bench moves."""
 
@@ -105,6 +108,7 @@ class Result:
     reads: dict[str, dict[str, float]] = field(default_factory=dict)
     reconcile: dict[str, float] = field(default_factory=dict)
     reconcile_findings: dict[str, int] = field(default_factory=dict)
+    swept: bool = False
     sweep_s: float = 0.0
     sweep_jobs: int = 0
     sweep_reader_p99_ms: float = 0.0
@@ -514,18 +518,24 @@ async def run_one(
         started = time.perf_counter()
         key, ids = await populate(runtime, size, disks, dates, now)
         result.populate_s = time.perf_counter() - started
-        progress(f"[{backend} {size.label}] reads")
-        result.reads = await measure_reads(
-            runtime, settings, key, ids, args.iterations, args.warmup
-        )
-        progress(f"[{backend} {size.label}] reconcile")
-        result.reconcile, result.reconcile_findings = await measure_reconcile(runtime, disks, clock)
-        if startup:
+        if "reads" in args.phases:
+            progress(f"[{backend} {size.label}] reads")
+            result.reads = await measure_reads(
+                runtime, settings, key, ids, args.iterations, args.warmup
+            )
+        if "reconcile" in args.phases:
+            progress(f"[{backend} {size.label}] reconcile")
+            result.reconcile, result.reconcile_findings = await measure_reconcile(
+                runtime, disks, clock
+            )
+        if startup and "startup" in args.phases:
             progress(f"[{backend} {size.label}] start-up of vpsnap serve")
             await store.dispose()
             result.startup = await asyncio.to_thread(
                 measure_startup, data_dir, key, args.startup_watch
             )
+        if "sweep" not in args.phases:
+            return result
         progress(f"[{backend} {size.label}] retention sweep")
         (
             result.sweep_s,
@@ -533,6 +543,7 @@ async def run_one(
             result.sweep_reader_p99_ms,
             result.sweep_reader_max_ms,
         ) = await measure_sweep(runtime, key, settings, ids, clock, size, args.sweep_timeout)
+        result.swept = True
     finally:
         await store.dispose()
         if schema is not None:
@@ -541,6 +552,10 @@ async def run_one(
 
 
 # -- report -------------------------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
@@ -561,12 +576,12 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
             [
                 f"{r.backend} {r.size.label}",
                 f"{r.populate_s:.1f}",
-                f"{r.sweep_s:.2f}",
-                str(r.sweep_jobs),
-                f"{r.sweep_reader_p99_ms:.1f}",
-                f"{r.reconcile.get('first pass', 0):.2f}",
-                f"{r.reconcile.get('unchanged', 0):.2f}",
-                f"{r.reconcile.get('1 % changed', 0):.2f}",
+                _seconds(r.sweep_s if r.swept else None),
+                str(r.sweep_jobs) if r.swept else "-",
+                f"{r.sweep_reader_p99_ms:.1f}" if r.swept else "-",
+                _seconds(r.reconcile.get("first pass")),
+                _seconds(r.reconcile.get("unchanged")),
+                _seconds(r.reconcile.get("1 % changed")),
                 growth(r, r.sweep_s, lambda s: s.sweep_s),
                 growth(
                     r, r.reconcile.get("unchanged", 0), lambda s: s.reconcile.get("unchanged", 0)
@@ -605,8 +620,9 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
                     f"{f['bare_p50'] / f['p50'] * 100:.0f} %",
                 ]
             )
-    print("reads in-process (ms; % of bare = bare p50 / vpsnap p50)")
-    print(render_table(["request", "p50", "p99", "bare p50", "bare p99", "% of bare"], rows))
+    if rows:
+        print("reads in-process (ms; % of bare = bare p50 / vpsnap p50)")
+        print(render_table(["request", "p50", "p99", "bare p50", "bare p99", "% of bare"], rows))
     for r in results:
         if r.startup:
             s = r.startup
@@ -625,21 +641,23 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
         if r.size.vps != largest:
             continue
         name = f"{r.backend} {r.size.label}"
-        targets.append(
-            (
-                f"{name}: sweep < {SWEEP_TARGET_S:g} s",
-                f"{r.sweep_s:.2f} s",
-                r.sweep_s < SWEEP_TARGET_S,
+        if r.swept:
+            targets.append(
+                (
+                    f"{name}: sweep < {SWEEP_TARGET_S:g} s",
+                    f"{r.sweep_s:.2f} s",
+                    r.sweep_s < SWEEP_TARGET_S,
+                )
             )
-        )
-        unchanged = r.reconcile.get("unchanged", 0)
-        targets.append(
-            (
-                f"{name}: unchanged reconcile < {RECONCILE_TARGET_S:g} s",
-                f"{unchanged:.2f} s",
-                unchanged < RECONCILE_TARGET_S,
+        if r.reconcile:
+            unchanged = r.reconcile["unchanged"]
+            targets.append(
+                (
+                    f"{name}: unchanged reconcile < {RECONCILE_TARGET_S:g} s",
+                    f"{unchanged:.2f} s",
+                    unchanged < RECONCILE_TARGET_S,
+                )
             )
-        )
         for label, f in r.reads.items():
             share = f["bare_p50"] / f["p50"]
             targets.append(
@@ -710,6 +728,13 @@ def main(argv: list[str] | None = None) -> int:
         "--databases", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
     )
     parser.add_argument("--no-startup", action="store_true", help="skip the vpsnap serve run")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=list(PHASES),
+        choices=PHASES,
+        help="what to measure (default: all)",
+    )
     parser.add_argument("--startup-watch", type=float, default=10.0, help="seconds watched")
     parser.add_argument(
         "--sweep-timeout", type=float, default=300.0, help="a sweep past it is cancelled (s)"
