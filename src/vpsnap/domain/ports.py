@@ -364,6 +364,10 @@ class Transaction(Protocol):
         """Which of these VPSes have a job ``queued``, ``in_progress`` or ``pending``."""
         ...
 
+    async def vps_with_jobs_since(self, vps_ids: Sequence[str], since: datetime) -> set[str]:
+        """Which of these VPSes had a job created at ``since`` or later (any status)."""
+        ...
+
     async def has_active_job(self, vps_id: str) -> bool: ...
     async def list_jobs(
         self,

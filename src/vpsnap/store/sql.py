@@ -1087,6 +1087,16 @@ class SqlTransaction(OperationsQueries):
         for node in sorted({j.node or "*" for j in items if j.status is JobStatus.QUEUED}):
             await self._notify(Channel.JOBS, node)
 
+    async def vps_with_jobs_since(self, vps_ids: Sequence[str], since: datetime) -> set[str]:
+        if not vps_ids:
+            return set()
+        query = (
+            sa.select(jobs.c.vps_id)
+            .distinct()
+            .where(jobs.c.vps_id.in_(vps_ids), jobs.c.created_at >= since)
+        )
+        return {row[0] for row in await self.conn.execute(query)}
+
     async def vps_with_unfinished_jobs(self, vps_ids: Sequence[str]) -> set[str]:
         if not vps_ids:
             return set()
