@@ -739,6 +739,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sweep-timeout", type=float, default=300.0, help="a sweep past it is cancelled (s)"
     )
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the in-process measurements (vpsnap serve picks uvloop itself)",
+    )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
     args = parser.parse_args(argv)
@@ -749,7 +755,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("warning", "json")
     try:
         started = time.perf_counter()
-        results = asyncio.run(main_async(args, workdir))
+        if args.loop == "uvloop":
+            import uvloop  # noqa: PLC0415
+
+            results = uvloop.run(main_async(args, workdir))
+        else:
+            results = asyncio.run(main_async(args, workdir))
         targets = print_report(results)
         print(f"\nran in {time.perf_counter() - started:.0f} s")
         write_json(

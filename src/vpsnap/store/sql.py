@@ -726,7 +726,11 @@ class SqlTransaction(OperationsQueries):
     async def list_vps(
         self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
     ) -> list[Vps]:
-        query = sa.select(vps).order_by(vps.c.id).limit(limit)
+        # The limit is written into the statement, not bound: PostgreSQL's generic plan of a
+        # prepared statement does not know a bound LIMIT is small, and chose a scan and sort of
+        # the whole account over the (account_id, id) index (27 ms instead of 0.03 ms at 10,000
+        # VPSes in bench/scale.py).
+        query = sa.select(vps).order_by(vps.c.id).limit(_bp("b_limit", limit, literal_execute=True))
         if account_id is not None:
             query = query.where(vps.c.account_id == account_id)
         if flt.name is not None:
