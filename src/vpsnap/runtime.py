@@ -47,7 +47,7 @@ from vpsnap.jobs.worker import Worker, default_worker_id
 from vpsnap.private_files import private_dir, private_file
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
 from vpsnap.scheduler.reaper import requeue_orphans
-from vpsnap.scheduler.reconcile import reconcile
+from vpsnap.scheduler.reconcile import DiskFingerprints, reconcile
 from vpsnap.scheduler.retention import sweep_expired
 from vpsnap.scheduler.schedules import run_due_schedules
 from vpsnap.scheduler.stale_jobs import fail_unstartable_jobs
@@ -352,9 +352,11 @@ class Runtime:
     def node_tasks(self, observer: NodeObserver) -> list[PeriodicTask]:
         """An agent's own periodic work for its node."""
         settings, driver = self.settings, self.hypervisor()
+        # Kept across passes: disks unchanged since the last pass are not read again.
+        seen = DiskFingerprints()
 
         async def reconcile_node() -> object:
-            return await reconcile(self.store, driver, settings.node, clock=self.clock)
+            return await reconcile(self.store, driver, settings.node, clock=self.clock, seen=seen)
 
         async def publish_data_stores_of_node() -> object:
             # Only the node's agent sees its disks: the API and the gates read what it wrote.
@@ -365,7 +367,12 @@ class Runtime:
             PeriodicTask(
                 "power-states", settings.power_refresh_seconds, observer.refresh_power_states
             ),
-            PeriodicTask("reconcile", settings.reconcile_interval_seconds, reconcile_node),
+            PeriodicTask(
+                "reconcile",
+                settings.reconcile_interval_seconds,
+                reconcile_node,
+                first_delay_seconds=settings.reconcile_start_delay_seconds,
+            ),
             PeriodicTask(
                 "data-stores", settings.data_store_interval_seconds, publish_data_stores_of_node
             ),

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
         default=30.0, description="How often expiry, schedules and reconciliation run"
     )
     reconcile_interval_seconds: float = 300.0
+    reconcile_start_delay_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long after start the first reconciliation pass waits, so that the "
+        "API serves first (the first pass reads every disk of the node)",
+    )
     capacity_file: Path | None = Field(
         default=None, description="Operator capacity configuration (TOML): plans, slot prices"
     )

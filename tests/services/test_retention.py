@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from vpsnap.domain.audit import SCHEDULER, AuditAction, AuditFilter
 from vpsnap.domain.errors import HypervisorError
 from vpsnap.domain.model import JobStatus, JobType
 from vpsnap.scheduler.retention import sweep_expired
@@ -220,3 +221,118 @@ async def test_a_snapshot_deleted_by_its_owner_is_not_swept(world: World) -> Non
     assert await _sweep(world) == []
     assert await world.run_all() == 1
     assert await world.statuses(vps.id) == {}
+
+
+# -- the set-based sweep (issue 15): batches of `limit`, one transaction each ------------------
+
+
+async def _expired_fleet(world: World, vps_count: int, per_vps: int) -> dict[str, list[str]]:
+    """``vps_count`` VPSes with ``per_vps`` available snapshots each, all expired; also one
+    fresh snapshot on the first VPS that must not be swept."""
+    names: dict[str, list[str]] = {}
+    for v in range(vps_count):
+        vps = await world.add_vps(f"vm-{v}", slots=per_vps + 1)
+        names[vps.id] = [f"s{v}-{k}" for k in range(per_vps)]
+        await _available(world, vps.id, *names[vps.id])
+    world.clock.advance(days=2)
+    await _available(world, next(iter(names)), "fresh")
+    return names
+
+
+async def _jobs_by_snapshot(world: World, names: dict[str, list[str]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with world.store.transaction(read_only=True) as tx:
+        for vps_id, snapshot_names in names.items():
+            for name in snapshot_names:
+                counts[name] = len(
+                    [
+                        j
+                        for j in await tx.jobs_for_snapshot(vps_id, name)
+                        if j.type is JobType.SNAPSHOT_EXPIRE
+                    ]
+                )
+    return counts
+
+
+async def test_batches_queue_exactly_one_job_per_expired_snapshot(world: World) -> None:
+    names = await _expired_fleet(world, vps_count=3, per_vps=3)
+
+    # 9 expired snapshots in batches of 2: batches split VPSes and end mid-VPS.
+    job_ids = await _sweep(world, limit=2)
+
+    assert len(job_ids) == len(set(job_ids)) == 9
+    assert set((await _jobs_by_snapshot(world, names)).values()) == {1}
+    assert await _sweep(world, limit=2) == []
+    first = next(iter(names))
+    assert (await world.statuses(first))["fresh"] == "available"
+    # Per VPS the first expiry is queued and the others wait behind it, in expiry order.
+    for vps_id, snapshot_names in names.items():
+        jobs = [await world.job(j) for j in job_ids]
+        mine = [j for j in jobs if j.vps_id == vps_id]
+        assert [j.snapshot_name for j in mine] == snapshot_names
+        assert [j.status for j in mine] == [JobStatus.QUEUED] + [JobStatus.PENDING] * 2
+    # Each one audited by the scheduler, with its job.
+    async with world.store.transaction(read_only=True) as tx:
+        events = await tx.list_audit_events(
+            AuditFilter(action=AuditAction.SNAPSHOT_EXPIRE), None, 100
+        )
+    assert sorted(e.details["jobId"] for e in events) == sorted(job_ids)
+    assert {e.actor for e in events} == {SCHEDULER}
+
+    assert await world.run_all() == 9
+    for vps_id in names:
+        expected = {"fresh": "available"} if vps_id == first else {}
+        assert await world.statuses(vps_id) == expected
+
+
+async def test_a_batch_queues_behind_a_vps_running_job(world: World) -> None:
+    names = await _expired_fleet(world, vps_count=2, per_vps=2)
+    idle, busy = list(names)  # the first holds "fresh" too: its slots are full
+    running = await world.runtime.services.snapshots.create(
+        world.principal, busy, CreateSnapshot("new")
+    )
+
+    job_ids = await _sweep(world, limit=10)
+
+    jobs = [await world.job(j) for j in job_ids]
+    assert [j.status for j in jobs if j.vps_id == busy] == [JobStatus.PENDING] * 2
+    assert [j.status for j in jobs if j.vps_id == idle] == [JobStatus.QUEUED, JobStatus.PENDING]
+    assert (await world.job(running.id)).status is JobStatus.QUEUED
+    assert await world.run_all() == 5
+
+
+async def test_concurrent_batched_sweeps_never_queue_a_snapshot_twice(world: World) -> None:
+    names = await _expired_fleet(world, vps_count=4, per_vps=3)
+
+    results = await asyncio.gather(*(_sweep(world, limit=2) for _ in range(4)))
+
+    job_ids = [j for r in results for j in r]
+    assert len(job_ids) == len(set(job_ids)) == 12
+    assert set((await _jobs_by_snapshot(world, names)).values()) == {1}
+    # Whatever a sweep stopped early on (another had it), a later sweep finds nothing left.
+    assert await _sweep(world, limit=2) == []
+    assert await world.run_all() == 12
+
+
+async def test_protected_snapshots_are_skipped_by_a_batch(world: World) -> None:
+    """Snapshots not available (being created or restored) or not yet expired stay; the rest
+    of their batch is queued."""
+    web = await world.add_vps("web", slots=4)
+    await _available(world, web.id, "old", "restored")
+    await world.runtime.services.snapshots.restore(world.principal, web.id, "restored")
+    await world.runtime.services.snapshots.create(world.principal, web.id, CreateSnapshot("new"))
+    world.clock.advance(days=2)
+    world.driver.block("restore")
+    running = asyncio.create_task(world.runtime.worker().run_one())
+    try:
+        await world.driver.wait_blocked("restore")
+        [job_id] = await _sweep(world, limit=10)
+        assert (await world.job(job_id)).snapshot_name == "old"
+        assert await world.statuses(web.id) == {
+            "old": "deleting",
+            "restored": "restoring",
+            "new": "creating",
+        }
+    finally:
+        world.driver.release("restore")
+        await running

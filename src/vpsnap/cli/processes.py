@@ -12,9 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import uvicorn
+
+T = TypeVar("T")
+
+
+def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` for the long-running processes, on uvloop where it is installed (it is
+    with uvicorn[standard]; bench/scale.py measures the difference, docs/performance.md), on
+    the standard loop elsewhere."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional: imported only where a process starts
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class Server(uvicorn.Server):

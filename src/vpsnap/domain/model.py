@@ -251,6 +251,16 @@ class Vps:
 
 
 @dataclass(frozen=True, slots=True)
+class VpsRef:
+    """Who a VPS belongs to and where it runs: what queueing a job for it needs (the
+    scheduler's set-based work reads no more than this)."""
+
+    id: str
+    account_id: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class VmConfig:
     """What RAM state can only be loaded into: a VM with the same RAM size and machine type.
 

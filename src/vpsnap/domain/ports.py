@@ -30,6 +30,7 @@ from vpsnap.domain.model import (
     VmConfig,
     VmFacts,
     Vps,
+    VpsRef,
     WriteIntent,
 )
 from vpsnap.domain.nodes import Node, NodeStats
@@ -291,6 +292,10 @@ class Transaction(Protocol):
 
     # snapshots
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]: ...
+    async def list_snapshots_of(self, vps_ids: Sequence[str]) -> dict[str, list[Snapshot]]:
+        """``list_snapshots`` of many VPSes in one statement (every id is a key)."""
+        ...
+
     async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None: ...
     async def add_snapshot(self, snapshot: Snapshot) -> None: ...
     async def update_snapshot(self, snapshot: Snapshot) -> None: ...
@@ -333,6 +338,9 @@ class Transaction(Protocol):
         ...
 
     async def open_write_intents(self, vps_id: str) -> list[WriteIntent]: ...
+    async def open_write_intents_of(self, vps_ids: Sequence[str]) -> dict[str, list[WriteIntent]]:
+        """``open_write_intents`` of many VPSes in one statement (every id is a key)."""
+        ...
 
     # jobs
     async def add_job(self, job: Job, node: str) -> None: ...
@@ -348,6 +356,18 @@ class Transaction(Protocol):
         ...
 
     async def count_unfinished_jobs(self, vps_id: str) -> int: ...
+    async def add_jobs(self, jobs: Sequence[Job]) -> None:
+        """Insert many jobs in one statement (each on its ``Job.node``)."""
+        ...
+
+    async def vps_with_unfinished_jobs(self, vps_ids: Sequence[str]) -> set[str]:
+        """Which of these VPSes have a job ``queued``, ``in_progress`` or ``pending``."""
+        ...
+
+    async def vps_with_jobs_since(self, vps_ids: Sequence[str], since: datetime) -> set[str]:
+        """Which of these VPSes had a job created at ``since`` or later (any status)."""
+        ...
+
     async def has_active_job(self, vps_id: str) -> bool: ...
     async def list_jobs(
         self,
@@ -395,6 +415,23 @@ class Transaction(Protocol):
         """``available`` snapshots whose ``expires_at`` has passed, soonest first."""
         ...
 
+    async def expired_snapshot_keys(self, now: datetime, limit: int) -> list[tuple[str, str]]:
+        """``expired_snapshots`` as (VPS id, name) pairs, without reading whole rows."""
+        ...
+
+    async def lock_vps_rows(self, vps_ids: Sequence[str]) -> list[VpsRef]:
+        """Lock the rows of these VPSes in id order (so that two callers never wait for each
+        other crosswise), as ``get_vps(lock=True)`` does for one; the ones that exist."""
+        ...
+
+    async def mark_expired_deleting(
+        self, vps_ids: Sequence[str], now: datetime
+    ) -> list[tuple[str, str]]:
+        """Move every snapshot of these VPSes that is still ``available`` and expired by
+        ``now`` to ``deleting``, in one conditional statement; the (VPS id, name) pairs it
+        moved, soonest expiry first."""
+        ...
+
     # schedules
     async def get_schedule(self, vps_id: str) -> Schedule | None: ...
     async def save_schedule(self, schedule: Schedule) -> None: ...
@@ -415,6 +452,10 @@ class Transaction(Protocol):
 
     # -- operations (issue 12): audit trail, webhook outbox, data stores ---------------------
     async def add_audit_event(self, event: AuditEvent) -> None: ...
+    async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        """``add_audit_event`` for many, in one statement."""
+        ...
+
     async def list_audit_events(
         self, flt: AuditFilter, before_id: str | None, limit: int
     ) -> list[AuditEvent]:

@@ -5,6 +5,7 @@ primitives behind ``domain.ports.Transaction``; nothing else changes a job's sta
 
     enqueue ─▶ queued ──claim (lease)──▶ in_progress ──finish──▶ completed | failed
            └─▶ pending ──promote_next──▶ queued  (when the VPS's job before it ends)
+    (enqueue_many: the same for many jobs at once, in one statement per step)
 
     in_progress ──hand_back──────▶ queued   (shutdown past the grace; attempt not counted)
     in_progress ──requeue_orphans─▶ queued   (the worker stopped renewing its lease)
@@ -29,6 +30,7 @@ Invariants, kept here and only here:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -37,7 +39,7 @@ from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsQueueFull
 from vpsnap.domain.ids import new_id
 from vpsnap.domain.job_types import JobPayload
-from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps
+from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps, VpsRef
 from vpsnap.domain.ports import ClaimRequest, Transaction
 from vpsnap.domain.rules import lane_for
 
@@ -98,6 +100,59 @@ async def enqueue(
     )
     await tx.add_job(job, vps.node)
     return job
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobRequest:
+    """One job of ``enqueue_many``: what ``enqueue`` takes, for a VPS the caller has locked."""
+
+    vps: VpsRef
+    job_type: JobType
+    snapshot_name: str | None
+    created_by: Actor | None = None
+
+
+async def enqueue_many(tx: Transaction, clock: Clock, requests: Sequence[JobRequest]) -> list[Job]:
+    """``enqueue`` for many jobs at once (the scheduler's set-based work): one statement to find
+    which of their VPSes already have an unfinished job, one multi-row insert.
+
+    The caller has locked every VPS row involved. Per VPS, the jobs queue in the order given:
+    the first one is ``queued`` unless the VPS already has an unfinished job, every other one
+    waits ``pending`` behind it, exactly as the same calls to ``enqueue`` one by one would do.
+    No ``max_unfinished`` bound: only the scheduler's own work comes here. Payloads are for
+    ``enqueue`` alone (no set-based job type carries one yet).
+    """
+    if not requests:
+        return []
+    busy = await tx.vps_with_unfinished_jobs(sorted({r.vps.id for r in requests}))
+    now = clock.now()
+    jobs: list[Job] = []
+    for request in requests:
+        vps = request.vps
+        waiting = vps.id in busy
+        busy.add(vps.id)
+        jobs.append(
+            Job(
+                id=new_id("job"),
+                account_id=vps.account_id,
+                vps_id=vps.id,
+                type=request.job_type,
+                status=JobStatus.PENDING if waiting else JobStatus.QUEUED,
+                snapshot_name=request.snapshot_name,
+                payload={},
+                progress=0,
+                result=None,
+                error=None,
+                attempts=0,
+                created_at=now,
+                lane=lane_for(request.job_type, None, None),
+                node=vps.node,
+                request_id=None,
+                created_by=request.created_by,
+            )
+        )
+    await tx.add_jobs(jobs)
+    return jobs
 
 
 async def claim(tx: Transaction, request: ClaimRequest) -> list[Job]:

@@ -51,8 +51,38 @@ async def record(
 ) -> AuditEvent:
     """Record ``action`` in ``tx`` (for work that has a transaction but no ``AuditTrail``:
     the scheduler's and the reconciler's)."""
+    event = new_event(
+        at,
+        actor,
+        action,
+        account_id=account_id,
+        target=target,
+        vps_id=vps_id,
+        outcome=outcome,
+        problem_code=problem_code,
+        details=details,
+    )
+    await tx.add_audit_event(event)
+    return event
+
+
+def new_event(
+    at: datetime,
+    actor: Actor,
+    action: str,
+    *,
+    account_id: str | None,
+    target: Target | None = None,
+    vps_id: str | None = None,
+    outcome: AuditOutcome = AuditOutcome.SUCCEEDED,
+    problem_code: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """The event ``record`` writes, for callers that write many at once
+    (``Transaction.add_audit_events``): the request id and client address of the request
+    being served, if any."""
     origin = current_origin()
-    event = AuditEvent(
+    return AuditEvent(
         id=new_id("aud"),
         occurred_at=at,
         account_id=account_id,
@@ -66,8 +96,6 @@ async def record(
         problem_code=problem_code,
         details=details or {},
     )
-    await tx.add_audit_event(event)
-    return event
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,9 @@
 """The scheduler: periodic tasks of the embedded server, each on its own interval.
 
-A task runs once at start (so a server that was down catches up at once) and then every
-interval. Stopping is by flag between runs, never by cancelling a task inside a transaction.
+A task runs once at start (so a server that was down catches up at once), or ``first_delay``
+seconds after it for heavy work that must not compete with the API's first requests (the
+reconciliation pass), and then every interval. Stopping is by flag between runs, never by
+cancelling a task inside a transaction.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ class PeriodicTask:
     name: str
     interval_seconds: float
     run: Callable[[], Awaitable[object]]
+    first_delay_seconds: float = 0.0
 
 
 async def run_periodically(task: PeriodicTask, stopping: asyncio.Event) -> None:
+    if task.first_delay_seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), task.first_delay_seconds)
     while not stopping.is_set():
         try:
             await task.run()

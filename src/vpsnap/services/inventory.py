@@ -41,7 +41,7 @@ class InventoryService:
         """The power state the VPS's node last published (``unknown`` when its node is
         offline or nothing was observed yet); a read of the store, never of a hypervisor."""
         async with self.store.transaction(read_only=True) as tx:
-            state = await self.nodes.state(tx, vps.node)
+            state = await self.nodes.displayed_state(tx, vps.node)
         return observed_power_state(vps, state)
 
     async def list(
@@ -56,7 +56,7 @@ class InventoryService:
         async with self.store.transaction(read_only=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)
             page = rows[:limit]
-            states = await self.nodes.states(tx, (v.node for v in page))
+            states = await self.nodes.displayed_states(tx, (v.node for v in page))
         next_cursor = encode_cursor(page[-1].id) if len(rows) > limit else None
         return VpsPage(
             items=[VpsView(v, observed_power_state(v, states[v.node])) for v in page],
@@ -66,5 +66,5 @@ class InventoryService:
     async def get(self, principal: Principal, vps_id: str) -> VpsView:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
-            state = await self.nodes.state(tx, vps.node)
+            state = await self.nodes.displayed_state(tx, vps.node)
         return VpsView(vps, observed_power_state(vps, state))

@@ -8,8 +8,9 @@ so its own node (``local_node``) is online while it answers: it needs no heartbe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from vpsnap.domain.clock import Clock
@@ -31,8 +32,32 @@ class NodeDirectory:
     local_node: str | None = None
     """The node this process serves as embedded agent (always online), or None (scale-out)."""
 
+    read_cache_seconds: float = 1.0
+    """How old a node row ``displayed_state`` may use is (the list endpoints read it for
+    every request; heartbeats come every few seconds, offline takes ``offline_after``)."""
+    _read_cache: dict[str, tuple[float, Node | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
     async def state(self, tx: Transaction, name: str) -> NodeState:
-        node = await tx.get_node(name)
+        return self._state_of(name, await tx.get_node(name))
+
+    async def displayed_state(self, tx: Transaction, name: str) -> NodeState:
+        """``state`` for what reads only show (power state, the listing's gates), from a node
+        row read at most ``read_cache_seconds`` ago in this process: one statement less per
+        list request. Decisions (``require_available``, failing unstartable jobs) use
+        ``state``."""
+        now = time.monotonic()
+        cached = self._read_cache.get(name)
+        if cached is None or now - cached[0] > self.read_cache_seconds:
+            cached = (now, await tx.get_node(name))
+            self._read_cache[name] = cached
+        return self._state_of(name, cached[1])
+
+    async def displayed_states(self, tx: Transaction, names: Iterable[str]) -> dict[str, NodeState]:
+        return {name: await self.displayed_state(tx, name) for name in set(names)}
+
+    def _state_of(self, name: str, node: Node | None) -> NodeState:
         if name == self.local_node:
             return NodeState.DRAINED if node is not None and node.drained else NodeState.ONLINE
         if node is None:
@@ -44,6 +69,9 @@ class NodeDirectory:
 
     async def gate(self, tx: Transaction, vps: Vps) -> Gate:
         return node_gate(vps.node, await self.state(tx, vps.node))
+
+    async def displayed_gate(self, tx: Transaction, vps: Vps) -> Gate:
+        return node_gate(vps.node, await self.displayed_state(tx, vps.node))
 
     async def require_available(self, tx: Transaction, vps: Vps) -> None:
         """Raise ``NodeUnavailable`` unless new work may be queued for ``vps``'s node."""

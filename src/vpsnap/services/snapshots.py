@@ -99,7 +99,7 @@ class SnapshotService:
         async with self.store.transaction(read_only=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
-            node = await self.nodes.gate(tx, vps)
+            node = await self.nodes.displayed_gate(tx, vps)
             stores = await published_stores(tx, vps)
         usage = slot_usage(vps, snapshots)
         available = usage.total > 0

@@ -6,7 +6,7 @@ queries of one concern stay together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,25 +50,11 @@ class OperationsQueries:
     # audit trail ------------------------------------------------------------------------------
 
     async def add_audit_event(self, event: AuditEvent) -> None:
-        await self.conn.execute(
-            audit_events.insert().values(
-                id=event.id,
-                occurred_at=event.occurred_at,
-                account_id=event.account_id,
-                actor_kind=event.actor.kind.value,
-                actor_id=event.actor.id,
-                actor_label=event.actor.label,
-                action=event.action,
-                outcome=event.outcome.value,
-                target_type=event.target.type if event.target else None,
-                target_id=event.target.id if event.target else None,
-                vps_id=event.vps_id,
-                request_id=event.request_id,
-                client_ip=event.client_ip,
-                problem_code=event.problem_code,
-                details=event.details or None,
-            )
-        )
+        await self.conn.execute(audit_events.insert().values(**_audit_values(event)))
+
+    async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
+        if events:
+            await self.conn.execute(audit_events.insert(), [_audit_values(e) for e in events])
 
     async def list_audit_events(
         self, flt: AuditFilter, before_id: str | None, limit: int
@@ -424,3 +410,23 @@ def _vps_storage(row: Row) -> VpsStorage:
         allocated_bytes=row["allocated_bytes"],
         observed_at=row["observed_at"],
     )
+
+
+def _audit_values(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "occurred_at": event.occurred_at,
+        "account_id": event.account_id,
+        "actor_kind": event.actor.kind.value,
+        "actor_id": event.actor.id,
+        "actor_label": event.actor.label,
+        "action": event.action,
+        "outcome": event.outcome.value,
+        "target_type": event.target.type if event.target else None,
+        "target_id": event.target.id if event.target else None,
+        "vps_id": event.vps_id,
+        "request_id": event.request_id,
+        "client_ip": event.client_ip,
+        "problem_code": event.problem_code,
+        "details": event.details or None,
+    }

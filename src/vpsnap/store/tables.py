@@ -101,6 +101,8 @@ vps = sa.Table(
     sa.UniqueConstraint("account_id", "name_key", name="uq_vps_account_name"),
 )
 sa.Index("ix_vps_primary_ip", vps.c.primary_ip)
+# Migration 0014: an account's VPS list is paged by id; without it SQLite sorts the account.
+sa.Index("ix_vps_account_id", vps.c.account_id, vps.c.id)
 
 # One row per disk of a VPS, so that one disk file belongs to one VPS once (domain/disks.py):
 # unique per node by real path (hashed: a path can outgrow an index entry) and by
@@ -174,6 +176,15 @@ jobs = sa.Table(
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
 sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
+# Migration 0014 (issue 15): "does this VPS have an unfinished job?" is asked by every enqueue,
+# sweep and reconcile; a partial index holds only the few unfinished jobs, whatever the history.
+_UNFINISHED_STATUSES = "status IN ('queued', 'in_progress', 'pending')"
+sa.Index(
+    "ix_jobs_unfinished_vps",
+    jobs.c.vps_id,
+    sqlite_where=sa.text(_UNFINISHED_STATUSES),
+    postgresql_where=sa.text(_UNFINISHED_STATUSES),
+)
 
 nodes = sa.Table(
     "nodes",
@@ -235,6 +246,9 @@ idempotency_records = sa.Table(
 )
 sa.Index("ix_idempotency_records_expires_at", idempotency_records.c.expires_at)
 sa.Index("ix_snapshots_expires_at", snapshots.c.expires_at)
+# Migration 0014: the retention sweep reads available snapshots by expiry; on expires_at alone
+# each batch first stepped over every snapshot already marked deleting (quadratic).
+sa.Index("ix_snapshots_status_expires_at", snapshots.c.status, snapshots.c.expires_at)
 
 # -- issue 12: audit trail, webhook outbox, data stores ------------------------------------------
 # Kept independently of jobs, accounts and VPSes (no foreign keys): the trail must outlive what

@@ -34,10 +34,11 @@ _database = click.option(
 
 def _run(settings: Settings, main: object) -> None:
     from vpsnap.cli.commands.admin.common import fail  # noqa: PLC0415
+    from vpsnap.cli.processes import run_event_loop  # noqa: PLC0415
     from vpsnap.domain.errors import DomainError  # noqa: PLC0415
 
     try:
-        asyncio.run(main)  # type: ignore[arg-type]
+        run_event_loop(main)  # type: ignore[arg-type]
     except DomainError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:

@@ -126,6 +126,7 @@ def command(
 ) -> None:
     """Run API, job worker and scheduler in one process (SQLite in the data dir by default)."""
     from vpsnap.cli.commands.admin.common import fail, load_settings  # noqa: PLC0415
+    from vpsnap.cli.processes import run_event_loop  # noqa: PLC0415
     from vpsnap.domain.errors import DomainError  # noqa: PLC0415
 
     settings = load_settings(
@@ -150,7 +151,7 @@ def command(
     if settings.port == 0:  # a free port, chosen by the system: say which
         settings = settings.model_copy(update={"port": listener.getsockname()[1]})
     try:
-        asyncio.run(run_server(settings, listener, demo=demo))
+        run_event_loop(run_server(settings, listener, demo=demo))
     except DomainError as exc:
         raise fail(exc) from None
     except KeyboardInterrupt:

@@ -1,0 +1,803 @@
+"""Fleet scale: background work and reads on a store of N VPSes and 10·N snapshots, on SQLite
+and PostgreSQL, next to baselines measured in the same run.
+
+Run from the repository root::
+
+    .venv/bin/python bench/scale.py            # 100 / 1,000 and 10,000 / 100,000, both databases
+    .venv/bin/python bench/scale.py --quick    # 100 / 1,000 and 1,000 / 10,000 (about a minute)
+
+For each size and database it populates the store in bulk (multi-row inserts straight into the
+tables, in chunks; the account and its API key through the services), one real qcow2 file per
+VPS holding the VPS's 10 snapshots (tiny: 512-byte clusters, copied from one template, so
+the disk side of reconciliation is the real qcow2 reader on real files), and measures:
+
+- reads: ``GET /api/v2/vps`` (first and a deep page) and ``GET /api/v2/vps/{id}/snapshots``
+  in-process over httpx's ASGI transport, p50/p99, next to a bare FastAPI app returning the
+  same JSON (the baseline of the same run; ``% of bare`` is bare p50 / vpsnap p50);
+- reconciliation of the node: the first pass, an unchanged pass, and a pass after 1 % of the
+  disks changed (their mtime moved: the reconciler must read them again);
+- the retention sweep of every snapshot (all expired: the clock is moved 3 days ahead),
+  enqueue only, while a reader lists snapshots (its p99 shows whether the sweep holds a lock
+  the API needs), then checks that every snapshot is ``deleting`` and covered by a job;
+- on SQLite, for the largest size: ``vpsnap serve`` on that data dir, time to the first served
+  ``GET /api/v2/vps``, list latency and server CPU over the following seconds, and RSS.
+
+Exit status 0 when it ran (targets may be MISSED), 1 when it could not run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from common import (
+    RESULTS_DIR,
+    BenchError,
+    fmt_ratio,
+    free_port,
+    log_tail,
+    machine_context,
+    percentile,
+    progress,
+    render_table,
+    run,
+    server_env,
+    stop,
+    vpsnap_command,
+    write_json,
+)
+
+PG_URL = os.environ.get("VPSNAP_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1/test")
+SNAPSHOTS_PER_VPS = 10
+INSERT_CHUNK = 2000
+ACCOUNT = "bench"
+NODE = "local"
+# Targets of issue 15 (per run, on the largest size).
+SWEEP_TARGET_S = 30.0
+RECONCILE_TARGET_S = 5.0
+READ_SHARE_TARGET = 0.60
+LIST_P99_TARGET_MS = 10.0
+STARTUP_TARGET_S = 2.0
+
+
+PHASES = ("reads", "reconcile", "startup", "sweep")
+
+
+class FixedClock:
+    """The bench's clock: a moment that only the bench moves."""
+
+    def __init__(self, moment: datetime) -> None:
+        self.moment = moment
+
+    def now(self) -> datetime:
+        return self.moment
+
+
+@dataclass(slots=True)
+class Size:
+    vps: int
+
+    @property
+    def snapshots(self) -> int:
+        return self.vps * SNAPSHOTS_PER_VPS
+
+    @property
+    def label(self) -> str:
+        return f"{self.vps:,}/{self.snapshots:,}"
+
+
+@dataclass(slots=True)
+class Result:
+    backend: str
+    size: Size
+    populate_s: float = 0.0
+    reads: dict[str, dict[str, float]] = field(default_factory=dict)
+    reconcile: dict[str, float] = field(default_factory=dict)
+    reconcile_findings: dict[str, int] = field(default_factory=dict)
+    swept: bool = False
+    sweep_s: float = 0.0
+    sweep_jobs: int = 0
+    sweep_reader_p99_ms: float = 0.0
+    sweep_reader_max_ms: float = 0.0
+    startup: dict[str, float] = field(default_factory=dict)
+
+
+# -- disks --------------------------------------------------------------------------------------
+
+
+def make_template(path: Path) -> None:
+    """A 1 MiB qcow2 with 512-byte clusters (a few KiB on disk) and snapshots s0..s9."""
+    run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=512", path, "1M"])
+    for i in range(SNAPSHOTS_PER_VPS):
+        run(["qemu-img", "snapshot", "-c", f"s{i}", path])
+
+
+def snapshot_dates(path: Path) -> dict[str, datetime]:
+    from vpsnap.drivers.qcow2 import read_image  # noqa: PLC0415
+
+    return {s.name: s.created_at for s in read_image(path).snapshots}
+
+
+def make_disks(template: Path, directory: Path, count: int) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"d{i:06d}.qcow2" for i in range(count)]
+    for path in paths:
+        if not path.exists():
+            shutil.copyfile(template, path)
+    return paths
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+async def open_store(backend: str, workdir: Path) -> tuple[Any, str | None]:
+    """A migrated, empty store; for PostgreSQL also the private schema's name (dropped later)."""
+    import sqlalchemy as sa  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
+    from vpsnap.store import migrate  # noqa: PLC0415
+    from vpsnap.store.sql import SqlStore  # noqa: PLC0415
+
+    if backend == "sqlite":
+        workdir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - set-up, not measured
+        store = SqlStore.from_url(f"sqlite+aiosqlite:///{workdir / 'vpsnap.db'}")
+        await migrate.upgrade(store.engine)
+        return store, None
+    schema = f"vpsnap_bench_{secrets.token_hex(4)}"
+    engine = create_async_engine(PG_URL)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    await engine.dispose()
+    store = SqlStore.from_url(PG_URL, schema=schema)
+    await migrate.upgrade(store.engine)
+    return store, schema
+
+
+async def drop_schema(schema: str) -> None:
+    import sqlalchemy as sa  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
+    engine = create_async_engine(PG_URL)
+    async with engine.begin() as conn:
+        await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    await engine.dispose()
+
+
+def bench_settings(data_dir: Path) -> Any:
+    from vpsnap.settings import Settings  # noqa: PLC0415
+
+    return Settings(
+        data_dir=data_dir,
+        node=NODE,
+        rate_limit_per_key="10000000/minute",
+        rate_limit_per_ip="10000000/minute",
+        allowed_hosts=["testserver", "127.0.0.1"],
+        password_hash_time_cost=1,
+        password_hash_memory_kib=8 * 1024,
+        password_hash_parallelism=1,
+    )
+
+
+async def populate(
+    runtime: Any, size: Size, disks: list[Path], dates: dict[str, datetime], now: datetime
+) -> tuple[str, list[str]]:
+    """Account and key through the services; VPSes and snapshots in multi-row inserts. Returns
+    the key and the VPS ids in id order."""
+    from vpsnap.domain.auth import Scope  # noqa: PLC0415
+    from vpsnap.domain.ids import new_id  # noqa: PLC0415
+    from vpsnap.store.tables import snapshots, vps  # noqa: PLC0415
+
+    account = await runtime.services.accounts.create_account(ACCOUNT)
+    issued = await runtime.services.credentials.issue(ACCOUNT, frozenset({Scope.WRITE_ALL}))
+    ids = sorted(new_id("vps") for _ in range(size.vps))
+    vps_rows = [
+        {
+            "id": vps_id,
+            "account_id": account.id,
+            "name": f"vm-{i:06d}",
+            "name_key": f"vm-{i:06d}",
+            "node": NODE,
+            "disks": [str(disks[i])],
+            "snapshot_slots": SNAPSHOTS_PER_VPS + 2,
+            "service_status": "active",
+            "primary_ip": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
+            "operating_system": None,
+            "resources": {"cpu_cores": 2, "memory_gb": 2.0, "storage_gb": 20.0},
+            "billing": None,
+            "current_snapshot": f"s{SNAPSHOTS_PER_VPS - 1}",
+            "created_at": now - timedelta(days=30),
+            "plan": None,
+            "machine": None,
+            "power_state": "stopped",
+            "power_state_at": now,
+        }
+        for i, vps_id in enumerate(ids)
+    ]
+    snapshot_rows = [
+        {
+            "vps_id": vps_id,
+            "name_key": f"s{k}",
+            "name": f"s{k}",
+            "description": None,
+            "status": "available",
+            "origin": "manual",
+            "consistency": "crash",
+            "includes_memory_state": False,
+            "parent_name": f"s{k - 1}" if k else None,
+            "created_at": now - timedelta(hours=2, minutes=-k),
+            "expires_at": now + timedelta(hours=34, minutes=k),
+            "disk_created_at": dates[f"s{k}"],
+            "missing_since": None,
+            "vm_config": None,
+            "consistency_reason": None,
+        }
+        for vps_id in ids
+        for k in range(SNAPSHOTS_PER_VPS)
+    ]
+    for table, rows in ((vps, vps_rows), (snapshots, snapshot_rows)):
+        for start in range(0, len(rows), INSERT_CHUNK):
+            async with runtime.store.engine.begin() as conn:
+                await conn.execute(table.insert(), rows[start : start + INSERT_CHUNK])
+    if runtime.store.is_postgres:
+        import sqlalchemy as sa  # noqa: PLC0415
+
+        # Fresh planner statistics, as autovacuum would have them on a live system.
+        async with runtime.store.engine.connect() as conn:
+            await conn.execute(sa.text("COMMIT"))
+            await conn.execute(sa.text("ANALYZE"))
+    await runtime.observer().heartbeat()
+    return issued.secret, ids
+
+
+# -- reads --------------------------------------------------------------------------------------
+
+
+async def time_gets(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str], n: int, warmup: int
+) -> tuple[list[float], Any]:
+    body: Any = None
+    for _ in range(warmup):
+        response = await client.get(url, headers=headers)
+        if response.status_code != 200:
+            raise BenchError(f"GET {url} answered {response.status_code}: {response.text[:300]}")
+        body = response.json()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = await client.get(url, headers=headers)
+        samples.append((time.perf_counter() - started) * 1000)
+        if response.status_code != 200:
+            raise BenchError(f"GET {url} answered {response.status_code}")
+    return samples, body
+
+
+def bare_app(bodies: dict[str, Any]) -> Any:
+    """A bare FastAPI app serving the same JSON bodies (no auth, no store, no middleware)."""
+    from fastapi import FastAPI  # noqa: PLC0415
+
+    app = FastAPI()
+    for path, body in bodies.items():
+
+        async def endpoint(body: Any = body) -> Any:
+            return body
+
+        app.add_api_route(path, endpoint, methods=["GET"])
+    return app
+
+
+async def measure_reads(
+    runtime: Any, settings: Any, key: str, ids: list[str], iterations: int, warmup: int
+) -> dict[str, dict[str, float]]:
+    from vpsnap.api.app import create_app  # noqa: PLC0415
+    from vpsnap.services.pagination import encode_cursor  # noqa: PLC0415
+
+    app = create_app(runtime.services, settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    deep = ids[max(len(ids) - 40, 0)]
+    urls = {
+        "list, first page": "/api/v2/vps?limit=20",
+        "list, deep page": f"/api/v2/vps?limit=20&cursor={encode_cursor(deep)}",
+        "snapshots (10)": f"/api/v2/vps/{ids[len(ids) // 2]}/snapshots",
+    }
+    figures: dict[str, dict[str, float]] = {}
+    bodies: dict[str, Any] = {}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for label, url in urls.items():
+            samples, body = await time_gets(client, url, headers, iterations, warmup)
+            bodies[label] = body
+            figures[label] = {"p50": statistics.median(samples), "p99": percentile(samples, 99)}
+    bare = bare_app({f"/bare/{i}": bodies[label] for i, label in enumerate(urls)})
+    transport = httpx.ASGITransport(app=bare)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        for i, label in enumerate(urls):
+            samples, body = await time_gets(client, f"/bare/{i}", {}, iterations, warmup)
+            if body != bodies[label]:
+                raise BenchError("the bare app did not serve the same JSON")
+            figures[label]["bare_p50"] = statistics.median(samples)
+            figures[label]["bare_p99"] = percentile(samples, 99)
+    return figures
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+
+
+async def measure_reconcile(
+    runtime: Any, disks: list[Path], clock: FixedClock
+) -> tuple[dict[str, float], dict[str, int]]:
+    import inspect  # noqa: PLC0415
+
+    from vpsnap.scheduler import reconcile as reconciliation  # noqa: PLC0415
+
+    driver = runtime.hypervisor()
+    extra: dict[str, Any] = {}
+    # The incremental reconciler keeps what it saw between passes (issue 15).
+    if "seen" in inspect.signature(reconciliation.reconcile).parameters:
+        extra["seen"] = reconciliation.DiskFingerprints()
+    times: dict[str, float] = {}
+    findings: dict[str, int] = {}
+
+    async def one_pass(label: str) -> None:
+        started = time.perf_counter()
+        report = await reconciliation.reconcile(runtime.store, driver, NODE, clock=clock, **extra)
+        times[label] = time.perf_counter() - started
+        for finding in report.findings:
+            findings[finding.action.value] = findings.get(finding.action.value, 0) + 1
+
+    await one_pass("first pass")
+    await one_pass("unchanged")
+    changed = disks[::100] if len(disks) >= 100 else disks[:1]
+    for path in changed:
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    await one_pass("1 % changed")
+    return times, findings
+
+
+# -- sweep --------------------------------------------------------------------------------------
+
+
+async def measure_sweep(
+    runtime: Any,
+    key: str,
+    settings: Any,
+    ids: list[str],
+    clock: FixedClock,
+    size: Size,
+    timeout: float,
+) -> tuple[float, int, float, float]:
+    """Seconds the sweep took (inf past ``timeout``: it is cancelled), jobs queued, and the
+    concurrent reader's p99 and max (ms)."""
+    from vpsnap.api.app import create_app  # noqa: PLC0415
+    from vpsnap.domain.model import SnapshotStatus  # noqa: PLC0415
+    from vpsnap.scheduler.retention import sweep_expired  # noqa: PLC0415
+
+    clock.moment += timedelta(days=3)
+    app = create_app(runtime.services, settings)
+    headers = {"Authorization": f"Bearer {key}"}
+    reader_ms: list[float] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            i = 0
+            while not done.is_set():
+                started = time.perf_counter()
+                await client.get(f"/api/v2/vps/{ids[i % len(ids)]}/snapshots", headers=headers)
+                reader_ms.append((time.perf_counter() - started) * 1000)
+                i += 7
+                await asyncio.sleep(0.01)
+
+    reading = asyncio.create_task(reader())
+    started = time.perf_counter()
+    timed_out = False
+    try:
+        job_ids = await asyncio.wait_for(
+            sweep_expired(runtime.store, runtime.events, clock), timeout
+        )
+    except TimeoutError:
+        job_ids, timed_out = [], True
+    finally:
+        elapsed = time.perf_counter() - started
+        done.set()
+        await reading
+    if timed_out:
+        return math.inf, 0, percentile(reader_ms, 99), max(reader_ms, default=0.0)
+    async with runtime.store.transaction(read_only=True) as tx:
+        deleting = await tx.count_snapshots(SnapshotStatus.DELETING)
+    if deleting != size.snapshots:
+        raise BenchError(f"the sweep left {size.snapshots - deleting} snapshots not deleting")
+    return elapsed, len(job_ids), percentile(reader_ms, 99), max(reader_ms, default=0.0)
+
+
+# -- start-up -----------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure_startup(data_dir: Path, key: str, watch_s: float) -> dict[str, float]:
+    """``vpsnap serve`` on the populated SQLite data dir: time to the first answered list, then
+    ``watch_s`` seconds of list requests (one at a time, 20 ms apart) and the server's CPU."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = data_dir / "serve.log"
+    cmd = [*vpsnap_command(), "serve", "--port", str(port), "--data-dir", str(data_dir)]
+    env = server_env({"VPSNAP_NODE": NODE})
+    headers = {"Authorization": f"Bearer {key}"}
+    with log_path.open("wb") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        first: float | None = None
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
+            while first is None and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise BenchError(f"vpsnap serve exited:\n{log_tail(log_path)}")
+                try:
+                    if client.get("/api/v2/vps?limit=20").status_code == 200:
+                        first = time.perf_counter() - started
+                except httpx.TransportError:
+                    time.sleep(0.02)
+            if first is None:
+                raise BenchError(f"vpsnap serve did not answer in 60 s:\n{log_tail(log_path)}")
+            cpu_before = _cpu_seconds(process.pid)
+            samples = []
+            until = time.monotonic() + watch_s
+            while time.monotonic() < until:
+                t0 = time.perf_counter()
+                response = client.get("/api/v2/vps?limit=20")
+                samples.append((time.perf_counter() - t0) * 1000)
+                if response.status_code != 200:
+                    raise BenchError(f"list answered {response.status_code} after start")
+                time.sleep(0.02)
+            cpu_after = _cpu_seconds(process.pid)
+            rss = _rss_mib(process.pid)
+        return {
+            "first_request_s": first,
+            "cpu_s_first_window": cpu_after - cpu_before,
+            "window_s": watch_s,
+            "list_p50_ms": statistics.median(samples),
+            "list_p99_ms": percentile(samples, 99),
+            "rss_mib": rss,
+            "cpu_s_total": _cpu_seconds(process.pid),
+        }
+    finally:
+        stop(process)
+
+
+# -- one size on one database -------------------------------------------------------------------
+
+
+async def run_one(
+    backend: str,
+    size: Size,
+    workdir: Path,
+    disks: list[Path],
+    dates: dict[str, datetime],
+    args: argparse.Namespace,
+    *,
+    startup: bool,
+) -> Result:
+    from vpsnap.runtime import Runtime  # noqa: PLC0415
+
+    result = Result(backend, size)
+    data_dir = workdir / f"{backend}-{size.vps}"
+    store, schema = await open_store(backend, data_dir)
+    settings = bench_settings(data_dir)
+    now = datetime.now(UTC)
+    clock = FixedClock(now)
+    runtime = Runtime.build(settings, store=store, clock=clock)
+    try:
+        progress(f"[{backend} {size.label}] populating")
+        started = time.perf_counter()
+        key, ids = await populate(runtime, size, disks, dates, now)
+        result.populate_s = time.perf_counter() - started
+        if "reads" in args.phases:
+            progress(f"[{backend} {size.label}] reads")
+            result.reads = await measure_reads(
+                runtime, settings, key, ids, args.iterations, args.warmup
+            )
+        if "reconcile" in args.phases:
+            progress(f"[{backend} {size.label}] reconcile")
+            result.reconcile, result.reconcile_findings = await measure_reconcile(
+                runtime, disks, clock
+            )
+        if startup and "startup" in args.phases:
+            progress(f"[{backend} {size.label}] start-up of vpsnap serve")
+            await store.dispose()
+            result.startup = await asyncio.to_thread(
+                measure_startup, data_dir, key, args.startup_watch
+            )
+        if "sweep" not in args.phases:
+            return result
+        progress(f"[{backend} {size.label}] retention sweep")
+        (
+            result.sweep_s,
+            result.sweep_jobs,
+            result.sweep_reader_p99_ms,
+            result.sweep_reader_max_ms,
+        ) = await measure_sweep(runtime, key, settings, ids, clock, size, args.sweep_timeout)
+        result.swept = True
+    finally:
+        await store.dispose()
+        if schema is not None:
+            await drop_schema(schema)
+    return result
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
+    largest = max(r.size.vps for r in results)
+    smallest = min(r.size.vps for r in results)
+    by = {(r.backend, r.size.vps): r for r in results}
+
+    def growth(r: Result, value: float, pick: Any) -> str:
+        small = by.get((r.backend, smallest))
+        if small is None or r.size.vps == smallest:
+            return ""
+        base = pick(small)
+        return fmt_ratio(value / base) if base else ""
+
+    rows = []
+    for r in results:
+        rows.append(  # noqa: PERF401 - one row per result, read as a table
+            [
+                f"{r.backend} {r.size.label}",
+                f"{r.populate_s:.1f}",
+                _seconds(r.sweep_s if r.swept else None),
+                str(r.sweep_jobs) if r.swept else "-",
+                f"{r.sweep_reader_p99_ms:.1f}" if r.swept else "-",
+                _seconds(r.reconcile.get("first pass")),
+                _seconds(r.reconcile.get("unchanged")),
+                _seconds(r.reconcile.get("1 % changed")),
+                growth(r, r.sweep_s, lambda s: s.sweep_s),
+                growth(
+                    r, r.reconcile.get("unchanged", 0), lambda s: s.reconcile.get("unchanged", 0)
+                ),
+            ]
+        )
+    print("background work (seconds; growth = this size over the smallest, same database)")
+    print(
+        render_table(
+            [
+                "database VPS/snapshots",
+                "populate",
+                "sweep",
+                "jobs",
+                "reader p99 ms",
+                "reconcile 1st",
+                "unchanged",
+                "1% changed",
+                "sweep growth",
+                "reconcile growth",
+            ],
+            rows,
+        )
+    )
+    print()
+    rows = []
+    for r in results:
+        for label, f in r.reads.items():
+            rows.append(
+                [
+                    f"{r.backend} {r.size.label} {label}",
+                    f"{f['p50']:.2f}",
+                    f"{f['p99']:.2f}",
+                    f"{f['bare_p50']:.2f}",
+                    f"{f['bare_p99']:.2f}",
+                    f"{f['bare_p50'] / f['p50'] * 100:.0f} %",
+                ]
+            )
+    if rows:
+        print("reads in-process (ms; % of bare = bare p50 / vpsnap p50)")
+        print(render_table(["request", "p50", "p99", "bare p50", "bare p99", "% of bare"], rows))
+    for r in results:
+        if r.startup:
+            s = r.startup
+            print(
+                f"\nstart-up, vpsnap serve on {r.backend} {r.size.label}: first list answered "
+                f"after {s['first_request_s']:.2f} s; next {s['window_s']:.0f} s: list p50 "
+                f"{s['list_p50_ms']:.1f} ms, p99 {s['list_p99_ms']:.1f} ms over HTTP, server CPU "
+                f"{s['cpu_s_first_window']:.1f} s ({s['cpu_s_total']:.1f} s since start), "
+                f"RSS {s['rss_mib']:.0f} MiB"
+            )
+    for r in results:
+        if r.reconcile_findings:
+            print(f"\nreconcile findings, {r.backend} {r.size.label}: {r.reconcile_findings}")
+    targets: list[tuple[str, str, bool]] = []
+    for r in results:
+        if r.size.vps != largest:
+            continue
+        name = f"{r.backend} {r.size.label}"
+        if r.swept:
+            targets.append(
+                (
+                    f"{name}: sweep < {SWEEP_TARGET_S:g} s",
+                    f"{r.sweep_s:.2f} s",
+                    r.sweep_s < SWEEP_TARGET_S,
+                )
+            )
+        if r.reconcile:
+            unchanged = r.reconcile["unchanged"]
+            targets.append(
+                (
+                    f"{name}: unchanged reconcile < {RECONCILE_TARGET_S:g} s",
+                    f"{unchanged:.2f} s",
+                    unchanged < RECONCILE_TARGET_S,
+                )
+            )
+        for label, f in r.reads.items():
+            share = f["bare_p50"] / f["p50"]
+            targets.append(
+                (
+                    f"{name}: {label} >= {READ_SHARE_TARGET:.0%} of bare",
+                    f"{share:.0%}",
+                    share >= READ_SHARE_TARGET,
+                )
+            )
+            if label.startswith("list"):
+                targets.append(
+                    (
+                        f"{name}: {label} p99 < {LIST_P99_TARGET_MS:g} ms",
+                        f"{f['p99']:.2f} ms",
+                        f["p99"] < LIST_P99_TARGET_MS,
+                    )
+                )
+        if r.startup:
+            first = r.startup["first_request_s"]
+            targets.append(
+                (
+                    f"{name}: serves within {STARTUP_TARGET_S:g} s",
+                    f"{first:.2f} s",
+                    first < STARTUP_TARGET_S,
+                )
+            )
+    print("\ntargets:")
+    for description, measured, met in targets:
+        print(f"  [{'met' if met else 'MISSED':>6}] {description}: {measured}")
+    return targets
+
+
+async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
+    template = workdir / "template.qcow2"
+    make_template(template)
+    dates = snapshot_dates(template)
+    sizes = [Size(100), Size(1000 if args.quick else 10_000)]
+    if args.vps:
+        sizes = [Size(100), Size(args.vps)]
+    results = []
+    for size in sizes:
+        progress(f"[{size.label}] {size.vps} disk files")
+        disks = await asyncio.to_thread(
+            make_disks, template, workdir / f"disks-{size.vps}", size.vps
+        )
+        for backend in args.databases:
+            results.append(  # noqa: PERF401 - one after another, never concurrently
+                await run_one(
+                    backend,
+                    size,
+                    workdir,
+                    disks,
+                    dates,
+                    args,
+                    startup=backend == "sqlite" and size is sizes[-1] and not args.no_startup,
+                )
+            )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="100 and 1,000 VPSes only")
+    parser.add_argument("--vps", type=int, default=0, help="the large size (default 10,000)")
+    parser.add_argument("--iterations", type=int, default=300, help="timed requests per read")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed requests first")
+    parser.add_argument(
+        "--databases", nargs="+", default=["sqlite", "postgres"], choices=["sqlite", "postgres"]
+    )
+    parser.add_argument("--no-startup", action="store_true", help="skip the vpsnap serve run")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=list(PHASES),
+        choices=PHASES,
+        help="what to measure (default: all)",
+    )
+    parser.add_argument("--startup-watch", type=float, default=10.0, help="seconds watched")
+    parser.add_argument(
+        "--sweep-timeout", type=float, default=300.0, help="a sweep past it is cancelled (s)"
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop of the in-process measurements (vpsnap serve picks uvloop itself)",
+    )
+    parser.add_argument("--work-dir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="vpsnap-scale-", dir=args.work_dir))
+    from vpsnap.logging import configure_logging  # noqa: PLC0415
+
+    # The per-request and per-finding log lines would cost more than what is measured.
+    configure_logging("warning", "json")
+    try:
+        started = time.perf_counter()
+        if args.loop == "uvloop":
+            import uvloop  # noqa: PLC0415
+
+            results = uvloop.run(main_async(args, workdir))
+        else:
+            results = asyncio.run(main_async(args, workdir))
+        targets = print_report(results)
+        print(f"\nran in {time.perf_counter() - started:.0f} s")
+        write_json(
+            RESULTS_DIR / "scale.json",
+            {
+                "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": machine_context(workdir),
+                "results": [
+                    {
+                        "backend": r.backend,
+                        "vps": r.size.vps,
+                        "snapshots": r.size.snapshots,
+                        "populate_s": r.populate_s,
+                        "reads_ms": r.reads,
+                        "reconcile_s": r.reconcile,
+                        "reconcile_findings": r.reconcile_findings,
+                        "sweep_s": r.sweep_s,
+                        "sweep_jobs": r.sweep_jobs,
+                        "sweep_reader_p99_ms": r.sweep_reader_p99_ms,
+                        "sweep_reader_max_ms": r.sweep_reader_max_ms,
+                        "startup": r.startup,
+                    }
+                    for r in results
+                ],
+                "targets": [{"description": d, "measured": m, "met": ok} for d, m, ok in targets],
+            },
+        )
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.keep:
+            progress(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
