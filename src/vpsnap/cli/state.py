@@ -165,6 +165,25 @@ def output_option(function: F) -> F:
     )(function)
 
 
+def page_options(
+    cursor_help: str = "Continue after a previous page (printed when there are more).",
+) -> Callable[[F], F]:
+    """``--limit`` (default 20, newest first) and ``--cursor`` of the commands that list a
+    cursor-paginated collection; both are passed to the command as ``limit`` and ``cursor``."""
+
+    def decorate(function: F) -> F:
+        function = click.option("--cursor", help=cursor_help)(function)
+        return click.option(
+            "--limit",
+            type=click.IntRange(min=1),
+            default=20,
+            show_default=True,
+            help="Show at most this many (newest first).",
+        )(function)
+
+    return decorate
+
+
 def listing_options(function: F) -> F:
     """``--no-header``, ``--columns``, ``--wide`` of every read command."""
     options = [

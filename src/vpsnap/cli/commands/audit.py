@@ -10,7 +10,7 @@ import click
 
 from vpsnap.cli.complete import complete_vps
 from vpsnap.cli.output import Column, Row, field, show, when
-from vpsnap.cli.state import connected, connection_options, listing_options
+from vpsnap.cli.state import connected, connection_options, listing_options, page_options
 
 # The API's actor kinds (vpsnap.client.ACTOR_KINDS; a test keeps them equal). Written out
 # here so that `--help` and completion need not import the SDK and httpx.
@@ -62,16 +62,8 @@ def group() -> None:
 @click.option("--action", metavar="ACTION", help="Only this action, e.g. snapshot.restore.")
 @click.option("--since", type=click.DateTime(), help="From this time, inclusive (UTC).")
 @click.option("--until", type=click.DateTime(), help="Before this time (UTC).")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Show at most this many (newest first).",
-)
-@click.option(
-    "--cursor",
-    help="Continue after a previous page (printed when there are more; give the same filters).",
+@page_options(
+    "Continue after a previous page (printed when there are more; give the same filters)."
 )
 @connection_options
 @listing_options

@@ -9,7 +9,13 @@ import click
 from vpsnap.cli.complete import complete_vps
 from vpsnap.cli.output import Column, field, print_result, show, when
 from vpsnap.cli.progress import Progress, job_line
-from vpsnap.cli.state import connected, connection_options, listing_options, state
+from vpsnap.cli.state import (
+    connected,
+    connection_options,
+    listing_options,
+    page_options,
+    state,
+)
 
 JOB_COLUMNS = (
     Column("id", field("jobId")),
@@ -44,14 +50,7 @@ def group() -> None:
 @group.command("list")
 @click.option("--vps", metavar="VPS", shell_complete=complete_vps, help="Only this VPS's jobs.")
 @click.option("--status", type=click.Choice(STATUSES), help="Only jobs in this status.")
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Show at most this many (newest first).",
-)
-@click.option("--cursor", help="Continue after a previous page (printed when there are more).")
+@page_options()
 @connection_options
 @listing_options
 def list_(vps: str | None, status: str | None, limit: int, cursor: str | None) -> None:

@@ -20,7 +20,13 @@ from vpsnap.cli.output import (
     show,
     when,
 )
-from vpsnap.cli.state import connected, connection_options, listing_options, yes_option
+from vpsnap.cli.state import (
+    connected,
+    connection_options,
+    listing_options,
+    page_options,
+    yes_option,
+)
 
 if TYPE_CHECKING:
     from vpsnap.client import Client, WebhookDelivery
@@ -214,14 +220,7 @@ def test(webhook_id: str, wait_: bool, timeout: float) -> None:
 
 @group.command("deliveries")
 @webhook_argument
-@click.option(
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="Show at most this many (newest first).",
-)
-@click.option("--cursor", help="Continue after a previous page (printed when there are more).")
+@page_options()
 @connection_options
 @listing_options
 def deliveries(webhook_id: str, limit: int, cursor: str | None) -> None:
