@@ -21,14 +21,15 @@ T = TypeVar("T")
 
 
 def run_event_loop(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` for the long-running processes, on uvloop where it is installed (it is
-    with uvicorn[standard]; bench/scale.py measures the difference, docs/performance.md), on
-    the standard loop elsewhere."""
-    try:
-        import uvloop  # noqa: PLC0415 - optional: imported only where a process starts
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+    """``asyncio.run`` for the long-running processes, on the standard event loop.
+
+    Not uvloop, although uvicorn[standard] installs it: under uvloop a managed VM's launch never
+    finished (QEMU's ``-daemonize`` parent exited, but the pipes of ``communicate()`` saw no
+    end of file within the launch timeout: tests/client/test_whole_api.py
+    ``test_power_actions_on_a_real_vm``), and the gain it bought was within the run-to-run noise
+    of bench/scale.py (docs/performance.md, "uvloop").
+    """
+    return asyncio.run(main)
 
 
 class Server(uvicorn.Server):
