@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from vpsnap.domain.ports import HypervisorDriver, Store
 from vpsnap.services.accounts import AccountService
@@ -42,8 +41,6 @@ class Services:
     nodes: NodeDirectory
     audit: AuditService
     webhooks: WebhookService
-    extra_checks: dict[str, Callable[[], Awaitable[object]]] = field(default_factory=dict)
-    """More readiness checks of this process (e.g. ``rate_limits`` when they live in Redis)."""
 
     async def readiness(self) -> dict[str, str]:
         """What /readyz reports: each dependency ``ok`` or the reason it is not."""
@@ -59,10 +56,4 @@ class Services:
                 checks["hypervisor"] = "ok"
             except Exception as exc:
                 checks["hypervisor"] = f"unavailable: {exc}"
-        for name, probe in self.extra_checks.items():
-            try:
-                await probe()
-                checks[name] = "ok"
-            except Exception as exc:
-                checks[name] = f"unavailable: {type(exc).__name__}"
         return checks
