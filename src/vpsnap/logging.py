@@ -6,8 +6,33 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    from structlog.typing import ExcInfo
+
+
+def _import_structlog() -> None:
+    """Import structlog without its eager import of rich's traceback renderer.
+
+    ``structlog.dev`` (imported by ``structlog`` itself) loads ``rich.traceback``, and with it
+    Pygments, whenever rich is installed (it is: the client commands' tables): ~0.1 s of CPU
+    at every server start, for a renderer only console logs use. rich is hidden while
+    structlog is imported, as if not installed, and the console renderer is given rich's
+    tracebacks explicitly (``_rich_traceback``), loaded on the first exception it prints.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment] # ImportError for `import rich`
+    try:
+        import structlog  # noqa: F401, PLC0415
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog()
+
+import structlog  # noqa: E402 - after _import_structlog
 
 _SHARED: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -29,7 +54,11 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}: {log_format!r}")
     console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     renderer: list[structlog.types.Processor] = (
-        [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+        [
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(), exception_formatter=_rich_traceback
+            )
+        ]
         if console
         else [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     )
@@ -60,3 +89,16 @@ def configure_logging(level: str = "info", log_format: str = "auto") -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=True,
     )
+
+
+def _rich_traceback(sio: TextIO, exc_info: ExcInfo) -> None:
+    """structlog's default console exception formatter when rich is installed (rich's
+    traceback), imported only when an exception is printed (``_import_structlog``). Without the
+    frames' local variables, unlike structlog's default: a request's locals hold API keys and
+    passwords, which never go to the log."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.traceback import Traceback  # noqa: PLC0415
+
+    sio.write("\n")
+    console = Console(file=sio, color_system="truecolor" if sys.stderr.isatty() else None)
+    console.print(Traceback.from_exception(*exc_info, show_locals=False))

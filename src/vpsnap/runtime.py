@@ -365,7 +365,10 @@ class Runtime:
         return [
             PeriodicTask("heartbeat", settings.node_heartbeat_seconds, observer.heartbeat),
             PeriodicTask(
-                "power-states", settings.power_refresh_seconds, observer.refresh_power_states
+                "power-states",
+                settings.power_refresh_seconds,
+                observer.refresh_power_states,
+                first_delay_seconds=settings.node_scan_start_delay_seconds,
             ),
             PeriodicTask(
                 "reconcile",
@@ -374,7 +377,10 @@ class Runtime:
                 first_delay_seconds=settings.reconcile_start_delay_seconds,
             ),
             PeriodicTask(
-                "data-stores", settings.data_store_interval_seconds, publish_data_stores_of_node
+                "data-stores",
+                settings.data_store_interval_seconds,
+                publish_data_stores_of_node,
+                first_delay_seconds=settings.node_scan_start_delay_seconds,
             ),
         ]
 
@@ -444,7 +450,11 @@ class Runtime:
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
             asyncio.create_task(
-                run_scheduler([*self.periodic_tasks(), *self.node_tasks(observer)], stopping),
+                run_scheduler(
+                    [*self.periodic_tasks(), *self.node_tasks(observer)],
+                    stopping,
+                    self.settings.scheduler_busy_share,
+                ),
                 name="scheduler",
             ),
         ]
@@ -516,7 +526,10 @@ class Runtime:
         assert listener is not None
         tasks = [
             asyncio.create_task(worker.run(), name="worker"),
-            asyncio.create_task(run_scheduler(self.node_tasks(observer), inner), name="agent"),
+            asyncio.create_task(
+                run_scheduler(self.node_tasks(observer), inner, self.settings.scheduler_busy_share),
+                name="agent",
+            ),
             asyncio.create_task(listener.run(inner), name="listener"),
         ]
         log.info("agent_started", node=self.settings.node, version=__version__)
@@ -572,7 +585,9 @@ class Runtime:
 
     async def _lead(self, lock: SessionLock, stopping: asyncio.Event, poll: float) -> None:
         inner = asyncio.Event()
-        running = asyncio.create_task(run_scheduler(self.periodic_tasks(), inner))
+        running = asyncio.create_task(
+            run_scheduler(self.periodic_tasks(), inner, self.settings.scheduler_busy_share)
+        )
         try:
             while not stopping.is_set():
                 with contextlib.suppress(TimeoutError):

@@ -121,6 +121,20 @@ class Settings(BaseSettings):
         description="How long after start the first reconciliation pass waits, so that the "
         "API serves first (the first pass reads every disk of the node)",
     )
+    node_scan_start_delay_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="How long after start the node's first power-state and data-store passes "
+        "wait, so that the API serves first (each reads every VPS of the node)",
+    )
+    scheduler_busy_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Share of the time a long scheduler run (a pass over every VPS) may work; "
+        "it pauses between pages for the rest, so API requests are not kept waiting (1: no "
+        "pauses)",
+    )
     capacity_file: Path | None = Field(
         default=None, description="Operator capacity configuration (TOML): plans, slot prices"
     )

@@ -156,3 +156,28 @@ def test_server_commands_say_what_to_install_when_the_server_is_missing(tmp_path
         assert done.returncode == 1
         assert "pip install 'vpsnap[server]'" in done.stderr
         assert server_parts(modules) == []
+
+
+def test_server_logging_loads_no_rich_traceback_until_an_exception_is_printed() -> None:
+    # structlog would import rich's traceback renderer and Pygments at every server start
+    # (~0.1 s of CPU) for console logs only; vpsnap.logging loads them on the first exception
+    # a console log prints, and the client's rich (tables) is untouched.
+    probe = (
+        "import sys\n"
+        "from vpsnap.logging import configure_logging\n"
+        "import structlog\n"
+        "configure_logging('info', 'console')\n"
+        "before = sorted(m for m in sys.modules if m.startswith(('pygments', 'rich')))\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    structlog.get_logger('probe').exception('boom')\n"
+        "import rich.table\n"
+        "print(before, file=sys.stdout)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
+    assert "boom" in done.stderr
+    assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr

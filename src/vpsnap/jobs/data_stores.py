@@ -33,6 +33,7 @@ from vpsnap.domain.storage import (
     describe_bytes,
     space_refusal,
 )
+from vpsnap.pacing import between_pages
 
 log = structlog.get_logger("vpsnap.storage")
 
@@ -88,25 +89,28 @@ def _observe(
 
 
 async def publish_data_stores(store: Store, clock: Clock, node: str) -> int:
-    """Measure the node's data stores and VPS allocations and store them; returns how many
+    """Measure the node's data stores and VPS allocations and store them, a page of VPSes at a
+    time (paced, and a stop ends it between pages: ``vpsnap.pacing``); returns how many
     stores were seen."""
-    vpses: list[Vps] = []
+    stores: dict[str, DataStore] = {}
     after: str | None = None
     while True:
         async with store.transaction(read_only=True) as tx:
             page = await tx.list_vps(None, VpsFilter(node=node), after, _PAGE)
-        vpses.extend(page)
+        # statvfs and stat can block on a slow or hung filesystem: never on the event loop.
+        seen, usages = await asyncio.to_thread(_observe, page, node, clock.now())
+        stores.update(seen)
+        # One short write transaction per page: other writers (jobs, the API) wait for the
+        # SQLite write lock at most one page's statements.
+        async with store.transaction() as tx:
+            await tx.save_vps_storage(usages)
         if len(page) < _PAGE:
             break
         after = page[-1].id
-    now = clock.now()
-    # statvfs and stat can block on a slow or hung filesystem: never on the event loop.
-    stores, usages = await asyncio.to_thread(_observe, vpses, node, now)
+        await between_pages()
     async with store.transaction() as tx:
         for data_store in stores.values():
             await tx.save_data_store(data_store)
-        for usage in usages:
-            await tx.save_vps_storage(usage)
         await tx.remove_data_stores(node, list(stores))
     return len(stores)
 

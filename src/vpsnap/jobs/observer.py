@@ -20,6 +20,7 @@ from vpsnap.domain.clock import Clock
 from vpsnap.domain.model import PowerState, VmFacts, Vps
 from vpsnap.domain.nodes import Node
 from vpsnap.domain.ports import HypervisorDriver, Store, VpsFilter
+from vpsnap.pacing import between_pages
 
 log = structlog.get_logger("vpsnap.observer")
 
@@ -84,6 +85,7 @@ class NodeObserver:
             if len(page) < _PAGE:
                 break
             after = page[-1].id
+            await between_pages()  # paced; a stop ends the refresh here (vpsnap.pacing)
         return changed
 
     async def _read(self, vps: Vps, limit: asyncio.Semaphore) -> tuple[PowerState, VmFacts | None]:

@@ -47,6 +47,7 @@ from vpsnap.domain.ports import HypervisorDriver, RestorePoint, Store, Transacti
 from vpsnap.events.audit import record
 from vpsnap.jobs.handlers.ownership import is_the_recorded_one
 from vpsnap.metrics import RECONCILIATION_ACTIONS
+from vpsnap.pacing import between_pages
 
 log = structlog.get_logger("vpsnap.reconcile")
 
@@ -204,16 +205,32 @@ async def reconcile(
     that did not change are not read again."""
     report = Report(dry_run=dry_run)
     run = _Pass(store, driver, report, (clock or SystemClock()).now(), confirm_after)
+    try:
+        await _pass(run, node, seen)
+    finally:
+        # Also when the pass was stopped between pages (``RunStopped``): what the pages before
+        # found and did is reported.
+        _report(report, dry_run=dry_run)
+    return report
+
+
+async def _pass(run: _Pass, node: str | None, seen: DiskFingerprints | None) -> None:
     after: str | None = None
     while True:
-        async with store.transaction(read_only=True) as tx:
+        async with run.store.transaction(read_only=True) as tx:
             page = await tx.list_vps(None, VpsFilter(node=node), after, _PAGE)
         await _reconcile_page(run, page, seen)
         if len(page) < _PAGE:
             break
         after = page[-1].id
+        # Paced, and a stop ends the pass here (vpsnap.pacing); a stopped pass is not
+        # `passed`: the next one compares everything the jobs may have touched since.
+        await between_pages()
     if seen is not None:
         seen.passed(run.now)
+
+
+def _report(report: Report, *, dry_run: bool) -> None:
     for finding in report.findings:
         if not dry_run:
             RECONCILIATION_ACTIONS.labels(finding.action.value).inc()
@@ -225,7 +242,6 @@ async def reconcile(
             detail=finding.detail,
             dry_run=dry_run,
         )
-    return report
 
 
 async def _reconcile_page(run: _Pass, page: list[Vps], seen: DiskFingerprints | None) -> None:

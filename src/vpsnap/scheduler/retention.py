@@ -28,6 +28,7 @@ from vpsnap.domain.model import JobType, SnapshotStatus
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.queue import JobRequest, enqueue_many
 from vpsnap.events.audit import new_event
+from vpsnap.pacing import between_pages
 
 log = structlog.get_logger("vpsnap.retention")
 
@@ -58,6 +59,7 @@ async def sweep_expired(
         # (what is left belongs to another sweep running at the same time).
         if batch < limit or not queued:
             break
+        await between_pages()  # paced; a stop ends the sweep here (vpsnap.pacing)
     if job_ids:
         log.info("snapshot_expiries_queued", jobs=len(job_ids))
     return job_ids
