@@ -24,12 +24,21 @@ from vpsnap.services.sessions import (
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are coroutines although they never wait: FastAPI runs a plain function
+# dependency in a worker thread, one thread hop per request for an attribute read.
+
+
+def services_of(request: Request) -> Services:
+    """The services of the app that serves ``request``."""
     services: Services = request.app.state.services
     return services
 
 
-def get_rate_limits(request: Request) -> RateLimits:
+async def get_services(request: Request) -> Services:
+    return services_of(request)
+
+
+async def get_rate_limits(request: Request) -> RateLimits:
     limits: RateLimits = request.app.state.rate_limits
     return limits
 

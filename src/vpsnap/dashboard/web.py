@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
-from vpsnap.api.deps import get_services, own_origin
+from vpsnap.api.deps import own_origin, services_of
 from vpsnap.api.edge import SESSION_CONTEXT
 from vpsnap.domain.auth import Scope
 from vpsnap.domain.clock import SystemClock, format_timestamp
@@ -115,7 +115,7 @@ class Page:
 
 
 def _services(request: Request) -> Services:
-    return get_services(request)
+    return services_of(request)
 
 
 async def signed_in(request: Request) -> Page:

@@ -228,8 +228,8 @@ class CredentialService:
             return recent
         digest = hash_secret(secret)
         now = self.clock.now()
-        async with self.store.transaction(read_only=True) as tx:
-            key = await tx.find_api_key_by_hash(digest)
+        async with self.store.transaction(read_only=True, small=True) as tx:
+            key = await tx.find_api_key_by_hash(digest)  # by its unique index
         if key is None or not key.is_usable(now):
             self._cache.pop(digest, None)
             # One answer for unknown, expired and revoked keys: nothing to learn by probing.

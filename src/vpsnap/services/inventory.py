@@ -53,7 +53,8 @@ class InventoryService:
                 [FieldError("/query/limit", f"Between 1 and {MAX_PAGE_SIZE}.", "out_of_range")],
             )
         after = decode_cursor(cursor) if cursor is not None else None
-        async with self.store.transaction(read_only=True) as tx:
+        # Small: a page of at most MAX_PAGE_SIZE + 1 rows by an index (every filter has one).
+        async with self.store.transaction(read_only=True, small=True) as tx:
             rows = await tx.list_vps(principal.account_id, flt, after, limit + 1)
             page = rows[:limit]
             states = await self.nodes.displayed_states(tx, (v.node for v in page))
@@ -64,7 +65,7 @@ class InventoryService:
         )
 
     async def get(self, principal: Principal, vps_id: str) -> VpsView:
-        async with self.store.transaction(read_only=True) as tx:
+        async with self.store.transaction(read_only=True, small=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             state = await self.nodes.displayed_state(tx, vps.node)
         return VpsView(vps, observed_power_state(vps, state))

@@ -66,8 +66,8 @@ class JobService:
     async def get(self, principal: Principal, job_id: str) -> Job:
         job = None
         if is_valid_id("job", job_id):  # a malformed id cannot exist: the store is not asked
-            async with self.store.transaction(read_only=True) as tx:
-                job = await tx.get_job(job_id)
+            async with self.store.transaction(read_only=True, small=True) as tx:
+                job = await tx.get_job(job_id)  # by its primary key
         if job is None or job.account_id != principal.account_id:
             raise JobNotFound(f"No job with id {job_id!r} in this account.")
         return job

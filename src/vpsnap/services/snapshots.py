@@ -96,7 +96,8 @@ class SnapshotService:
         return AuditTrail(self.store, self.clock)
 
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
-        async with self.store.transaction(read_only=True) as tx:
+        # Small: one VPS by id, its snapshots (bounded by its slots), its stores by key.
+        async with self.store.transaction(read_only=True, small=True) as tx:
             vps = await owned_vps(tx, principal, vps_id)
             snapshots = await tx.list_snapshots(vps.id)
             node = await self.nodes.displayed_gate(tx, vps)

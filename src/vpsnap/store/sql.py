@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+import aiosqlite
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -212,6 +214,79 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
+class _InlineSqlite(aiosqlite.Connection):
+    """An aiosqlite connection whose statements run on the calling thread (the event loop's)
+    instead of being queued to the connection's own thread and awaited back.
+
+    Only for small read-only transactions (``SqlStore.transaction(small=True)``): under WAL a
+    reader takes no lock a writer holds, so an indexed read of a page costs about 0.1 ms of
+    CPU, less than one hop to a thread and back (each of ``BEGIN``, cursor, execute, fetch,
+    cursor close, ``COMMIT`` and the pool's reset is one such hop, 0.1-1 ms each under load).
+    Opening and closing the file (which may recover or checkpoint the WAL) still run on the
+    connection's thread.
+    """
+
+    inline = False
+    """Set once the connection is open and set up; cleared again before it is closed."""
+
+    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.inline:
+            return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")
+        return fn(*args, **kwargs)
+
+    async def close(self) -> None:
+        self.inline = False
+        await super().close()
+
+
+# How long an inline reader may wait for a lock (ms). Under WAL a reader waits only while
+# another connection recovers the WAL after a crash or is the last to close the database:
+# rare and short. Past this the read fails rather than stall the event loop.
+_INLINE_BUSY_TIMEOUT_MS = 100
+
+
+def _inline_read_engine(url: sa.URL) -> AsyncEngine:
+    """Read-only connections to the SQLite file of ``url`` whose statements run inline.
+
+    ``PRAGMA query_only`` makes SQLite itself refuse a write on them.
+    """
+    path = url.database or ""
+
+    def open_file() -> sqlite3.Connection:
+        # Runs on the connection's own thread; used on the event loop's thread afterwards.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        for pragma in (
+            "journal_mode=WAL",
+            "foreign_keys=ON",
+            "query_only=ON",
+            f"busy_timeout={_INLINE_BUSY_TIMEOUT_MS}",
+        ):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def connect() -> aiosqlite.Connection:
+        connection = _InlineSqlite(open_file, iter_chunk_size=64)
+        connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
+        return await connection
+
+    engine = create_async_engine(
+        url, async_creator=connect, pool_size=4, max_overflow=16, pool_timeout=30
+    )
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _go_inline(dbapi_connection: Any, _record: Any) -> None:
+        # Last of the connect listeners (SQLAlchemy's own set-up ran through the thread).
+        dbapi_connection._connection.inline = True
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN")  # deferred: a WAL reader never waits for the writer
+
+    return engine
+
+
 class Channel(StrEnum):
     """PostgreSQL NOTIFY channels (suffixes of ``SqlStore.channel_prefix``)."""
 
@@ -239,8 +314,17 @@ class SqlStore:
         self.engine = engine
         self.url = url
         self.channel_prefix = channel_prefix
-        self._read_engine = engine.execution_options(**{_READ_ONLY: True})
         self._notifies = engine.dialect.name == "postgresql"
+        read_options: dict[str, Any] = {_READ_ONLY: True}
+        if self._notifies:
+            # READ COMMITTED gives every statement its own snapshot, in a transaction or not:
+            # a read needs no BEGIN and COMMIT (two round trips fewer).
+            read_options["isolation_level"] = "AUTOCOMMIT"
+        self._read_engine = engine.execution_options(**read_options)
+        self._small_read_engine = self._read_engine
+        database = engine.url.database
+        if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            self._small_read_engine = _inline_read_engine(engine.url)
 
     @classmethod
     def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
@@ -255,9 +339,23 @@ class SqlStore:
         return f"{self.channel_prefix}_{channel.value}"
 
     @asynccontextmanager
-    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[SqlTransaction]:
-        """One transaction; ``read_only`` ones must not write (SQLite would then fail them)."""
-        async with (self._read_engine if read_only else self.engine).begin() as conn:
+    async def transaction(
+        self, *, read_only: bool = False, small: bool = False
+    ) -> AsyncIterator[SqlTransaction]:
+        """One transaction; ``read_only`` ones must not write (SQLite would then fail them).
+
+        ``small`` (with ``read_only``): a few statements, each reading a bounded number of
+        rows through an index (a page of VPSes, one VPS's snapshots, a key by its hash). On
+        SQLite they run on the calling thread, without a hop to aiosqlite's thread per call
+        (docs/performance.md, "Reads"); anything that may scan goes without ``small``.
+        """
+        if small and not read_only:
+            raise ValueError("a small transaction is a read-only one")
+        if small:
+            engine = self._small_read_engine
+        else:
+            engine = self._read_engine if read_only else self.engine
+        async with engine.begin() as conn:
             yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
 
     async def ping(self) -> None:
@@ -265,6 +363,8 @@ class SqlStore:
             await conn.execute(sa.text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._small_read_engine is not self._read_engine:
+            await self._small_read_engine.dispose()
         await self.engine.dispose()
 
 

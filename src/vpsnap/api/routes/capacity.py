@@ -30,7 +30,7 @@ from vpsnap.services.capacity import CapacityService, ConfigOutcome, UpgradeOpti
 router = APIRouter(prefix="/api/v2/vps/{vps_id}/actions", tags=["Capacity"])
 
 
-def get_capacity(services: ServicesDep) -> CapacityService:
+async def get_capacity(services: ServicesDep) -> CapacityService:
     return services.capacity
 
 

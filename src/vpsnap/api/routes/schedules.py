@@ -28,7 +28,7 @@ _READ_ERRORS = problem_responses("forbidden", "vps_not_found")
 _PUT_ERRORS = problem_responses("forbidden", "vps_not_found", "snapshots_not_included")
 
 
-def get_schedule_service(services: ServicesDep) -> ScheduleService:
+async def get_schedule_service(services: ServicesDep) -> ScheduleService:
     # Stateless and cheap: built from the process's store and clock (the one the snapshot
     # service was given), so schedules need no wiring of their own in the container.
     return ScheduleService(services.store, services.snapshots.clock)
