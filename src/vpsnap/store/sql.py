@@ -51,6 +51,7 @@ from vpsnap.domain.ports import ClaimRequest, StoredSession, StoredUser, VpsFilt
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
+from vpsnap.store.bulk import insert_rows
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
 from vpsnap.store.tables import (
@@ -1087,7 +1088,7 @@ class SqlTransaction(OperationsQueries):
     async def add_jobs(self, items: Sequence[Job]) -> None:
         if not items:
             return
-        await self.conn.execute(jobs.insert(), [{"node": j.node, **_job_values(j)} for j in items])
+        await insert_rows(self.conn, jobs, [{"node": j.node, **_job_values(j)} for j in items])
         for node in sorted({j.node or "*" for j in items if j.status is JobStatus.QUEUED}):
             await self._notify(Channel.JOBS, node)
 
