@@ -14,10 +14,12 @@ from sqlalchemy.exc import IntegrityError
 
 from vpsnap.domain.audit import SCHEDULER, Actor, AuditEvent, AuditOutcome, Target
 from vpsnap.domain.model import Account, Job, JobLane, JobStatus, JobType, ServiceStatus, Vps
+from vpsnap.store import bulk
 from vpsnap.store.sql import SqlStore
-from vpsnap.store.tables import audit_events, jobs
+from vpsnap.store.tables import UtcDateTime, audit_events, jobs
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+STORED_NOW = "2030-01-02 03:04:05.678901"  # naive UTC, as text on both databases
 
 
 async def _vps(store: SqlStore) -> Vps:
@@ -182,3 +184,59 @@ async def test_many_rows_go_in_one_statement(store: SqlStore) -> None:
         assert "unnest" in inserts[0]
     async with store.transaction(read_only=True) as tx:
         assert await tx.count_jobs(JobStatus.QUEUED) == 3000
+
+
+_probe = sa.Table(
+    "bulk_probe",
+    sa.MetaData(),
+    sa.Column("label", sa.String(20), nullable=True),
+    sa.Column("number", sa.Integer(), nullable=True),
+    sa.Column("doc", sa.JSON(), nullable=True),
+    sa.Column("at", UtcDateTime(), nullable=True),
+)
+
+
+async def test_values_equal_in_python_but_stored_differently_stay_apart(store: SqlStore) -> None:
+    # Columns the same in every row go as one value; 1, 1.0 and True are equal in Python but
+    # not in JSON, a time in two zones is one instant.
+    rows = [
+        {"label": "a", "number": 7, "doc": {"x": 1}, "at": NOW},
+        {
+            "label": "a",
+            "number": 7,
+            "doc": {"x": True},
+            "at": NOW.astimezone(timezone(timedelta(hours=2))),
+        },
+        {"label": "a", "number": 7, "doc": {"x": 1.0}, "at": NOW},
+        {"label": "a", "number": 7, "doc": {"x": 1}, "at": NOW},
+    ]
+    stored = await _probe_rows(store, rows)
+
+    assert stored == sorted(
+        [
+            ("a", "7", '{"x": 1}', STORED_NOW),
+            ("a", "7", '{"x": true}', STORED_NOW),
+            ("a", "7", '{"x": 1.0}', STORED_NOW),
+            ("a", "7", '{"x": 1}', STORED_NOW),
+        ]
+    )
+
+
+async def test_identical_rows_are_all_inserted(store: SqlStore) -> None:
+    row = {"label": "same", "number": None, "doc": {"k": [1]}, "at": None}
+
+    assert (
+        await _probe_rows(store, [row, row, dict(row)]) == [("same", None, '{"k": [1]}', None)] * 3
+    )
+    assert await _probe_rows(store, [row]) == [("same", None, '{"k": [1]}', None)]
+
+
+async def _probe_rows(store: SqlStore, rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
+    async with store.engine.begin() as conn:
+        await conn.run_sync(lambda c: _probe.drop(c, checkfirst=True))
+        await conn.run_sync(_probe.create)
+        await bulk.insert_rows(conn, _probe, rows)
+        result = await conn.execute(sa.select(*(sa.cast(c, sa.Text) for c in _probe.c)))
+        stored = sorted(tuple(row) for row in result)
+        await conn.run_sync(_probe.drop)
+    return stored
