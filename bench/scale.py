@@ -19,7 +19,8 @@ the disk side of reconciliation is the real qcow2 reader on real files), and mea
   disks changed (their mtime moved: the reconciler must read them again);
 - the retention sweep of every snapshot (all expired: the clock is moved 3 days ahead),
   enqueue only, while a reader lists snapshots (its p99 shows whether the sweep holds a lock
-  the API needs), then checks that every snapshot is ``deleting`` and covered by a job;
+  the API needs), then checks that every snapshot is ``deleting`` and covered by a job; the
+  sweep's own statements are timed (what is left of its time is Python and the event loop);
 - on SQLite, for the largest size: ``vpsnap serve`` on that data dir, time to the first served
   ``GET /api/v2/vps``, list latency and server CPU over the following seconds, and RSS.
 
@@ -114,6 +115,9 @@ class Result:
     sweep_jobs: int = 0
     sweep_reader_p99_ms: float = 0.0
     sweep_reader_max_ms: float = 0.0
+    # The sweep's own statements (the reader's are not counted): seconds and count by the
+    # statement's first words, from the driver call to its return (server and round trip).
+    sweep_statements: dict[str, tuple[float, int]] = field(default_factory=dict)
     startup: dict[str, float] = field(default_factory=dict)
 
 
@@ -387,6 +391,38 @@ async def measure_reconcile(
 # -- sweep --------------------------------------------------------------------------------------
 
 
+def time_statements(
+    engine: Any, task: asyncio.Future[Any], into: dict[str, tuple[float, int]]
+) -> Any:
+    """Add the time of each statement ``task`` runs on ``engine`` to ``into`` (by its first
+    words); returns the function that stops timing."""
+    from sqlalchemy import event  # noqa: PLC0415
+
+    sync_engine = engine.sync_engine
+
+    def before(conn: Any, *_: Any) -> None:
+        # The listener runs inside the task's step (SQLAlchemy's greenlet), so the current
+        # task tells the sweep's statements from the reader's.
+        if asyncio.current_task() is task:
+            conn.info["bench_started"] = time.perf_counter()
+
+    def after(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        started = conn.info.pop("bench_started", None)
+        if started is not None:
+            key = " ".join(statement.split()[:3])
+            seconds, count = into.get(key, (0.0, 0))
+            into[key] = (seconds + time.perf_counter() - started, count + 1)
+
+    event.listen(sync_engine, "before_cursor_execute", before)
+    event.listen(sync_engine, "after_cursor_execute", after)
+
+    def stop() -> None:
+        event.remove(sync_engine, "before_cursor_execute", before)
+        event.remove(sync_engine, "after_cursor_execute", after)
+
+    return stop
+
+
 async def measure_sweep(
     runtime: Any,
     key: str,
@@ -395,9 +431,10 @@ async def measure_sweep(
     clock: FixedClock,
     size: Size,
     timeout: float,
+    statements: dict[str, tuple[float, int]],
 ) -> tuple[float, int, float, float]:
     """Seconds the sweep took (inf past ``timeout``: it is cancelled), jobs queued, and the
-    concurrent reader's p99 and max (ms)."""
+    concurrent reader's p99 and max (ms); ``statements`` gets the sweep's statement times."""
     from vpsnap.api.app import create_app  # noqa: PLC0415
     from vpsnap.domain.model import SnapshotStatus  # noqa: PLC0415
     from vpsnap.scheduler.retention import sweep_expired  # noqa: PLC0415
@@ -422,14 +459,15 @@ async def measure_sweep(
     reading = asyncio.create_task(reader())
     started = time.perf_counter()
     timed_out = False
+    sweeping = asyncio.ensure_future(sweep_expired(runtime.store, runtime.events, clock))
+    stop_timing = time_statements(runtime.store.engine, sweeping, statements)
     try:
-        job_ids = await asyncio.wait_for(
-            sweep_expired(runtime.store, runtime.events, clock), timeout
-        )
+        job_ids = await asyncio.wait_for(sweeping, timeout)
     except TimeoutError:
         job_ids, timed_out = [], True
     finally:
         elapsed = time.perf_counter() - started
+        stop_timing()
         done.set()
         await reading
     if timed_out:
@@ -558,7 +596,9 @@ async def run_one(
             result.sweep_jobs,
             result.sweep_reader_p99_ms,
             result.sweep_reader_max_ms,
-        ) = await measure_sweep(runtime, key, settings, ids, clock, size, args.sweep_timeout)
+        ) = await measure_sweep(
+            runtime, key, settings, ids, clock, size, args.sweep_timeout, result.sweep_statements
+        )
         result.swept = True
     finally:
         await store.dispose()
@@ -648,6 +688,16 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
                 f"{s['list_p50_ms']:.1f} ms, p99 {s['list_p99_ms']:.1f} ms over HTTP, server CPU "
                 f"{s['cpu_s_first_window']:.1f} s ({s['cpu_s_total']:.1f} s since start), "
                 f"RSS {s['rss_mib']:.0f} MiB"
+            )
+    for r in results:
+        if r.sweep_statements and r.size.vps == largest:
+            print(f"\nsweep statements, {r.backend} {r.size.label} (s, calls; the rest is Python)")
+            ranked = sorted(r.sweep_statements.items(), key=lambda kv: -kv[1][0])
+            print(
+                render_table(
+                    ["statement", "seconds", "calls"],
+                    [[k, f"{t:.2f}", str(n)] for k, (t, n) in ranked],
+                )
             )
     for r in results:
         if r.reconcile_findings:
@@ -797,6 +847,7 @@ def main(argv: list[str] | None = None) -> int:
                         "sweep_jobs": r.sweep_jobs,
                         "sweep_reader_p99_ms": r.sweep_reader_p99_ms,
                         "sweep_reader_max_ms": r.sweep_reader_max_ms,
+                        "sweep_statements": r.sweep_statements,
                         "startup": r.startup,
                     }
                     for r in results

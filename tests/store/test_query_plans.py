@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from vpsnap.domain.model import SnapshotStatus
 from vpsnap.store import sql
 from vpsnap.store.sql import SqlStore
-from vpsnap.store.tables import jobs, snapshots, vps
+from vpsnap.store.tables import snapshots, vps
 
 
 async def _plan(store: SqlStore, statement: sa.Executable) -> str:
@@ -42,14 +42,33 @@ async def test_the_active_job_check_reads_an_index(store: SqlStore) -> None:
     _assert_job_index(plan)
 
 
-async def test_the_set_based_active_check_reads_an_index(store: SqlStore) -> None:
-    query = (
-        sa.select(jobs.c.vps_id)
-        .distinct()
-        .where(jobs.c.vps_id.in_(["vps_a", "vps_b"]), sql._IS_UNFINISHED)
-    )
+# A batch of the sweep or of reconciliation: 200 VPSes.
+_BATCH = [f"vps_{i:03d}" for i in range(200)]
 
-    _assert_job_index(await _plan(store, query))
+
+async def test_the_set_based_active_check_probes_each_vps_in_the_index(store: SqlStore) -> None:
+    plan = await _plan(store, sql._busy_vps(_BATCH))
+
+    _assert_job_index(plan)
+    # One lookup by VPS id, never a read of every unfinished job: PostgreSQL's plan of
+    # `jobs.vps_id IN (200 ids)` read them all through ix_jobs_status_node, for every batch.
+    assert "ix_jobs_status_node" not in plan, plan
+    if store.is_postgres:
+        assert "Index Cond: ((vps_id)::text = (vps.id)::text)" in plan, plan
+    else:
+        assert "(vps_id=?" in plan, plan
+
+
+async def test_the_sweep_moves_snapshots_found_by_primary_key(store: SqlStore) -> None:
+    statement = sql._mark_expired(_BATCH, datetime(2030, 1, 1, tzinfo=UTC))
+
+    plan = await _plan(store, statement)
+
+    # Not through the (status, expires_at) index: that would read every expired snapshot still
+    # available (most of them, in a sweep after downtime) for each batch.
+    assert "ix_snapshots_status_expires_at" not in plan, plan
+    assert "ix_snapshots_expires_at" not in plan, plan
+    assert "pk_snapshots" in plan or "sqlite_autoindex_snapshots_1 (vps_id=?)" in plan, plan
 
 
 async def test_an_account_page_of_vps_is_read_in_id_order_from_an_index(store: SqlStore) -> None:

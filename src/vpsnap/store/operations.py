@@ -22,6 +22,7 @@ from vpsnap.domain.webhooks import (
     WebhookEndpoint,
     WebhookMessage,
 )
+from vpsnap.store.bulk import insert_rows
 from vpsnap.store.tables import (
     api_keys,
     audit_events,
@@ -54,7 +55,7 @@ class OperationsQueries:
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         if events:
-            await self.conn.execute(audit_events.insert(), [_audit_values(e) for e in events])
+            await insert_rows(self.conn, audit_events, [_audit_values(e) for e in events])
 
     async def list_audit_events(
         self, flt: AuditFilter, before_id: str | None, limit: int

@@ -53,6 +53,7 @@ from vpsnap.domain.ports import ClaimRequest, StoredSession, StoredUser, VpsFilt
 from vpsnap.domain.rules import name_key
 from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
+from vpsnap.store.bulk import insert_rows
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
 from vpsnap.store.tables import (
@@ -128,6 +129,19 @@ _UNFINISHED = [JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value, JobStatus.PE
 # in the statement (a bound list could hold anything, and PostgreSQL's generic plans would not).
 _IS_UNFINISHED = jobs.c.status.in_([sa.literal_column(f"'{status}'") for status in _UNFINISHED])
 _ACTIVE_JOB = sa.select(jobs.c.id).where(jobs.c.vps_id == _bp("b_vps"), _IS_UNFINISHED).limit(1)
+# One probe of the partial index per VPS (a correlated subquery with LIMIT, which PostgreSQL
+# cannot flatten into a join), for "which of these VPSes have an unfinished job". Asked as
+# `jobs.vps_id IN (200 ids) AND status IN (...)`, PostgreSQL estimated the 200 ids to match
+# most of the table and read every unfinished job through ix_jobs_status_node instead, each
+# time: while a sweep queues 100,000 jobs faster than autovacuum analyzes the table, that was
+# 52 of the sweep's 90 s (docs/performance.md).
+_UNFINISHED_JOB = (
+    sa.select(jobs.c.id)
+    .where(jobs.c.vps_id == vps.c.id, _IS_UNFINISHED)
+    .limit(1)
+    .correlate(vps)
+    .scalar_subquery()
+)
 _NEXT_PENDING = (
     sa.select(jobs)
     .where(jobs.c.vps_id == _bp("b_vps"), jobs.c.status == JobStatus.PENDING.value)
@@ -172,6 +186,34 @@ _EXTEND_LEASE = (
     )
     .values(lease_expires_at=_bp("b_until"))
 )
+
+
+def _busy_vps(vps_ids: Sequence[str]) -> sa.Select[str]:
+    """Which of ``vps_ids`` have an unfinished job (``SqlTransaction.vps_with_unfinished_jobs``)."""
+    return sa.select(vps.c.id).where(vps.c.id.in_(vps_ids), _UNFINISHED_JOB.is_not(None))
+
+
+def _mark_expired(vps_ids: Sequence[str], now: datetime) -> sa.Update:
+    """The retention sweep's move of every expired ``available`` snapshot of ``vps_ids`` to
+    ``deleting`` (``SqlTransaction.mark_expired_deleting``), returning each one's VPS id, name
+    and expiry."""
+    # Conditional and in one statement (by the primary key's leading column): a restore claimed
+    # meanwhile (available -> restoring, without the VPS lock) keeps its snapshot. The status
+    # and expiry are wrapped in coalesce (a no-op: both are NOT NULL) so that no index matches
+    # them and the primary key is the only way in: SQLite, without statistics, otherwise took
+    # ix_snapshots_status_expires_at and read every expired snapshot still available, for each
+    # batch (12.5 of 51 s sweeping 100,000).
+    return (
+        snapshots.update()
+        .where(
+            snapshots.c.vps_id.in_(vps_ids),
+            sa.func.coalesce(snapshots.c.status, snapshots.c.status)
+            == SnapshotStatus.AVAILABLE.value,
+            sa.func.coalesce(snapshots.c.expires_at, snapshots.c.expires_at) <= now,
+        )
+        .values(status=SnapshotStatus.DELETING.value)
+        .returning(snapshots.c.vps_id, snapshots.c.name, snapshots.c.expires_at)
+    )
 
 
 def _is_sqlite(url: str) -> bool:
@@ -1187,7 +1229,7 @@ class SqlTransaction(OperationsQueries):
     async def add_jobs(self, items: Sequence[Job]) -> None:
         if not items:
             return
-        await self.conn.execute(jobs.insert(), [{"node": j.node, **_job_values(j)} for j in items])
+        await insert_rows(self.conn, jobs, [{"node": j.node, **_job_values(j)} for j in items])
         for node in sorted({j.node or "*" for j in items if j.status is JobStatus.QUEUED}):
             await self._notify(Channel.JOBS, node)
 
@@ -1204,10 +1246,7 @@ class SqlTransaction(OperationsQueries):
     async def vps_with_unfinished_jobs(self, vps_ids: Sequence[str]) -> set[str]:
         if not vps_ids:
             return set()
-        query = (
-            sa.select(jobs.c.vps_id).distinct().where(jobs.c.vps_id.in_(vps_ids), _IS_UNFINISHED)
-        )
-        return {row[0] for row in await self.conn.execute(query)}
+        return {row[0] for row in await self.conn.execute(_busy_vps(vps_ids))}
 
     async def list_jobs(
         self,
@@ -1384,18 +1423,7 @@ class SqlTransaction(OperationsQueries):
     ) -> list[tuple[str, str]]:
         if not vps_ids:
             return []
-        # Conditional and in one statement (by the primary key's leading column): a restore
-        # claimed meanwhile (available -> restoring, without the VPS lock) keeps its snapshot.
-        statement = (
-            snapshots.update()
-            .where(
-                snapshots.c.vps_id.in_(vps_ids),
-                snapshots.c.status == SnapshotStatus.AVAILABLE.value,
-                snapshots.c.expires_at <= now,
-            )
-            .values(status=SnapshotStatus.DELETING.value)
-            .returning(snapshots.c.vps_id, snapshots.c.name, snapshots.c.expires_at)
-        )
+        statement = _mark_expired(vps_ids, now)
         moved = sorted(
             (row[2], row[0], name_key(row[1]), row[1]) for row in await self.conn.execute(statement)
         )
