@@ -136,7 +136,12 @@ def test_schedules_jobs_and_configure_with_a_price_confirmation(api_server: Live
     assert "EVERY HOURS" in shown.stdout
     state = json.loads(ok(keyed(api_server, "schedules", "get", vps, "-o", "json")).stdout)
     assert state["schedule"]["intervalHours"] == 6
-    ok(keyed(api_server, "schedules", "delete", vps))
+    declined = keyed(api_server, "schedules", "delete", vps, answer="n\n")
+    assert declined.exit_code == 1
+    assert "Remove the snapshot schedule of" in declined.stderr
+    assert "schedule removal cancelled: nothing was changed" in declined.stderr
+    assert "EVERY HOURS" in ok(keyed(api_server, "schedules", "get", vps)).stdout
+    ok(keyed(api_server, "schedules", "delete", vps, "--yes"))
     assert "has no schedule" in ok(keyed(api_server, "schedules", "get", vps)).stdout
 
     ok(keyed(api_server, "snapshots", "create", vps, "one"))

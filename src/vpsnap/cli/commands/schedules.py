@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from vpsnap.cli.complete import complete_vps
-from vpsnap.cli.output import Column, field, print_result, say, show, when
+from vpsnap.cli.output import Column, confirm, field, print_result, refused, say, show, when
 from vpsnap.cli.state import connected, connection_options, listing_options, yes_option
 
 if TYPE_CHECKING:
@@ -82,9 +82,13 @@ def set_(vps: str, hours: float, disable: bool) -> None:
 @yes_option
 @connection_options
 def delete(vps: str, yes: bool) -> None:
-    """Remove the schedule of a VPS; its snapshots are kept and expire as usual."""
+    """Remove the schedule of a VPS (asks first unless --yes); its snapshots are kept and
+    expire as usual."""
     with connected() as client:
         target = client.vps.get(vps)
+        question = f"Remove the snapshot schedule of {target.name}? Its snapshots are kept."
+        if not confirm(question, yes=yes):
+            raise refused("schedule removal")
         client.schedules.delete(target)
     if not print_result({"vpsId": target.id, "schedule": None}):
         say(f"removed the schedule of {target.name} (its snapshots are kept)")
