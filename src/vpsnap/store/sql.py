@@ -53,6 +53,7 @@ from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
+from vpsnap.store.sqlite_connection import InlineWriteConnection, connect_inline
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -184,7 +185,13 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     could both read a free slot). PostgreSQL: row locks (``FOR UPDATE``) do that job instead.
     """
     if _is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        async def _connect() -> InlineWriteConnection:
+            # Write transactions run their statements without thread hops (sqlite_connection).
+            args, kwargs = engine.dialect.create_connect_args(engine.url)
+            return await connect_inline(*args, **{**kwargs, "timeout": 30})
+
+        engine = create_async_engine(url, async_creator=_connect)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
