@@ -75,21 +75,22 @@ class InlineWriteConnection(aiosqlite.Connection):
         self._in_thread_lock = threading.Lock()
 
     def _inline_allowed(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
-        if self._in_thread or self._connection is None:
+        connection = self._connection
+        if self._in_thread or connection is None:
             return False
         owner = getattr(fn, "__self__", None)
         name = getattr(fn, "__name__", "")
-        if owner is self._connection:
+        if owner is connection:
             # Creating a cursor makes no SQLite call, nor does a rollback outside a transaction
             # (the pool's reset of a returned connection); the rest stays in the thread.
             if name == "rollback":
-                return not self._connection.in_transaction
+                return not connection.in_transaction
             return name == "cursor"
         if not (
             self._write_locked
             and isinstance(owner, sqlite3.Cursor)
             and name in _INLINE_CURSOR_METHODS
-            and self._connection.in_transaction
+            and connection.in_transaction
         ):
             return False
         if name in ("execute", "executemany") and args and isinstance(args[0], str):
