@@ -84,7 +84,7 @@ class InlineWriteConnection(aiosqlite.Connection):
             # Creating a cursor makes no SQLite call, nor does a rollback outside a transaction
             # (the pool's reset of a returned connection); the rest stays in the thread.
             if name == "rollback":
-                return not connection.in_transaction
+                return not self._conn.in_transaction
             return name == "cursor"
         if not (
             self._write_locked
