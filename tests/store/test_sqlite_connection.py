@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from vpsnap.store.sql import create_engine
+from vpsnap.store.sql import SqlStore, create_engine
 
 
 class _Calls:
@@ -114,3 +114,22 @@ async def test_a_second_writer_waits_in_the_thread(engine: AsyncEngine, tmp_path
         await asyncio.wait_for(task, 10)
     finally:
         await other.dispose()
+
+
+async def test_bulk_transactions_keep_their_statements_in_the_thread(
+    tmp_path: Path, calls: _Calls
+) -> None:
+    store = SqlStore.from_url(f"sqlite+aiosqlite:///{tmp_path / 'bulk.db'}")
+    try:
+        async with store.transaction() as tx:
+            await tx.conn.execute(sa.text("CREATE TABLE t (v TEXT)"))
+        calls.in_thread.clear()
+        async with store.transaction(bulk=True) as tx:
+            await tx.conn.execute(sa.text("INSERT INTO t (v) VALUES ('a')"))
+        assert calls.in_thread.count("execute") == 2  # BEGIN IMMEDIATE and the INSERT
+        calls.in_thread.clear()
+        async with store.transaction() as tx:
+            await tx.conn.execute(sa.text("INSERT INTO t (v) VALUES ('b')"))
+        assert calls.in_thread == ["execute", "commit"]
+    finally:
+        await store.dispose()

@@ -507,8 +507,11 @@ class Transaction(Protocol):
 
 
 class Store(Protocol):
-    def transaction(self, *, read_only: bool = False) -> AbstractAsyncContextManager[Transaction]:
-        """A transaction; ``read_only=True`` promises no writes and never waits for writers."""
+    def transaction(
+        self, *, read_only: bool = False, bulk: bool = False
+    ) -> AbstractAsyncContextManager[Transaction]:
+        """A transaction; ``read_only=True`` promises no writes and never waits for writers;
+        ``bulk=True`` marks long statements (batches) that must not run on the event loop."""
         ...
 
     async def ping(self) -> None: ...

@@ -53,7 +53,11 @@ from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
-from vpsnap.store.sqlite_connection import InlineWriteConnection, connect_inline
+from vpsnap.store.sqlite_connection import (
+    BEGIN_IMMEDIATE_IN_THREAD,
+    InlineWriteConnection,
+    connect_inline,
+)
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -71,6 +75,7 @@ from vpsnap.store.tables import (
 
 Row = Mapping[str, Any]
 _READ_ONLY = "vpsnap_read_only"
+_BULK = "vpsnap_bulk"
 
 # Statements on the hot path of every job are built once: constructing SQLAlchemy expressions
 # per call cost more than running them (measured with bench/snapshot_latency.py).
@@ -209,6 +214,8 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             # Read-only transactions stay deferred: under WAL they never wait for the writer.
             if conn.get_execution_options().get(_READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
+            elif conn.get_execution_options().get(_BULK):
+                conn.exec_driver_sql(BEGIN_IMMEDIATE_IN_THREAD)
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -247,6 +254,7 @@ class SqlStore:
         self.url = url
         self.channel_prefix = channel_prefix
         self._read_engine = engine.execution_options(**{_READ_ONLY: True})
+        self._bulk_engine = engine.execution_options(**{_BULK: True})
         self._notifies = engine.dialect.name == "postgresql"
 
     @classmethod
@@ -262,9 +270,13 @@ class SqlStore:
         return f"{self.channel_prefix}_{channel.value}"
 
     @asynccontextmanager
-    async def transaction(self, *, read_only: bool = False) -> AsyncIterator[SqlTransaction]:
-        """One transaction; ``read_only`` ones must not write (SQLite would then fail them)."""
-        async with (self._read_engine if read_only else self.engine).begin() as conn:
+    async def transaction(
+        self, *, read_only: bool = False, bulk: bool = False
+    ) -> AsyncIterator[SqlTransaction]:
+        """One transaction; ``read_only`` ones must not write (SQLite would then fail them);
+        ``bulk`` ones (long statements) keep SQLite's statements off the event loop."""
+        engine = self._read_engine if read_only else self._bulk_engine if bulk else self.engine
+        async with engine.begin() as conn:
             yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
 
     async def ping(self) -> None:

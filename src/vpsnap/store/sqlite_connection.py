@@ -26,8 +26,10 @@ Why that blocks no event loop (the rule "no blocking calls on the event loop" ho
   thread (a call whose awaiting task was cancelled runs on; the two threads never use the
   ``sqlite3`` connection at the same time).
 
-The cost is that a large statement inside a write transaction (a retention sweep batch) runs on
-the event loop too; see docs/performance.md for its measured stall.
+The cost is that a large statement inside a write transaction runs on the event loop too: a
+retention sweep batch held it for up to ~1 s (docs/performance.md), so bulk work opens its
+transaction with ``BEGIN_IMMEDIATE_IN_THREAD`` (``SqlStore.transaction(bulk=True)``) and keeps
+every call in the thread.
 
 Creating a cursor (a Python object, no SQLite call) and a rollback outside any transaction (a
 no-op in ``sqlite3``; the pool's reset of a returned connection) run inline whenever no call is in
@@ -44,6 +46,10 @@ from collections.abc import Callable
 from typing import Any
 
 import aiosqlite
+
+BEGIN_IMMEDIATE_IN_THREAD = "BEGIN IMMEDIATE -- statements in the thread"
+"""A ``BEGIN IMMEDIATE`` after which the statements still go to the thread (bulk work whose
+statements would hold the event loop for long: ``SqlStore.transaction(bulk=True)``)."""
 
 # First keyword of SQL text that must not run inline even inside a write transaction.
 _THREAD_ONLY_KEYWORDS = frozenset(
@@ -129,7 +135,7 @@ class InlineWriteConnection(aiosqlite.Connection):
         # The thread decrements the count when the call has run, even if our task was cancelled.
         result = await super()._execute(self._run_counted, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
         if begin is not None and begin[0] == "BEGIN" and begin[1:2] in _WRITE_BEGINS:
-            self._write_locked = True
+            self._write_locked = args[0] != BEGIN_IMMEDIATE_IN_THREAD
         return result
 
 
