@@ -292,7 +292,9 @@ async def test_the_openapi_document_lists_the_problems_the_app_answers(api: Api)
 class _BrokenStore:
     """A store with a bug (not a domain error): the API must still answer problem+json."""
 
-    def transaction(self, *, read_only: bool = False, small: bool = False) -> object:
+    def transaction(
+        self, *, read_only: bool = False, small: bool = False, bulk: bool = False
+    ) -> object:
         raise RuntimeError("store bug: secret internal detail")
 
 

@@ -508,13 +508,14 @@ class Transaction(Protocol):
 
 class Store(Protocol):
     def transaction(
-        self, *, read_only: bool = False, small: bool = False
+        self, *, read_only: bool = False, small: bool = False, bulk: bool = False
     ) -> AbstractAsyncContextManager[Transaction]:
         """A transaction; ``read_only=True`` promises no writes and never waits for writers.
 
         ``small=True`` (read-only only, else ``ValueError``) further promises a few statements
         that each read a bounded number of rows through an index (a page, one VPS's
         snapshots): the store may then run them without leaving the calling thread.
+        ``bulk=True`` marks long statements (batches) that must not run on the event loop.
         """
         ...
 

@@ -48,7 +48,7 @@ async def sweep_expired(
     now = clock.now()
     job_ids: list[str] = []
     while True:
-        async with store.transaction() as tx:
+        async with store.transaction(bulk=True) as tx:
             batch, queued = await _expire_batch(tx, clock, now, limit)
         job_ids += queued
         if queued:

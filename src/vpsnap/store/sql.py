@@ -56,6 +56,11 @@ from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.bulk import insert_rows
 from vpsnap.store.machines import machine_from_json, machine_to_json
 from vpsnap.store.operations import OperationsQueries
+from vpsnap.store.sqlite_connection import (
+    BEGIN_IMMEDIATE_IN_THREAD,
+    InlineWriteConnection,
+    connect_inline,
+)
 from vpsnap.store.tables import (
     accounts,
     api_keys,
@@ -73,6 +78,7 @@ from vpsnap.store.tables import (
 
 Row = Mapping[str, Any]
 _READ_ONLY = "vpsnap_read_only"
+_BULK = "vpsnap_bulk"
 
 # Statements on the hot path of every job are built once: constructing SQLAlchemy expressions
 # per call cost more than running them (measured with bench/snapshot_latency.py).
@@ -228,7 +234,13 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     could both read a free slot). PostgreSQL: row locks (``FOR UPDATE``) do that job instead.
     """
     if _is_sqlite(url):
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        async def _connect() -> InlineWriteConnection:
+            # Write transactions run their statements without thread hops (sqlite_connection).
+            args, kwargs = engine.dialect.create_connect_args(engine.url)
+            return await connect_inline(*args, **{**kwargs, "timeout": 30})
+
+        engine = create_async_engine(url, async_creator=_connect)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -246,6 +258,8 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             # Read-only transactions stay deferred: under WAL they never wait for the writer.
             if conn.get_execution_options().get(_READ_ONLY):
                 conn.exec_driver_sql("BEGIN")
+            elif conn.get_execution_options().get(_BULK):
+                conn.exec_driver_sql(BEGIN_IMMEDIATE_IN_THREAD)
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -356,6 +370,7 @@ class SqlStore:
         self.engine = engine
         self.url = url
         self.channel_prefix = channel_prefix
+        self._bulk_engine = engine.execution_options(**{_BULK: True})
         self._notifies = engine.dialect.name == "postgresql"
         read_options: dict[str, Any] = {_READ_ONLY: True}
         if self._notifies:
@@ -382,7 +397,7 @@ class SqlStore:
 
     @asynccontextmanager
     async def transaction(
-        self, *, read_only: bool = False, small: bool = False
+        self, *, read_only: bool = False, small: bool = False, bulk: bool = False
     ) -> AsyncIterator[SqlTransaction]:
         """One transaction; ``read_only`` ones must not write (SQLite would then fail them).
 
@@ -390,13 +405,18 @@ class SqlStore:
         rows through an index (a page of VPSes, one VPS's snapshots, a key by its hash). On
         SQLite they run on the calling thread, without a hop to aiosqlite's thread per call
         (docs/performance.md, "Reads"); anything that may scan goes without ``small``.
+        ``bulk`` (a write transaction of long statements, e.g. a sweep's batch): on SQLite its
+        statements stay on aiosqlite's thread instead of running inline after ``BEGIN
+        IMMEDIATE`` (``store.sqlite_connection``), so they never stall the event loop.
         """
         if small and not read_only:
             raise ValueError("a small transaction is a read-only one")
         if small:
             engine = self._small_read_engine
+        elif read_only:
+            engine = self._read_engine
         else:
-            engine = self._read_engine if read_only else self.engine
+            engine = self._bulk_engine if bulk else self.engine
         async with engine.begin() as conn:
             yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
 

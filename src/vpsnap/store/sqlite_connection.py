@@ -1,0 +1,167 @@
+"""An aiosqlite connection that runs a write transaction's statements without thread hops.
+
+aiosqlite runs every call on a ``sqlite3`` connection (cursor, execute, fetch, cursor close,
+commit) in its own thread: a hop there and back per call, 10-13 hops for a 2-statement write
+transaction through SQLAlchemy. ``InlineWriteConnection`` runs the calls made *inside a write
+transaction* on the calling (event loop) thread instead, so such a transaction costs two hops:
+``BEGIN IMMEDIATE`` and ``COMMIT``.
+
+Why that blocks no event loop (the rule "no blocking calls on the event loop" holds):
+
+- ``BEGIN IMMEDIATE`` takes SQLite's write lock and, under WAL, the transaction's read snapshot.
+  Until ``COMMIT``/``ROLLBACK`` the connection needs no further lock: another connection's
+  writer cannot exist (one write lock), readers never block a WAL writer, so no statement
+  inside can wait on ``busy_timeout``. What a statement does is CPU and page-cache work
+  (writes to the WAL file are ``write()`` calls, never an ``fsync`` with ``synchronous=NORMAL``).
+- ``BEGIN IMMEDIATE`` itself (it may wait up to ``busy_timeout`` for another writer),
+  ``COMMIT`` (it may run the WAL auto-checkpoint: page writes and ``fsync``), ``ROLLBACK``,
+  ``close`` and anything outside such a transaction (deferred read transactions take their read
+  lock at their first read; autocommit statements take locks) stay in aiosqlite's thread.
+- Transaction-ending or lock-taking statements sent as SQL text (``BEGIN``, ``COMMIT``, ``END``,
+  ``ROLLBACK`` but not ``ROLLBACK TO``, ``PRAGMA``, ``VACUUM``, ``ATTACH``, ``DETACH``) and
+  ``executescript`` (which commits first) always go to the thread.
+- The state is checked per call: the flag set when a ``BEGIN IMMEDIATE`` returned, *and*
+  ``sqlite3.Connection.in_transaction`` (an error that made SQLite roll back on its own ends
+  the inline path at once), *and* no earlier call of this connection still running in the
+  thread (a call whose awaiting task was cancelled runs on; the two threads never use the
+  ``sqlite3`` connection at the same time).
+
+The cost is that a large statement inside a write transaction runs on the event loop too: a
+retention sweep batch held it for up to ~1 s (docs/performance.md), so bulk work opens its
+transaction with ``BEGIN_IMMEDIATE_IN_THREAD`` (``SqlStore.transaction(bulk=True)``) and keeps
+every call in the thread.
+
+Creating a cursor (a Python object, no SQLite call) and a rollback outside any transaction (a
+no-op in ``sqlite3``; the pool's reset of a returned connection) run inline whenever no call is in
+flight.
+The ``sqlite3`` connection is opened with ``check_same_thread=False`` for this; the calls stay
+serialised as above.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import aiosqlite
+
+BEGIN_IMMEDIATE_IN_THREAD = "BEGIN IMMEDIATE -- statements in the thread"
+"""A ``BEGIN IMMEDIATE`` after which the statements still go to the thread (bulk work whose
+statements would hold the event loop for long: ``SqlStore.transaction(bulk=True)``)."""
+
+# First keyword of SQL text that must not run inline even inside a write transaction.
+_THREAD_ONLY_KEYWORDS = frozenset(
+    {"BEGIN", "COMMIT", "END", "ROLLBACK", "PRAGMA", "VACUUM", "ATTACH", "DETACH"}
+)
+_WRITE_BEGINS = (["IMMEDIATE"], ["EXCLUSIVE"])
+_INLINE_CURSOR_METHODS = frozenset(
+    {"execute", "executemany", "fetchone", "fetchmany", "fetchall", "close"}
+)
+
+
+def _keywords(sql: str) -> list[str]:
+    """The first two words of ``sql``, upper case (statements here start with a keyword)."""
+    return sql.lstrip(" \t\r\n(").upper().split(None, 2)[:2]
+
+
+class InlineWriteConnection(aiosqlite.Connection):
+    """``aiosqlite.Connection`` whose calls inside a ``BEGIN IMMEDIATE`` transaction run inline.
+
+    Same interface and errors as ``aiosqlite.Connection`` (the ``sqlite3`` exceptions, raised
+    by the awaited call); see the module docstring for which calls run where and why.
+    """
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], iter_chunk_size: int) -> None:
+        super().__init__(connector, iter_chunk_size)
+        self._write_locked = False
+        # Calls queued to the thread and not finished yet (updated from both threads).
+        self._in_thread = 0
+        self._in_thread_lock = threading.Lock()
+
+    def _inline_allowed(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+        connection = self._connection
+        if self._in_thread or connection is None:
+            return False
+        owner = getattr(fn, "__self__", None)
+        name = getattr(fn, "__name__", "")
+        if owner is connection:
+            # Creating a cursor makes no SQLite call, nor does a rollback outside a transaction
+            # (the pool's reset of a returned connection); the rest stays in the thread.
+            if name == "rollback":
+                return not self._conn.in_transaction
+            return name == "cursor"
+        if not (
+            self._write_locked
+            and isinstance(owner, sqlite3.Cursor)
+            and name in _INLINE_CURSOR_METHODS
+            and connection.in_transaction
+        ):
+            return False
+        if name in ("execute", "executemany") and args and isinstance(args[0], str):
+            words = _keywords(args[0])
+            if words and words[0] in _THREAD_ONLY_KEYWORDS:
+                return words[0] == "ROLLBACK" and words[1:2] == ["TO"]
+        return True
+
+    def _run_counted(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with self._in_thread_lock:
+                self._in_thread -= 1
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` inline when that is safe, else in aiosqlite's thread.
+
+        Raises what ``fn`` raises; ``ValueError`` when the connection is closed.
+        """
+        if self._inline_allowed(fn, args):
+            return fn(*args, **kwargs)
+        begin: list[str] | None = None
+        if getattr(fn, "__name__", "") == "execute" and args and isinstance(args[0], str):
+            words = _keywords(args[0])
+            if words and words[0] in _THREAD_ONLY_KEYWORDS:
+                # The transaction ends (or a new one starts): no inline call until proven again.
+                self._write_locked = False
+                begin = words
+        elif getattr(fn, "__self__", None) is self._connection:
+            self._write_locked = False  # commit, rollback, close, executescript, ...
+        if not self._running or self._connection is None:
+            raise ValueError("Connection closed")  # what aiosqlite raises, before counting
+        with self._in_thread_lock:
+            self._in_thread += 1
+        # The thread decrements the count when the call has run, even if our task was cancelled.
+        result = await super()._execute(self._run_counted, fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        if begin is not None and begin[0] == "BEGIN" and begin[1:2] in _WRITE_BEGINS:
+            self._write_locked = args[0] != BEGIN_IMMEDIATE_IN_THREAD
+        return result
+
+
+def sqlite_connector(database: str, **kwargs: Any) -> Callable[[], sqlite3.Connection]:
+    """A connector for ``InlineWriteConnection``: ``sqlite3.connect`` with ``kwargs``.
+
+    ``check_same_thread`` is forced off: the connection is used from aiosqlite's thread and,
+    for inline calls, the event loop's thread, never both at once.
+    """
+    kwargs["check_same_thread"] = False
+
+    def connector() -> sqlite3.Connection:
+        connection: sqlite3.Connection = sqlite3.connect(database, **kwargs)
+        return connection
+
+    return connector
+
+
+async def connect_inline(database: str, **kwargs: Any) -> InlineWriteConnection:
+    """Open an ``InlineWriteConnection`` (``kwargs``: ``sqlite3.connect`` arguments).
+
+    Raises the ``sqlite3`` error of a failed open.
+    """
+    connection = InlineWriteConnection(sqlite_connector(database, **kwargs), 64)
+    # As SQLAlchemy does for its own aiosqlite connections: a forgotten connection's thread
+    # must not keep the process alive.
+    connection._thread.daemon = True
+    await connection
+    return connection
