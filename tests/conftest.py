@@ -36,6 +36,41 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         print("\n!! qemu-img is not installed: qemu tests will fail (run .ci/run to install)")
 
 
+# -- pytest-xdist (scripts/check runs the suite on two workers) ----------------------------------
+# A test file is one unit of work, so its module- and session-scoped fixtures (a live server, a
+# cluster, a database) are built once; tests/guest is one unit, so one worker boots the real guest
+# once and the other never pays a TCG boot. Files that take minutes of wall time go first: the
+# other worker goes through the many short files meanwhile instead of waiting for one long file
+# at the end.
+_ONE_UNIT = "tests/guest/"
+_LONG_FIRST = ("tests/guest/", "tests/system/", "tests/scaleout/", "tests/dashboard/")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling  # only under xdist
+
+    class FileScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return _ONE_UNIT if path.startswith(_ONE_UNIT) else path
+
+    config.option.loadscopereorder = False  # keep the order below, not "most tests first"
+    return FileScheduling(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if hasattr(config, "workerinput"):  # only under xdist: a plain run keeps the file order
+        items.sort(key=_long_first)
+
+
+def _long_first(item: pytest.Item) -> int:
+    for rank, prefix in enumerate(_LONG_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(_LONG_FIRST)
+
+
 @pytest.fixture(scope="session")
 def pg_schema() -> Iterator[str]:
     """A private schema in the shared `test` database, migrated once for the session."""

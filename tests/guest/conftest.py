@@ -1,7 +1,7 @@
 """Tests on a real running Linux guest (the Debian image of scripts/guest-image).
 
-Once per session, before the first test runs (``pytest_collection_finish``, when any selected
-test is marked ``guest``): the image is built (or found in ``~/.cache/vpsnap``), this host's KVM
+Once per session, when the first guest test needs it (lazily: under pytest-xdist only the worker
+that runs guest tests pays for it): the image is built (or found in ``~/.cache/vpsnap``), this host's KVM
 is probed (``kvm_unusable_reason``: some KVMs cannot run a stock kernel), and one guest is
 booted — KVM, else TCG — until its agent answers, then saved with its RAM by vpsnap itself
 (a ``snapshot-save`` named ``booted``) into a template disk and stopped. That one boot is the
@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,27 +71,38 @@ class GuestSession:
     kvm_reason: str | None = None
     template: Path | None = None
     workdir: Path | None = None
+    template_tried: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 
 _SESSION = pytest.StashKey[GuestSession]()
 
 
-def _guest_items(session: pytest.Session) -> list[pytest.Item]:
-    return [item for item in session.items if item.get_closest_marker("guest")]
+def _prepare(config: pytest.Config, *, template: bool) -> GuestSession:
+    """The session's guest state, made on first use: the image (built or found), the KVM probe
+    and, when ``template`` is asked for, the booted template. Lazily, not at collection: under
+    pytest-xdist every worker collects every test, and only the worker that runs a guest test
+    may spend minutes of a core on a TCG boot."""
+    state = config.stash.get(_SESSION, None)
+    if state is None:
+        state = GuestSession()
+        config.stash[_SESSION] = state
+        _build_image(config, state)
+    if template and not state.template_tried and state.error is None:
+        state.template_tried = True
+        # A thread of its own: asyncio.run() must not replace the test's event loop.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(_boot_template, config, state).result()
+    return state
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if not _guest_items(session):
-        return
-    state = GuestSession()
-    session.config.stash[_SESSION] = state
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"guest: {line}")
 
-    def say(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"guest: {line}")
 
+def _build_image(config: pytest.Config, state: GuestSession) -> None:
     started = time.monotonic()
     try:
         built = subprocess.run(
@@ -102,17 +114,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         )
     except subprocess.TimeoutExpired:
         state.error = f"scripts/guest-image did not finish within {BUILD_LIMIT_SECONDS:g}s"
-        say(state.error)
+        _say(config, state.error)
         return
     if built.returncode != 0:
         state.error = f"scripts/guest-image failed (exit {built.returncode}); see its output above"
-        say(state.error)
+        _say(config, state.error)
         return
     try:
         state.image = GuestImage.at(Path(built.stdout.strip().splitlines()[-1]))
     except (GuestImageMissing, IndexError) as exc:
         state.error = f"scripts/guest-image printed no usable image: {exc}"
-        say(state.error)
+        _say(config, state.error)
         return
     state.timings["image"] = time.monotonic() - started
 
@@ -121,10 +133,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     state.timings["kvm_probe"] = time.monotonic() - started
     # Short paths: unix socket paths are limited to 107 bytes.
     state.workdir = Path(tempfile.mkdtemp(prefix="vpsnap-guest-", dir="/tmp"))
-    if not any("guest" in item.fixturenames for item in _guest_items(session)):
-        # Nothing resumes the template (e.g. only the demo test, which boots by itself).
-        say(f"image {state.image.disk.name} ready in {state.timings['image']:.1f}s")
-        return
+    _say(config, f"image {state.image.disk.name} ready in {state.timings['image']:.1f}s")
+
+
+def _boot_template(config: pytest.Config, state: GuestSession) -> None:
+    assert state.image is not None
     accels = (["kvm"] if state.kvm_reason is None else []) + ["tcg"]
     failures = [] if state.kvm_reason is None else [f"KVM: {state.kvm_reason}"]
     for accel in accels:
@@ -137,10 +150,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         failures.append(f"{accel.upper()}: {failure}")
     else:
         state.skip = f"{SKIP_PREFIX}: " + "; ".join(failures)
-    say(
-        f"image {state.image.disk.name} ready in {state.timings['image']:.1f}s; "
-        + (f"skipping: {state.skip}" if state.skip else _boot_summary(state))
-    )
+    _say(config, f"skipping: {state.skip}" if state.skip else _boot_summary(state))
 
 
 def _boot_summary(state: GuestSession) -> str:
@@ -314,17 +324,25 @@ class Guest:
         return str(shown.json()["powerState"])
 
 
-@pytest.fixture
-def guest_session(request: pytest.FixtureRequest) -> GuestSession:
-    state = request.config.stash.get(_SESSION, None)
-    if state is None:
-        pytest.fail("the guest session set-up did not run (is the test marked `guest`?)")
+def _checked(state: GuestSession) -> GuestSession:
     if state.error is not None:
         pytest.fail(state.error)
     if state.skip is not None:
         print(f"\n{state.skip}")
         pytest.skip(state.skip)
     return state
+
+
+@pytest.fixture
+def guest_session(request: pytest.FixtureRequest) -> GuestSession:
+    """The session's image (built or found once), for a test that boots its own guest."""
+    return _checked(_prepare(request.config, template=False))
+
+
+@pytest.fixture
+def booted_guest_session(request: pytest.FixtureRequest) -> GuestSession:
+    """As ``guest_session``, with the booted template every ``guest`` resumes from."""
+    return _checked(_prepare(request.config, template=True))
 
 
 @pytest.fixture
@@ -335,8 +353,9 @@ def guest_overrides() -> dict[str, object]:
 
 @pytest.fixture
 async def guest(
-    guest_session: GuestSession, guest_overrides: dict[str, object]
+    booted_guest_session: GuestSession, guest_overrides: dict[str, object]
 ) -> AsyncIterator[Guest]:
+    guest_session = booted_guest_session
     assert guest_session.image and guest_session.template and guest_session.workdir
     data_dir = Path(tempfile.mkdtemp(prefix="t", dir=guest_session.workdir))
     disk = data_dir / "disks" / "guest.qcow2"

@@ -207,7 +207,9 @@ async def test_redis_lost_mid_run_hung_then_back(make_api: MakeApi, address: str
             assert elapsed < TIMEOUT + 0.5, elapsed
         started = time.monotonic()
         ready_response = await two.ready()
-        assert time.monotonic() - started < TIMEOUT + 0.5
+        # Two bounded waits at most: the probe's own rate-limit hit (when the retry interval
+        # has passed meanwhile, as it does on a loaded machine) and the readiness check's PING.
+        assert time.monotonic() - started < 2 * TIMEOUT + 0.5
         assert ready_response.status_code == 200
         assert ready_response.json()["checks"]["rate_limits"].startswith("unavailable")
         assert _errors() >= errors + 2  # the first request and the probe did try, and gave up
