@@ -46,6 +46,7 @@ _ONE_UNIT = "tests/guest/"
 _LONG_FIRST = ("tests/guest/", "tests/system/", "tests/scaleout/", "tests/dashboard/")
 
 
+@pytest.hookimpl(optionalhook=True)  # a run without pytest-xdist (-p no:xdist) ignores it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     from xdist.scheduler import LoadScopeScheduling  # only under xdist
 

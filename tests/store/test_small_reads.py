@@ -15,6 +15,9 @@ from vpsnap.domain.model import Account
 from vpsnap.store.sql import SqlStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+# What these check is SQLite's alone (aiosqlite's thread, query_only, its write lock); PostgreSQL
+# runs the other tests. Not a skip: the PostgreSQL variant is never collected.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def test_a_small_read_sees_committed_rows(store: SqlStore) -> None:
@@ -33,11 +36,10 @@ async def test_a_small_transaction_is_a_read_only_one(store: SqlStore) -> None:
             pass
 
 
+@SQLITE_ONLY
 async def test_on_sqlite_small_reads_make_no_thread_hop(
     store: SqlStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if store.is_postgres:
-        pytest.skip("aiosqlite's thread exists on SQLite only")
     async with store.transaction(read_only=True, small=True) as tx:
         await tx.list_accounts()  # opens the connection (on its thread)
     hops = 0
@@ -58,17 +60,15 @@ async def test_on_sqlite_small_reads_make_no_thread_hop(
     assert hops > 0
 
 
+@SQLITE_ONLY
 async def test_on_sqlite_small_reads_refuse_writes(store: SqlStore) -> None:
-    if store.is_postgres:
-        pytest.skip("PostgreSQL reads in autocommit; SQLite's query_only is what is tested")
     with pytest.raises(sa.exc.OperationalError, match="readonly"):
         async with store.transaction(read_only=True, small=True) as tx:
             await tx.add_account(Account(id="acc_2", name="two", created_at=NOW))
 
 
+@SQLITE_ONLY
 async def test_on_sqlite_a_small_read_does_not_wait_for_the_writer(store: SqlStore) -> None:
-    if store.is_postgres:
-        pytest.skip("the write lock is SQLite's")
     async with store.transaction() as writer:  # BEGIN IMMEDIATE: holds the write lock
         await writer.add_account(Account(id="acc_3", name="three", created_at=NOW))
         # A reader that waited for the lock would fail after 100 ms ("database is locked").
