@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -60,6 +59,7 @@ from vpsnap.store.sqlite_connection import (
     BEGIN_IMMEDIATE_IN_THREAD,
     InlineWriteConnection,
     connect_inline,
+    connect_inline_read,
 )
 from vpsnap.store.tables import (
     accounts,
@@ -270,62 +270,16 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
-class _InlineSqlite(aiosqlite.Connection):
-    """An aiosqlite connection whose statements run on the calling thread (the event loop's)
-    instead of being queued to the connection's own thread and awaited back.
-
-    Only for small read-only transactions (``SqlStore.transaction(small=True)``): under WAL a
-    reader takes no lock a writer holds, so an indexed read of a page costs about 0.1 ms of
-    CPU, less than one hop to a thread and back (each of ``BEGIN``, cursor, execute, fetch,
-    cursor close, ``COMMIT`` and the pool's reset is one such hop, 0.1-1 ms each under load).
-    Opening and closing the file (which may recover or checkpoint the WAL) still run on the
-    connection's thread.
-    """
-
-    inline = False
-    """Set once the connection is open and set up; cleared again before it is closed."""
-
-    async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.inline:
-            return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
-        if not self._running or self._connection is None:
-            raise ValueError("Connection closed")
-        return fn(*args, **kwargs)
-
-    async def close(self) -> None:
-        self.inline = False
-        await super().close()
-
-
-# How long an inline reader may wait for a lock (ms). Under WAL a reader waits only while
-# another connection recovers the WAL after a crash or is the last to close the database:
-# rare and short. Past this the read fails rather than stall the event loop.
-_INLINE_BUSY_TIMEOUT_MS = 100
-
-
 def _inline_read_engine(url: sa.URL) -> AsyncEngine:
-    """Read-only connections to the SQLite file of ``url`` whose statements run inline.
+    """Read-only connections to the SQLite file of ``url`` whose statements run inline
+    (``store.sqlite_connection.InlineReadConnection``).
 
     ``PRAGMA query_only`` makes SQLite itself refuse a write on them.
     """
     path = url.database or ""
 
-    def open_file() -> sqlite3.Connection:
-        # Runs on the connection's own thread; used on the event loop's thread afterwards.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        for pragma in (
-            "journal_mode=WAL",
-            "foreign_keys=ON",
-            "query_only=ON",
-            f"busy_timeout={_INLINE_BUSY_TIMEOUT_MS}",
-        ):
-            conn.execute(f"PRAGMA {pragma}")
-        return conn
-
     async def connect() -> aiosqlite.Connection:
-        connection = _InlineSqlite(open_file, iter_chunk_size=64)
-        connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own connections
-        return await connection
+        return await connect_inline_read(path)
 
     engine = create_async_engine(
         url, async_creator=connect, pool_size=4, max_overflow=16, pool_timeout=30
