@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vpsnap.cli.processes import Server
+from vpsnap.cli.processes import Server, no_nagle
 from vpsnap.domain.errors import ProcessRefused
 from vpsnap.runtime import Role, Runtime
 
@@ -88,6 +88,7 @@ async def health_endpoint(runtime: Runtime, port: int | None) -> AsyncIterator[N
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family)
+        no_nagle(listener)
     except OSError as exc:
         raise ProcessRefused(
             f"cannot listen on {host}:{port} for health checks (--health-port): {exc.strerror}"

@@ -24,7 +24,11 @@ def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``OSError`` when it cannot be had)."""
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
-    return socket.create_server(address[:2], family=family, backlog=2048)
+    from vpsnap.cli.processes import no_nagle  # noqa: PLC0415 - serve's own imports are lazy
+
+    listener = socket.create_server(address[:2], family=family, backlog=2048)
+    no_nagle(listener)
+    return listener
 
 
 def _welcome(settings: Settings) -> str:
