@@ -110,3 +110,14 @@ def test_demo_reset_with_and_without_a_server(tmp_path: Path) -> None:
     nothing = CliRunner().invoke(cli, ["admin", "demo", "reset", "--data-dir", str(tmp_path / "x")])
     assert nothing.exit_code == 4
     assert "no demo data" in nothing.stderr
+
+
+def test_connections_the_server_accepts_do_not_wait_for_nagle() -> None:
+    """asyncio sets TCP_NODELAY only on IPPROTO_TCP sockets and ``socket.create_server`` makes
+    proto 0 ones: without ``no_nagle`` every answer's body waited ~40 ms for a delayed ACK."""
+    from vpsnap.cli.commands.serve import bind
+
+    with bind("127.0.0.1", 0) as listener, socket.create_connection(listener.getsockname()):
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
