@@ -438,6 +438,17 @@ def _nothing_took_effect(exc: BaseException, reached: str, *, read_only: bool) -
     return isinstance(exc, sa.exc.OperationalError) and "is locked" in str(exc.orig)
 
 
+def _jobs_since(vps_ids: Sequence[str], since: datetime) -> sa.Select[str]:
+    """The VPSes of ``vps_ids`` with a job created at or after ``since``; read through
+    ``ix_jobs_vps_created_at`` (migration 0015), so the cost is the recent jobs, not the kept
+    history (tests/store/test_query_plans.py)."""
+    return (
+        sa.select(jobs.c.vps_id)
+        .distinct()
+        .where(jobs.c.vps_id.in_(vps_ids), jobs.c.created_at >= since)
+    )
+
+
 def _account(row: Row) -> Account:
     return Account(id=row["id"], name=row["name"], created_at=row["created_at"])
 
@@ -1264,12 +1275,7 @@ class SqlTransaction(OperationsQueries):
     async def vps_with_jobs_since(self, vps_ids: Sequence[str], since: datetime) -> set[str]:
         if not vps_ids:
             return set()
-        query = (
-            sa.select(jobs.c.vps_id)
-            .distinct()
-            .where(jobs.c.vps_id.in_(vps_ids), jobs.c.created_at >= since)
-        )
-        return {row[0] for row in await self.conn.execute(query)}
+        return {row[0] for row in await self.conn.execute(_jobs_since(vps_ids, since))}
 
     async def vps_with_unfinished_jobs(self, vps_ids: Sequence[str]) -> set[str]:
         if not vps_ids:
