@@ -201,6 +201,14 @@ async def test_an_idle_worker_claims_nothing(world: World, monkeypatch: pytest.M
     """After its job ends the worker wakes (a slot is free) and finds nothing queued: it reads,
     it does not take the write lock for an empty claim (docs/performance.md, "The job path")."""
     claims = _counting_claims(monkeypatch)
+    looks: list[int] = []
+    real_look = SqlTransaction.has_queued_jobs
+
+    async def counted_look(self: SqlTransaction, node: str) -> bool:
+        looks.append(1)
+        return await real_look(self, node)
+
+    monkeypatch.setattr(SqlTransaction, "has_queued_jobs", counted_look)
     vps = await world.add_vps()
     worker = world.runtime.worker()
     worker_task = asyncio.create_task(worker.run())
@@ -216,6 +224,9 @@ async def test_an_idle_worker_claims_nothing(world: World, monkeypatch: pytest.M
         assert done.status is JobStatus.COMPLETED
         await asyncio.sleep(0.3)  # the wake-up after the job's end has run
         assert len(claims) == 1
+        # Looked at start and after the job's end; the wake-up by the queued job claimed
+        # straight away (the hot path of a create: no read before the claim).
+        assert len(looks) == 2
     finally:
         worker.stop()
         await worker_task
