@@ -104,6 +104,18 @@ async def test_the_sweep_reads_available_snapshots_by_expiry_from_an_index(
     assert "TEMP B-TREE" not in plan
 
 
+async def test_the_worker_looks_at_the_queue_through_the_status_and_node_index(
+    store: SqlStore,
+) -> None:
+    """The read before a claim (jobs.worker, ``_anything_queued``) runs inline on the event
+    loop on SQLite: it must stay one index probe however long the job history grows."""
+    plan = await _plan(store, sql._ANY_QUEUED.params(b_node="local"))
+
+    assert "ix_jobs_status_node" in plan, plan
+    assert "Seq Scan on jobs" not in plan
+    assert "SCAN jobs" not in plan
+
+
 async def test_jobs_since_the_last_reconcile_pass_are_found_by_vps_and_time(
     store: SqlStore,
 ) -> None:

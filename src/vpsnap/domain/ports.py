@@ -386,6 +386,10 @@ class Transaction(Protocol):
         """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""
         ...
 
+    async def has_queued_jobs(self, node: str) -> bool:
+        """Whether any job of ``node`` is queued (a read: what ``claim_jobs`` could take)."""
+        ...
+
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         """Take the node's oldest queued jobs that fit the free slots of their lane and the
         account shares, leased to the worker."""

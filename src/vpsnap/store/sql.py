@@ -164,6 +164,12 @@ _NEXT_QUEUED = (
     .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
 )
+# By ix_jobs_status_node: at most one index entry read.
+_ANY_QUEUED = (
+    sa.select(jobs.c.id)
+    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
+    .limit(1)
+)
 _NOTIFY = sa.select(sa.func.pg_notify(_bp("b_channel"), _bp("b_payload")))
 _RECORD_JOURNAL = (
     jobs.update()
@@ -1316,6 +1322,9 @@ class SqlTransaction(OperationsQueries):
             .order_by(jobs.c.created_at, jobs.c.id)
         )
         return [_job(r) for r in await self._all(query)]
+
+    async def has_queued_jobs(self, node: str) -> bool:
+        return bool(await self._all(_ANY_QUEUED, {"b_node": node}))
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         wanted = sum(request.free.values())
