@@ -153,8 +153,10 @@ class QemuDriver:
         # for every VPS without one, whether its disks exist. Before, each disk was a to_thread
         # of its own (issue 15: 10,000 hops per pass).
         unread = [i for i, result in enumerate(results) if result is None]
-        offline = await asyncio.to_thread(
-            self._offline_states, [(vpses[i], vms[i]) for i in unread]
+        offline = (
+            await asyncio.to_thread(self._offline_states, [(vpses[i], vms[i]) for i in unread])
+            if unread
+            else []
         )
         live_ones: list[tuple[int, _Vm]] = []
         for i, state in zip(unread, offline, strict=True):
