@@ -19,7 +19,7 @@ import structlog
 
 from vpsnap.domain.audit import Actor, AuditEvent, AuditOutcome, Target
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import DomainError
+from vpsnap.domain.errors import DatabaseUnavailable, DomainError
 from vpsnap.domain.ids import new_id, new_ids
 from vpsnap.domain.ports import Store, Transaction
 from vpsnap.events.context import current_origin
@@ -205,6 +205,8 @@ class AuditTrail:
         """
         try:
             yield
+        except DatabaseUnavailable:
+            raise  # a lost database is not a refusal (and could not be written down anyway)
         except DomainError as error:
             event = self.event(
                 actor,
