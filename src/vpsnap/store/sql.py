@@ -596,7 +596,10 @@ def _job(row: Row) -> Job:
     )
 
 
-def _job_values(item: Job) -> dict[str, Any]:
+def _job_values(item: Job, actors: dict[Actor, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job's column values. ``actors``: a memo shared by the rows of one multi-row insert, so
+    that the jobs of one actor carry the same ``created_by`` object, which the bulk insert
+    serialises once (``store.bulk``), as it does the shared empty payload."""
     return {
         "id": item.id,
         "account_id": item.account_id,
@@ -604,7 +607,7 @@ def _job_values(item: Job) -> dict[str, Any]:
         "type": item.type.value,
         "status": item.status.value,
         "snapshot_name": item.snapshot_name,
-        "payload": item.payload,
+        "payload": item.payload or _NO_PAYLOAD,
         "progress": item.progress,
         "result": item.result,
         "error": item.error,
@@ -617,8 +620,23 @@ def _job_values(item: Job) -> dict[str, Any]:
         "lane": item.lane.value,
         "journal": item.journal or None,
         "request_id": item.request_id,
-        "created_by": item.created_by.as_json() if item.created_by else None,
+        "created_by": _actor_json(item.created_by, actors),
     }
+
+
+def _actor_json(actor: Actor | None, memo: dict[Actor, dict[str, Any]] | None) -> Any:
+    if actor is None:
+        return None
+    if memo is None:
+        return actor.as_json()
+    found = memo.get(actor)
+    if found is None:
+        found = memo[actor] = actor.as_json()
+    return found
+
+
+# A job without a payload stores {} (the one object: never mutated, only serialised).
+_NO_PAYLOAD: dict[str, Any] = {}
 
 
 def _node(row: Row) -> Node:
@@ -1274,7 +1292,10 @@ class SqlTransaction(OperationsQueries):
     async def add_jobs(self, items: Sequence[Job]) -> None:
         if not items:
             return
-        await insert_rows(self.conn, jobs, [{"node": j.node, **_job_values(j)} for j in items])
+        actors: dict[Actor, dict[str, Any]] = {}
+        await insert_rows(
+            self.conn, jobs, [{"node": j.node, **_job_values(j, actors)} for j in items]
+        )
         for node in sorted({j.node or "*" for j in items if j.status is JobStatus.QUEUED}):
             await self._notify(Channel.JOBS, node)
 
