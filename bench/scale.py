@@ -5,6 +5,7 @@ Run from the repository root::
 
     .venv/bin/python bench/scale.py            # 100 / 1,000 and 10,000 / 100,000, both databases
     .venv/bin/python bench/scale.py --quick    # 100 / 1,000 and 1,000 / 10,000 (about a minute)
+    .venv/bin/python bench/scale.py --phases startup http   # vpsnap serve alone
 
 For each size and database it populates the store in bulk (multi-row inserts straight into the
 tables, in chunks; the account and its API key through the services), one real qcow2 file per
@@ -24,8 +25,12 @@ the disk side of reconciliation is the real qcow2 reader on real files), and mea
   enqueue only, while a reader lists snapshots (its p99 shows whether the sweep holds a lock
   the API needs), then checks that every snapshot is ``deleting`` and covered by a job; the
   sweep's own statements are timed (what is left of its time is Python and the event loop);
-- on SQLite, for the largest size: ``vpsnap serve`` on that data dir, time to the first served
-  ``GET /api/v2/vps``, list latency and server CPU over the following seconds, and RSS.
+- ``vpsnap serve`` on that data dir (and, on PostgreSQL, that database), every size and
+  database: time from the spawn to the first served ``GET /api/v2/vps`` and the server's CPU
+  until then, list latency and server CPU over the following seconds, RSS idle; then
+  requests/s of the two list endpoints over HTTP (``bench/http_load.py``, its own process)
+  next to a bare FastAPI app serving the same JSON with the same uvicorn settings
+  (``bench/bare_http.py``), in alternating turns, and the server's RSS under that load.
 
 Exit status 0 when it ran (targets may be MISSED), 1 when it could not run.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import secrets
@@ -79,7 +85,7 @@ LIST_P99_TARGET_MS = 10.0
 STARTUP_TARGET_S = 2.0
 
 
-PHASES = ("reads", "reconcile", "power", "startup", "sweep")
+PHASES = ("reads", "reconcile", "power", "startup", "http", "sweep")
 
 
 class FixedClock:
@@ -156,10 +162,9 @@ def make_disks(template: Path, directory: Path, count: int) -> list[Path]:
 
 
 async def open_store(backend: str, workdir: Path) -> tuple[Any, str | None]:
-    """A migrated, empty store; for PostgreSQL also the private schema's name (dropped later)."""
-    import sqlalchemy as sa  # noqa: PLC0415
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
-
+    """A migrated, empty store; for PostgreSQL also the URL of its private database (dropped
+    later). A database, not a schema: ``vpsnap serve`` (the start-up and HTTP phases) is given
+    it as ``VPSNAP_DATABASE_URL`` and has no setting for a schema."""
     from vpsnap.store import migrate  # noqa: PLC0415
     from vpsnap.store.sql import SqlStore  # noqa: PLC0415
 
@@ -168,24 +173,36 @@ async def open_store(backend: str, workdir: Path) -> tuple[Any, str | None]:
         store = SqlStore.from_url(f"sqlite+aiosqlite:///{workdir / 'vpsnap.db'}")
         await migrate.upgrade(store.engine)
         return store, None
-    schema = f"vpsnap_bench_{secrets.token_hex(4)}"
-    engine = create_async_engine(PG_URL)
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    await engine.dispose()
-    store = SqlStore.from_url(PG_URL, schema=schema)
+    name = f"vpsnap_bench_{secrets.token_hex(4)}"
+    await _admin_sql(f'CREATE DATABASE "{name}"')
+    url = _database_url(name)
+    store = SqlStore.from_url(url)
     await migrate.upgrade(store.engine)
-    return store, schema
+    return store, url
 
 
-async def drop_schema(schema: str) -> None:
+def _database_url(name: str) -> str:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    return sa.make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+async def _admin_sql(statement: str) -> None:
+    """One statement outside a transaction (CREATE/DROP DATABASE) on ``PG_URL``'s database."""
     import sqlalchemy as sa  # noqa: PLC0415
     from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
 
-    engine = create_async_engine(PG_URL)
-    async with engine.begin() as conn:
-        await conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    async with engine.connect() as conn:
+        await conn.execute(sa.text(statement))
     await engine.dispose()
+
+
+async def drop_database(url: str) -> None:
+    import sqlalchemy as sa  # noqa: PLC0415
+
+    name = sa.make_url(url).database
+    await _admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def bench_settings(data_dir: Path) -> Any:
@@ -519,55 +536,169 @@ def _rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def measure_startup(data_dir: Path, key: str, watch_s: float) -> dict[str, float]:
-    """``vpsnap serve`` on the populated SQLite data dir: time to the first answered list, then
-    ``watch_s`` seconds of list requests (one at a time, 20 ms apart) and the server's CPU."""
+def _get_ok(client: httpx.Client, url: str) -> Any:
+    response = client.get(url)
+    if response.status_code != 200:
+        raise BenchError(f"GET {url} answered {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
+def _wait_answering(
+    client: httpx.Client, url: str, process: subprocess.Popen[bytes], log: Path
+) -> float:
+    """The ``time.perf_counter()`` at which ``url`` first answered 200 (polled every 10 ms);
+    raises if the process exits or 60 s pass."""
+    deadline = time.monotonic() + 60
+    last = "no connection"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BenchError(f"{process.args!r} exited:\n{log_tail(log)}")
+        try:
+            response = client.get(url)
+        except httpx.TransportError as exc:
+            last = repr(exc)
+            time.sleep(0.01)
+            continue
+        if response.status_code == 200:
+            return time.perf_counter()
+        last = f"{response.status_code} {response.text[:300]}"
+        time.sleep(0.01)
+    raise BenchError(f"{url} did not answer in 60 s (last: {last}):\n{log_tail(log)}")
+
+
+def http_load(url: str, seconds: float, connections: int, headers: list[str]) -> dict[str, float]:
+    """``bench/http_load.py`` in a process of its own: requests/s and latencies over HTTP."""
+    cmd = [sys.executable, str(Path(__file__).with_name("http_load.py")), url]
+    cmd += ["--seconds", str(seconds), "--connections", str(connections)]
+    for header in headers:
+        cmd += ["--header", header]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"http_load.py {url}: {done.stderr.strip()[-500:]}")
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+def measure_server(
+    data_dir: Path, key: str, vps_id: str, args: argparse.Namespace, database_url: str | None
+) -> dict[str, float]:
+    """``vpsnap serve`` on the populated data dir (and database): time to the first answered
+    list and the CPU until then; ``args.startup_watch`` seconds of list requests (one at a
+    time, 20 ms apart) with the server's CPU; its RSS after 2 s without requests ("idle");
+    then, with the HTTP phase, requests/s of the two list endpoints next to a bare FastAPI app
+    serving the same JSON with the same uvicorn settings (``bench/bare_http.py``), in
+    alternating turns, and the server's largest RSS while loaded."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    data_dir.mkdir(parents=True, exist_ok=True)  # PostgreSQL's: the server's lock and files
     log_path = data_dir / "serve.log"
     cmd = [*vpsnap_command(), "serve", "--port", str(port), "--data-dir", str(data_dir)]
-    env = server_env({"VPSNAP_NODE": NODE})
-    headers = {"Authorization": f"Bearer {key}"}
+    extra = {"VPSNAP_NODE": NODE}
+    if database_url is not None:
+        extra["VPSNAP_DATABASE_URL"] = database_url
+    env = server_env(extra)
+    auth = f"Bearer {key}"
+    paths = {"list": "/api/v2/vps?limit=20", "snapshots": f"/api/v2/vps/{vps_id}/snapshots"}
+    figures: dict[str, float] = {}
+    bare: subprocess.Popen[bytes] | None = None
     with log_path.open("wb") as log:
         started = time.perf_counter()
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        first: float | None = None
-        deadline = time.monotonic() + 60
-        with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
-            while first is None and time.monotonic() < deadline:
-                if process.poll() is not None:
-                    raise BenchError(f"vpsnap serve exited:\n{log_tail(log_path)}")
-                try:
-                    if client.get("/api/v2/vps?limit=20").status_code == 200:
-                        first = time.perf_counter() - started
-                except httpx.TransportError:
-                    time.sleep(0.02)
-            if first is None:
-                raise BenchError(f"vpsnap serve did not answer in 60 s:\n{log_tail(log_path)}")
-            cpu_before = _cpu_seconds(process.pid)
+        with httpx.Client(base_url=base, headers={"Authorization": auth}, timeout=10) as client:
+            answered = _wait_answering(client, paths["list"], process, log_path)
+            figures["first_request_s"] = answered - started  # from the spawn
+            figures["cpu_s_to_first"] = _cpu_seconds(process.pid)
             samples = []
-            until = time.monotonic() + watch_s
+            until = time.monotonic() + args.startup_watch
             while time.monotonic() < until:
                 t0 = time.perf_counter()
-                response = client.get("/api/v2/vps?limit=20")
+                _get_ok(client, paths["list"])
                 samples.append((time.perf_counter() - t0) * 1000)
-                if response.status_code != 200:
-                    raise BenchError(f"list answered {response.status_code} after start")
                 time.sleep(0.02)
-            cpu_after = _cpu_seconds(process.pid)
-            rss = _rss_mib(process.pid)
-        return {
-            "first_request_s": first,
-            "cpu_s_first_window": cpu_after - cpu_before,
-            "window_s": watch_s,
-            "list_p50_ms": statistics.median(samples),
-            "list_p99_ms": percentile(samples, 99),
-            "rss_mib": rss,
-            "cpu_s_total": _cpu_seconds(process.pid),
-        }
+            figures["cpu_s_first_window"] = _cpu_seconds(process.pid) - figures["cpu_s_to_first"]
+            figures["window_s"] = args.startup_watch
+            figures["list_p50_ms"] = statistics.median(samples)
+            figures["list_p99_ms"] = percentile(samples, 99)
+            time.sleep(2.0)
+            figures["rss_idle_mib"] = _rss_mib(process.pid)
+            if "http" not in args.phases:
+                figures["cpu_s_total"] = _cpu_seconds(process.pid)
+                return figures
+            bodies = {path: _get_ok(client, path) for path in paths.values()}
+        bodies_file = data_dir / "bare-bodies.json"
+        # The bare app's routes are the paths without their query (it ignores ``limit``).
+        bodies_file.write_text(json.dumps({p.split("?")[0]: b for p, b in bodies.items()}))
+        bare_port = free_port()
+        bare_log = data_dir / "bare.log"
+        with bare_log.open("wb") as log:
+            bare_script = str(Path(__file__).with_name("bare_http.py"))
+            bare = subprocess.Popen(
+                [sys.executable, bare_script, str(bare_port), str(bodies_file)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        bare_base = f"http://127.0.0.1:{bare_port}"
+        with httpx.Client(base_url=bare_base, timeout=10) as bare_client:
+            _wait_answering(bare_client, paths["list"], bare, bare_log)
+            for path, body in bodies.items():
+                if _get_ok(bare_client, path) != body:
+                    raise BenchError("the bare app did not serve the same JSON")
+        turn_s = args.http_seconds / HTTP_TURNS
+        peak_rss = 0.0
+        totals: dict[str, list[float]] = {}
+        for _ in range(HTTP_TURNS):
+            for label, path in paths.items():
+                for side, url, headers in (
+                    ("vpsnap", base + path, [f"Authorization: {auth}"]),
+                    ("bare", bare_base + path, []),
+                ):
+                    sampling = _RssSampler(process.pid) if side == "vpsnap" else None
+                    try:
+                        result = http_load(url, turn_s, args.http_connections, headers)
+                    finally:
+                        if sampling is not None:
+                            peak_rss = max(peak_rss, sampling.stop())
+                    total = totals.setdefault(f"{label}_{side}", [0.0, 0.0])
+                    total[0] += result["requests"]
+                    total[1] += result["seconds"]
+        for name, (requests, seconds) in totals.items():
+            figures[f"{name}_rps"] = requests / seconds
+        figures["rss_load_mib"] = peak_rss
+        figures["cpu_s_total"] = _cpu_seconds(process.pid)
+        return figures
     finally:
+        if bare is not None:
+            stop(bare)
         stop(process)
+
+
+# Turns of each side's HTTP load: vpsnap and the bare app alternate, so both see the machine's
+# load of the same seconds.
+HTTP_TURNS = 2
+
+
+class _RssSampler:
+    """The largest RSS of ``pid`` while it runs (sampled every 50 ms in a thread)."""
+
+    def __init__(self, pid: int) -> None:
+        import threading  # noqa: PLC0415
+
+        self.pid = pid
+        self.peak = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, _rss_mib(self.pid))
+            self._done.wait(0.05)
+
+    def stop(self) -> float:
+        self._done.set()
+        self._thread.join()
+        return self.peak
 
 
 # -- one size on one database -------------------------------------------------------------------
@@ -587,7 +718,7 @@ async def run_one(
 
     result = Result(backend, size)
     data_dir = workdir / f"{backend}-{size.vps}"
-    store, schema = await open_store(backend, data_dir)
+    store, database_url = await open_store(backend, data_dir)
     settings = bench_settings(data_dir)
     now = datetime.now(UTC)
     clock = FixedClock(now)
@@ -610,11 +741,11 @@ async def run_one(
         if "power" in args.phases:
             progress(f"[{backend} {size.label}] power-state pass")
             result.power = await measure_power(runtime)
-        if startup and "startup" in args.phases:
-            progress(f"[{backend} {size.label}] start-up of vpsnap serve")
+        if startup and {"startup", "http"} & set(args.phases):
+            progress(f"[{backend} {size.label}] vpsnap serve: start-up, HTTP")
             await store.dispose()
             result.startup = await asyncio.to_thread(
-                measure_startup, data_dir, key, args.startup_watch
+                measure_server, data_dir, key, ids[len(ids) // 2], args, database_url
             )
         if "sweep" not in args.phases:
             return result
@@ -630,8 +761,8 @@ async def run_one(
         result.swept = True
     finally:
         await store.dispose()
-        if schema is not None:
-            await drop_schema(schema)
+        if database_url is not None:
+            await drop_database(database_url)
     return result
 
 
@@ -719,16 +850,71 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
     if rows:
         print("\npower-state pass, unpaced, nothing changed (seconds, each run)")
         print(render_table(["database VPS/snapshots", "wall", "CPU"], rows))
+    rows = []
     for r in results:
-        if r.startup:
-            s = r.startup
-            print(
-                f"\nstart-up, vpsnap serve on {r.backend} {r.size.label}: first list answered "
-                f"after {s['first_request_s']:.2f} s; next {s['window_s']:.0f} s: list p50 "
-                f"{s['list_p50_ms']:.1f} ms, p99 {s['list_p99_ms']:.1f} ms over HTTP, server CPU "
-                f"{s['cpu_s_first_window']:.1f} s ({s['cpu_s_total']:.1f} s since start), "
-                f"RSS {s['rss_mib']:.0f} MiB"
+        if not r.startup:
+            continue
+        s = r.startup
+
+        def share(label: str, s: dict[str, float] = s) -> str:
+            ours, bare = s.get(f"{label}_vpsnap_rps"), s.get(f"{label}_bare_rps")
+            return f"{ours / bare * 100:.0f} %" if ours and bare else "-"
+
+        def rps(name: str, s: dict[str, float] = s) -> str:
+            return f"{s[name]:.0f}" if name in s else "-"
+
+        rows.append(
+            [
+                f"{r.backend} {r.size.label}",
+                f"{s['first_request_s']:.2f}",
+                f"{s['cpu_s_to_first']:.2f}",
+                growth(r, s["first_request_s"], lambda x: x.startup.get("first_request_s", 0)),
+                f"{s['list_p50_ms']:.1f} / {s['list_p99_ms']:.1f}",
+                f"{s['cpu_s_first_window']:.1f}",
+                rps("list_vpsnap_rps"),
+                rps("list_bare_rps"),
+                share("list"),
+                rps("snapshots_vpsnap_rps"),
+                rps("snapshots_bare_rps"),
+                share("snapshots"),
+                f"{s['rss_idle_mib']:.0f}",
+                f"{s['rss_load_mib']:.0f}" if "rss_load_mib" in s else "-",
+                growth(
+                    r,
+                    s.get("list_vpsnap_rps", 0),
+                    lambda x: x.startup.get("list_vpsnap_rps", 0),
+                ),
+            ]
+        )
+    if rows:
+        print(
+            "\nvpsnap serve over HTTP (first answer: s from the spawn to the first 200 of the "
+            "list, CPU s until then; then list p50/p99 ms and server CPU s over the watch "
+            "window; requests/s next to a bare FastAPI app with the same JSON and uvicorn "
+            "settings, % = vpsnap / bare; RSS MiB idle and under load)"
+        )
+        print(
+            render_table(
+                [
+                    "database VPS/snapshots",
+                    "first answer",
+                    "CPU",
+                    "growth",
+                    "list ms",
+                    "CPU in window",
+                    "list rps",
+                    "bare",
+                    "%",
+                    "snapshots rps",
+                    "bare",
+                    "%",
+                    "RSS idle",
+                    "RSS load",
+                    "rps growth",
+                ],
+                rows,
             )
+        )
     for r in results:
         if r.sweep_statements and r.size.vps == largest:
             print(f"\nsweep statements, {r.backend} {r.size.label} (s, calls; the rest is Python)")
@@ -790,6 +976,18 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
                     first < STARTUP_TARGET_S,
                 )
             )
+            for label in ("list", "snapshots"):
+                ours = r.startup.get(f"{label}_vpsnap_rps")
+                bare = r.startup.get(f"{label}_bare_rps")
+                if ours and bare:
+                    targets.append(
+                        (
+                            f"{name}: {label} requests/s over HTTP >= "
+                            f"{READ_SHARE_TARGET:.0%} of bare",
+                            f"{ours / bare:.0%}",
+                            ours / bare >= READ_SHARE_TARGET,
+                        )
+                    )
     print("\ntargets:")
     for description, measured, met in targets:
         print(f"  [{'met' if met else 'MISSED':>6}] {description}: {measured}")
@@ -818,7 +1016,7 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> list[Result]:
                     disks,
                     dates,
                     args,
-                    startup=backend == "sqlite" and size is sizes[-1] and not args.no_startup,
+                    startup=not args.no_startup,
                 )
             )
     return results
@@ -843,13 +1041,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--startup-watch", type=float, default=10.0, help="seconds watched")
     parser.add_argument(
+        "--http-seconds", type=float, default=4.0, help="HTTP load per endpoint and side (s)"
+    )
+    parser.add_argument(
+        "--http-connections", type=int, default=4, help="keep-alive connections of the load"
+    )
+    parser.add_argument(
         "--sweep-timeout", type=float, default=300.0, help="a sweep past it is cancelled (s)"
     )
     parser.add_argument(
         "--loop",
         choices=["asyncio", "uvloop"],
         default="asyncio",
-        help="event loop of the in-process measurements (vpsnap serve picks uvloop itself)",
+        help="event loop of the in-process measurements (vpsnap serve runs on asyncio's)",
     )
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from tests.api.test_errors import assert_problem
 from tests.conftest import Api
 from vpsnap.api.edge import leaf_routes
+from vpsnap.dashboard import install_pending
 
 # Values nobody should be able to get a 5xx with. Each is sent percent-encoded (so it arrives
 # as these characters), and the RAW ones also as written (already percent-encoded junk).
@@ -78,6 +79,7 @@ VALID_BODIES: dict[str, dict[str, Any]] = {
 def _all_routes(api: Api) -> list[APIRoute]:
     transport = api.client._transport
     assert isinstance(transport, httpx.ASGITransport)
+    install_pending(transport.app)  # type: ignore[arg-type]  # the panel: on its first request
     return [r for r in leaf_routes(transport.app.router) if isinstance(r, APIRoute)]  # type: ignore[attr-defined]
 
 

@@ -42,7 +42,10 @@ SERVER_MODULES = (
 PROBE = """
 import atexit, json, sys
 out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+# Loaded modules only: entry.main blocks httpx._main with a None entry (never imported).
+atexit.register(
+    lambda: open(out, "w").write(json.dumps(sorted(k for k, v in sys.modules.items() if v)))
+)
 from vpsnap.cli.entry import main
 sys.argv[0] = "vpsnap"
 main()
@@ -181,3 +184,95 @@ def test_server_logging_loads_no_rich_traceback_until_an_exception_is_printed() 
     assert done.stdout.strip() == "[]"
     assert "boom" in done.stderr
     assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr
+
+
+# Not on vpsnap serve's start-up (docs/performance.md, "Start-up and pacing"): the panel
+# (installed on its first request), httpx (webhooks and billing import it when they send),
+# SQLAlchemy's PostgreSQL dialect on SQLite, Alembic on a current database, rich's tracebacks.
+NOT_AT_SERVE_START = (
+    "jinja2",
+    "vpsnap.dashboard.web",
+    "vpsnap.dashboard.pages",
+    "httpx",
+    "sqlalchemy.dialects.postgresql",
+    "alembic",
+    "pygments",
+    "rich.traceback",
+)
+
+
+VPSNAP = (sys.executable, "-m", "vpsnap.cli")
+PROBED = (sys.executable, "-c", PROBE)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _serve_and_list_modules(tmp_path: Path, paths: tuple[str, ...]) -> set[str]:
+    """Start ``vpsnap serve`` on a migrated SQLite data dir, GET ``paths`` once it answers,
+    stop it with SIGTERM; the modules it had imported by then."""
+    import signal
+    import time
+    import urllib.error
+    import urllib.request
+
+    data = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VPSNAP_")}
+    # Migrated by another process first: a fresh database would load Alembic to migrate.
+    subprocess.run(
+        [*VPSNAP, "admin", "account", "create", "probe", "--data-dir", str(data)],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    out = tmp_path / "modules.json"
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [*PROBED, str(out), "serve", "--port", str(port), "--data-dir", str(data)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "vpsnap serve did not answer in 60 s"
+                time.sleep(0.05)
+        for path in paths:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}{path}", headers={"Accept": "text/html"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    assert answer.status == 200, path
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 401, (path, exc.code)  # the API, without a key
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    return set(json.loads(out.read_text()))
+
+
+def test_serve_starts_without_the_panel_httpx_or_the_postgresql_dialect(tmp_path: Path) -> None:
+    modules = _serve_and_list_modules(tmp_path, ("/healthz", "/api/v2/vps", "/openapi.json"))
+    assert "vpsnap.api.app" in modules and "fastapi" in modules  # it did serve
+    assert sorted(m for m in modules if m.startswith(NOT_AT_SERVE_START)) == []
+
+
+def test_serve_loads_the_panel_on_its_first_page(tmp_path: Path) -> None:
+    modules = _serve_and_list_modules(tmp_path, ("/api/v2/vps", "/login"))
+    assert {"jinja2", "vpsnap.dashboard.web", "vpsnap.dashboard.pages"} <= modules

@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from tests.conftest import Api
 from vpsnap.api.app import create_app
+from vpsnap.dashboard import install_pending
 from vpsnap.domain.audit import AuditFilter
 
 from .support import SAME_ORIGIN, csrf_token, leaf_routes, panel_client
@@ -98,6 +99,7 @@ CASES: dict[str, tuple[str, Prepare] | None] = {
 
 def panel_unsafe_routes(api: Api) -> set[str]:
     app = create_app(api.runtime.services, api.runtime.settings)
+    install_pending(app)  # the panel is installed on its first request
     return {
         route.path
         for route in leaf_routes(app.router)

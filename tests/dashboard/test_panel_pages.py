@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from tests.conftest import Api
 from vpsnap.api.app import create_app
+from vpsnap.dashboard import install_pending
 from vpsnap.domain.auth import Principal, Scope
 
 from .support import SAME_ORIGIN, csrf_token, leaf_routes, panel_client
@@ -23,6 +24,7 @@ _REQUEST_ID = re.compile(r"req_[0-9a-z]+")
 
 def page_routes(api: Api) -> list[str]:
     app = create_app(api.runtime.services, api.runtime.settings)
+    install_pending(app)  # the panel is installed on its first request
     return [
         r.path
         for r in leaf_routes(app.router)

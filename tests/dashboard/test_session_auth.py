@@ -14,6 +14,7 @@ from starlette.routing import Route
 from tests.conftest import Api
 from tests.support import PROBLEM_MEMBERS
 from vpsnap.api.app import create_app
+from vpsnap.dashboard import install_pending
 
 from .support import (
     FOREIGN_ORIGIN,
@@ -143,6 +144,7 @@ async def test_reads_by_cookie_need_no_csrf_proof(api: Api) -> None:
 
 def _unsafe_routes(api: Api) -> list[tuple[str, str]]:
     app = create_app(api.runtime.services, api.runtime.settings)
+    install_pending(app)  # the panel is installed on its first request
     found = []
     for route in leaf_routes(app.router):
         if not isinstance(route, Route):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -100,3 +101,34 @@ async def test_an_up_to_date_database_is_told_apart_without_alembic(
     out, _ = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0
     assert out.decode().strip() == "[]", out
+
+
+def test_the_postgresql_dialect_stays_off_sqlite_and_the_partial_index_keeps_its_where(
+    tmp_path: Path,
+) -> None:
+    # store/tables.py gives the partial index its PostgreSQL WHERE only when a PostgreSQL
+    # engine is made: declaring it loads SQLAlchemy's PostgreSQL dialect (~25 ms at start-up).
+    probe = (
+        "import sys\n"
+        "from sqlalchemy.schema import CreateIndex\n"
+        "from vpsnap.store import tables\n"
+        "from vpsnap.store.sql import create_engine\n"
+        "create_engine('sqlite+aiosqlite:///' + sys.argv[1])\n"
+        "print('sqlalchemy.dialects.postgresql' in sys.modules)\n"
+        "engine = create_engine(sys.argv[2])\n"
+        "index = next(i for i in tables.jobs.indexes if i.name == 'ix_jobs_unfinished_vps')\n"
+        "print(str(CreateIndex(index).compile(dialect=engine.sync_engine.dialect)).strip())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "p.db"), PG_URL],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    sqlite_loaded_it, ddl = done.stdout.strip().splitlines()
+    assert sqlite_loaded_it == "False"
+    assert ddl == (
+        "CREATE INDEX ix_jobs_unfinished_vps ON jobs (vps_id) "
+        "WHERE status IN ('queued', 'in_progress', 'pending')"
+    )

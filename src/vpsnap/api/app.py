@@ -30,7 +30,7 @@ from vpsnap.api.routes import (
     webhooks,
 )
 from vpsnap.api.trust import HostPolicy
-from vpsnap.dashboard.web import html_errors_for_browsers
+from vpsnap.dashboard.browsers import html_errors_for_browsers
 from vpsnap.domain.errors import DomainError
 from vpsnap.rate_counter import RateCounter
 from vpsnap.services.container import Services

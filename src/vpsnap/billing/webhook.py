@@ -16,7 +16,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import structlog
 
 from vpsnap import __version__
@@ -89,6 +88,8 @@ class WebhookBillingGateway:
         await self._deliver(event_payload(SLOTS_CHANGE_ABORTED_EVENT, change, reason=reason))
 
     async def _deliver(self, payload: dict[str, Any]) -> None:
+        import httpx  # noqa: PLC0415 - not at start-up: ~40-60 ms of imports (rich, pygments, idna)
+
         body = json.dumps(payload, separators=(",", ":"))
         headers = {
             "Content-Type": "application/json",
@@ -130,6 +131,8 @@ def billing_gateway(settings: Settings, clock: Clock | None = None) -> BillingGa
     url = settings.billing_webhook_url
     if not url:
         return NoBillingGateway()
+    import httpx  # noqa: PLC0415 - only when billing is configured (see _deliver)
+
     try:
         parsed = httpx.URL(url)
     except httpx.InvalidURL as exc:

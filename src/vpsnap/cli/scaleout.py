@@ -16,6 +16,7 @@ import uvicorn
 from vpsnap.api.app import create_app
 from vpsnap.api.openapi import VpsnapApi
 from vpsnap.cli.health import health_endpoint
+from vpsnap.cli.heap import resume_collector
 from vpsnap.cli.processes import Server, stop_on_signals
 from vpsnap.logging import configure_logging
 from vpsnap.runtime import Role, Runtime
@@ -49,6 +50,8 @@ async def run_api(settings: Settings) -> None:
     stopping = asyncio.Event()
     with stop_on_signals(stopping, server):
         async with runtime.api_process():
+            # Everything the start-up made lives as long as the process (cli/heap.py).
+            resume_collector(freeze=True)
             log.info("api_started", host=settings.host, port=settings.port)
             try:
                 await server.serve()

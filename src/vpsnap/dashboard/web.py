@@ -290,28 +290,3 @@ class DashboardRoute(APIRoute):
             return response
 
         return handler
-
-
-# Paths whose errors stay problem documents whatever the client accepts.
-_MACHINE_PREFIXES = ("/api/", "/openapi.json", "/metrics", "/healthz", "/readyz", "/errors")
-ExceptionHandler = Callable[[Request, Exception], Coroutine[Any, Any, Response]]
-
-
-def wants_page(request: Request) -> bool:
-    """A browser navigating the panel (``Accept: text/html``) outside the machine paths."""
-    if request.url.path.startswith(_MACHINE_PREFIXES):
-        return False
-    return "text/html" in request.headers.get("accept", "")
-
-
-def html_errors_for_browsers(problem_handler: ExceptionHandler) -> ExceptionHandler:
-    """Wrap the app's handler of routing errors (unknown path, wrong method): a browser on a
-    panel path gets the panel's page; every other client keeps the problem document."""
-
-    async def handler(request: Request, exc: Exception) -> Response:
-        status = getattr(exc, "status_code", 500)
-        if wants_page(request) and status in (404, 405):
-            return error_page(request, status)
-        return await problem_handler(request, exc)
-
-    return handler

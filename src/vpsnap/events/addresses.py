@@ -19,8 +19,10 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,6 +71,8 @@ async def lookup(host: str, port: int) -> list[IpAddress]:
 
 def parse_url(url: str) -> httpx.URL:
     """The URL if it can be a webhook at all (http or https, a host, no credentials)."""
+    import httpx  # noqa: PLC0415 - not at start-up: ~40-60 ms of imports (rich, pygments, idna)
+
     if len(url) > MAX_URL_LENGTH:
         raise AddressRefused(f"The URL is longer than {MAX_URL_LENGTH} characters.")
     try:

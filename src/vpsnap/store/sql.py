@@ -64,6 +64,7 @@ from vpsnap.store.sqlite_connection import (
 )
 from vpsnap.store.tables import (
     accounts,
+    add_postgresql_options,
     api_keys,
     idempotency_records,
     jobs,
@@ -275,6 +276,7 @@ def create_engine(
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+    add_postgresql_options()  # the tables' PostgreSQL-only options (store/tables.py)
     connect_args: dict[str, Any] = {}
     if schema is not None:
         connect_args["server_settings"] = {"search_path": schema}

@@ -182,12 +182,29 @@ sa.Index("ix_jobs_vps_created_at", jobs.c.vps_id, jobs.c.created_at)
 # Migration 0014 (issue 15): "does this VPS have an unfinished job?" is asked by every enqueue,
 # sweep and reconcile; a partial index holds only the few unfinished jobs, whatever the history.
 _UNFINISHED_STATUSES = "status IN ('queued', 'in_progress', 'pending')"
-sa.Index(
+# Its PostgreSQL WHERE is added by add_postgresql_options(), when a PostgreSQL engine is made.
+_UNFINISHED_VPS_INDEX = sa.Index(
     "ix_jobs_unfinished_vps",
     jobs.c.vps_id,
     sqlite_where=sa.text(_UNFINISHED_STATUSES),
-    postgresql_where=sa.text(_UNFINISHED_STATUSES),
 )
+
+
+def add_postgresql_options() -> None:
+    """Give the tables their PostgreSQL-only options (the partial index's ``postgresql_where``;
+    migration 0014 has the same). Called whenever a PostgreSQL engine is made
+    (``store/sql.create_engine``) and by the migrations' environment on a PostgreSQL
+    connection; idempotent.
+
+    Not declared with the index: SQLAlchemy checks a ``postgresql_*`` argument's name against
+    its PostgreSQL dialect, which it imports to do so (~25 ms of CPU at every start of an
+    SQLite server, which never uses it; docs/performance.md, "Start-up and pacing"). SQLite's
+    ``sqlite_where`` costs nothing: that dialect is loaded anyway.
+    """
+    options = _UNFINISHED_VPS_INDEX.dialect_options["postgresql"]
+    if options["where"] is None:
+        options["where"] = sa.text(_UNFINISHED_STATUSES)
+
 
 nodes = sa.Table(
     "nodes",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from alembic import context
 
-from vpsnap.store.tables import metadata
+from vpsnap.store.tables import add_postgresql_options, metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:
     raise RuntimeError("run migrations through `vpsnap admin db upgrade` or vpsnap.store.migrate")
+if connection.dialect.name == "postgresql":
+    add_postgresql_options()
 
 context.configure(
     connection=connection,
