@@ -82,7 +82,7 @@ def check_cookie_csrf(request: Request, session_token: str) -> None:
     )
 
 
-async def authenticated(request: Request, services: ServicesDep) -> Principal:
+async def authenticated(request: Request) -> Principal:
     """The caller: an API key (``Authorization: Bearer`` / ``X-API-Key``) when one is sent,
     else the dashboard session cookie with its role's scopes (and the CSRF check on changes).
 
@@ -99,6 +99,8 @@ async def authenticated(request: Request, services: ServicesDep) -> Principal:
             raise error or Unauthorized(_NO_CREDENTIAL)
         token = presented_session(request) if state.get(SESSION_CONTEXT) is not None else None
     else:
+        # No sub-dependency for the services: each one FastAPI solves costs per request.
+        services = services_of(request)
         credential = presented_credential(request.scope)
         token = None
         if credential is not None:
