@@ -5,6 +5,7 @@ the domain objects what was stored, on both databases."""
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -208,3 +209,17 @@ def test_a_column_type_the_raw_decoder_does_not_know_is_refused() -> None:
     table = sa.Table("odd", sa.MetaData(), sa.Column("x", sa.Numeric()))
     with pytest.raises(TypeError, match="does not decode"):
         sql._RawSelect(sa.select(table), table)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a": [1, 2.5, null, "☃"]}', "[]", '"text"', "3", "true", "null", ' {"a": 1} ', "[1]\n"],
+)
+def test_json_text_decodes_as_json_loads(text: str) -> None:
+    assert sql._text_json(text) == json.loads(text)
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1] [2]", "nul", "{'a': 1}"])
+def test_json_text_that_is_not_json_raises_as_json_loads(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError):
+        sql._text_json(text)

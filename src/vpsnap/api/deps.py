@@ -125,8 +125,13 @@ _NO_CREDENTIAL = (
 CallerDep = Annotated[Principal, Depends(authenticated)]
 
 
-def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: CallerDep) -> Principal:
+def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller (``authenticated``), refused unless it holds ``scope``."""
+
+    # ``authenticated`` is called, not declared as a sub-dependency: FastAPI solves each
+    # dependency level per request (docs/performance.md, "Reads"). No route needs both.
+    async def check(request: Request) -> Principal:
+        principal = await authenticated(request)
         if not principal.has(scope):
             holder = "Your dashboard role" if principal.user_id else "This API key"
             raise Forbidden(

@@ -175,10 +175,23 @@ def _naive_timestamp(value: datetime | None) -> datetime | None:
     return None if value is None else value.replace(tzinfo=UTC)
 
 
+# The decoder's C scanner (typeshed does not declare the attribute).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
 def _text_json(value: str | None) -> Any:
     # SQLAlchemy's JSON type stores Python None as the JSON text "null" (most of a row's JSON
     # columns): not worth a parse.
-    return None if value is None or value == "null" else json.loads(value)
+    if value is None or value == "null":
+        return None
+    # json.loads' C scanner without its wrapper (two whitespace matches per call): SQLAlchemy
+    # writes json.dumps' output, one value and nothing around it; anything else goes the
+    # long way, with json.loads' errors.
+    try:
+        found, end = _scan_json(value, 0)
+    except StopIteration:
+        return json.loads(value)
+    return found if end == len(value) else json.loads(value)
 
 
 def _int_boolean(value: int | None) -> bool | None:
