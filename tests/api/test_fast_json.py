@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import TypeAdapter
@@ -30,6 +30,7 @@ from vpsnap.api.schemas import (
     VpsOut,
     VpsPageOut,
 )
+from vpsnap.domain.clock import format_timestamp
 from vpsnap.domain.model import (
     Billing,
     Consistency,
@@ -271,3 +272,22 @@ async def test_the_routes_answer_json_with_the_models_shape(api: Api) -> None:
     assert snaps.headers["content-type"] == "application/json"
     listing = SnapshotListOut.model_validate_json(snaps.content)
     assert snaps.content == _fastapi_bytes(SnapshotListOut, listing)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        NOW,
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2025, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 30, 0, 1000, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+        datetime(9999, 12, 31, 23, 59, 59, 999, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=timezone(timedelta(hours=14))),
+    ],
+)
+def test_the_contract_timestamp_form(moment: datetime) -> None:
+    # The form as it was written with strftime: UTC, milliseconds truncated, "Z".
+    utc = moment.astimezone(UTC)
+    want = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    assert format_timestamp(moment) == want
+    assert len(want) == 24
