@@ -223,3 +223,11 @@ def test_json_text_decodes_as_json_loads(text: str) -> None:
 def test_json_text_that_is_not_json_raises_as_json_loads(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
         sql._text_json(text)
+
+
+async def test_a_vps_with_its_snapshots_in_one_read(store: SqlStore) -> None:
+    stored, snaps = await _fill(store)
+    async with store.transaction(read_only=True, small=True) as tx:
+        assert await tx.get_vps_with_snapshots("vps_02") == (stored[1], snaps)
+        assert await tx.get_vps_with_snapshots("vps_01") == (stored[0], [])  # none: one row
+        assert await tx.get_vps_with_snapshots("vps_missing") is None
