@@ -244,6 +244,15 @@ def log_tail(path: Path, lines: int = SERVER_LOG_TAIL_LINES) -> str:
 @contextmanager
 def running_server(data_dir: Path, port: int, env: dict[str, str], log_path: Path) -> Iterator[str]:
     """``vpsnap serve`` for the duration of the block; yields its base URL."""
+    with serve_process(data_dir, port, env, log_path) as (base_url, _):
+        yield base_url
+
+
+@contextmanager
+def serve_process(
+    data_dir: Path, port: int, env: dict[str, str], log_path: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``running_server`` that also yields the process (for its pid: ``process_cpu_s``)."""
     base_url = f"http://127.0.0.1:{port}"
     cmd = [
         *vpsnap_command(),
@@ -261,12 +270,69 @@ def running_server(data_dir: Path, port: int, env: dict[str, str], log_path: Pat
         process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_healthy(process, base_url)
-        yield base_url
+        yield base_url, process
     except (BenchError, httpx.HTTPError) as exc:
         # Whatever went wrong with the server, its own log is the first thing to read.
         raise BenchError(f"{exc}\nlast lines of the server log:\n{log_tail(log_path)}") from exc
     finally:
         stop(process)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessCpu:
+    """CPU seconds of a process from ``/proc/PID/stat``: its own (every thread), and that of
+    its children it has waited for (``qemu-img``). Clock-tick resolution (10 ms): read the
+    difference over many operations, not one."""
+
+    own_s: float
+    children_s: float
+
+    def __sub__(self, other: ProcessCpu) -> ProcessCpu:
+        return ProcessCpu(self.own_s - other.own_s, self.children_s - other.children_s)
+
+
+def process_cpu_s(pid: int) -> ProcessCpu:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # After the command: state is field 3, utime 14, stime 15, cutime 16, cstime 17 (proc(5)).
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    tick = os.sysconf("SC_CLK_TCK")
+    return ProcessCpu((utime + stime) / tick, (cutime + cstime) / tick)
+
+
+BENCH_POSTGRES_URL = os.environ.get(
+    "VPSNAP_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1/test"
+)
+
+
+@contextmanager
+def private_postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the server of ``VPSNAP_BENCH_POSTGRES_URL`` (default
+    the local ``test`` database's) for the block, dropped afterwards; yields its URL."""
+    import asyncio  # noqa: PLC0415
+    import secrets  # noqa: PLC0415
+
+    import sqlalchemy as sa  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+
+    async def admin(statement: str) -> None:
+        engine = create_async_engine(BENCH_POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(sa.text(statement))
+        finally:
+            await engine.dispose()
+
+    name = f"vpsnap_bench_{secrets.token_hex(4)}"
+    try:
+        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        raise BenchError(
+            f"could not create a PostgreSQL database at {BENCH_POSTGRES_URL}: {exc}"
+        ) from exc
+    try:
+        yield BENCH_POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def wait_healthy(process: subprocess.Popen[bytes], base_url: str) -> None:

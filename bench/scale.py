@@ -17,6 +17,9 @@ the disk side of reconciliation is the real qcow2 reader on real files), and mea
   both see the same load; ``% of bare`` is bare p50 / vpsnap p50);
 - reconciliation of the node: the first pass, an unchanged pass, and a pass after 1 % of the
   disks changed (their mtime moved: the reconciler must read them again);
+- the node's power-state pass (the observer's refresh over every VPS, real QEMU driver, no VM
+  running: each state is whether the VPS's disk files exist), unpaced, three times, wall and
+  CPU seconds;
 - the retention sweep of every snapshot (all expired: the clock is moved 3 days ahead),
   enqueue only, while a reader lists snapshots (its p99 shows whether the sweep holds a lock
   the API needs), then checks that every snapshot is ``deleting`` and covered by a job; the
@@ -76,7 +79,7 @@ LIST_P99_TARGET_MS = 10.0
 STARTUP_TARGET_S = 2.0
 
 
-PHASES = ("reads", "reconcile", "startup", "sweep")
+PHASES = ("reads", "reconcile", "power", "startup", "sweep")
 
 
 class FixedClock:
@@ -110,6 +113,9 @@ class Result:
     reads: dict[str, dict[str, float]] = field(default_factory=dict)
     reconcile: dict[str, float] = field(default_factory=dict)
     reconcile_findings: dict[str, int] = field(default_factory=dict)
+    # The node's power-state pass (unpaced, nothing changed): wall and this process's CPU
+    # seconds, per run.
+    power: list[tuple[float, float]] = field(default_factory=list)
     swept: bool = False
     sweep_s: float = 0.0
     sweep_jobs: int = 0
@@ -397,6 +403,25 @@ async def measure_reconcile(
     return times, findings
 
 
+# -- power states -------------------------------------------------------------------------------
+
+
+async def measure_power(runtime: Any, runs: int = 3) -> list[tuple[float, float]]:
+    """The node observer's power-state pass over every VPS (the real QEMU driver: no VM runs,
+    so each VPS's state is whether its disk files exist), unpaced (outside the scheduler),
+    ``runs`` times: (wall seconds, CPU seconds of this process) each. Nothing changes between
+    passes, so each reads every VPS and writes nothing."""
+    observer = runtime.observer()
+    times = []
+    for _ in range(runs):
+        wall, cpu = time.perf_counter(), time.process_time()
+        changed = await observer.refresh_power_states()
+        times.append((time.perf_counter() - wall, time.process_time() - cpu))
+        if changed:
+            raise BenchError(f"the power-state pass changed {changed} states (expected none)")
+    return times
+
+
 # -- sweep --------------------------------------------------------------------------------------
 
 
@@ -591,6 +616,9 @@ async def run_one(
             result.reconcile, result.reconcile_findings = await measure_reconcile(
                 runtime, disks, clock
             )
+        if "power" in args.phases:
+            progress(f"[{backend} {size.label}] power-state pass")
+            result.power = await measure_power(runtime)
         if startup and "startup" in args.phases:
             progress(f"[{backend} {size.label}] start-up of vpsnap serve")
             await store.dispose()
@@ -709,6 +737,18 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
                 rows,
             )
         )
+    rows = [
+        [
+            f"{r.backend} {r.size.label}",
+            ", ".join(f"{wall:.2f}" for wall, _ in r.power),
+            ", ".join(f"{cpu:.2f}" for _, cpu in r.power),
+        ]
+        for r in results
+        if r.power
+    ]
+    if rows:
+        print("\npower-state pass, unpaced, nothing changed (seconds, each run)")
+        print(render_table(["database VPS/snapshots", "wall", "CPU"], rows))
     for r in results:
         if r.startup:
             s = r.startup
@@ -873,6 +913,7 @@ def main(argv: list[str] | None = None) -> int:
                         "reads_ms": r.reads,
                         "reconcile_s": r.reconcile,
                         "reconcile_findings": r.reconcile_findings,
+                        "power_pass_s": [{"wall": w, "cpu": c} for w, c in r.power],
                         "sweep_s": r.sweep_s,
                         "sweep_jobs": r.sweep_jobs,
                         "sweep_reader_p99_ms": r.sweep_reader_p99_ms,

@@ -2,13 +2,15 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/snapshot_latency.py [--iterations N] [--keep]
+    .venv/bin/python bench/snapshot_latency.py [--iterations N] [--database postgres] [--keep]
 
 For a small (2 GiB) and a huge (1 TiB) virtual disk holding the same amount of data, it
 measures how long a client waits for a snapshot through the vpsnap HTTP API (POST, then
 long-poll the job until ``completed``), how long ``qemu-img snapshot -c`` alone takes on an
 identical image, and how long a naive full copy of the image file takes. It prints a table,
 checks the latency targets and writes the figures to ``bench/results/snapshot_latency.json``.
+It also reports the server's CPU per snapshot create (its own, and that of the ``qemu-img`` it
+ran), on SQLite (the default) or a PostgreSQL database of its own (``--database postgres``).
 
 Exit status: 0 when the benchmark ran (targets may still be MISSED; the output says so), 1
 when it could not run (missing tools, server failed to start, a job failed, ...).
@@ -17,9 +19,11 @@ when it could not run (missing tools, server failed to start, a job failed, ...)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,7 @@ from common import (
     MIB,
     TIB,
     BenchSpec,
+    ProcessCpu,
     Summary,
     Target,
     VpsnapSample,
@@ -45,11 +50,13 @@ from common import (
     make_image,
     positive,
     print_targets,
+    private_postgres_database,
+    process_cpu_s,
     progress,
     render_table,
     report_json,
     run,
-    running_server,
+    serve_process,
     server_env,
     timed_ms,
 )
@@ -81,6 +88,8 @@ class SizeResult:
     qemu_img_ms: list[float] = field(default_factory=list)
     qemu_img_info_ms: list[float] = field(default_factory=list)
     cp_ms: list[float] = field(default_factory=list)
+    # The server's CPU over each timed create (POST to the long-poll's answer), seconds.
+    create_cpu: list[ProcessCpu] = field(default_factory=list)
 
     @property
     def vpsnap_ms(self) -> list[float]:
@@ -123,11 +132,14 @@ class Subject:
     result: SizeResult
     vps_id: str
     bare_image: Path
+    server_pid: int
 
 
 def measure_round(client: httpx.Client, subject: Subject, name: str, *, keep: bool) -> None:
     """One vpsnap snapshot and one bare qemu-img snapshot, each removed again untimed."""
+    cpu_before = process_cpu_s(subject.server_pid)
     sample = create_snapshot(client, subject.vps_id, {"name": name})
+    create_cpu = process_cpu_s(subject.server_pid) - cpu_before
     delete_snapshot(client, subject.vps_id, name)
 
     bare_ms = timed_ms(["qemu-img", "snapshot", "-c", name, subject.bare_image])
@@ -136,6 +148,7 @@ def measure_round(client: httpx.Client, subject: Subject, name: str, *, keep: bo
     info_ms = timed_ms(["qemu-img", "info", "--output=json", "-U", subject.bare_image])
 
     if keep:
+        subject.result.create_cpu.append(create_cpu)
         subject.result.vpsnap.append(sample)
         subject.result.qemu_img_ms.append(bare_ms)
         subject.result.qemu_img_info_ms.append(info_ms)
@@ -174,30 +187,44 @@ def prepare_images(workdir: Path, data_mib: int) -> tuple[dict[str, Path], dict[
     return served, bare
 
 
-def benchmark(args: argparse.Namespace, workdir: Path) -> list[SizeResult]:
+IDLE_CPU_WINDOW_S = 3.0
+
+
+def benchmark(args: argparse.Namespace, workdir: Path) -> tuple[list[SizeResult], float]:
+    """Per size its samples; and the server's CPU per second while idle (its background work:
+    the share of the per-create CPU that is not the create's)."""
     plan = Plan(args.iterations, args.warmup, args.cp_iterations)
     served, bare = prepare_images(workdir, args.data_mib)
 
-    env = server_env()
-    data_dir = workdir / "vpsnap-data"
-    progress("registering account, key and VPSes with the admin CLI ...")
-    key, vps_ids = register(data_dir, served, env)
-    subjects = [
-        Subject(SizeResult(label, size), vps_ids[label], bare[label]) for label, size in SIZES
-    ]
+    with contextlib.ExitStack() as stack:
+        extra = {}
+        if args.database == "postgres":
+            progress("creating a PostgreSQL database of the run's own ...")
+            extra["VPSNAP_DATABASE_URL"] = stack.enter_context(private_postgres_database())
+        env = server_env(extra)
+        data_dir = workdir / "vpsnap-data"
+        progress("registering account, key and VPSes with the admin CLI ...")
+        key, vps_ids = register(data_dir, served, env)
 
-    progress("starting vpsnap serve ...")
-    with (
-        running_server(data_dir, free_port(), env, workdir / "server.log") as base_url,
-        api_client(base_url, key) as client,
-    ):
+        progress(f"starting vpsnap serve on {args.database} ...")
+        base_url, server = stack.enter_context(
+            serve_process(data_dir, free_port(), env, workdir / "server.log")
+        )
+        client = stack.enter_context(api_client(base_url, key))
+        subjects = [
+            Subject(SizeResult(label, size), vps_ids[label], bare[label], server.pid)
+            for label, size in SIZES
+        ]
         progress(f"snapshots: {plan.warmup} warm-up + {plan.iterations} rounds per size ...")
         measure_snapshots(plan, client, subjects)
+        idle_before = process_cpu_s(server.pid)
+        time.sleep(IDLE_CPU_WINDOW_S)
+        idle_cpu_per_s = (process_cpu_s(server.pid) - idle_before).own_s / IDLE_CPU_WINDOW_S
 
     for subject in subjects:
         progress(f"copying the {subject.result.label} image {plan.cp_iterations} times ...")
         measure_copies(plan, subject.result, subject.bare_image, workdir)
-    return [subject.result for subject in subjects]
+    return [subject.result for subject in subjects], idle_cpu_per_s
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -216,6 +243,10 @@ class Figures:
     outside_job: Summary
     polls_median: float
     qemu_img_info: Summary
+    # Means over the timed creates (clock ticks are too coarse for a median), milliseconds.
+    server_cpu_ms: float
+    children_cpu_ms: float
+    vpsnap_mean_ms: float
 
     @classmethod
     def of(cls, result: SizeResult) -> Figures:
@@ -229,6 +260,9 @@ class Figures:
             outside_job=Summary.of([s.outside_job_ms for s in result.vpsnap]),
             polls_median=statistics.median(s.polls for s in result.vpsnap),
             qemu_img_info=Summary.of(result.qemu_img_info_ms),
+            server_cpu_ms=1000 * statistics.fmean(c.own_s for c in result.create_cpu),
+            children_cpu_ms=1000 * statistics.fmean(c.children_s for c in result.create_cpu),
+            vpsnap_mean_ms=statistics.fmean(result.vpsnap_ms),
         )
 
     @property
@@ -302,6 +336,21 @@ def breakdown_table(figures: Sequence[Figures]) -> str:
     return render_table(headers, rows)
 
 
+def cpu_table(figures: Sequence[Figures], idle_cpu_per_s: float) -> str:
+    headers = ["virtual size", "server CPU", "of it idle work", "qemu-img CPU", "wall time"]
+    rows = [
+        [
+            f.label,
+            fmt_ms(f.server_cpu_ms),
+            fmt_ms(idle_cpu_per_s * f.vpsnap_mean_ms),
+            fmt_ms(f.children_cpu_ms),
+            fmt_ms(f.vpsnap_mean_ms),
+        ]
+        for f in figures
+    ]
+    return render_table(headers, rows)
+
+
 def check_targets(small: Figures, large: Figures) -> list[Target]:
     targets = [
         Target(
@@ -324,7 +373,10 @@ def check_targets(small: Figures, large: Figures) -> list[Target]:
 
 
 def report(
-    args: argparse.Namespace, machine: dict[str, Any], results: Sequence[SizeResult]
+    args: argparse.Namespace,
+    machine: dict[str, Any],
+    results: Sequence[SizeResult],
+    idle_cpu_per_s: float,
 ) -> dict[str, Any]:
     """Print the report; return it as a JSON-ready dict."""
     figures = [Figures.of(r) for r in results]
@@ -337,7 +389,8 @@ def report(
     )
     print(
         f"run: {args.iterations} iterations (+{args.warmup} warm-up) per size, "
-        f"{args.cp_iterations} copies, {args.data_mib} MiB written to each image; times in ms"
+        f"{args.cp_iterations} copies, {args.data_mib} MiB written to each image, "
+        f"database {args.database}; times in ms"
     )
     print()
     print(main_table(figures))
@@ -349,13 +402,20 @@ def report(
     print("where vpsnap's time goes (medians, ms; job times from the job's own timestamps):")
     print(breakdown_table(figures))
     print()
+    print(
+        "server CPU per create (means, ms; /proc/PID/stat, POST to the answer; 'idle work' is "
+        "the server's idle CPU rate times the create's wall time):"
+    )
+    print(cpu_table(figures, idle_cpu_per_s))
+    print()
     print_targets(targets)
 
     return report_json(
         args,
         machine,
-        {"cp_iterations": args.cp_iterations},
+        {"cp_iterations": args.cp_iterations, "database": args.database},
         targets,
+        idle_server_cpu_ms_per_s=round(idle_cpu_per_s * 1000, 3),
         sizes=[size_json(r, f) for r, f in zip(results, figures, strict=True)],
         ratios_large_over_small={
             "vpsnap": large.vpsnap.median / small.vpsnap.median,
@@ -381,6 +441,10 @@ def size_json(result: SizeResult, f: Figures) -> dict[str, Any]:
             "polls_median": f.polls_median,
             "bare_qemu_img_info": f.qemu_img_info.as_dict(),
         },
+        "server_cpu_per_create_ms": {
+            "own": round(f.server_cpu_ms, 3),
+            "qemu_img_children": round(f.children_cpu_ms, 3),
+        },
         "samples_ms": {
             "vpsnap": [round(v, 3) for v in result.vpsnap_ms],
             "qemu_img": [round(v, 3) for v in result.qemu_img_ms],
@@ -405,11 +469,19 @@ def size_json(result: SizeResult, f: Figures) -> dict[str, Any]:
 def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=positive, default=30, help="timed snapshots per size")
     parser.add_argument("--cp-iterations", type=positive, default=5, help="timed copies per size")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="the server's database: SQLite in its data dir, or a PostgreSQL database of the "
+        "run's own at VPSNAP_BENCH_POSTGRES_URL's server (created and dropped)",
+    )
 
 
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     machine = machine_context(workdir)
-    return report(args, machine, benchmark(args, workdir))
+    results, idle_cpu_per_s = benchmark(args, workdir)
+    return report(args, machine, results, idle_cpu_per_s)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,10 @@ class Runtime:
         store: SqlStore | None = None,
     ) -> Runtime:
         clock = clock or SystemClock()
-        store = store or SqlStore.from_url(settings.resolved_database_url())
+        store = store or SqlStore.from_url(
+            settings.resolved_database_url(),
+            busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
+        )
         if driver is None and role in (Role.EMBEDDED, Role.AGENT, Role.ADMIN):
             driver = DispatchingDriver(
                 qemu_driver_for(settings),

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         default=None,
         description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/vpsnap.db",
     )
+    sqlite_busy_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="SQLite: how long a write waits for another writer's lock before it gives "
+        "up (the API then answers 503 database_unavailable)",
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     public_base_url: str | None = Field(

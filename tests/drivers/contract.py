@@ -6,7 +6,9 @@ fixture; this module itself is not collected.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -31,6 +33,20 @@ class DriverEnv:
     """Overwrite the VPS's data (every disk) with a pattern."""
     holds: Callable[[int], Awaitable[bool]]
     """Whether the VPS's data (every disk) is exactly that pattern."""
+
+
+async def _one_by_one(driver: HypervisorDriver, vps: Vps) -> PowerState | Exception:
+    try:
+        return await driver.power_state(vps)
+    except Exception as exc:  # compared with the batch's answer
+        return exc
+
+
+def _answer(state: PowerState | Exception) -> object:
+    """A state, or an error's type and what it tells the customer."""
+    if isinstance(state, Exception):
+        return type(state), getattr(state, "detail", str(state))
+    return state
 
 
 def names(points: list[RestorePoint]) -> list[str]:
@@ -70,6 +86,21 @@ class DriverContract:
         self, driver_env: DriverEnv
     ) -> None:
         assert await driver_env.driver.power_state(driver_env.vps) is PowerState.STOPPED
+
+    async def test_power_states_of_a_page_answer_as_power_state_does(
+        self, driver_env: DriverEnv, tmp_path: Path
+    ) -> None:
+        env = driver_env
+        # The same VPS twice and one whose disk file is not there (same machine, if any).
+        missing = dataclasses.replace(
+            env.vps, id="vps_01hzzzzzzzzzzzzzzzzzzzzzzz", disks=(str(tmp_path / "gone.qcow2"),)
+        )
+        page = [env.vps, missing, env.vps]
+        expected = [await _one_by_one(env.driver, v) for v in page]
+        got = await env.driver.power_states(page)
+        assert [_answer(a) for a in got] == [_answer(e) for e in expected]
+        assert got[0] is PowerState.STOPPED
+        assert await env.driver.power_states([]) == []
 
     async def test_list_is_ordered_by_creation(self, driver_env: DriverEnv) -> None:
         env = driver_env
@@ -227,6 +258,7 @@ class LiveDriverContract:
         assert taken.consistency is Consistency.CRASH
         assert taken.includes_memory_state is False
         assert await env.driver.power_state(env.vps) is PowerState.RUNNING
+        assert await env.driver.power_states([env.vps]) == [PowerState.RUNNING]
         [point] = await env.driver.list_restore_points(env.vps)
         assert (point.name, point.disks, point.vm_state_size) == ("live", env.vps.disks, 0)
 

@@ -218,6 +218,27 @@ async def test_a_missing_domain_is_a_clear_hypervisor_error(
         assert caught.value.code == "vm_config_changed"
 
 
+async def test_a_page_of_power_states_answers_each_domain_on_its_own(
+    lab: LibvirtLab, libvirt_driver: LibvirtDriver, make_disks: DiskFactory, tmp_path: Path
+) -> None:
+    here = lab.define(await make_disks(1)).vps()
+    up = (await running(lab, make_disks)).vps()
+    gone = dataclasses.replace(here, machine=LibvirtDomain(URI, "no-such-domain"))
+    unreachable = dataclasses.replace(
+        here, machine=LibvirtDomain(f"qemu:///system?socket={tmp_path}/no.sock", "x")
+    )
+
+    states = await libvirt_driver.power_states([here, gone, up, unreachable, here])
+
+    # A missing domain and an unreachable libvirtd fail only their own VPS, with the error
+    # power_state raises for it.
+    assert states[0] is states[4] is PowerState.STOPPED
+    assert states[2] is PowerState.RUNNING
+    assert isinstance(states[1], VmConfigChanged)
+    assert isinstance(states[3], HypervisorError)
+    assert states[3].code == "hypervisor_unavailable"
+
+
 async def test_an_unreachable_libvirt_is_a_hypervisor_error(
     libvirt_driver: LibvirtDriver, lab: LibvirtLab, make_disks: DiskFactory, tmp_path: Path
 ) -> None:
@@ -337,5 +358,6 @@ async def test_a_hung_libvirtd_is_bounded_by_the_timeouts() -> None:
     )
 
     assert await driver.power_state(vps) is PowerState.UNKNOWN
+    assert await driver.power_states([vps, vps]) == [PowerState.UNKNOWN, PowerState.UNKNOWN]
     with pytest.raises(HypervisorError, match=r"did not answer within 0\.2s"):
         await driver.create_snapshot(vps, SnapshotRequest(name="s"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from vpsnap.domain.errors import (
     SnapshotNotFound,
     VpsNotReady,
 )
-from vpsnap.domain.model import PowerState
+from vpsnap.domain.model import LaunchSpec, LibvirtDomain, PowerState, QmpAttachment
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers.qemu import QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
@@ -357,3 +358,48 @@ async def test_write_to_a_locked_image_is_vps_not_ready(
     async with held_open(disk):
         with pytest.raises(VpsNotReady):
             await qemu_img.write_pattern(disk, 0, BLOCK, 0x11)
+
+
+# -- power states of a page (the node's periodic pass) ------------------------------------------
+
+
+async def test_power_states_of_a_page_take_one_thread_hop_and_answer_as_power_state(
+    qemu_img: QemuImg, make_disks: DiskFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = QemuDriver(qemu_img)  # no data dir: a managed VM cannot be reached
+    disks = await make_disks(2)
+    missing = str(tmp_path / "missing.qcow2")
+    page = [
+        make_vps((disks[0],), "vps-ok"),
+        make_vps((disks[0], missing), "vps-one-disk-gone"),
+        make_vps((), "vps-no-disks"),
+        make_vps((disks[1],), "vps-managed", machine=LaunchSpec(memory_mib=64, cpus=1)),
+        make_vps((disks[1],), "vps-attached", machine=QmpAttachment(str(tmp_path / "no.sock"))),
+        make_vps((disks[1],), "vps-libvirt", machine=LibvirtDomain("qemu:///system", "d")),
+        *(make_vps((disks[i % 2],), f"vps-{i}") for i in range(50)),
+    ]
+    expected: list[object] = []
+    for vps in page:
+        try:
+            expected.append(await driver.power_state(vps))
+        except HypervisorError as exc:
+            expected.append((type(exc), exc.detail))
+
+    hops = 0
+    to_thread = asyncio.to_thread
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await to_thread(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    got = await driver.power_states(page)
+
+    assert [(type(s), s.detail) if isinstance(s, HypervisorError) else s for s in got] == expected
+    assert got[:3] == [PowerState.STOPPED, PowerState.ERROR, PowerState.ERROR]
+    assert got[4] is PowerState.STOPPED  # no VM answers on the socket: its disks decide
+    assert isinstance(got[3], HypervisorError)
+    assert isinstance(got[5], HypervisorError)
+    # One hop for the page; the attachment whose monitor is gone reads its disk on its own.
+    assert hops == 2

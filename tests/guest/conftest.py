@@ -307,16 +307,26 @@ class Guest:
         [snapshot] = [s for s in listed.json()["data"] if s["name"] == name]
         return job, snapshot
 
-    async def wait_serial(self, text: str, *, after: str, timeout: float) -> str:
-        """Wait until ``text`` appears on the serial console after the line ``after``; returns
-        the console output since ``after``."""
+    async def wait_serial(self, text: str, *, after: str | tuple[str, ...], timeout: float) -> str:
+        """Wait until ``text`` appears on the serial console after the line(s) ``after`` (a
+        tuple: each after the one before it); returns the console output since the last of them.
+
+        A marker not yet on the console means "not yet", never "the whole console": a line the
+        guest printed before the marker must not satisfy the wait.
+        """
+        markers = (after,) if isinstance(after, str) else after
         deadline = time.monotonic() + timeout
         while True:
-            since = self.serial().split(after, 1)[-1]
-            if text in since:
+            since: str | None = self.serial()
+            for marker in markers:
+                parts = since.split(marker, 1) if since is not None else []
+                since = parts[1] if len(parts) == 2 else None
+            if since is not None and text in since:
                 return since
             if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not on the serial console within {timeout:g}s")
+                raise AssertionError(
+                    f"{text!r} not on the serial console after {markers!r} within {timeout:g}s"
+                )
             await asyncio.sleep(0.2)
 
     async def power_state(self) -> str:

@@ -11,6 +11,7 @@ from vpsnap.domain.auth import Principal
 from vpsnap.domain.errors import JobNotFound
 from vpsnap.domain.model import JobStatus
 from vpsnap.services.snapshots import CreateSnapshot
+from vpsnap.store.sql import SqlTransaction
 
 from .conftest import World
 
@@ -181,3 +182,94 @@ async def test_stopped_worker_finishes_the_job_in_flight(world: World) -> None:
     await asyncio.wait_for(worker_task, 5)
 
     assert (await world.job(job.id)).status is JobStatus.COMPLETED
+
+
+def _counting_claims(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of the store's claim (a write transaction's work) in a list's length."""
+    calls: list[int] = []
+    real = SqlTransaction.claim_jobs
+
+    async def counted(self: SqlTransaction, request: object) -> object:
+        calls.append(1)
+        return await real(self, request)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SqlTransaction, "claim_jobs", counted)
+    return calls
+
+
+async def test_an_idle_worker_claims_nothing(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After its job ends the worker wakes (a slot is free) and finds nothing queued: it reads,
+    it does not take the write lock for an empty claim (docs/performance.md, "The job path")."""
+    claims = _counting_claims(monkeypatch)
+    looks: list[int] = []
+    real_look = SqlTransaction.has_queued_jobs
+
+    async def counted_look(self: SqlTransaction, node: str) -> bool:
+        looks.append(1)
+        return await real_look(self, node)
+
+    monkeypatch.setattr(SqlTransaction, "has_queued_jobs", counted_look)
+    vps = await world.add_vps()
+    worker = world.runtime.worker()
+    worker_task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)  # the first wake-up, nothing queued yet
+        assert claims == []
+        job = await world.runtime.services.snapshots.create(
+            world.principal, vps.id, CreateSnapshot("one")
+        )
+        done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+        while not done.status.is_terminal:
+            done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+        assert done.status is JobStatus.COMPLETED
+        await asyncio.sleep(0.3)  # the wake-up after the job's end has run
+        assert len(claims) == 1
+        # Looked at start and after the job's end; the wake-up by the queued job claimed
+        # straight away (the hot path of a create: no read before the claim).
+        assert len(looks) == 2
+    finally:
+        worker.stop()
+        await worker_task
+
+
+async def test_a_job_queued_while_the_worker_idles_starts_at_once(world: World) -> None:
+    vps = await world.add_vps()
+    worker = world.runtime.worker()
+    worker_task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.2)  # idle, parked on its wake-up event (timer: 5 s)
+        started = time.monotonic()
+        job = await world.runtime.services.snapshots.create(
+            world.principal, vps.id, CreateSnapshot("one")
+        )
+        done = await world.runtime.services.jobs.wait(world.principal, job.id, LONG)
+        while not done.status.is_terminal:
+            done = await world.runtime.services.jobs.wait(world.principal, job.id, LONG)
+        assert done.status is JobStatus.COMPLETED
+        assert time.monotonic() - started < 2.0
+    finally:
+        worker.stop()
+        await worker_task
+
+
+async def test_a_failed_look_at_the_queue_leaves_the_decision_to_the_claim(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: SqlTransaction, node: str) -> bool:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(SqlTransaction, "has_queued_jobs", broken)
+    vps = await world.add_vps()
+    job = await world.runtime.services.snapshots.create(
+        world.principal, vps.id, CreateSnapshot("one")
+    )
+    worker = world.runtime.worker()
+    worker_task = asyncio.create_task(worker.run())
+    try:
+        done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+        while not done.status.is_terminal:
+            done = await world.runtime.services.jobs.wait(world.principal, job.id, 5)
+        assert done.status is JobStatus.COMPLETED
+    finally:
+        worker.stop()
+        await worker_task

@@ -5,14 +5,14 @@ that no index can serve the query (a tiny table would make a scan the honest cho
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
 from vpsnap.domain.model import SnapshotStatus
 from vpsnap.store import sql
 from vpsnap.store.sql import SqlStore
-from vpsnap.store.tables import snapshots, vps
+from vpsnap.store.tables import accounts, jobs, snapshots, vps
 
 
 async def _plan(store: SqlStore, statement: sa.Executable) -> str:
@@ -102,3 +102,90 @@ async def test_the_sweep_reads_available_snapshots_by_expiry_from_an_index(
 
     assert "ix_snapshots_status_expires_at" in plan, plan
     assert "TEMP B-TREE" not in plan
+
+
+async def test_the_worker_looks_at_the_queue_through_the_status_and_node_index(
+    store: SqlStore,
+) -> None:
+    """The read before a claim (jobs.worker, ``_anything_queued``) runs inline on the event
+    loop on SQLite: it must stay one index probe however long the job history grows."""
+    plan = await _plan(store, sql._ANY_QUEUED.params(b_node="local"))
+
+    assert "ix_jobs_status_node" in plan, plan
+    assert "Seq Scan on jobs" not in plan
+    assert "SCAN jobs" not in plan
+
+
+async def test_jobs_since_the_last_reconcile_pass_are_found_by_vps_and_time(
+    store: SqlStore,
+) -> None:
+    # Two indexes start with vps_id; which one the planner takes depends on the statistics, so
+    # the table holds what it holds in use: a week of finished jobs per VPS, analyzed.
+    await _keep_job_history(store, per_vps=50)
+    since = datetime(2030, 1, 1, tzinfo=UTC)
+    statement = sql._jobs_since(_BATCH, since)
+
+    plan = await _plan(store, statement)
+
+    # Not every kept job of the page's VPSes (7 days of history) filtered by time: the index
+    # has the time too, so only jobs since the pass are read.
+    assert "ix_jobs_vps_created_at" in plan, plan
+    assert "Seq Scan on jobs" not in plan
+    assert "SCAN jobs" not in plan
+    if store.is_postgres:
+        assert "created_at >=" in plan.split("Index Cond:", 1)[-1], plan
+    else:
+        assert "(vps_id=? AND created_at>?)" in plan, plan
+
+
+async def _keep_job_history(store: SqlStore, *, per_vps: int) -> None:
+    """The VPSes of ``_BATCH`` with ``per_vps`` finished jobs each, created up to a week before
+    2030-01-01, and fresh planner statistics."""
+    created = datetime(2030, 1, 1, tzinfo=UTC)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            accounts.insert().values(id="acct_plan", name="plan", created_at=created)
+        )
+        await conn.execute(
+            vps.insert(),
+            [
+                {
+                    "id": vps_id,
+                    "account_id": "acct_plan",
+                    "name": vps_id,
+                    "name_key": vps_id,
+                    "node": "local",
+                    "disks": [],
+                    "snapshot_slots": 3,
+                    "service_status": "active",
+                    "primary_ip": "10.0.0.1",
+                    "resources": {},
+                    "created_at": created,
+                    "power_state": "stopped",
+                }
+                for vps_id in _BATCH
+            ],
+        )
+        await conn.execute(
+            jobs.insert(),
+            [
+                {
+                    "id": f"job_{vps_id}_{k:03d}",
+                    "account_id": "acct_plan",
+                    "vps_id": vps_id,
+                    "node": "local",
+                    "type": "snapshot_create",
+                    "status": "completed",
+                    "payload": {},
+                    "progress": 100,
+                    "attempts": 1,
+                    "created_at": created - timedelta(hours=3 * k + 1),
+                    "lane": "quick",
+                }
+                for vps_id in _BATCH
+                for k in range(per_vps)
+            ],
+        )
+    async with store.engine.connect() as conn:
+        await conn.execute(sa.text("ANALYZE"))
+        await conn.commit()

@@ -66,7 +66,8 @@ def _problem(status: int) -> dict[str, Any]:
 _EVERY_OPERATION = ("host_not_allowed", "rate_limited", "internal_error")
 _WITH_PARAMETERS = ("invalid_request",)
 _WITH_BODY = ("invalid_request", "invalid_json", "payload_too_large", "unsupported_media_type")
-_AUTHENTICATED = ("unauthorized",)
+# An authenticated operation reads the store (the key, then the operation's own data).
+_AUTHENTICATED = ("unauthorized", "database_unavailable")
 # The Idempotency-Key header of a state-changing request (docs/idempotency.md).
 _STATE_CHANGING = ("invalid_request", "idempotency_key_in_use", "idempotency_key_reused")
 # A state-changing /api request authenticated by the dashboard's cookie (docs/dashboard.md).
@@ -90,7 +91,7 @@ def example_problem(code: str, instance: str) -> dict[str, Any]:
         example["errors"] = [
             {"pointer": "/name", "detail": "String should match pattern", "code": "invalid_format"}
         ]
-    if code in ("rate_limited", "vps_queue_full", "node_unavailable"):
+    if code in ("rate_limited", "vps_queue_full", "node_unavailable", "database_unavailable"):
         example["extensions"] = {"retryAfter": 12}
     return example
 

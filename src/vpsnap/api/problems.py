@@ -190,7 +190,8 @@ async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse
             code=exc.code,
             log_detail=exc.log_detail,
         )
-    # rate_limited, vps_queue_full and node_unavailable say when to come back.
+    # rate_limited, vps_queue_full, node_unavailable and database_unavailable say when to
+    # come back.
     headers = (
         {"Retry-After": str(exc.extensions["retryAfter"])}
         if "retryAfter" in exc.extensions

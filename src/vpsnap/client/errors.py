@@ -39,6 +39,7 @@
     │   ├── BillingUnavailable     503
     │   ├── HypervisorUnavailable  503
     │   ├── NodeUnavailable        503: the VPS's host is offline or drained (retry_after)
+    │   ├── DatabaseUnavailable    503: the server's database did not answer (retry_after)
     │   └── InsufficientStorage    507: the VPS's data store would run too low on free space
     ├── JobFailed                  the job ended ``failed``: its problem, and ``error`` rebuilt
     └── JobTimeout                 the job did not end within the wait's timeout
@@ -301,6 +302,18 @@ class NodeUnavailable(ServerError):
         return float(value) if isinstance(value, int | float) else None
 
 
+class DatabaseUnavailable(ServerError):
+    """The server's database did not answer in time: nothing was done; retry after
+    ``retry_after`` seconds (the SDK's own retries do)."""
+
+    code = "database_unavailable"
+
+    @property
+    def retry_after(self) -> float | None:
+        value = self.extensions.get("retryAfter")
+        return float(value) if isinstance(value, int | float) else None
+
+
 class WebhookNotFound(NotFound):
     code = "webhook_not_found"
 
@@ -383,6 +396,7 @@ _BY_CODE: dict[str, type[VpsnapError]] = {
         BillingUnavailable,
         HypervisorUnavailable,
         NodeUnavailable,
+        DatabaseUnavailable,
         WebhookNotFound,
         InsufficientStorage,
     )

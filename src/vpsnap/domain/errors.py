@@ -33,6 +33,7 @@ renamed once released.
     ├── VpsQueueFull            (vps_queue_full, 429 with Retry-After)
     ├── BillingUnavailable
     ├── NodeUnavailable         (node_unavailable, 503 with Retry-After)
+    ├── DatabaseUnavailable     (database_unavailable, 503 with Retry-After; the store raises it)
     ├── HypervisorError         (hypervisor_unavailable; drivers raise this or VpsNotReady)
     └── ConfigurationError      (operator: settings or files that cannot work; CLI only)
         ├── BillingConfigError
@@ -230,6 +231,21 @@ class NodeUnavailable(DomainError):
     """The VPS's host agent is offline or its node is drained: no new work is queued there."""
 
     code = "node_unavailable"
+
+
+class DatabaseUnavailable(DomainError):
+    """The store could not be reached, or a statement met a lock it could not get in time,
+    before anything was committed: nothing took effect and the same request may succeed later.
+
+    Raised by the store (``vpsnap.store.sql.Store.transaction``), never by services. A failure
+    while committing a write is *not* this error: its outcome is unknown, so it stays an
+    ``internal_error``.
+    """
+
+    code = "database_unavailable"
+
+    def __init__(self, detail: str, *, retry_after: int, log_detail: str | None = None) -> None:
+        super().__init__(detail, extensions={"retryAfter": retry_after}, log_detail=log_detail)
 
 
 class HypervisorError(DomainError):

@@ -113,6 +113,17 @@ class HypervisorDriver(Protocol):
 
     async def power_state(self, vps: Vps) -> PowerState: ...
 
+    async def power_states(
+        self, vpses: Sequence[Vps], *, concurrency: int = 8
+    ) -> list[PowerState | Exception]:
+        """The power state of each of ``vpses``, in order, as ``power_state`` reads it one VPS
+        at a time; in place of a state, the exception ``power_state`` would have raised for
+        that VPS (one unreadable VM does not fail the others). For the node's periodic pass
+        over every VPS: the checks that need no VM (do the disk files exist?) are made
+        together, in one thread hop; at most ``concurrency`` VMs are asked at once.
+        """
+        ...
+
     async def vm_facts(self, vps: Vps) -> VmFacts | None:
         """The running VM's facts for the RAM-snapshot gates; None when no VM of the VPS runs.
 
@@ -389,6 +400,10 @@ class Transaction(Protocol):
     async def next_pending_job(self, vps_id: str) -> Job | None: ...
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         """Every job (kept) that concerned this snapshot name on this VPS, oldest first."""
+        ...
+
+    async def has_queued_jobs(self, node: str) -> bool:
+        """Whether any job of ``node`` is queued (a read: what ``claim_jobs`` could take)."""
         ...
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:

@@ -210,6 +210,14 @@ CATALOGUE: dict[str, ProblemKind] = {
         "already queued wait for it; retry after `Retry-After` seconds.",
         retryable=True,
     ),
+    "database_unavailable": ProblemKind(
+        503,
+        "Database unavailable",
+        "vpsnap's database did not answer in time (it is restarting, unreachable, or another "
+        "writer held it too long), so the request was not carried out. Retry after "
+        "`Retry-After` seconds.",
+        retryable=True,
+    ),
     "hypervisor_unavailable": ProblemKind(
         503,
         "Hypervisor unavailable",

@@ -37,7 +37,7 @@ from typing import Any
 from vpsnap.domain.audit import Actor
 from vpsnap.domain.clock import Clock
 from vpsnap.domain.errors import VpsQueueFull
-from vpsnap.domain.ids import new_id
+from vpsnap.domain.ids import new_id, new_ids
 from vpsnap.domain.job_types import JobPayload
 from vpsnap.domain.model import Job, JobStatus, JobType, Snapshot, Vps, VpsRef
 from vpsnap.domain.ports import ClaimRequest, Transaction
@@ -126,14 +126,18 @@ async def enqueue_many(tx: Transaction, clock: Clock, requests: Sequence[JobRequ
         return []
     busy = await tx.vps_with_unfinished_jobs(sorted({r.vps.id for r in requests}))
     now = clock.now()
+    # One run of ids (ascending, in the order of the requests) and the lane of each job type
+    # once: the sweep queues thousands per batch (docs/performance.md, "Retention sweep").
+    ids = new_ids("job", len(requests))
+    lanes = {t: lane_for(t, None, None) for t in {r.job_type for r in requests}}
     jobs: list[Job] = []
-    for request in requests:
+    for job_id, request in zip(ids, requests, strict=True):
         vps = request.vps
         waiting = vps.id in busy
         busy.add(vps.id)
         jobs.append(
             Job(
-                id=new_id("job"),
+                id=job_id,
                 account_id=vps.account_id,
                 vps_id=vps.id,
                 type=request.job_type,
@@ -145,7 +149,7 @@ async def enqueue_many(tx: Transaction, clock: Clock, requests: Sequence[JobRequ
                 error=None,
                 attempts=0,
                 created_at=now,
-                lane=lane_for(request.job_type, None, None),
+                lane=lanes[request.job_type],
                 node=vps.node,
                 request_id=None,
                 created_by=request.created_by,

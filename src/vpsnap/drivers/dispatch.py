@@ -7,7 +7,7 @@ optional extra) run everything else unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from vpsnap.domain.errors import HypervisorError
@@ -66,6 +66,25 @@ class DispatchingDriver:
 
     async def power_state(self, vps: Vps) -> PowerState:
         return await self._for(vps).power_state(vps)
+
+    async def power_states(
+        self, vpses: Sequence[Vps], *, concurrency: int = 8
+    ) -> list[PowerState | Exception]:
+        results: list[PowerState | Exception] = [PowerState.UNKNOWN] * len(vpses)
+        # One batch per backend, the answers put back in the caller's order.
+        groups: dict[int, tuple[HypervisorDriver, list[int]]] = {}
+        for i, vps in enumerate(vpses):
+            try:
+                driver = self._for(vps)
+            except HypervisorError as exc:  # no libvirt here: that VPS's answer
+                results[i] = exc
+                continue
+            groups.setdefault(id(driver), (driver, []))[1].append(i)
+        for driver, indices in groups.values():
+            states = await driver.power_states([vpses[i] for i in indices], concurrency=concurrency)
+            for i, state in zip(indices, states, strict=True):
+                results[i] = state
+        return results
 
     async def vm_facts(self, vps: Vps) -> VmFacts | None:
         return await self._for(vps).vm_facts(vps)

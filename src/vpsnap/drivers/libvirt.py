@@ -19,7 +19,7 @@ import contextvars
 import threading
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -256,6 +256,47 @@ class LibvirtDriver:
             if not isinstance(exc.__cause__, TimeoutError):
                 raise
             return PowerState.UNKNOWN
+
+    async def power_states(
+        self, vpses: Sequence[Vps], *, concurrency: int = 8
+    ) -> list[PowerState | Exception]:
+        """One executor call per libvirt URI for the whole page (each domain's state is still
+        a round trip to libvirtd), instead of a thread hop per VPS. A connection that breaks
+        is reopened and the page read again, as ``power_state`` retries; past the page's
+        timeout (``status_timeout`` for each ``_THREADS`` domains, the budget the reads had
+        ``_THREADS`` at a time) every state of the page is ``unknown``."""
+        del concurrency  # one thread reads the page
+        results: list[PowerState | Exception] = [PowerState.UNKNOWN] * len(vpses)
+        by_uri: dict[str, list[int]] = {}
+        for i, vps in enumerate(vpses):
+            if isinstance(vps.machine, LibvirtDomain):
+                by_uri.setdefault(vps.machine.uri, []).append(i)
+            else:
+                results[i] = HypervisorError(f"VPS {vps.name} is not a libvirt domain.")
+        for uri, indices in by_uri.items():
+            page = [vpses[i] for i in indices]
+
+            def read_page(conn: Any, uri: str = uri, page: list[Vps] = page) -> list[Any]:
+                states: list[PowerState | Exception] = []
+                for vps in page:
+                    assert isinstance(vps.machine, LibvirtDomain)  # sorted above
+                    try:
+                        states.append(_power_state(_lookup_domain(conn, vps.machine)))
+                    except libvirt.libvirtError as exc:
+                        if not _alive(conn):
+                            raise  # the connection broke: reopened and the page read again
+                        states.append(_domain_error(exc, uri, vps))
+                return states
+
+            timeout = self._status_timeout * max(1.0, len(page) / _THREADS)
+            try:
+                states = await self._with_connection(uri, read_page, retry=True, timeout=timeout)
+            except HypervisorError as exc:
+                unknown = isinstance(exc.__cause__, TimeoutError)
+                states = [PowerState.UNKNOWN if unknown else exc] * len(page)
+            for i, state in zip(indices, states, strict=True):
+                results[i] = state
+        return results
 
     async def vm_facts(self, vps: Vps) -> VmFacts | None:
         def facts(dom: Any) -> VmFacts | None:

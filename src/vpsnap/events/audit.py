@@ -9,7 +9,7 @@ with outcome ``failed`` and the problem code.
 from __future__ import annotations
 
 import getpass
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +19,8 @@ import structlog
 
 from vpsnap.domain.audit import Actor, AuditEvent, AuditOutcome, Target
 from vpsnap.domain.clock import Clock
-from vpsnap.domain.errors import DomainError
-from vpsnap.domain.ids import new_id
+from vpsnap.domain.errors import DatabaseUnavailable, DomainError
+from vpsnap.domain.ids import new_id, new_ids
 from vpsnap.domain.ports import Store, Transaction
 from vpsnap.events.context import current_origin
 
@@ -96,6 +96,37 @@ def new_event(
         problem_code=problem_code,
         details=details or {},
     )
+
+
+def new_events(
+    at: datetime,
+    actor: Actor,
+    action: str,
+    subjects: Sequence[tuple[str | None, Target | None, str | None, dict[str, Any]]],
+) -> list[AuditEvent]:
+    """``new_event`` for many events of one action at once (set-based work: the retention
+    sweep writes one per expired snapshot): ``subjects`` are (account id, target, VPS id,
+    details) each. The ids are one ascending run (``new_ids``) and the request's origin is read
+    once; the events are those ``new_event`` would make one by one."""
+    origin = current_origin()
+    return [
+        AuditEvent(
+            id=event_id,
+            occurred_at=at,
+            account_id=account_id,
+            actor=actor,
+            action=action,
+            outcome=AuditOutcome.SUCCEEDED,
+            target=target,
+            vps_id=vps_id,
+            request_id=origin.request_id,
+            client_ip=origin.client_ip,
+            details=details or {},
+        )
+        for event_id, (account_id, target, vps_id, details) in zip(
+            new_ids("aud", len(subjects)), subjects, strict=True
+        )
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +205,8 @@ class AuditTrail:
         """
         try:
             yield
+        except DatabaseUnavailable:
+            raise  # a lost database is not a refusal (and could not be written down anyway)
         except DomainError as error:
             event = self.event(
                 actor,

@@ -62,7 +62,11 @@ class NodeObserver:
 
     async def refresh_power_states(self) -> int:
         """Read every VPS of the node from its hypervisor and store the states that changed;
-        returns how many changed."""
+        returns how many changed.
+
+        A page of VPSes is read with one ``power_states`` call (the checks that need no VM in
+        one thread hop, issue 15), and written only when something on it changed: an
+        unchanged fleet costs a read transaction per page and no write lock."""
         changed = 0
         after: str | None = None
         limit = asyncio.Semaphore(self.concurrency)
@@ -72,37 +76,51 @@ class NodeObserver:
             if not page:
                 break
             observed_at = self.clock.now()
-            seen = await asyncio.gather(*(self._read(v, limit) for v in page))
-            async with self.store.transaction() as tx:
-                for vps, (state, facts) in zip(page, seen, strict=True):
-                    if facts != vps.vm_facts:
-                        await tx.record_vm_facts(vps.id, facts)
-                    if vps.power_state is state:
-                        continue
-                    if await tx.record_power_state(vps.id, state, observed_at):
-                        changed += 1
-                        log.info("power_state_observed", vps_id=vps.id, power_state=state.value)
+            states = await self.driver.power_states(page, concurrency=self.concurrency)
+            seen: list[tuple[PowerState, VmFacts | None]] = []
+            running: list[int] = []  # whose VM facts are read next
+            for vps, state in zip(page, states, strict=True):
+                if isinstance(state, Exception):
+                    # One unreachable VM must not stop the others from being published.
+                    log.info("power_state_unreadable", vps_id=vps.id, error=str(state))
+                    seen.append((PowerState.UNKNOWN, vps.vm_facts))
+                    continue
+                if state in (PowerState.RUNNING, PowerState.PAUSED) and vps.machine is not None:
+                    running.append(len(seen))
+                seen.append((state, None))
+            # A task per running VM, not one per VPS of the page.
+            read = await asyncio.gather(*(self._facts(page[i], limit) for i in running))
+            for i, read_facts in zip(running, read, strict=True):
+                seen[i] = (seen[i][0], read_facts)
+            updates = [
+                (vps, state, facts)
+                for vps, (state, facts) in zip(page, seen, strict=True)
+                if facts != vps.vm_facts or vps.power_state is not state
+            ]
+            if updates:
+                async with self.store.transaction() as tx:
+                    for vps, state, facts in updates:
+                        if facts != vps.vm_facts:
+                            await tx.record_vm_facts(vps.id, facts)
+                        if vps.power_state is state:
+                            continue
+                        if await tx.record_power_state(vps.id, state, observed_at):
+                            changed += 1
+                            log.info("power_state_observed", vps_id=vps.id, power_state=state.value)
             if len(page) < _PAGE:
                 break
             after = page[-1].id
             await between_pages()  # paced; a stop ends the refresh here (vpsnap.pacing)
         return changed
 
-    async def _read(self, vps: Vps, limit: asyncio.Semaphore) -> tuple[PowerState, VmFacts | None]:
+    async def _facts(self, vps: Vps, limit: asyncio.Semaphore) -> VmFacts | None:
+        """The running VM's facts; what was last seen when they cannot be read now."""
         async with limit:
             try:
-                state = await self.driver.power_state(vps)
-            except Exception as exc:
-                # One unreachable VM must not stop the others from being published.
-                log.info("power_state_unreadable", vps_id=vps.id, error=str(exc))
-                return PowerState.UNKNOWN, vps.vm_facts
-            if state not in (PowerState.RUNNING, PowerState.PAUSED) or vps.machine is None:
-                return state, None
-            try:
-                return state, await self.driver.vm_facts(vps)
+                return await self.driver.vm_facts(vps)
             except Exception as exc:  # not known now: keep what was last seen
                 log.info("vm_facts_unreadable", vps_id=vps.id, error=str(exc))
-                return state, vps.vm_facts
+                return vps.vm_facts
 
 
 async def observe_vm(driver: HypervisorDriver, vps: Vps, state: PowerState) -> VmFacts | None:

@@ -47,9 +47,13 @@ class InProcessJobEvents:
 
     def __init__(self) -> None:
         self.work_available = asyncio.Event()
+        self.queued_since_claim = False
+        """Set with ``work_available`` when jobs were queued (not when a slot came free): the
+        worker then claims without first reading whether anything is queued."""
         self._watches: dict[str, set[_Watch]] = {}
 
     def jobs_queued(self) -> None:
+        self.queued_since_claim = True
         self.work_available.set()
 
     def job_changed(self, job_id: str, job: Job | None = None) -> None:
@@ -59,6 +63,7 @@ class InProcessJobEvents:
 
     def wake_all(self) -> None:
         """Wake the worker and every waiter to re-read (after signals may have been lost)."""
+        self.queued_since_claim = True
         self.work_available.set()
         for job_id in list(self._watches):
             self.job_changed(job_id)

@@ -107,8 +107,9 @@ class Worker:
         log.info("worker_started", worker=self.worker_id, node=self.node)
         while not self._stopping:
             self.events.work_available.clear()
+            queued, self.events.queued_since_claim = self.events.queued_since_claim, False
             try:
-                await self.claim_available()
+                await self.claim_available(look_first=not queued)
             except Exception as exc:
                 # The database went away (a PostgreSQL restart, a failover): the worker must
                 # outlive it, or its node would stop taking jobs while its agent looks alive.
@@ -140,20 +141,43 @@ class Worker:
             task.cancel()
         await asyncio.gather(*late, return_exceptions=True)
 
-    async def claim_available(self) -> None:
+    async def claim_available(self, *, look_first: bool = True) -> None:
+        """Claim jobs for the free slots and start them; ``look_first``: only after a read
+        found one queued (``_anything_queued``), for wake-ups that were not a job queued."""
         if self._stopping:
             return
         free = self._slots()
         for job in self._running.values():
             free[job.lane] -= 1
         free = {lane: n for lane, n in free.items() if n > 0}
-        if not free:
+        if not free or (look_first and not await self._anything_queued()):
             return
         claimed = await self._claim(free)
         for claim in claimed:
             task = asyncio.create_task(self._run(claim), name=f"job:{claim.job.id}")
             self._running[task] = claim.job
             task.add_done_callback(self._job_done)
+
+    async def _anything_queued(self) -> bool:
+        """Whether a claim could take a job, read without a write transaction.
+
+        The worker wakes after every job of its own ends (a slot is free) and every 5 s; most
+        of those wake-ups find nothing queued, and a claim that finds nothing still took
+        SQLite's write lock (two thread hops, the API's next write waiting behind it) or four
+        PostgreSQL round trips. This read takes no lock (SQLite: inline, by the index on
+        status and node). Nothing is missed: ``run`` cleared the wake-up event before this
+        read, and whatever queues a job after it (the API, a promotion at a job's end, the
+        reaper, another process through LISTEN/NOTIFY) sets the event after its commit. The
+        claim itself stays the only place that takes jobs (exactly once, under the lock). A
+        wake-up by a queued job (``queued_since_claim``) claims without this read.
+        """
+        try:
+            async with self.store.transaction(read_only=True, small=True) as tx:
+                return await tx.has_queued_jobs(self.node)
+        except Exception:
+            # A read that failed (SQLite's 100 ms cap on inline reads, a lost connection) says
+            # nothing: the claim decides, and reports a database that is really gone.
+            return True
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
         self._running.pop(task, None)

@@ -27,7 +27,7 @@ from vpsnap.domain.clock import Clock
 from vpsnap.domain.model import JobType, SnapshotStatus
 from vpsnap.domain.ports import JobEvents, Store, Transaction
 from vpsnap.domain.queue import JobRequest, enqueue_many
-from vpsnap.events.audit import new_event
+from vpsnap.events.audit import new_events
 from vpsnap.pacing import between_pages
 
 log = structlog.get_logger("vpsnap.retention")
@@ -89,18 +89,20 @@ async def _expire_batch(
         ],
     )
     await tx.add_audit_events(
-        [
-            new_event(
-                now,
-                SCHEDULER,
-                AuditAction.SNAPSHOT_EXPIRE,
-                account_id=job.account_id,
-                target=Target("snapshot", job.snapshot_name or ""),
-                vps_id=job.vps_id,
-                details={"jobId": job.id},
-            )
-            for job in jobs
-        ]
+        new_events(
+            now,
+            SCHEDULER,
+            AuditAction.SNAPSHOT_EXPIRE,
+            [
+                (
+                    job.account_id,
+                    Target("snapshot", job.snapshot_name or ""),
+                    job.vps_id,
+                    {"jobId": job.id},
+                )
+                for job in jobs
+            ],
+        )
     )
     return len(candidates), [job.id for job in jobs]
 

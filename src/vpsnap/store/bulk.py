@@ -55,7 +55,15 @@ async def insert_rows(
     columns: list[Any] = []
     same: list[bool] = []
     for name, processor in zip(names, processors, strict=True):
-        values = _processed([row[name] for row in rows], processor)
+        raw = [row[name] for row in rows]
+        first = raw[0]
+        if len(set(map(id, raw))) == 1:
+            # The same object in every row (the batch's time, an actor, None…): processed
+            # once; no other check can tell it apart from itself.
+            columns.append(first if processor is None else processor(first))
+            same.append(True)
+            continue
+        values = _processed(raw, processor)
         first = values[0]
         # Compared once processed (exact types: JSON text, naive datetimes, str, int), so that
         # values Python finds equal but stores differently (1 and True in JSON) stay apart.

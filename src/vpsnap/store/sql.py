@@ -20,6 +20,7 @@ from vpsnap.domain.audit import Actor
 from vpsnap.domain.disks import DiskFile, DiskOwner
 from vpsnap.domain.errors import (
     Conflict,
+    DatabaseUnavailable,
     DiskAlreadyRegistered,
     IdempotencyKeyInUse,
     SnapshotNameTaken,
@@ -319,6 +320,12 @@ _NEXT_QUEUED = (
     .limit(_bp("b_limit"))
     .with_for_update(skip_locked=True)
 )
+# By ix_jobs_status_node: at most one index entry read.
+_ANY_QUEUED = (
+    sa.select(jobs.c.id)
+    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
+    .limit(1)
+)
 _NOTIFY = sa.select(sa.func.pg_notify(_bp("b_channel"), _bp("b_payload")))
 _RECORD_JOURNAL = (
     jobs.update()
@@ -382,19 +389,23 @@ def _is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
-def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
+def create_engine(
+    url: str, *, schema: str | None = None, busy_timeout_seconds: float = 30.0
+) -> AsyncEngine:
     """An async engine tuned for the backend.
 
-    SQLite: WAL, a busy timeout, and ``BEGIN IMMEDIATE`` for every transaction so that a
-    read-then-write transaction takes the write lock up front (otherwise two concurrent creates
-    could both read a free slot). PostgreSQL: row locks (``FOR UPDATE``) do that job instead.
+    SQLite: WAL, a busy timeout (``busy_timeout_seconds``: how long a writer waits for another
+    writer's lock; past it the transaction fails with ``DatabaseUnavailable``), and ``BEGIN
+    IMMEDIATE`` for every transaction so that a read-then-write transaction takes the write
+    lock up front (otherwise two concurrent creates could both read a free slot). PostgreSQL:
+    row locks (``FOR UPDATE``) do that job instead.
     """
     if _is_sqlite(url):
 
         async def _connect() -> InlineWriteConnection:
             # Write transactions run their statements without thread hops (sqlite_connection).
             args, kwargs = engine.dialect.create_connect_args(engine.url)
-            return await connect_inline(*args, **{**kwargs, "timeout": 30})
+            return await connect_inline(*args, **{**kwargs, "timeout": busy_timeout_seconds})
 
         engine = create_async_engine(url, async_creator=_connect)
 
@@ -406,7 +417,7 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={round(busy_timeout_seconds * 1000)}")
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")
@@ -494,9 +505,13 @@ class SqlStore:
             self._small_read_engine = _inline_read_engine(engine.url)
 
     @classmethod
-    def from_url(cls, url: str, *, schema: str | None = None) -> SqlStore:
+    def from_url(
+        cls, url: str, *, schema: str | None = None, busy_timeout_seconds: float = 30.0
+    ) -> SqlStore:
+        """A store on ``url`` (``create_engine`` says what ``busy_timeout_seconds`` is)."""
         prefix = f"vpsnap_{schema}" if schema else "vpsnap"
-        return cls(create_engine(url, schema=schema), url=url, channel_prefix=prefix)
+        engine = create_engine(url, schema=schema, busy_timeout_seconds=busy_timeout_seconds)
+        return cls(engine, url=url, channel_prefix=prefix)
 
     @property
     def is_postgres(self) -> bool:
@@ -527,8 +542,22 @@ class SqlStore:
             engine = self._read_engine
         else:
             engine = self._bulk_engine if bulk else self.engine
-        async with engine.begin() as conn:
-            yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
+        # What a failure means depends on how far the transaction got (DatabaseUnavailable:
+        # nothing took effect, retry later; anything else stays what it is).
+        reached = "connect"
+        try:
+            async with engine.begin() as conn:
+                reached = "body"
+                yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
+                reached = "commit"
+        except (sa.exc.DBAPIError, OSError) as exc:
+            if not _nothing_took_effect(exc, reached, read_only=read_only):
+                raise
+            raise DatabaseUnavailable(
+                "The database did not answer in time; nothing was done. Retry later.",
+                retry_after=DATABASE_RETRY_AFTER_SECONDS,
+                log_detail=f"{type(exc).__name__} during {reached}: {exc}",
+            ) from exc
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
@@ -538,6 +567,48 @@ class SqlStore:
         if self._small_read_engine is not self._read_engine:
             await self._small_read_engine.dispose()
         await self.engine.dispose()
+
+
+DATABASE_RETRY_AFTER_SECONDS = 2
+"""``Retry-After`` of a ``database_unavailable`` answer: a lock held past the busy timeout or a
+restarting PostgreSQL is usually over within seconds."""
+
+
+def _nothing_took_effect(exc: BaseException, reached: str, *, read_only: bool) -> bool:
+    """Whether ``exc``, raised when a transaction had ``reached`` "connect", "body" or
+    "commit", is the database being unavailable with nothing committed.
+
+    - Connecting: any ``OSError`` (refused, reset, timed out) or database error.
+    - The body: a lost or closed connection (SQLAlchemy's disconnect detection, or the
+      driver's ``InterfaceError``) or SQLite's "database is locked" past the busy timeout;
+      never an ``OSError`` (the block may call other things), nor any other SQLite error ("no
+      such table", "disk I/O error": an operator must act, retrying cannot help), nor an
+      integrity or programming error (a conflict or a bug). The transaction rolls back.
+    - The commit of a write: never. A connection lost while ``COMMIT`` was on its way may
+      have committed; saying "nothing was done" could make a client repeat a change. A
+      read-only transaction has nothing to commit, so its commit is like its body.
+    """
+    if reached == "connect":
+        return True
+    if reached == "commit" and not read_only:
+        return False
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return False
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    # sqlite3's message for SQLITE_BUSY and SQLITE_LOCKED (sqlite3.c, sqlite3ErrStr).
+    return isinstance(exc, sa.exc.OperationalError) and "is locked" in str(exc.orig)
+
+
+def _jobs_since(vps_ids: Sequence[str], since: datetime) -> sa.Select[str]:
+    """The VPSes of ``vps_ids`` with a job created at or after ``since``; read through
+    ``ix_jobs_vps_created_at`` (migration 0015), so the cost is the recent jobs, not the kept
+    history (tests/store/test_query_plans.py)."""
+    return (
+        sa.select(jobs.c.vps_id)
+        .distinct()
+        .where(jobs.c.vps_id.in_(vps_ids), jobs.c.created_at >= since)
+    )
 
 
 def _account(row: Row) -> Account:
@@ -766,7 +837,10 @@ def _job(row: Row) -> Job:
     )
 
 
-def _job_values(item: Job) -> dict[str, Any]:
+def _job_values(item: Job, actors: dict[Actor, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A job's column values. ``actors``: a memo shared by the rows of one multi-row insert, so
+    that the jobs of one actor carry the same ``created_by`` object, which the bulk insert
+    serialises once (``store.bulk``), as it does the shared empty payload."""
     return {
         "id": item.id,
         "account_id": item.account_id,
@@ -774,7 +848,7 @@ def _job_values(item: Job) -> dict[str, Any]:
         "type": item.type.value,
         "status": item.status.value,
         "snapshot_name": item.snapshot_name,
-        "payload": item.payload,
+        "payload": item.payload or _NO_PAYLOAD,
         "progress": item.progress,
         "result": item.result,
         "error": item.error,
@@ -787,8 +861,23 @@ def _job_values(item: Job) -> dict[str, Any]:
         "lane": item.lane.value,
         "journal": item.journal or None,
         "request_id": item.request_id,
-        "created_by": item.created_by.as_json() if item.created_by else None,
+        "created_by": _actor_json(item.created_by, actors),
     }
+
+
+def _actor_json(actor: Actor | None, memo: dict[Actor, dict[str, Any]] | None) -> Any:
+    if actor is None:
+        return None
+    if memo is None:
+        return actor.as_json()
+    found = memo.get(actor)
+    if found is None:
+        found = memo[actor] = actor.as_json()
+    return found
+
+
+# A job without a payload stores {} (the one object: never mutated, only serialised).
+_NO_PAYLOAD: dict[str, Any] = {}
 
 
 def _node(row: Row) -> Node:
@@ -1464,19 +1553,17 @@ class SqlTransaction(OperationsQueries):
     async def add_jobs(self, items: Sequence[Job]) -> None:
         if not items:
             return
-        await insert_rows(self.conn, jobs, [{"node": j.node, **_job_values(j)} for j in items])
+        actors: dict[Actor, dict[str, Any]] = {}
+        await insert_rows(
+            self.conn, jobs, [{"node": j.node, **_job_values(j, actors)} for j in items]
+        )
         for node in sorted({j.node or "*" for j in items if j.status is JobStatus.QUEUED}):
             await self._notify(Channel.JOBS, node)
 
     async def vps_with_jobs_since(self, vps_ids: Sequence[str], since: datetime) -> set[str]:
         if not vps_ids:
             return set()
-        query = (
-            sa.select(jobs.c.vps_id)
-            .distinct()
-            .where(jobs.c.vps_id.in_(vps_ids), jobs.c.created_at >= since)
-        )
-        return {row[0] for row in await self.conn.execute(query)}
+        return {row[0] for row in await self.conn.execute(_jobs_since(vps_ids, since))}
 
     async def vps_with_unfinished_jobs(self, vps_ids: Sequence[str]) -> set[str]:
         if not vps_ids:
@@ -1517,6 +1604,9 @@ class SqlTransaction(OperationsQueries):
             .order_by(jobs.c.created_at, jobs.c.id)
         )
         return [_job(r) for r in await self._all(query)]
+
+    async def has_queued_jobs(self, node: str) -> bool:
+        return bool(await self._all(_ANY_QUEUED, {"b_node": node}))
 
     async def claim_jobs(self, request: ClaimRequest) -> list[Job]:
         wanted = sum(request.free.values())

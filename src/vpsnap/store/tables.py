@@ -176,6 +176,9 @@ jobs = sa.Table(
 sa.Index("ix_jobs_status_node", jobs.c.status, jobs.c.node)
 sa.Index("ix_jobs_vps_status", jobs.c.vps_id, jobs.c.status)
 sa.Index("ix_jobs_account_id", jobs.c.account_id, jobs.c.id)  # migration 0009: GET /api/jobs
+# Migration 0015: "which of these VPSes had a job since the last reconcile pass?" finds the few
+# recent jobs of each VPS, not its whole history.
+sa.Index("ix_jobs_vps_created_at", jobs.c.vps_id, jobs.c.created_at)
 # Migration 0014 (issue 15): "does this VPS have an unfinished job?" is asked by every enqueue,
 # sweep and reconcile; a partial index holds only the few unfinished jobs, whatever the history.
 _UNFINISHED_STATUSES = "status IN ('queued', 'in_progress', 'pending')"

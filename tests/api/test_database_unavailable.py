@@ -1,0 +1,58 @@
+"""While SQLite's write lock is held past the busy timeout (another process writing, a stuck
+transaction), a write answers ``503 database_unavailable`` with ``Retry-After`` and leaves
+nothing behind; reads go on (WAL readers never wait for the writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+
+import pytest
+
+from tests.api.test_errors import assert_problem, snapshots_path
+from tests.conftest import Api
+from vpsnap.store import migrate
+from vpsnap.store.sql import DATABASE_RETRY_AFTER_SECONDS, SqlStore
+
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[SqlStore]:
+    """The SQLite store with a busy timeout of 0.2 s instead of 30."""
+    sql_store = SqlStore.from_url(database_url, busy_timeout_seconds=0.2)
+    await migrate.upgrade(sql_store.engine)
+    yield sql_store
+    await sql_store.dispose()
+
+
+async def test_a_write_behind_a_held_lock_is_503_and_leaves_nothing(
+    api: Api, store: SqlStore
+) -> None:
+    holder = sqlite3.connect(
+        store.engine.url.database or "", isolation_level=None, check_same_thread=False
+    )
+    try:
+        # Another writer takes SQLite's one write lock; off the event loop, where the worker's
+        # transaction may have to finish first.
+        await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
+        response = await api.client.post(
+            snapshots_path(api), json={"name": "before-upgrade"}, headers=api.auth()
+        )
+        body = assert_problem(response, 503, "database_unavailable")
+        assert response.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)
+        assert body["extensions"] == {"retryAfter": DATABASE_RETRY_AFTER_SECONDS}
+        assert "locked" not in str(body["detail"])  # the operator's account is in the log
+        listed = await api.client.get(snapshots_path(api), headers=api.auth())
+        assert listed.status_code == 200  # reads do not wait for the writer
+    finally:
+        if holder.in_transaction:
+            holder.execute("ROLLBACK")
+        holder.close()
+    listed = await api.client.get(snapshots_path(api), headers=api.auth())
+    assert listed.json()["data"] == []
+    retried = await api.client.post(
+        snapshots_path(api), json={"name": "before-upgrade"}, headers=api.auth()
+    )
+    assert retried.status_code == 202, retried.text
