@@ -291,3 +291,29 @@ def test_the_contract_timestamp_form(moment: datetime) -> None:
     want = utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
     assert format_timestamp(moment) == want
     assert len(want) == 24
+
+
+async def test_the_list_routes_still_authenticate_before_validating(api: Api) -> None:
+    # require() calls authenticated instead of declaring it: FastAPI still solves it before it
+    # validates the query, so a bad parameter without a credential is a 401, not a 400.
+    bad = "/api/v2/vps?limit=0"
+    assert (await api.client.get(bad)).status_code == 401
+    assert (await api.client.get(bad, headers={"Authorization": "Bearer nope"})).status_code == 401
+    refused = await api.client.get(bad, headers=api.auth("readonly"))
+    assert refused.status_code == 400
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["code"] == "invalid_request"
+
+
+async def test_the_snapshot_listing_keeps_the_ownership_rule(api: Api) -> None:
+    mine = api.vps_ids["demo-web"]
+    ok = await api.client.get(f"/api/v2/vps/{mine}/snapshots", headers=api.auth("readonly"))
+    assert ok.status_code == 200
+    for token, vps_id in (
+        ("other", mine),
+        ("full", "vps_not-a-valid-id"),
+        ("full", "vps_" + "0" * 26),
+    ):
+        answer = await api.client.get(f"/api/v2/vps/{vps_id}/snapshots", headers=api.auth(token))
+        assert answer.status_code == 404, (token, vps_id)
+        assert answer.json()["code"] == "vps_not_found"
