@@ -363,15 +363,24 @@ async def measure_reads(
                     raise BenchError("the bare app did not serve the same JSON")
                 ours: list[float] = []
                 theirs: list[float] = []
+                # CPU seconds of this process per side (client and app share it, as wall time
+                # does): unlike wall time, hardly moved by the other processes on the machine.
+                cpu = {"ours": 0.0, "bare": 0.0}
                 while len(ours) < iterations:
                     turn = min(TURN, iterations - len(ours))
+                    started = time.process_time()
                     ours += (await time_gets(client, url, headers, turn, 0))[0]
+                    middle = time.process_time()
                     theirs += (await time_gets(bare_client, f"/bare/{i}", {}, turn, 0))[0]
+                    cpu["ours"] += middle - started
+                    cpu["bare"] += time.process_time() - middle
                 figures[label] = {
                     "p50": statistics.median(ours),
                     "p99": percentile(ours, 99),
                     "bare_p50": statistics.median(theirs),
                     "bare_p99": percentile(theirs, 99),
+                    "cpu": cpu["ours"] / len(ours) * 1000,
+                    "bare_cpu": cpu["bare"] / len(theirs) * 1000,
                 }
     return figures
 
@@ -833,11 +842,32 @@ def print_report(results: list[Result]) -> list[tuple[str, str, bool]]:
                     f"{f['bare_p50']:.2f}",
                     f"{f['bare_p99']:.2f}",
                     f"{f['bare_p50'] / f['p50'] * 100:.0f} %",
+                    f"{f['cpu']:.2f}",
+                    f"{f['bare_cpu']:.2f}",
+                    f"{f['bare_cpu'] / f['cpu'] * 100:.0f} %",
                 ]
             )
     if rows:
-        print("reads in-process (ms; % of bare = bare p50 / vpsnap p50)")
-        print(render_table(["request", "p50", "p99", "bare p50", "bare p99", "% of bare"], rows))
+        print(
+            "reads in-process (ms; % of bare = bare p50 / vpsnap p50; cpu = CPU ms per request "
+            "of this process, client included, both sides)"
+        )
+        print(
+            render_table(
+                [
+                    "request",
+                    "p50",
+                    "p99",
+                    "bare p50",
+                    "bare p99",
+                    "% of bare",
+                    "cpu",
+                    "bare cpu",
+                    "cpu % of bare",
+                ],
+                rows,
+            )
+        )
     rows = [
         [
             f"{r.backend} {r.size.label}",

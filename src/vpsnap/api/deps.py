@@ -82,7 +82,7 @@ def check_cookie_csrf(request: Request, session_token: str) -> None:
     )
 
 
-async def authenticated(request: Request, services: ServicesDep) -> Principal:
+async def authenticated(request: Request) -> Principal:
     """The caller: an API key (``Authorization: Bearer`` / ``X-API-Key``) when one is sent,
     else the dashboard session cookie with its role's scopes (and the CSRF check on changes).
 
@@ -99,6 +99,8 @@ async def authenticated(request: Request, services: ServicesDep) -> Principal:
             raise error or Unauthorized(_NO_CREDENTIAL)
         token = presented_session(request) if state.get(SESSION_CONTEXT) is not None else None
     else:
+        # No sub-dependency for the services: each one FastAPI solves costs per request.
+        services = services_of(request)
         credential = presented_credential(request.scope)
         token = None
         if credential is not None:
@@ -123,8 +125,13 @@ _NO_CREDENTIAL = (
 CallerDep = Annotated[Principal, Depends(authenticated)]
 
 
-def require(scope: Scope) -> Callable[[Principal], Awaitable[Principal]]:
-    async def check(principal: CallerDep) -> Principal:
+def require(scope: Scope) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency: the caller (``authenticated``), refused unless it holds ``scope``."""
+
+    # ``authenticated`` is called, not declared as a sub-dependency: FastAPI solves each
+    # dependency level per request (docs/performance.md, "Reads"). No route needs both.
+    async def check(request: Request) -> Principal:
+        principal = await authenticated(request)
         if not principal.has(scope):
             holder = "Your dashboard role" if principal.user_id else "This API key"
             raise Forbidden(

@@ -19,5 +19,6 @@ class SystemClock:
 
 def format_timestamp(moment: datetime) -> str:
     """The contract's timestamp form: UTC, milliseconds, ``Z`` (``2026-04-27T12:34:56.000Z``)."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    # isoformat truncates to milliseconds as the contract's form does; it is about twice as
+    # fast as strftime, and every timestamp of every list answer goes through here.
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")[:23] + "Z"

@@ -303,6 +303,11 @@ class Transaction(Protocol):
 
     # snapshots
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]: ...
+    async def get_vps_with_snapshots(self, vps_id: str) -> tuple[Vps, list[Snapshot]] | None:
+        """``get_vps`` and ``list_snapshots`` in one statement (one read, one round trip);
+        None when no VPS has this id."""
+        ...
+
     async def list_snapshots_of(self, vps_ids: Sequence[str]) -> dict[str, list[Snapshot]]:
         """``list_snapshots`` of many VPSes in one statement (every id is a key)."""
         ...

@@ -49,7 +49,7 @@ from vpsnap.domain.storage import SpaceGuard
 from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, restore_gate
 from vpsnap.events.audit import AuditTrail
 from vpsnap.events.context import current_origin
-from vpsnap.services.access import owned_vps
+from vpsnap.services.access import owned_vps, owned_vps_with_snapshots
 from vpsnap.services.nodes import NodeDirectory
 from vpsnap.services.storage import check_space, published_stores, space_gate
 
@@ -98,8 +98,7 @@ class SnapshotService:
     async def listing(self, principal: Principal, vps_id: str) -> SnapshotListing:
         # Small: one VPS by id, its snapshots (bounded by its slots), its stores by key.
         async with self.store.transaction(read_only=True, small=True) as tx:
-            vps = await owned_vps(tx, principal, vps_id)
-            snapshots = await tx.list_snapshots(vps.id)
+            vps, snapshots = await owned_vps_with_snapshots(tx, principal, vps_id)
             node = await self.nodes.displayed_gate(tx, vps)
             stores = await published_stores(tx, vps)
         usage = slot_usage(vps, snapshots)

@@ -35,14 +35,22 @@ from vpsnap.store.tables import (
 
 Row = Mapping[str, Any]
 
+# Read by every snapshot listing: built once (building a select per call costs more than
+# running it, docs/performance.md "Reads").
+_GET_VPS_STORAGE: sa.Select[Any] = sa.select(vps_storage).where(
+    vps_storage.c.vps_id == sa.bindparam("b_vps")
+)
+
 
 class OperationsQueries:
     """Implements the audit, webhook and data-store methods of ``domain.ports.Transaction``."""
 
     conn: AsyncConnection
 
-    async def _fetch_one(self, query: sa.Select[Any]) -> Row | None:
-        row: Row | None = (await self.conn.execute(query)).mappings().first()
+    async def _fetch_one(
+        self, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> Row | None:
+        row: Row | None = (await self.conn.execute(query, params)).mappings().first()
         return row
 
     async def _fetch_all(self, query: sa.Select[Any]) -> list[Row]:
@@ -305,7 +313,7 @@ class OperationsQueries:
         )
 
     async def get_vps_storage(self, vps_id: str) -> VpsStorage | None:
-        row = await self._fetch_one(sa.select(vps_storage).where(vps_storage.c.vps_id == vps_id))
+        row = await self._fetch_one(_GET_VPS_STORAGE, {"b_vps": vps_id})
         return _vps_storage(row) if row else None
 
     async def list_vps_storage(self, node: str | None) -> list[VpsStorage]:

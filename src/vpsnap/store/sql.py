@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Mapping, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -63,6 +64,7 @@ from vpsnap.store.sqlite_connection import (
     connect_inline_read,
 )
 from vpsnap.store.tables import (
+    UtcDateTime,
     accounts,
     add_postgresql_options,
     api_keys,
@@ -108,6 +110,160 @@ _LIST_SNAPSHOTS = (
 _GET_SNAPSHOT = sa.select(snapshots).where(
     snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
 )
+
+
+class _RawSelect:
+    """A ``SELECT`` of every column of one table (or of several, joined, in the order given),
+    run on the DB-API cursor (``exec_driver_sql``) with the rows decoded here instead of by
+    SQLAlchemy's result.
+
+    For the reads of every list request (docs/performance.md, "Reads"): SQLAlchemy's
+    execution context and result processing cost about as much as the rest of the store work
+    (0.27 of 0.54 ms for a page of 21 VPSes on SQLite). The SQL is compiled by SQLAlchemy, once
+    per dialect; the decoding (``_RAW_DECODERS``) gives what SQLAlchemy's result would give for
+    the column types used here (tests/store/test_raw_reads.py compares the two on both
+    databases), so ``_vps`` and ``_snapshot`` take either.
+    """
+
+    def __init__(self, query: sa.Select[Any], *tables: sa.Table) -> None:
+        self.query = query
+        self._parts: list[tuple[int, int, dict[str, tuple[int, ...]]]] = []
+        start = 0
+        for table in tables:
+            self._parts.append((start, start + len(table.c), _column_kinds(table)))
+            start += len(table.c)
+        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+
+    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
+        """The statement for ``dialect`` and the names of its parameters, in order."""
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.query.compile(dialect=dialect)
+            if not compiled.positional or compiled.positiontup is None:
+                raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
+            found = (str(compiled), tuple(compiled.positiontup))
+            self._compiled[dialect.name] = found
+        return found
+
+    def decode(
+        self, dialect: sa.Dialect, rows: Sequence[Sequence[Any]], part: int = 0
+    ) -> list[list[Any]]:
+        """The columns of the ``part``-th table of driver rows, as SQLAlchemy's result would
+        give them (aware UTC timestamps, JSON as Python values, booleans as ``bool``)."""
+        timestamp, from_json, boolean = _RAW_DECODERS[dialect.name]
+        start, stop, kinds = self._parts[part]
+        decoded = []
+        for raw in rows:
+            row = list(raw[start:stop])
+            for i in kinds["timestamp"]:
+                row[i] = timestamp(row[i])
+            for i in kinds["json"]:
+                row[i] = from_json(row[i])
+            for i in kinds["boolean"]:
+                row[i] = boolean(row[i])
+            decoded.append(row)
+        return decoded
+
+
+def _column_kinds(table: sa.Table) -> dict[str, tuple[int, ...]]:
+    """Positions of ``table``'s columns that need decoding, by kind."""
+    kinds: dict[str, list[int]] = {"timestamp": [], "json": [], "boolean": []}
+    for i, column in enumerate(table.c):
+        if isinstance(column.type, UtcDateTime):
+            kinds["timestamp"].append(i)
+        elif isinstance(column.type, sa.JSON):
+            kinds["json"].append(i)
+        elif isinstance(column.type, sa.Boolean):
+            kinds["boolean"].append(i)
+        elif not isinstance(column.type, sa.String | sa.Integer):
+            raise TypeError(f"{column} has a type _RawSelect does not decode")
+    return {kind: tuple(positions) for kind, positions in kinds.items()}
+
+
+def _text_timestamp(value: str | None) -> datetime | None:
+    # SQLite stores UtcDateTime as naive UTC text, "2026-04-27 12:34:56.000123".
+    return None if value is None else datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _naive_timestamp(value: datetime | None) -> datetime | None:
+    return None if value is None else value.replace(tzinfo=UTC)
+
+
+# The decoder's C scanner (typeshed does not declare the attribute).
+_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _text_json(value: str | None) -> Any:
+    # SQLAlchemy's JSON type stores Python None as the JSON text "null" (most of a row's JSON
+    # columns): not worth a parse.
+    if value is None or value == "null":
+        return None
+    # json.loads' C scanner without its wrapper (two whitespace matches per call): SQLAlchemy
+    # writes json.dumps' output, one value and nothing around it; anything else goes the
+    # long way, with json.loads' errors.
+    try:
+        found, end = _scan_json(value, 0)
+    except StopIteration:
+        return json.loads(value)
+    return found if end == len(value) else json.loads(value)
+
+
+def _int_boolean(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# Per dialect: timestamp, JSON and boolean decoders of a driver's value. asyncpg returns naive
+# datetimes, and JSON already decoded (SQLAlchemy's asyncpg dialect sets the codec on connect).
+_RAW_DECODERS: dict[
+    str, tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]
+] = {
+    "sqlite": (_text_timestamp, _text_json, _int_boolean),
+    "postgresql": (_naive_timestamp, _as_is, _as_is),
+}
+
+_GET_VPS_RAW = _RawSelect(_GET_VPS, vps)
+# A VPS and its snapshots (oldest first) in one statement: one round trip fewer per snapshot
+# listing on PostgreSQL. A VPS without snapshots is one row with the snapshot columns NULL.
+_GET_VPS_WITH_SNAPSHOTS_RAW = _RawSelect(
+    sa.select(vps, snapshots)
+    .select_from(vps.outerjoin(snapshots, snapshots.c.vps_id == vps.c.id))
+    .where(vps.c.id == _bp("b_id"))
+    .order_by(snapshots.c.created_at, snapshots.c.name_key),
+    vps,
+    snapshots,
+)
+_LIST_SNAPSHOTS_RAW = _RawSelect(_LIST_SNAPSHOTS, snapshots)
+_GET_VPS_LOCKED_RAW = _RawSelect(_GET_VPS_LOCKED, vps)
+
+# The VPS list: one statement per combination of filters (at most 2^5), built on first use.
+# The limit is appended to the SQL text, not bound: PostgreSQL's generic plan of a prepared
+# statement does not know a bound LIMIT is small, and chose a scan and sort of the whole
+# account over the (account_id, id) index (27 ms instead of 0.03 ms at 10,000 VPSes in
+# bench/scale.py).
+_LIST_VPS_FILTERS = ("b_account", "b_name", "b_ip", "b_node", "b_after")
+_LIST_VPS_COLUMNS = (vps.c.account_id, vps.c.name_key, vps.c.primary_ip, vps.c.node)
+_LIST_VPS_QUERIES: dict[tuple[bool, ...], _RawSelect] = {}
+
+
+def _list_vps_query(shape: tuple[bool, ...]) -> _RawSelect:
+    """The list statement for ``shape`` (which of ``_LIST_VPS_FILTERS`` are given)."""
+    found = _LIST_VPS_QUERIES.get(shape)
+    if found is None:
+        query = sa.select(vps)
+        for given, name, column in zip(shape, _LIST_VPS_FILTERS, _LIST_VPS_COLUMNS, strict=False):
+            if given:
+                query = query.where(column == _bp(name))
+        if shape[4]:
+            query = query.where(vps.c.id > _bp("b_after"))
+        found = _RawSelect(query.order_by(vps.c.id), vps)
+        _LIST_VPS_QUERIES[shape] = found
+    return found
+
+
 _UPDATE_SNAPSHOT = snapshots.update().where(
     snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
 )
@@ -485,28 +641,74 @@ def _user(row: Row) -> User:
     )
 
 
-def _vps(row: Row) -> Vps:
-    os_data = row["operating_system"]
-    billing = row["billing"]
+_VPS_COLUMNS = (
+    "id",
+    "account_id",
+    "name",
+    "name_key",
+    "node",
+    "disks",
+    "snapshot_slots",
+    "service_status",
+    "primary_ip",
+    "operating_system",
+    "resources",
+    "billing",
+    "current_snapshot",
+    "created_at",
+    "plan",
+    "machine",
+    "power_state",
+    "power_state_at",
+    "vm_facts",
+)
+# _vps unpacks a row by position: the table's column order is checked once, here.
+assert tuple(vps.c.keys()) == _VPS_COLUMNS, "store/tables.py changed the vps columns"
+
+
+def _vps(row: Sequence[Any]) -> Vps:
+    """A ``vps`` row (every column, in the table's order; decoded by SQLAlchemy's result or by
+    ``_decoded_rows``) as the domain object."""
+    (
+        id_,
+        account_id,
+        name,
+        _name_key,
+        node,
+        disks,
+        snapshot_slots,
+        service_status,
+        primary_ip,
+        os_data,
+        resources,
+        billing,
+        current_snapshot,
+        created_at,
+        plan,
+        machine,
+        power_state,
+        power_state_at,
+        vm_facts,
+    ) = row
     return Vps(
-        id=row["id"],
-        account_id=row["account_id"],
-        name=row["name"],
-        node=row["node"],
-        disks=tuple(row["disks"]),
-        snapshot_slots=row["snapshot_slots"],
-        service_status=ServiceStatus(row["service_status"]),
-        created_at=row["created_at"],
-        primary_ip=row["primary_ip"],
+        id=id_,
+        account_id=account_id,
+        name=name,
+        node=node,
+        disks=tuple(disks),
+        snapshot_slots=snapshot_slots,
+        service_status=ServiceStatus(service_status),
+        created_at=created_at,
+        primary_ip=primary_ip,
         operating_system=OperatingSystem(**os_data) if os_data else None,
-        resources=Resources(**row["resources"]),
+        resources=Resources(**resources),
         billing=Billing(**billing) if billing else None,
-        current_snapshot=row["current_snapshot"],
-        plan=row["plan"],
-        machine=machine_from_json(row["machine"]),
-        power_state=PowerState(row["power_state"]) if row["power_state"] else None,
-        power_state_at=row["power_state_at"],
-        vm_facts=VmFacts.from_json(row["vm_facts"]),
+        current_snapshot=current_snapshot,
+        plan=plan,
+        machine=machine_from_json(machine),
+        power_state=PowerState(power_state) if power_state else None,
+        power_state_at=power_state_at,
+        vm_facts=VmFacts.from_json(vm_facts),
     )
 
 
@@ -533,22 +735,61 @@ def _vps_values(item: Vps) -> dict[str, Any]:
     }
 
 
-def _snapshot(row: Row) -> Snapshot:
+_SNAPSHOT_COLUMNS = (
+    "vps_id",
+    "name_key",
+    "name",
+    "description",
+    "status",
+    "origin",
+    "consistency",
+    "includes_memory_state",
+    "parent_name",
+    "created_at",
+    "expires_at",
+    "disk_created_at",
+    "missing_since",
+    "vm_config",
+    "consistency_reason",
+)
+assert tuple(snapshots.c.keys()) == _SNAPSHOT_COLUMNS, "store/tables.py changed the columns"
+
+
+def _snapshot(row: Sequence[Any]) -> Snapshot:
+    """A ``snapshots`` row (every column, in the table's order; decoded by SQLAlchemy's result
+    or by ``_decoded_rows``) as the domain object."""
+    (
+        vps_id,
+        _name_key,
+        name,
+        description,
+        status,
+        origin,
+        consistency,
+        includes_memory_state,
+        parent_name,
+        created_at,
+        expires_at,
+        disk_created_at,
+        missing_since,
+        vm_config,
+        consistency_reason,
+    ) = row
     return Snapshot(
-        vps_id=row["vps_id"],
-        name=row["name"],
-        description=row["description"],
-        status=SnapshotStatus(row["status"]),
-        origin=SnapshotOrigin(row["origin"]),
-        consistency=Consistency(row["consistency"]),
-        includes_memory_state=row["includes_memory_state"],
-        parent_name=row["parent_name"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        disk_created_at=row["disk_created_at"],
-        missing_since=row["missing_since"],
-        vm_config=VmConfig.from_json(row["vm_config"]),
-        consistency_reason=row["consistency_reason"],
+        vps_id=vps_id,
+        name=name,
+        description=description,
+        status=SnapshotStatus(status),
+        origin=SnapshotOrigin(origin),
+        consistency=Consistency(consistency),
+        includes_memory_state=includes_memory_state,
+        parent_name=parent_name,
+        created_at=created_at,
+        expires_at=expires_at,
+        disk_created_at=disk_created_at,
+        missing_since=missing_since,
+        vm_config=VmConfig.from_json(vm_config),
+        consistency_reason=consistency_reason,
     )
 
 
@@ -688,6 +929,22 @@ class SqlTransaction(OperationsQueries):
     async def _all(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[Row]:
         result = await self.conn.execute(query, params)
         return list(result.mappings().all())
+
+    async def _raw_all(
+        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+    ) -> list[list[Any]]:
+        """The rows of ``query`` (of one table) through the DB-API cursor, decoded."""
+        return query.decode(self.conn.dialect, await self._raw_rows(query, params, limit))
+
+    async def _raw_rows(
+        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+    ) -> Sequence[Sequence[Any]]:
+        """The rows of ``query`` through the DB-API cursor, as the driver gives them."""
+        sql, names = query.sql(self.conn.dialect)
+        if limit is not None:
+            sql = f"{sql} LIMIT {int(limit)}"
+        result = await self.conn.exec_driver_sql(sql, tuple(params[name] for name in names))
+        return result.all()
 
     # accounts and keys ------------------------------------------------------------------------
 
@@ -921,34 +1178,27 @@ class SqlTransaction(OperationsQueries):
         ]
 
     async def get_vps(self, vps_id: str, *, lock: bool = False) -> Vps | None:
-        row = await self._one(_GET_VPS_LOCKED if lock else _GET_VPS, {"b_id": vps_id})
-        return _vps(row) if row else None
+        query = _GET_VPS_LOCKED_RAW if lock else _GET_VPS_RAW
+        rows = await self._raw_all(query, {"b_id": vps_id})
+        return _vps(rows[0]) if rows else None
 
     async def find_vps_by_name(self, account_id: str, name: str) -> Vps | None:
-        row = await self._one(
-            sa.select(vps).where(vps.c.account_id == account_id, vps.c.name_key == name.lower())
-        )
+        query = sa.select(vps).where(vps.c.account_id == account_id, vps.c.name_key == name.lower())
+        row = (await self.conn.execute(query)).first()
         return _vps(row) if row else None
 
     async def list_vps(
         self, account_id: str | None, flt: VpsFilter, after_id: str | None, limit: int
     ) -> list[Vps]:
-        # The limit is written into the statement, not bound: PostgreSQL's generic plan of a
-        # prepared statement does not know a bound LIMIT is small, and chose a scan and sort of
-        # the whole account over the (account_id, id) index (27 ms instead of 0.03 ms at 10,000
-        # VPSes in bench/scale.py).
-        query = sa.select(vps).order_by(vps.c.id).limit(_bp("b_limit", limit, literal_execute=True))
-        if account_id is not None:
-            query = query.where(vps.c.account_id == account_id)
-        if flt.name is not None:
-            query = query.where(vps.c.name_key == flt.name.lower())
-        if flt.primary_ip is not None:
-            query = query.where(vps.c.primary_ip == flt.primary_ip)
-        if flt.node is not None:
-            query = query.where(vps.c.node == flt.node)
-        if after_id is not None:
-            query = query.where(vps.c.id > after_id)
-        return [_vps(r) for r in await self._all(query)]
+        params: dict[str, Any] = {
+            "b_account": account_id,
+            "b_name": flt.name.lower() if flt.name is not None else None,
+            "b_ip": flt.primary_ip,
+            "b_node": flt.node,
+            "b_after": after_id,
+        }
+        query = _list_vps_query(tuple(params[name] is not None for name in _LIST_VPS_FILTERS))
+        return [_vps(r) for r in await self._raw_all(query, params, limit)]
 
     async def record_vm_facts(self, vps_id: str, facts: VmFacts | None) -> None:
         await self.conn.execute(
@@ -1095,7 +1345,17 @@ class SqlTransaction(OperationsQueries):
     # snapshots --------------------------------------------------------------------------------
 
     async def list_snapshots(self, vps_id: str) -> list[Snapshot]:
-        return [_snapshot(r) for r in await self._all(_LIST_SNAPSHOTS, {"b_vps": vps_id})]
+        return [_snapshot(r) for r in await self._raw_all(_LIST_SNAPSHOTS_RAW, {"b_vps": vps_id})]
+
+    async def get_vps_with_snapshots(self, vps_id: str) -> tuple[Vps, list[Snapshot]] | None:
+        rows = await self._raw_rows(_GET_VPS_WITH_SNAPSHOTS_RAW, {"b_id": vps_id})
+        if not rows:
+            return None
+        dialect, decoder = self.conn.dialect, _GET_VPS_WITH_SNAPSHOTS_RAW
+        item = _vps(decoder.decode(dialect, rows[:1])[0])
+        # The snapshot part of a row is NULL only when the VPS has none (vps_id is its key).
+        found = [row for row in rows if row[len(vps.c)] is not None]
+        return item, [_snapshot(row) for row in decoder.decode(dialect, found, part=1)]
 
     async def list_snapshots_of(self, vps_ids: Sequence[str]) -> dict[str, list[Snapshot]]:
         found: dict[str, list[Snapshot]] = {vps_id: [] for vps_id in vps_ids}
@@ -1106,12 +1366,13 @@ class SqlTransaction(OperationsQueries):
             .where(snapshots.c.vps_id.in_(vps_ids))
             .order_by(snapshots.c.vps_id, snapshots.c.created_at, snapshots.c.name_key)
         )
-        for row in await self._all(query):
-            found[row["vps_id"]].append(_snapshot(row))
+        for row in await self.conn.execute(query):
+            found[row[0]].append(_snapshot(row))
         return found
 
     async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None:
-        row = await self._one(_GET_SNAPSHOT, {"b_vps": vps_id, "b_key": name_key(name)})
+        params = {"b_vps": vps_id, "b_key": name_key(name)}
+        row = (await self.conn.execute(_GET_SNAPSHOT, params)).first()
         return _snapshot(row) if row else None
 
     async def add_snapshot(self, snapshot: Snapshot) -> None:
@@ -1459,7 +1720,7 @@ class SqlTransaction(OperationsQueries):
             .order_by(snapshots.c.expires_at)
             .limit(limit)
         )
-        return [_snapshot(r) for r in await self._all(query)]
+        return [_snapshot(r) for r in await self.conn.execute(query)]
 
     async def expired_snapshot_keys(self, now: datetime, limit: int) -> list[tuple[str, str]]:
         query = (

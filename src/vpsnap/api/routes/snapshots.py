@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
 from vpsnap.api.params import SnapshotNamePath, VpsIdPath
-from vpsnap.api.presenters import accepted, snapshot_list_out
+from vpsnap.api.presenters import accepted, json_response, snapshot_list_json
 from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
 
@@ -43,11 +43,10 @@ _RESTORE_ERRORS = problem_responses(
 @router.get(
     "", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_LIST_ERRORS
 )
-async def list_snapshots(
-    vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep
-) -> SnapshotListOut:
+async def list_snapshots(vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep) -> Response:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
-    return snapshot_list_out(await services.snapshots.listing(principal, vps_id))
+    # Serialised here, with the shape of SnapshotListOut (api/presenters.py says why).
+    return json_response(snapshot_list_json(await services.snapshots.listing(principal, vps_id)))
 
 
 @router.post(

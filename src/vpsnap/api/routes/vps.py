@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from vpsnap.api.deps import ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
 from vpsnap.api.params import CursorParam, IpFilter, NameFilter, VpsIdPath
-from vpsnap.api.presenters import vps_out
+from vpsnap.api.presenters import json_response, vps_json, vps_page_json
 from vpsnap.api.schemas import VpsOut, VpsPageOut
 from vpsnap.domain.ports import VpsFilter
 
@@ -29,16 +29,13 @@ async def list_vps(
     cursor: CursorParam = None,
     name: NameFilter = None,
     primary_ip: IpFilter = None,
-) -> VpsPageOut:
+) -> Response:
     """The caller's VPSes, oldest first; follow `nextCursor` for the next page."""
     page = await services.inventory.list(
         principal, VpsFilter(name=name, primary_ip=primary_ip), cursor, limit
     )
-    return VpsPageOut(
-        data=[vps_out(v) for v in page.items],
-        has_more=page.has_more,
-        next_cursor=page.next_cursor,
-    )
+    # Serialised here, with the shape of VpsPageOut (api/presenters.py says why).
+    return json_response(vps_page_json(page))
 
 
 @router.get(
@@ -47,6 +44,6 @@ async def list_vps(
     response_model=VpsOut,
     responses=problem_responses("forbidden", "vps_not_found"),
 )
-async def get_vps(vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep) -> VpsOut:
+async def get_vps(vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep) -> Response:
     """One VPS, with its power state as the hypervisor reports it now."""
-    return vps_out(await services.inventory.get(principal, vps_id))
+    return json_response(vps_json(await services.inventory.get(principal, vps_id)))
