@@ -17,11 +17,20 @@ pause of the event loop right when the first requests come.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 
-def pause_collector() -> None:
-    """No cyclic garbage collection until :func:`resume_collector` (start-up only)."""
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection in the block (a server's whole run: its start-up calls
+    :func:`resume_collector` with ``freeze`` once it listens); collection is on again after
+    the block however it ends."""
     gc.disable()
+    try:
+        yield
+    finally:
+        resume_collector(freeze=False)
 
 
 def resume_collector(*, freeze: bool) -> None:

@@ -65,11 +65,10 @@ def api(
     """The HTTP API alone: stateless, any number behind a load balancer; it never runs a
     hypervisor command and needs no data dir with disks. Needs PostgreSQL (and Redis for
     shared rate limits: VPSNAP_RATE_LIMIT_STORAGE)."""
-    from vpsnap.cli.heap import pause_collector, resume_collector  # noqa: PLC0415
+    from vpsnap.cli.heap import collector_paused  # noqa: PLC0415
 
     # As `vpsnap serve`: no cyclic collection while the server starts (cli/heap.py).
-    pause_collector()
-    try:
+    with collector_paused():
         from vpsnap.cli.commands.admin.common import load_settings  # noqa: PLC0415
         from vpsnap.cli.scaleout import run_api  # noqa: PLC0415
 
@@ -81,8 +80,6 @@ def api(
             log_format=log_format,
         )
         _run(settings, run_api(settings))
-    finally:
-        resume_collector(freeze=False)
 
 
 @click.command("agent")

@@ -132,15 +132,12 @@ def command(
     forwarded_allow_ips: str | None,
 ) -> None:
     """Run API, job worker and scheduler in one process (SQLite in the data dir by default)."""
-    from vpsnap.cli.heap import pause_collector, resume_collector  # noqa: PLC0415
+    from vpsnap.cli.heap import collector_paused  # noqa: PLC0415
 
     # No cyclic collection while the server's modules are imported and its app is built:
     # 15-20 % of the start-up's CPU (cli/heap.py); run_server resumes it once it listens.
-    pause_collector()
-    try:
+    with collector_paused():
         _serve(host, port, data_dir, demo, log_format, proxy_headers, forwarded_allow_ips)
-    finally:
-        resume_collector(freeze=False)
 
 
 def _serve(
