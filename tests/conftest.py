@@ -43,6 +43,16 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # other worker goes through the many short files meanwhile instead of waiting for one long file
 # at the end.
 _ONE_UNIT = "tests/guest/"
+# Every file that drives the machine's one real libvirtd is one unit too: one of them restarts
+# libvirtd (test_the_connection_is_reopened_after_libvirtd_restarts), which cut another file's
+# connection mid-test when the two ran on both workers at once.
+_REAL_LIBVIRTD = (
+    "tests/drivers/test_libvirt.py",
+    "tests/drivers/test_libvirt_vm_safety.py",
+    "tests/drivers/test_contract_libvirt.py",
+    "tests/cli/test_libvirt_import.py",
+    "tests/cli/test_admin_disks.py",
+)
 _LONG_FIRST = ("tests/guest/", "tests/system/", "tests/scaleout/", "tests/dashboard/")
 
 
@@ -53,7 +63,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     class FileScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
-            return _ONE_UNIT if path.startswith(_ONE_UNIT) else path
+            if path.startswith(_ONE_UNIT):
+                return _ONE_UNIT
+            return "real libvirtd" if path in _REAL_LIBVIRTD else path
 
     config.option.loadscopereorder = False  # keep the order below, not "most tests first"
     return FileScheduling(config, log)
