@@ -32,7 +32,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; default: SQLite (WAL) at <data_dir>/vpsnap.db",
     )
     sqlite_busy_timeout_seconds: float = Field(
-        default=30.0,
+        # Below the SDK's and CLI's 30 s request timeout, so that a client gets the 503 and its
+        # Retry-After instead of giving up on an answer that is still coming.
+        default=15.0,
         gt=0,
         le=600,
         description="SQLite: how long a write waits for another writer's lock before it gives "

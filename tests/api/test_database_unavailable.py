@@ -44,6 +44,15 @@ async def test_a_write_behind_a_held_lock_is_503_and_leaves_nothing(
         assert response.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)
         assert body["extensions"] == {"retryAfter": DATABASE_RETRY_AFTER_SECONDS}
         assert "locked" not in str(body["detail"])  # the operator's account is in the log
+        # The SDK and the CLI send an Idempotency-Key: that path refuses in its own layer and
+        # must say when to come back just the same.
+        keyed = await api.client.post(
+            snapshots_path(api),
+            json={"name": "before-upgrade"},
+            headers={**api.auth(), "Idempotency-Key": "retry-me-later"},
+        )
+        assert_problem(keyed, 503, "database_unavailable")
+        assert keyed.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)
         listed = await api.client.get(snapshots_path(api), headers=api.auth())
         assert listed.status_code == 200  # reads do not wait for the writer
     finally:
@@ -53,6 +62,8 @@ async def test_a_write_behind_a_held_lock_is_503_and_leaves_nothing(
     listed = await api.client.get(snapshots_path(api), headers=api.auth())
     assert listed.json()["data"] == []
     retried = await api.client.post(
-        snapshots_path(api), json={"name": "before-upgrade"}, headers=api.auth()
+        snapshots_path(api),
+        json={"name": "before-upgrade"},
+        headers={**api.auth(), "Idempotency-Key": "retry-me-later"},
     )
-    assert retried.status_code == 202, retried.text
+    assert retried.status_code == 202, retried.text  # carried out, not the 503 replayed

@@ -8,7 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
+from vpsnap.domain.errors import DatabaseUnavailable
 from vpsnap.pacing import Pace, RunStopped, between_pages, pacing
 from vpsnap.runtime import Runtime
 from vpsnap.scheduler.loop import PeriodicTask, run_scheduler
@@ -42,6 +44,35 @@ async def test_runs_at_once_then_on_interval_and_survives_a_failing_run() -> Non
     stopping.set()
     await asyncio.wait_for(loop, 5)
     assert calls.count("steady") == 1  # at start only: its interval is far away
+
+
+async def test_a_database_that_is_away_defers_a_run_with_a_warning_not_an_error() -> None:
+    stopping = asyncio.Event()
+    runs = 0
+    second_run = asyncio.Event()
+
+    async def writes() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise DatabaseUnavailable("away", retry_after=2, log_detail="database is locked")
+        second_run.set()
+
+    with structlog.testing.capture_logs() as logs:
+        loop = asyncio.create_task(run_scheduler([PeriodicTask("writes", 0.05, writes)], stopping))
+        await asyncio.wait_for(second_run.wait(), 10)
+        stopping.set()
+        await asyncio.wait_for(loop, 5)
+    deferred = [e for e in logs if e["event"] == "scheduled_task_deferred"]
+    assert deferred == [
+        {
+            "event": "scheduled_task_deferred",
+            "task": "writes",
+            "reason": "database is locked",
+            "log_level": "warning",
+        }
+    ]
+    assert not [e for e in logs if e["log_level"] == "error"]
 
 
 async def test_stopping_waits_for_a_run_in_progress() -> None:

@@ -70,7 +70,22 @@ def problem_response(
     *,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    """The problem+json answer to ``error``, whichever layer refuses (route, edge, idempotency).
+
+    Every path gets the same two extras: ``Retry-After`` from the error's ``retryAfter``
+    extension (rate_limited, vps_queue_full, node_unavailable, database_unavailable say when to
+    come back), and the operator's ``log_detail`` (host paths, tool output) in the log only.
+    """
     state = scope.get("state", {})
+    if error.log_detail:
+        _log.warning(
+            "request_failed_detail",
+            request_id=state.get("request_id", ""),
+            code=error.code,
+            log_detail=error.log_detail,
+        )
+    if "retryAfter" in error.extensions:
+        headers = {"Retry-After": str(error.extensions["retryAfter"]), **(headers or {})}
     summary = error_summary(error)
     body = problem_body(
         summary,
@@ -182,22 +197,7 @@ def http_error(exc: StarletteHTTPException) -> DomainError:
 
 async def domain_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    if exc.log_detail:
-        # The operator's account of the failure (host paths, tool output): the log only.
-        _log.warning(
-            "request_failed_detail",
-            request_id=request.scope.get("state", {}).get("request_id", ""),
-            code=exc.code,
-            log_detail=exc.log_detail,
-        )
-    # rate_limited, vps_queue_full, node_unavailable and database_unavailable say when to
-    # come back.
-    headers = (
-        {"Retry-After": str(exc.extensions["retryAfter"])}
-        if "retryAfter" in exc.extensions
-        else None
-    )
-    return problem_response(request.scope, exc, headers=headers)
+    return problem_response(request.scope, exc)
 
 
 def _is_json(content_type: str | None) -> bool:

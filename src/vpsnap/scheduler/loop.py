@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from vpsnap.domain.errors import DatabaseUnavailable
 from vpsnap.pacing import DEFAULT_BUSY_SHARE, Pace, RunStopped, pacing
 
 log = structlog.get_logger("vpsnap.scheduler")
@@ -49,6 +50,10 @@ async def run_periodically(
         except RunStopped:
             log.info("scheduled_task_interrupted", task=task.name, reason="stopping")
             return
+        except DatabaseUnavailable as exc:
+            # Expected while the database restarts or another writer holds SQLite's lock: the
+            # next run tries again. A warning with the reason, not an error with a traceback.
+            log.warning("scheduled_task_deferred", task=task.name, reason=exc.log_detail)
         except Exception:  # one failed run (a database hiccup) must not end the task
             log.exception("scheduled_task_failed", task=task.name)
         elapsed = time.perf_counter() - started

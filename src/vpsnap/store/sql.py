@@ -391,7 +391,7 @@ def _is_sqlite(url: str) -> bool:
 
 
 def create_engine(
-    url: str, *, schema: str | None = None, busy_timeout_seconds: float = 30.0
+    url: str, *, schema: str | None = None, busy_timeout_seconds: float = 15.0
 ) -> AsyncEngine:
     """An async engine tuned for the backend.
 
@@ -508,7 +508,7 @@ class SqlStore:
 
     @classmethod
     def from_url(
-        cls, url: str, *, schema: str | None = None, busy_timeout_seconds: float = 30.0
+        cls, url: str, *, schema: str | None = None, busy_timeout_seconds: float = 15.0
     ) -> SqlStore:
         """A store on ``url`` (``create_engine`` says what ``busy_timeout_seconds`` is)."""
         prefix = f"vpsnap_{schema}" if schema else "vpsnap"
