@@ -31,6 +31,20 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
+def _vpsnap_command() -> str:
+    """How to run ``vpsnap`` from a shell: its name when it is on ``PATH``, else the path of
+    the one beside this interpreter (``./scripts/demo`` runs ``.venv/bin/vpsnap``, which is on
+    no ``PATH`` until the venv is activated)."""
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    beside = Path(sys.executable).parent / "vpsnap"
+    on_path = shutil.which("vpsnap")
+    if on_path is not None and Path(on_path).resolve() == beside.resolve():
+        return "vpsnap"
+    return str(beside) if beside.exists() else "vpsnap"
+
+
 def _welcome(settings: Settings) -> str:
     # The keys and passwords stay in their 0600 file: this output is the server's log, and logs
     # travel (journals, collectors) where secrets must not (docs/api.md, Authentication).
@@ -44,7 +58,7 @@ def _welcome(settings: Settings) -> str:
         f"dashboard: {url}/ - sign in as demo@example.com\n\n"
         "Try it:\n"
         f"  KEY=$({read}['full'])\")\n"
-        f'  vpsnap vps list --url {url} --api-key "$KEY"\n'
+        f'  {_vpsnap_command()} vps list --url {url} --api-key "$KEY"\n'
         f'  curl -s -H "Authorization: Bearer $KEY" {url}/api/v2/vps\n'
     )
 
