@@ -14,6 +14,7 @@ async def test_no_credentials_is_401(api: Api) -> None:
     response = await api.client.get("/api/v2/vps")
     assert response.status_code == 401
     assert response.json()["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == 'Bearer realm="vpsnap"'  # RFC 9110 11.6.1
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,7 @@ async def test_invalid_credentials_are_401(api: Api, headers: dict[str, str]) ->
     response = await api.client.get("/api/v2/vps", headers=headers)
     assert response.status_code == 401
     assert response.json()["code"] == "unauthorized"
+    assert response.headers["www-authenticate"] == 'Bearer realm="vpsnap"'
 
 
 async def test_x_api_key_header_is_accepted(api: Api) -> None:

@@ -64,6 +64,9 @@ def problem_body(
     return body
 
 
+_CHALLENGE = 'Bearer realm="vpsnap"'
+
+
 def problem_response(
     scope: Any,
     error: DomainError,
@@ -72,9 +75,10 @@ def problem_response(
 ) -> JSONResponse:
     """The problem+json answer to ``error``, whichever layer refuses (route, edge, idempotency).
 
-    Every path gets the same two extras: ``Retry-After`` from the error's ``retryAfter``
-    extension (rate_limited, vps_queue_full, node_unavailable, database_unavailable say when to
-    come back), and the operator's ``log_detail`` (host paths, tool output) in the log only.
+    Every path gets the same extras: ``Retry-After`` from the error's ``retryAfter`` extension
+    (rate_limited, vps_queue_full, node_unavailable, database_unavailable say when to come
+    back), ``WWW-Authenticate`` on a 401, and the operator's ``log_detail`` (host paths, tool
+    output) in the log only.
     """
     state = scope.get("state", {})
     if error.log_detail:
@@ -86,6 +90,9 @@ def problem_response(
         )
     if "retryAfter" in error.extensions:
         headers = {"Retry-After": str(error.extensions["retryAfter"]), **(headers or {})}
+    if error.code == "unauthorized":
+        # RFC 9110 section 11.6.1: a 401 carries at least one challenge (RFC 6750's scheme).
+        headers = {"WWW-Authenticate": _CHALLENGE, **(headers or {})}
     summary = error_summary(error)
     body = problem_body(
         summary,
