@@ -175,6 +175,11 @@ async def test_every_code_has_an_errors_page(api: Api) -> None:
         assert kind.title in page.text
         assert str(kind.status) in page.text
         assert ("Retrying can help" if kind.retryable else "Retrying will not help") in page.text
+        # The explanation's `code spans` are HTML code, never raw backticks.
+        assert kind.explanation.count("`") % 2 == 0, code
+        assert "`" not in page.text, code
+    page = await api.client.get("/errors/database_unavailable")
+    assert "after <code>Retry-After</code> seconds" in page.text
 
 
 async def test_openapi_examples_come_from_the_catalogue(api: Api) -> None:

@@ -79,6 +79,15 @@ _RETRY_ADVICE = {
 }
 
 
+def _inline_code(text: str) -> str:
+    """``text`` as HTML, its `backticked` spans (the catalogue's Markdown, as the problem
+    documents' ``detail`` carries it) as ``<code>``."""
+    return "".join(
+        f"<code>{html.escape(part)}</code>" if i % 2 else html.escape(part)
+        for i, part in enumerate(text.split("`"))
+    )
+
+
 @router.get("/errors", operation_id="listErrorCodes", response_class=HTMLResponse)
 async def error_index() -> HTMLResponse:
     """Every problem code this API answers with."""
@@ -104,7 +113,7 @@ async def error_page(code: ErrorCodePath) -> HTMLResponse:
     body = (
         f"<h1>{html.escape(kind.title)}</h1>"
         f"<p>HTTP status <b>{kind.status}</b>, code <code>{html.escape(code)}</code>.</p>"
-        f"<p>{html.escape(kind.explanation)}</p>"
+        f"<p>{_inline_code(kind.explanation)}</p>"
         f"<p>{_RETRY_ADVICE[kind.retryable]}</p>"
         "<p>Branch on the <code>code</code> member of the problem document, never on "
         "<code>detail</code>. Quote the <code>requestId</code> when asking for help.</p>"
