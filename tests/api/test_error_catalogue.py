@@ -213,3 +213,16 @@ async def test_openapi_examples_come_from_the_catalogue(api: Api) -> None:
         "memory_snapshot_unsupported",
         "restore_incomplete",
     }
+
+
+async def test_openapi_declares_retry_after_where_a_problem_may_carry_it(api: Api) -> None:
+    document = (await api.client.get("/openapi.json")).json()
+    declared = 0
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                if status in ("429", "503"):
+                    header = response["headers"]["Retry-After"]
+                    assert header["schema"] == {"type": "integer", "minimum": 0}
+                    declared += 1
+    assert declared > 20  # every operation may be rate limited

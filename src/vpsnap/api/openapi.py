@@ -74,6 +74,14 @@ _STATE_CHANGING = ("invalid_request", "idempotency_key_in_use", "idempotency_key
 _COOKIE_STATE_CHANGING = ("csrf_failed",)
 
 
+# Sent with every problem whose code says when to come back (its extensions.retryAfter).
+_RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before retrying (rate_limited, vps_queue_full, "
+    "node_unavailable, database_unavailable); the same number as extensions.retryAfter.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
 def example_problem(code: str, instance: str) -> dict[str, Any]:
     """A problem document for ``code`` as the API would answer it at ``instance``."""
     kind = CATALOGUE[code]
@@ -118,6 +126,8 @@ def _add_examples(path: str, method: str, operation: dict[str, Any]) -> None:
         media = response.get("content", {}).get(PROBLEM_MEDIA_TYPE)
         if not status.isdigit() or media is None:
             continue
+        if status in ("429", "503"):
+            response.setdefault("headers", {})["Retry-After"] = _RETRY_AFTER_HEADER
         examples = media.setdefault("examples", {})
         if not examples:  # a status declared without codes: every code of that status
             examples.update({c: {} for c, k in CATALOGUE.items() if str(k.status) == status})
