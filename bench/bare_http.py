@@ -21,20 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from common import bare_app
 
 from vpsnap.cli.processes import Server, no_nagle
-
-
-def bare_app(bodies: dict[str, Any]) -> FastAPI:
-    app = FastAPI()
-    for path, body in bodies.items():
-
-        async def endpoint(body: Any = body) -> Any:
-            return body
-
-        app.add_api_route(path, endpoint, methods=["GET"])
-    return app
 
 
 async def serve(port: int, bodies: dict[str, Any]) -> None:

@@ -621,3 +621,19 @@ def bench_main(
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def bare_app(bodies: Mapping[str, Any]) -> Any:
+    """A bare FastAPI app answering ``GET path`` with ``bodies[path]`` (no authentication,
+    middleware, store or response model): the baseline of scale.py's reads, in-process and
+    over HTTP (bare_http.py)."""
+    from fastapi import FastAPI  # noqa: PLC0415 - only the benchmarks that compare need it
+
+    app = FastAPI()
+    for path, body in bodies.items():
+
+        async def endpoint(body: Any = body) -> Any:
+            return body
+
+        app.add_api_route(path, endpoint, methods=["GET"])
+    return app

@@ -58,6 +58,7 @@ import httpx
 from common import (
     RESULTS_DIR,
     BenchError,
+    bare_app,
     fmt_ratio,
     free_port,
     log_tail,
@@ -316,20 +317,6 @@ async def time_gets(
 # Requests per turn when vpsnap and the bare app take turns: the machine's load changes from
 # second to second (other engineers' suites), so both sides are timed in the same seconds.
 TURN = 10
-
-
-def bare_app(bodies: dict[str, Any]) -> Any:
-    """A bare FastAPI app serving the same JSON bodies (no auth, no store, no middleware)."""
-    from fastapi import FastAPI  # noqa: PLC0415
-
-    app = FastAPI()
-    for path, body in bodies.items():
-
-        async def endpoint(body: Any = body) -> Any:
-            return body
-
-        app.add_api_route(path, endpoint, methods=["GET"])
-    return app
 
 
 async def measure_reads(
