@@ -189,11 +189,8 @@ class QemuDriver:
             try:
                 if vm is not None and (vm.launch is None or self._process_alive(vps)):
                     out.append(None)
-                elif not vps.disks:
-                    out.append(PowerState.ERROR)
                 else:
-                    exists = all(Path(d).exists() for d in vps.disks)
-                    out.append(PowerState.STOPPED if exists else PowerState.ERROR)
+                    out.append(_disk_state(vps))
             except Exception as exc:  # that VPS's answer only
                 out.append(exc)
         return out
@@ -584,11 +581,7 @@ class QemuDriver:
             yield vm, monitor
 
     async def _offline_state(self, vps: Vps) -> PowerState:
-        # Without a VM process the only thing to know is whether the disks are there at all.
-        if not vps.disks:
-            return PowerState.ERROR
-        exists = await asyncio.gather(*(asyncio.to_thread(Path(d).exists) for d in vps.disks))
-        return PowerState.STOPPED if all(exists) else PowerState.ERROR
+        return await asyncio.to_thread(_disk_state, vps)
 
     async def _snapshot_disks(
         self, vm: _Vm, request: SnapshotRequest, monitor: Monitor, nodes: tuple[str, ...]
@@ -772,3 +765,11 @@ if TYPE_CHECKING:
     # mypy proves the class satisfies the port; nothing runs.
     def _implements_port(driver: QemuDriver) -> HypervisorDriver:
         return driver
+
+
+def _disk_state(vps: Vps) -> PowerState:
+    """Blocking: the state of a VPS without a VM process — the only thing to know is whether
+    its disks are there at all (``STOPPED``), or not (``ERROR``, also for none)."""
+    if not vps.disks:
+        return PowerState.ERROR
+    return PowerState.STOPPED if all(Path(d).exists() for d in vps.disks) else PowerState.ERROR
