@@ -103,6 +103,14 @@ class VpsnapError(Exception):
     def __str__(self) -> str:
         return self.detail
 
+    @property
+    def retry_after(self) -> float | None:
+        """Seconds the server asked to wait before sending this again (``extensions.retryAfter``:
+        rate_limited, vps_queue_full, node_unavailable, database_unavailable); None when it
+        did not say."""
+        value = self.extensions.get("retryAfter")
+        return float(value) if isinstance(value, int | float) else None
+
 
 class ConfigurationError(VpsnapError):
     code = "configuration_error"
@@ -266,11 +274,6 @@ class CannotMakeRoom(Conflict):
 class RateLimited(VpsnapError):
     code = "rate_limited"
 
-    @property
-    def retry_after(self) -> float | None:
-        value = self.extensions.get("retryAfter")
-        return float(value) if isinstance(value, int | float) else None
-
 
 class VpsQueueFull(RateLimited):
     """The VPS has as many unfinished jobs as it may queue; retry after ``retry_after``."""
@@ -296,22 +299,12 @@ class NodeUnavailable(ServerError):
 
     code = "node_unavailable"
 
-    @property
-    def retry_after(self) -> float | None:
-        value = self.extensions.get("retryAfter")
-        return float(value) if isinstance(value, int | float) else None
-
 
 class DatabaseUnavailable(ServerError):
     """The server's database did not answer in time: nothing was done; retry after
     ``retry_after`` seconds (the SDK's own retries do)."""
 
     code = "database_unavailable"
-
-    @property
-    def retry_after(self) -> float | None:
-        value = self.extensions.get("retryAfter")
-        return float(value) if isinstance(value, int | float) else None
 
 
 class WebhookNotFound(NotFound):
