@@ -147,7 +147,7 @@ class EdgeMiddleware:
             rate = await self._count(scope, state, authenticate=refusal is None)
             extra.update(rate.headers())
             if not rate.allowed:
-                extra["Retry-After"] = str(rate.retry_after)
+                # Its Retry-After comes with the problem answer (api/problems.problem_response).
                 refusal = RateLimited(
                     f"Rate limit of {rate.limit} requests per {rate.window_seconds} s reached. "
                     f"Retry in {rate.retry_after} s.",
