@@ -85,6 +85,7 @@ def run(
     *,
     env: dict[str, str] | None = None,
     timeout: float = COMMAND_TIMEOUT_S,
+    pass_fds: Sequence[int] = (),
 ) -> str:
     """Run a command to completion; its stdout, or BenchError with its output on failure."""
     try:
@@ -95,6 +96,7 @@ def run(
             env=env,
             check=False,
             timeout=timeout,
+            pass_fds=pass_fds,
         )
     except subprocess.TimeoutExpired:
         raise _timed_out(cmd, timeout) from None

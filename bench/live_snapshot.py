@@ -41,6 +41,8 @@ import common
 import httpx
 from qemu.qmp import EventListener, Message, QMPClient, QMPError
 
+from vpsnap.drivers.machines import MachineDir, bind_sockets
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -256,6 +258,10 @@ async def _quit(client: QMPClient) -> None:
         await client.disconnect()
 
 
+# A chardev listening on an inherited descriptor: "socket,id=<id>,fd=<n>,server=on,...".
+_CHARDEV_FD = re.compile(r"^(socket,id=([\w-]+),fd=)\d+,")
+
+
 def managed_command_line(data_dir: Path, vps_id: str) -> tuple[list[str], Path]:
     """The running managed VM's argv (from /proc) and its machine directory."""
     machine_dir = (data_dir / "machines" / vps_id).resolve()
@@ -291,7 +297,12 @@ def bare_vm(
         )
     shutil.copyfile(source, disk)
     common.progress("launching the bare VM (the managed VM's command line) ...")
-    common.run(twin, timeout=VM_START_TIMEOUT_S)  # -daemonize: returns once the sockets are bound
+    # The managed VM's monitors listen on descriptors vpsnap bound: the twin gets its own.
+    with bind_sockets(MachineDir(directory)) as sockets:
+        by_id = {"qmp": sockets.qmp, "qmp-status": sockets.status, "qga": sockets.guest_agent}
+        twin = [_CHARDEV_FD.sub(lambda m: f"{m[1]}{by_id[m[2]].fileno()},", arg) for arg in twin]
+        # -daemonize: returns once QEMU is set up.
+        common.run(twin, timeout=VM_START_TIMEOUT_S, pass_fds=sockets.fds)
     try:
         with asyncio.Runner() as runner:
             vm = BareVm(runner, directory)

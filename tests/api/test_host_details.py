@@ -39,12 +39,6 @@ exec qemu-img "$@"
 
 
 @pytest.fixture
-def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Managed VMs keep their sockets in the data dir (paths are limited to 107 bytes).
-    return tmp_path_factory.mktemp("h")
-
-
-@pytest.fixture
 def api_overrides(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     script = tmp_path_factory.mktemp("bin") / "qemu-img"
     script.write_text(HANGING_QEMU_IMG)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -20,12 +19,6 @@ pytestmark = pytest.mark.qemu
 
 RESTORES = 6
 READERS = 6
-
-
-@pytest.fixture
-def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # The data dir holds the VM's sockets, whose paths are limited to 107 bytes.
-    return tmp_path_factory.mktemp("v")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,7 @@ from tests.conftest import Api
 from tests.drivers.support import make_vps
 from tests.drivers.vm_support import read_shared, write_running
 from vpsnap.domain.model import LaunchSpec, QmpAttachment
-from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.machines import ManagedMachines, bind_sockets, launch_arguments
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.drivers.qmp import open_monitor
 from vpsnap.services.accounts import NewVps
@@ -25,12 +24,6 @@ pytestmark = pytest.mark.qemu
 
 A, B = 0xA1, 0xB2
 REGION = (0, 64 * 1024)
-
-
-@pytest.fixture
-def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # VM sockets live under the data dir (paths are limited to 107 bytes).
-    return tmp_path_factory.mktemp("g")
 
 
 @pytest.fixture(autouse=True)
@@ -128,12 +121,14 @@ async def start_owner_vm(machines: ManagedMachines, disks: tuple[str, ...], mib:
     owner = make_vps(disks, vps_id="owner")
     machine = machines.dir_for(owner.id)
     machine.path.mkdir(parents=True, exist_ok=True)
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-system-x86_64",
-        *launch_arguments(owner, LaunchSpec(mib, 1), machine),
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    with bind_sockets(machine) as sockets:
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-system-x86_64",
+            *launch_arguments(owner, LaunchSpec(mib, 1), machine, sockets),
+            stderr=asyncio.subprocess.PIPE,
+            pass_fds=sockets.fds,
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()
     return str(machine.qmp_socket)
 

@@ -40,7 +40,7 @@ async def stop_demo(settings: Settings) -> None:
 def test_demo_web_runs_and_a_second_start_reattaches(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    data_dir: Path = tmp_path_factory.mktemp("demo")  # short: unix socket paths are limited
+    data_dir: Path = tmp_path_factory.mktemp("demo")
     settings = Settings(data_dir=data_dir)
     machines = ManagedMachines(data_dir)
     try:

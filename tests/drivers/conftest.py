@@ -39,7 +39,6 @@ async def machines(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Ma
     """A data dir for managed VMs; every VM started in it is gone after the test (checked)."""
     if shutil.which("qemu-system-x86_64") is None:
         pytest.fail("qemu-system-x86_64 is not on PATH; install qemu-system-x86 (scripts/install)")
-    # A short path: unix socket paths are limited to 107 bytes.
     root = tmp_path_factory.mktemp("vm")
     managed = ManagedMachines(root, timeout=30.0)
     yield managed

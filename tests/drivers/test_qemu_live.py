@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,10 @@ from vpsnap.domain.model import (
     Vps,
 )
 from vpsnap.domain.ports import SnapshotRequest
-from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.machines import ManagedMachines, bind_sockets, launch_arguments
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qmp import open_monitor
+from vpsnap.drivers.unix_sockets import MAX_ADDRESS_BYTES
 
 from .support import DiskFactory, make_vps
 from .vm_support import GuestAgentStandIn, VmData, qemu_pids_under
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.qemu
 
 VM = LaunchSpec(memory_mib=64, cpus=1)
+QUIESCE_NO_AGENT = "no guest agent runs in the guest (its channel is not open)"
 
 
 @pytest.fixture
@@ -61,14 +64,15 @@ async def attached_vps(
     owner = make_vps(await make_disks(2, prefix="owned"), vps_id="owner-vm")
     machine = machines.dir_for(owner.id)
     machine.path.mkdir(parents=True)
-    args = launch_arguments(owner, VM, machine)
-    if read_only_second_disk:
-        # A disk QEMU cannot write makes the snapshot transaction fail after the freeze.
-        args = [_read_only(arg) if "vd1" in arg and arg.startswith("{") else arg for arg in args]
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    with bind_sockets(machine) as sockets:
+        args = launch_arguments(owner, VM, machine, sockets)
+        if read_only_second_disk:
+            # A disk QEMU cannot write makes the snapshot transaction fail after the freeze.
+            args = [_read_only(a) if "vd1" in a and a.startswith("{") else a for a in args]
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE, pass_fds=sockets.fds
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()
     return make_vps(
         owner.disks,
@@ -213,6 +217,62 @@ async def test_a_stale_pidfile_naming_another_process_is_never_trusted(
     assert machines.pid(vps.id) not in (None, os.getpid())
 
 
+async def test_a_data_dir_longer_than_a_unix_address_runs_vms_all_the_same(
+    qemu_img: QemuImg,
+    make_disks: DiskFactory,
+    live_timeouts: LiveTimeouts,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The data dir is the provider's choice; a unix socket address holds 107 bytes of path.
+    # Before, a data dir of ~50 bytes or more refused every start ("would not fit").
+    data_dir = tmp_path_factory.mktemp("vm") / ("a-provider-chose-a-deep-directory-" * 3)
+    machines = ManagedMachines(data_dir, timeout=30.0)
+    driver = QemuDriver(qemu_img, machines, live_timeouts)
+    vps = make_vps(await make_disks(1), machine=VM)
+    machine = machines.dir_for(vps.id)
+    assert min(len(os.fsencode(p)) for p in machine.files()) > MAX_ADDRESS_BYTES
+    try:
+        started = await driver.change_power(vps, PowerAction.START)
+        assert started.power_state_after is PowerState.RUNNING
+        assert machine.qmp_socket.is_socket()
+        assert machine.status_socket.is_socket()
+        assert machine.guest_agent_socket.is_socket()
+        # The status monitor, the job monitor (a live snapshot) and the agent channel's state
+        # (asked by chardev id: no agent runs here, so no wait) over the long paths.
+        assert await driver.power_state(vps) is PowerState.RUNNING
+        taken = await driver.create_snapshot(vps, SnapshotRequest(name="deep", quiesce=True))
+        assert taken.consistency_reason == QUIESCE_NO_AGENT
+        # A restarted control plane finds the VM by its pid file.
+        assert ManagedMachines(data_dir).pid(vps.id) == machines.pid(vps.id) is not None
+        stopped = await driver.change_power(vps, PowerAction.STOP)
+        assert stopped.power_state_after is PowerState.STOPPED
+        assert [p for p in machine.files() if p.exists()] == []
+    finally:
+        for vps_id, _ in list(machines.running()):
+            await machines.kill(vps_id)
+    assert qemu_pids_under(data_dir) == []
+
+
+async def test_a_pid_file_naming_a_process_that_only_mentions_the_directory_is_not_trusted(
+    driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
+) -> None:
+    # A VM is recognised by its pid file as a whole argument of a QEMU command line; a process
+    # whose arguments merely contain that path (here: a longer one) is someone else's.
+    vps = make_vps(await make_disks(1), machine=VM)
+    machine = machines.dir_for(vps.id)
+    machine.path.mkdir(parents=True)
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(30)", "qemu-system", f"{machine.pidfile}.old"
+    )
+    try:
+        machine.pidfile.write_text(f"{other.pid}\n")
+        assert machines.pid(vps.id) is None
+        assert await driver.power_state(vps) is PowerState.STOPPED
+    finally:
+        other.kill()
+        await other.wait()
+
+
 async def test_stop_leaves_no_process_and_no_files(
     driver: QemuDriver, make_disks: DiskFactory, machines: ManagedMachines
 ) -> None:
@@ -307,7 +367,7 @@ async def test_no_agent_in_the_guest_gives_a_crash_consistent_snapshot_at_once(
     elapsed = time.monotonic() - started
 
     assert taken.consistency is Consistency.CRASH
-    assert taken.consistency_reason == "no guest agent runs in the guest (its channel is not open)"
+    assert taken.consistency_reason == QUIESCE_NO_AGENT
     assert elapsed < live_timeouts.guest_agent
     assert [p.name for p in await driver.list_restore_points(vps)] == ["q"]
 

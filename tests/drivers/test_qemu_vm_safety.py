@@ -33,7 +33,7 @@ from vpsnap.domain.model import (
 )
 from vpsnap.domain.ports import SnapshotRequest
 from vpsnap.drivers import live
-from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.machines import ManagedMachines, bind_sockets, launch_arguments
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.drivers.qmp import open_monitor
@@ -215,11 +215,12 @@ async def run_owner_vm(
 ) -> Vps:
     machine = machines.dir_for(owner.id)
     machine.path.mkdir(parents=True, exist_ok=True)
-    args = launch_arguments(owner, spec, machine) + (["-S"] if paused else [])
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    with bind_sockets(machine) as sockets:
+        args = launch_arguments(owner, spec, machine, sockets) + (["-S"] if paused else [])
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE, pass_fds=sockets.fds
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()
     return make_vps(owner.disks, vps_id="attached", machine=QmpAttachment(str(machine.qmp_socket)))
 
@@ -538,16 +539,17 @@ async def test_live_delete_failing_half_way_says_where_the_snapshot_still_is(
     await offline.create_snapshot(owner, SnapshotRequest(name="s"))
     machine = machines.dir_for(owner.id)
     machine.path.mkdir(parents=True)
-    args = [
-        json.dumps({**json.loads(arg), "read-only": True})
-        if arg.startswith("{") and "vd1" in arg
-        else arg
-        for arg in launch_arguments(owner, SMALL, machine)
-    ]
-    proc = await asyncio.create_subprocess_exec(
-        "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE
-    )
-    _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    with bind_sockets(machine) as sockets:
+        args = [
+            json.dumps({**json.loads(arg), "read-only": True})
+            if arg.startswith("{") and "vd1" in arg
+            else arg
+            for arg in launch_arguments(owner, SMALL, machine, sockets)
+        ]
+        proc = await asyncio.create_subprocess_exec(
+            "qemu-system-x86_64", *args, stderr=asyncio.subprocess.PIPE, pass_fds=sockets.fds
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, stderr.decode()
     vps = make_vps(owner.disks, vps_id="attached", machine=QmpAttachment(str(machine.qmp_socket)))
 

@@ -42,7 +42,7 @@ from vpsnap.domain.auth import Scope
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.model import LaunchSpec, PowerAction, Vps
 from vpsnap.domain.ports import SnapshotRequest
-from vpsnap.drivers.machines import ManagedMachines, launch_arguments
+from vpsnap.drivers.machines import ManagedMachines, bind_sockets, launch_arguments
 from vpsnap.drivers.qemu import LiveTimeouts, QemuDriver
 from vpsnap.drivers.qemu_img import QemuImg
 from vpsnap.drivers.qmp import open_monitor
@@ -131,7 +131,6 @@ def _build_image(config: pytest.Config, state: GuestSession) -> None:
     started = time.monotonic()
     state.kvm_reason = kvm_unusable_reason(state.image)
     state.timings["kvm_probe"] = time.monotonic() - started
-    # Short paths: unix socket paths are limited to 107 bytes.
     state.workdir = Path(tempfile.mkdtemp(prefix="vpsnap-guest-", dir="/tmp"))
     _say(config, f"image {state.image.disk.name} ready in {state.timings['image']:.1f}s")
 
@@ -220,9 +219,9 @@ async def _make_template(state: GuestSession, *, kvm: bool) -> str | None:
     return None
 
 
-async def _run(*argv: str) -> None:
+async def _run(*argv: str, pass_fds: tuple[int, ...] = ()) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, pass_fds=pass_fds
     )
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out.decode()
@@ -433,13 +432,14 @@ async def _resume(machines: ManagedMachines, vps: Vps, spec: LaunchSpec) -> None
     and delete ``booted`` from the disk: the test's VPS starts with no snapshot at all."""
     machine = machines.dir_for(vps.id)
     machine.path.mkdir(parents=True)
-    argv = [
-        machines.qemu_system,
-        *launch_arguments(vps, spec, machine),
-        "-loadvm",
-        TEMPLATE_SNAPSHOT,
-    ]
-    await _run(*argv)
+    with bind_sockets(machine) as sockets:
+        argv = [
+            machines.qemu_system,
+            *launch_arguments(vps, spec, machine, sockets),
+            "-loadvm",
+            TEMPLATE_SNAPSHOT,
+        ]
+        await _run(*argv, pass_fds=sockets.fds)
     async with open_monitor(str(machine.qmp_socket), 60) as monitor:
         await monitor.execute(
             "blockdev-snapshot-delete-internal-sync", {"device": "vd0", "name": TEMPLATE_SNAPSHOT}

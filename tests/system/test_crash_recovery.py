@@ -88,8 +88,7 @@ def _snapshot_names(disk: Path) -> list[str]:
 
 @pytest.fixture
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A data dir for `serve --demo` (short path: unix socket paths are limited); every VM
-    it started is gone afterwards."""
+    """A data dir for `serve --demo`; every VM it started is gone afterwards."""
     data_dir = tmp_path_factory.mktemp("crash")
     yield data_dir
     machines = ManagedMachines(data_dir)

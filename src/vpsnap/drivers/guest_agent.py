@@ -32,6 +32,8 @@ from typing import Any
 
 import structlog
 
+from vpsnap.drivers.unix_sockets import socket_address
+
 _log = structlog.get_logger(__name__)
 
 _DELIMITER = b"\xff"
@@ -198,9 +200,8 @@ class GuestAgent:
     async def _connect(self) -> _Session | None:
         try:
             async with asyncio.timeout(self.timeout):
-                reader, writer = await asyncio.open_unix_connection(
-                    self.socket_path, limit=_MAX_LINE
-                )
+                with socket_address(self.socket_path) as address:
+                    reader, writer = await asyncio.open_unix_connection(address, limit=_MAX_LINE)
         except (TimeoutError, OSError) as exc:
             _log.info("guest_agent_unreachable", socket=self.socket_path, reason=repr(exc))
             return None

@@ -209,15 +209,26 @@ async def qdev_of(monitor: Monitor, node: str) -> str:
     )
 
 
-async def agent_channel_open(monitor: Monitor, socket_path: str) -> bool | None:
+async def agent_channel_open(
+    monitor: Monitor, socket_path: str, chardev_id: str | None = None
+) -> bool | None:
     """Whether a guest agent has opened the virtio-serial port behind ``socket_path``.
 
     QEMU knows when the guest side of the port is open (``frontend-open``); a closed one means
-    no agent runs, so there is no point in waiting for one. None: QEMU has no chardev at that
-    path (the agent is reached some other way), so only asking it tells.
+    no agent runs, so there is no point in waiting for one. The chardev is the one with id
+    ``chardev_id`` when given (a VM vpsnap started: its channel listens on a descriptor vpsnap
+    bound, so QEMU's ``filename`` names no path while nobody is connected), else the one
+    listening at ``socket_path``. None: QEMU has no such chardev (the agent is reached some
+    other way), so only asking it tells.
     """
+    chardevs = await monitor.execute("query-chardev")
+    if chardev_id is not None:
+        for chardev in chardevs:
+            if chardev.get("label") == chardev_id:
+                return bool(chardev.get("frontend-open"))
+        return None
     wanted = _same_file_key(socket_path)
-    for chardev in await monitor.execute("query-chardev"):
+    for chardev in chardevs:
         filename = str(chardev.get("filename", "")).removeprefix("disconnected:")
         if not filename.startswith("unix:"):
             continue

@@ -2,11 +2,14 @@
 
 ``<data-dir>/machines/<vps-id>/`` holds the job monitor ``qmp.sock``, the status monitor
 ``qmp-status.sock`` (so an API read of the power state never waits behind a running snapshot),
-the guest-agent channel ``qga.sock`` and QEMU's ``pid`` file. QEMU daemonizes into its own
-session, so a VM outlives a vpsnap restart; vpsnap finds it again through that directory.
-"Never orphaned": a pid counts only if /proc shows a QEMU started with this directory's
-socket, so a recycled pid is never mistaken for the VM (or killed), and stale files from a VM
-that died are removed before the next start.
+the guest-agent channel ``qga.sock`` and QEMU's ``pid`` file. vpsnap binds the three sockets
+itself and hands QEMU the listening descriptors (``-chardev socket,fd=N``, as libvirt does): a
+socket path of any length works (``unix_sockets``; QEMU would have to fit it in a unix address)
+and QEMU never creates or unlinks files in the directory. QEMU daemonizes into its own session,
+so a VM outlives a vpsnap restart; vpsnap finds it again through that directory. "Never
+orphaned": a pid counts only if /proc shows a QEMU started with this directory's pid file, so a
+recycled pid is never mistaken for the VM (or killed), and stale files from a VM that died are
+removed before the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +29,16 @@ import structlog
 
 from vpsnap.domain.errors import HypervisorError
 from vpsnap.domain.model import LaunchSpec, Vps
+from vpsnap.drivers.unix_sockets import listening_socket
 
 _log = structlog.get_logger(__name__)
 
-# sockaddr_un.sun_path is 108 bytes including the terminating NUL.
-_MAX_SOCKET_PATH = 107
 _POLL_SECONDS = 0.05
 _MAX_ERROR_CHARS = 2000
+
+
+#: The chardev id of a managed VM's guest-agent channel (QMP ``query-chardev`` ``label``).
+GUEST_AGENT_CHARDEV = "qga"
 
 
 def disk_node(index: int) -> str:
@@ -61,6 +68,11 @@ class MachineDir:
         return self.path / "qga.sock"
 
     @property
+    def guest_agent_chardev(self) -> str:
+        """The id of the guest-agent channel's chardev (QMP ``query-chardev`` ``label``)."""
+        return GUEST_AGENT_CHARDEV
+
+    @property
     def pidfile(self) -> Path:
         return self.path / "pid"
 
@@ -70,6 +82,52 @@ class MachineDir:
 
     def files(self) -> tuple[Path, ...]:
         return (self.qmp_socket, self.status_socket, self.guest_agent_socket, self.pidfile)
+
+
+@dataclass(frozen=True, slots=True)
+class ListeningSockets:
+    """A managed VM's three sockets, bound and listening, to be handed to its QEMU.
+
+    The QEMU process inherits them (``pass_fds=fds``); the caller closes its own copies once
+    QEMU has started (``close``, or use it as a context manager). The files stay: QEMU listens
+    on them; ``_remove_files`` removes them when the VM is gone.
+    """
+
+    qmp: socket.socket
+    status: socket.socket
+    guest_agent: socket.socket
+
+    @property
+    def fds(self) -> tuple[int, int, int]:
+        """The descriptors QEMU must inherit (``pass_fds``)."""
+        return (self.qmp.fileno(), self.status.fileno(), self.guest_agent.fileno())
+
+    def close(self) -> None:
+        """Close vpsnap's copies (QEMU keeps its own)."""
+        for listener in (self.qmp, self.status, self.guest_agent):
+            listener.close()
+
+    def __enter__(self) -> ListeningSockets:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def bind_sockets(machine: MachineDir) -> ListeningSockets:
+    """Bind the machine's three sockets (no file may be at their paths yet).
+
+    Raises ``OSError`` when one cannot be bound (those already bound are closed).
+    """
+    bound: list[socket.socket] = []
+    try:
+        for path in (machine.qmp_socket, machine.status_socket, machine.guest_agent_socket):
+            bound.append(listening_socket(path))  # noqa: PERF401 - one at a time: a failure closes those bound
+    except BaseException:
+        for listener in bound:
+            listener.close()
+        raise
+    return ListeningSockets(*bound)
 
 
 class ManagedMachines:
@@ -169,15 +227,31 @@ class ManagedMachines:
         if not await self.wait_exit(vps.id, self.timeout):
             raise HypervisorError(f"The previous VM of {vps.name} is still shutting down.")
         await asyncio.to_thread(_prepare_dir, machine)
-        argv = [self.qemu_system, *launch_arguments(vps, spec, machine)]
+        try:
+            sockets = await asyncio.to_thread(bind_sockets, machine)
+        except OSError as exc:
+            raise HypervisorError(
+                f"The VM of {vps.name} cannot be started: its control sockets cannot be made.",
+                log_detail=f"cannot bind the sockets in {machine.path}: {exc!r}",
+            ) from exc
+        # QEMU has its own copies once it runs: ours are closed however the start ends.
+        with sockets:
+            return await self._spawn(vps, spec, machine, sockets)
+
+    async def _spawn(
+        self, vps: Vps, spec: LaunchSpec, machine: MachineDir, sockets: ListeningSockets
+    ) -> int:
+        argv = [self.qemu_system, *launch_arguments(vps, spec, machine, sockets)]
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                pass_fds=sockets.fds,
             )
         except OSError as exc:
+            await asyncio.to_thread(_remove_files, machine)
             raise HypervisorError(
                 f"The VM of {vps.name} cannot be started: the hypervisor cannot be run on this "
                 "host.",
@@ -241,17 +315,14 @@ class ManagedMachines:
         await asyncio.to_thread(_remove_files, self.dir_for(vps_id))
 
 
-def launch_arguments(vps: Vps, spec: LaunchSpec, machine: MachineDir) -> list[str]:
-    """The qemu-system command line (without the program) of a managed VM."""
-    for socket in (machine.qmp_socket, machine.status_socket, machine.guest_agent_socket):
-        if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
-            raise HypervisorError(
-                f"The VM of {vps.name} cannot be started on this host: its control socket "
-                "would not fit the operating system's limit. The provider must use a shorter "
-                "data directory.",
-                log_detail=f"socket path {socket} is longer than {_MAX_SOCKET_PATH} bytes, the "
-                "limit of unix sockets; use a shorter data dir",
-            )
+def launch_arguments(
+    vps: Vps, spec: LaunchSpec, machine: MachineDir, sockets: ListeningSockets
+) -> list[str]:
+    """The qemu-system command line (without the program) of a managed VM.
+
+    QEMU must inherit ``sockets`` (``pass_fds=sockets.fds``): its monitors and guest-agent
+    channel listen on them.
+    """
     args = [
         "-name",
         _option_value(f"vpsnap-{vps.id}"),
@@ -278,20 +349,20 @@ def launch_arguments(vps: Vps, spec: LaunchSpec, machine: MachineDir) -> list[st
             "-device",
             f"virtio-blk-pci,drive={disk_node(index)},id={disk_device(index)}",
         ]
-    for chardev, socket in (("qmp", machine.qmp_socket), ("qmp-status", machine.status_socket)):
+    for chardev, listener in (("qmp", sockets.qmp), ("qmp-status", sockets.status)):
         args += [
             "-chardev",
-            f"socket,id={chardev},path={_option_value(str(socket))},server=on,wait=off",
+            f"socket,id={chardev},fd={listener.fileno()},server=on,wait=off",
             "-mon",
             f"chardev={chardev},mode=control",
         ]
     args += [
         "-chardev",
-        f"socket,id=qga,path={_option_value(str(machine.guest_agent_socket))},server=on,wait=off",
+        f"socket,id={GUEST_AGENT_CHARDEV},fd={sockets.guest_agent.fileno()},server=on,wait=off",
         "-device",
         "virtio-serial-pci,id=serial0",
         "-device",
-        "virtserialport,chardev=qga,name=org.qemu.guest_agent.0",
+        f"virtserialport,chardev={GUEST_AGENT_CHARDEV},name=org.qemu.guest_agent.0",
         "-daemonize",
         "-pidfile",
         str(machine.pidfile),
@@ -305,8 +376,9 @@ def _is_our_qemu(pid: int, machine: MachineDir) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    # A zombie has an empty cmdline; a recycled pid has someone else's.
-    return os.fsencode(_option_value(str(machine.qmp_socket))) in cmdline
+    # A zombie has an empty cmdline; a recycled pid has someone else's. The pid file's path is
+    # one whole argument of every QEMU vpsnap starts (`-pidfile <dir>/pid`), and of no other.
+    return os.fsencode(str(machine.pidfile)) in cmdline.split(b"\0")
 
 
 def _prepare_dir(machine: MachineDir) -> None:

@@ -102,6 +102,7 @@ class _Vm:
     job_socket: str
     status_socket: str
     agent_socket: str | None
+    agent_chardev: str | None  # its chardev id, when vpsnap started the VM
     launch: LaunchSpec | None  # None: attached, vpsnap cannot start it
 
 
@@ -528,6 +529,7 @@ class QemuDriver:
                     job_socket=str(machine.qmp_socket),
                     status_socket=str(machine.status_socket),
                     agent_socket=str(machine.guest_agent_socket),
+                    agent_chardev=machine.guest_agent_chardev,
                     launch=vps.machine,
                 )
             case QmpAttachment():
@@ -535,6 +537,7 @@ class QemuDriver:
                     job_socket=vps.machine.qmp_socket,
                     status_socket=vps.machine.qmp_socket,
                     agent_socket=vps.machine.guest_agent_socket,
+                    agent_chardev=None,
                     launch=None,
                 )
             case LibvirtDomain():
@@ -594,7 +597,7 @@ class QemuDriver:
                 Quiesce(reason="the VM was registered without a guest-agent channel")
             )
         # A channel no agent has opened answers nothing: skip the wait for the agent's timeout.
-        elif await live.agent_channel_open(monitor, vm.agent_socket) is False:
+        elif await live.agent_channel_open(monitor, vm.agent_socket, vm.agent_chardev) is False:
             freeze = contextlib.nullcontext(
                 Quiesce(reason="no guest agent runs in the guest (its channel is not open)")
             )

@@ -25,6 +25,7 @@ import structlog
 from qemu.qmp import ConnectError, EventListener, ExecuteError, Message, QMPClient, QMPError
 
 from vpsnap.domain.errors import HypervisorError
+from vpsnap.drivers.unix_sockets import socket_address
 
 _log = structlog.get_logger(__name__)
 
@@ -237,7 +238,8 @@ async def _connect_socket(socket_path: str, timeout: float) -> socket.socket:
     sock.setblocking(False)  # noqa: FBT003 - the socket API
     try:
         async with asyncio.timeout(timeout):
-            await asyncio.get_running_loop().sock_connect(sock, socket_path)
+            with socket_address(socket_path) as address:
+                await asyncio.get_running_loop().sock_connect(sock, address)
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         raise MonitorGone(
