@@ -3,7 +3,9 @@ proxy's HTML page), through httpx's mock transport. Unit tests: no server."""
 
 from __future__ import annotations
 
+import email.utils
 import json
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -11,13 +13,14 @@ import pytest
 from vpsnap.client import (
     AsyncClient,
     Client,
+    DatabaseUnavailable,
     IdempotencyKeyInUse,
     RetryPolicy,
     ServerError,
     UnexpectedResponse,
 )
 from vpsnap.client._http import send
-from vpsnap.client._plan import ApiRequest
+from vpsnap.client._plan import ApiRequest, Send, Sleep
 from vpsnap.client._runners import SyncRunner
 
 FAST = RetryPolicy(attempts=4, backoff=0.001, max_backoff=0.002)
@@ -124,3 +127,69 @@ async def test_the_async_client_follows_the_same_rules() -> None:
     assert operation.job_id == "job_1"
     assert len(script.requests) == 2
     assert json.loads(script.requests[1].content) == {"name": "a"}
+
+
+def sleeps_before_answer(policy: RetryPolicy, *answers: httpx.Response) -> tuple[list[float], int]:
+    """Drive the retry plan of a keyed POST over ``answers``: the sleeps it asked for, and the
+    status of the answer it settled on."""
+    plan = send(ApiRequest("POST", "/x", headers=(("Idempotency-Key", "k"),)), policy)
+    sleeps: list[float] = []
+    step = next(plan)
+    replies = iter(answers)
+    try:
+        while True:
+            step = plan.send(next(replies) if isinstance(step, Send) else None)
+            if isinstance(step, Sleep):
+                sleeps.append(step.seconds)
+    except StopIteration as done:
+        return sleeps, done.value.status_code
+
+
+def unavailable(retry_after: str) -> httpx.Response:
+    answer = problem(503, "database_unavailable")
+    answer.headers["Retry-After"] = retry_after
+    return answer
+
+
+def test_a_5xx_with_retry_after_is_retried_no_sooner_than_the_server_asked() -> None:
+    # Before, the SDK came back after its own backoff (0.25-0.5 s), well before the 2 s the
+    # server's 503 database_unavailable asks for.
+    policy = RetryPolicy(attempts=3, backoff=0.5, max_backoff=8.0)
+    sleeps, status = sleeps_before_answer(
+        policy, unavailable("2"), unavailable("3"), httpx.Response(202, json=OPERATION)
+    )
+    assert status == 202
+    assert len(sleeps) == 2
+    assert sleeps[0] >= 2.0
+    assert sleeps[1] >= 3.0
+
+
+def test_an_http_date_retry_after_is_read_too() -> None:
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
+    sleeps, _ = sleeps_before_answer(
+        RetryPolicy(attempts=2), unavailable(when), httpx.Response(202, json=OPERATION)
+    )
+    assert 3.0 <= sleeps[0] <= 5.0
+
+
+def test_a_5xx_asking_for_longer_than_the_sdk_waits_is_raised_at_once() -> None:
+    script = Script(unavailable("120"), httpx.Response(202, json=OPERATION))
+    transport = httpx.MockTransport(script)
+    policy = RetryPolicy(attempts=4, max_backoff=8.0)
+    with (
+        Client("http://vpsnap.test", "k", retry=policy, transport=transport) as client,
+        pytest.raises(DatabaseUnavailable) as caught,
+    ):
+        client.snapshots.create(VPS, "a")
+    assert len(script.requests) == 1
+    assert caught.value.retry_after == 120
+
+
+def test_an_unreadable_retry_after_falls_back_to_the_backoff() -> None:
+    sleeps, status = sleeps_before_answer(
+        RetryPolicy(attempts=2, backoff=0.001, max_backoff=0.002),
+        unavailable("soon"),
+        httpx.Response(202, json=OPERATION),
+    )
+    assert status == 202
+    assert sleeps[0] <= 0.002

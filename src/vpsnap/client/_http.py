@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -30,9 +32,13 @@ class RetryPolicy:
 
     ``attempts`` bounds the tries of one request that fails in transit, answers 5xx, or
     answers ``409 idempotency_key_in_use`` (its first attempt is still running); between them
-    the SDK waits a capped, jittered exponential backoff. A ``429`` is retried after
-    ``Retry-After`` at most ``rate_limit_retries`` times and ``max_rate_limit_wait`` seconds in
-    total; past that, ``RateLimited`` is raised.
+    the SDK waits a capped, jittered exponential backoff — or, when a 5xx carries
+    ``Retry-After`` (``503 database_unavailable``, ``node_unavailable``), at least that long
+    (RFC 9110 10.2.3: how long the service expects to be unavailable). A 5xx asking for more than
+    ``max_backoff`` seconds is not waited for: it is raised at once, its ``retry_after`` set, so
+    the caller decides. A ``429`` is retried after ``Retry-After`` at most
+    ``rate_limit_retries`` times and ``max_rate_limit_wait`` seconds in total; past that,
+    ``RateLimited`` is raised. Seconds throughout.
     """
 
     attempts: int = 4
@@ -51,9 +57,19 @@ class RetryPolicy:
 NO_RETRIES = RetryPolicy(attempts=1, rate_limit_retries=0)
 
 
-def _retry_after(response: httpx.Response) -> float:
+def _retry_after(response: httpx.Response) -> float | None:
+    """The response's ``Retry-After`` in seconds from now (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date), or None when it has none the SDK can read."""
     value = response.headers.get("Retry-After", "").strip()
-    return float(value) if value.isdigit() else 1.0
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT; a malformed one may lack the zone
+        return None
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _key_in_use(request: ApiRequest, response: httpx.Response) -> bool:
@@ -85,7 +101,8 @@ def send(request: ApiRequest, policy: RetryPolicy) -> Plan[httpx.Response]:
             continue
         status = response.status_code
         if status == 429:
-            delay = _retry_after(response)
+            asked = _retry_after(response)
+            delay = 1.0 if asked is None else asked
             if (
                 rate_limited < policy.rate_limit_retries
                 and rate_limit_wait + delay <= policy.max_rate_limit_wait
@@ -98,8 +115,9 @@ def send(request: ApiRequest, policy: RetryPolicy) -> Plan[httpx.Response]:
             (status >= 500 and status != 501) or _key_in_use(request, response)
         ) and request.safe_to_retry:
             failures += 1
-            if failures < policy.attempts:
-                yield Sleep(policy.backoff_delay(failures - 1))
+            asked = _retry_after(response)
+            if failures < policy.attempts and (asked is None or asked <= policy.max_backoff):
+                yield Sleep(max(policy.backoff_delay(failures - 1), asked or 0.0))
                 continue
         return response
 

@@ -457,7 +457,8 @@ def error_from_response(response: httpx.Response) -> VpsnapError:
         # Not one of ours (a proxy's HTML page, an empty 502): keep what can be said.
         body = {"detail": f"HTTP {response.status_code} {response.reason_phrase}".strip()}
     error = error_from_problem(body, status=response.status_code, request_id=request_id)
-    if isinstance(error, RateLimited) and "retryAfter" not in error.extensions:
+    # A body without it (a proxy's 503, an older server) may still say it in the header.
+    if "retryAfter" not in error.extensions:
         retry_after = response.headers.get("Retry-After", "")
         if retry_after.isdigit():
             error.extensions = {**error.extensions, "retryAfter": int(retry_after)}
