@@ -12,6 +12,7 @@ import pytest
 
 from tests.api.test_errors import assert_problem, snapshots_path
 from tests.conftest import Api
+from tests.dashboard.support import SAME_ORIGIN, csrf_token, panel_client
 from vpsnap.store import migrate
 from vpsnap.store.sql import DATABASE_RETRY_AFTER_SECONDS, SqlStore
 
@@ -67,3 +68,31 @@ async def test_a_write_behind_a_held_lock_is_503_and_leaves_nothing(
         headers={**api.auth(), "Idempotency-Key": "retry-me-later"},
     )
     assert retried.status_code == 202, retried.text  # carried out, not the 503 replayed
+
+
+async def test_the_panel_says_temporarily_unavailable_and_when_to_come_back(
+    api: Api, store: SqlStore
+) -> None:
+    vps_id = api.vps_ids["demo-web"]
+    async with panel_client(api, "demo@example.com") as client:
+        token = await csrf_token(client)
+        holder = sqlite3.connect(
+            store.engine.url.database or "", isolation_level=None, check_same_thread=False
+        )
+        try:
+            await asyncio.to_thread(holder.execute, "BEGIN IMMEDIATE")
+            page = await client.post(
+                f"/vps/{vps_id}/snapshots",
+                data={"csrf_token": token, "name": "from-panel"},
+                headers=SAME_ORIGIN,
+            )
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+    # Before: the generic "Something went wrong" page, with no Retry-After.
+    assert page.status_code == 503
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)
+    assert "Temporarily unavailable" in page.text
+    assert "Something went wrong" not in page.text
+    assert "locked" not in page.text

@@ -204,6 +204,11 @@ _ERROR_PAGES = {
     405: ("Not allowed here", "This address does not accept that kind of request."),
     409: ("That cannot be done right now", "The VPS is not in a state that allows it."),
     429: ("Too many requests", "Wait a moment, then try again."),
+    # database_unavailable, node_unavailable, hypervisor_unavailable: conditions that pass.
+    503: (
+        "Temporarily unavailable",
+        "This could not be done just now. Wait a few seconds, then try again.",
+    ),
 }
 
 
@@ -240,7 +245,9 @@ def error_page(
 def domain_error_page(request: Request, error: DomainError) -> Response:
     status = kind_of(error.code).status
     headers = None
-    if error.code == "rate_limited" and "retryAfter" in error.extensions:
+    # Every refusal that says when to come back (rate_limited, vps_queue_full,
+    # node_unavailable, database_unavailable) says it to a browser too.
+    if "retryAfter" in error.extensions:
         headers = {"Retry-After": str(error.extensions["retryAfter"])}
     if isinstance(error, CsrfFailed):
         return error_page(
