@@ -51,6 +51,7 @@ import httpx
 import live_snapshot as live
 
 from vpsnap.demo_guest import GUEST_MEMORY_MIB, GuestImage, kvm_unusable_reason
+from vpsnap.drivers.unix_sockets import socket_address
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -84,7 +85,8 @@ class Agent:
         sock = socket.socket(socket.AF_UNIX)
         sock.settimeout(AGENT_TIMEOUT_S)
         try:
-            sock.connect(self.socket_path)
+            with socket_address(self.socket_path) as address:
+                sock.connect(address)
             session = AgentSession(sock, self._ids)
             session.sync()
             yield session

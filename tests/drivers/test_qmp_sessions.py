@@ -19,6 +19,7 @@ import pytest
 
 from vpsnap.domain.errors import DomainError
 from vpsnap.drivers.qmp import open_monitor
+from vpsnap.drivers.unix_sockets import listening_socket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -96,7 +97,7 @@ async def _serve(mode: str, reader: asyncio.StreamReader, writer: asyncio.Stream
 @contextlib.asynccontextmanager
 async def qmp_server(path: Path, mode: str) -> AsyncIterator[str]:
     server = await asyncio.start_unix_server(
-        lambda r, w: _serve(mode, r, w), path=str(path / f"{mode}.sock")
+        lambda r, w: _serve(mode, r, w), sock=listening_socket(path / f"{mode}.sock")
     )
     try:
         yield str(path / f"{mode}.sock")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from vpsnap.drivers import live
 from vpsnap.drivers.qmp import open_monitor
+from vpsnap.drivers.unix_sockets import listening_socket
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -134,7 +135,8 @@ class GuestAgentStandIn:
 
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator[GuestAgentStandIn]:
-        server = await asyncio.start_unix_server(self._client, path=self.path)
+        # Bound like vpsnap binds its own: the test's tmp dir may be too long for an address.
+        server = await asyncio.start_unix_server(self._client, sock=listening_socket(self.path))
         try:
             yield self
         finally:

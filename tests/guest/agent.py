@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from vpsnap.drivers.unix_sockets import socket_address
+
 
 class AgentError(Exception):
     pass
@@ -81,7 +83,8 @@ class GuestAgentClient:
 
     @contextlib.asynccontextmanager
     async def _connect(self) -> AsyncIterator[_Conn]:
-        reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=2**24)
+        with socket_address(self.socket_path) as address:
+            reader, writer = await asyncio.open_unix_connection(address, limit=2**24)
         conn = _Conn(reader, writer)
         try:
             await conn.sync(self.timeout)
