@@ -189,8 +189,10 @@ class OwnPostgres:
                     str(self.data),
                     "-p",
                     str(self.port),
+                    # TCP only: a unix socket in a temp dir may not fit a unix address
+                    # (107 bytes), and every member connects over 127.0.0.1.
                     "-k",
-                    str(self.directory),
+                    "",
                     "-c",
                     "listen_addresses=127.0.0.1",
                     "-c",

@@ -4,6 +4,7 @@ request to another origin (there must be none: vpsnap serves every asset itself)
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,7 +48,12 @@ def playwright() -> Iterator[Playwright]:
 def browser(playwright: Playwright) -> Iterator[Browser]:
     # No skip: scripts/install installs Debian's chromium; without it the run must fail.
     assert shutil.which(CHROMIUM), f"{CHROMIUM} is missing: run scripts/install"
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    # Chromium puts its singleton socket in TMPDIR and aborts when that path does not fit a
+    # unix address; scripts/check runs the suite under a deliberately long TMPDIR (vpsnap's
+    # own sockets must cope with one), so Chromium gets the short one.
+    chromium = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=CHROMIUM_ARGS, env={**os.environ, "TMPDIR": "/tmp"}
+    )
     yield chromium
     chromium.close()
 

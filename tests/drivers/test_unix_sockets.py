@@ -18,10 +18,10 @@ def deep_dir(tmp_path: Path, extra: int = 150) -> Path:
     return directory
 
 
-def test_a_path_that_fits_is_its_own_address(tmp_path: Path) -> None:
-    path = tmp_path / "s.sock"
+def test_a_path_that_fits_is_its_own_address() -> None:
+    path = "/run/vpsnap/machines/vps_01m8rcfjeycw8rd8p2awk6k8ty/qmp-status.sock"
     with socket_address(path) as address:
-        assert address == str(path)
+        assert address == path  # nothing opened: the directory need not even exist
 
 
 def test_a_long_path_is_bound_and_reached_at_that_very_file(tmp_path: Path) -> None:

@@ -230,6 +230,7 @@ class ManagedMachines:
         try:
             sockets = await asyncio.to_thread(bind_sockets, machine)
         except OSError as exc:
+            await asyncio.to_thread(_remove_files, machine)  # any socket bound before the failure
             raise HypervisorError(
                 f"The VM of {vps.name} cannot be started: its control sockets cannot be made.",
                 log_detail=f"cannot bind the sockets in {machine.path}: {exc!r}",
