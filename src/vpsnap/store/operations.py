@@ -37,8 +37,14 @@ Row = Mapping[str, Any]
 
 # Read by every snapshot listing: built once (building a select per call costs more than
 # running it, docs/performance.md "Reads").
-_GET_VPS_STORAGE: sa.Select[Any] = sa.select(vps_storage).where(
+GET_VPS_STORAGE: sa.Select[Any] = sa.select(vps_storage).where(
     vps_storage.c.vps_id == sa.bindparam("b_vps")
+)
+# A node's data stores: read by a snapshot listing whose VPS has published storage.
+LIST_DATA_STORES_OF_NODE: sa.Select[Any] = (
+    sa.select(data_stores)
+    .where(data_stores.c.node == sa.bindparam("b_node"))
+    .order_by(data_stores.c.node, data_stores.c.path)
 )
 
 
@@ -53,8 +59,10 @@ class OperationsQueries:
         row: Row | None = (await self.conn.execute(query, params)).mappings().first()
         return row
 
-    async def _fetch_all(self, query: sa.Select[Any]) -> list[Row]:
-        return list((await self.conn.execute(query)).mappings().all())
+    async def _fetch_all(
+        self, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> list[Row]:
+        return list((await self.conn.execute(query, params)).mappings().all())
 
     # audit trail ------------------------------------------------------------------------------
 
@@ -268,9 +276,11 @@ class OperationsQueries:
             )
 
     async def list_data_stores(self, node: str | None) -> list[DataStore]:
-        query = sa.select(data_stores).order_by(data_stores.c.node, data_stores.c.path)
-        if node is not None:
-            query = query.where(data_stores.c.node == node)
+        if node is None:
+            query = sa.select(data_stores).order_by(data_stores.c.node, data_stores.c.path)
+            rows = await self._fetch_all(query)
+        else:
+            rows = await self._fetch_all(LIST_DATA_STORES_OF_NODE, {"b_node": node})
         return [
             DataStore(
                 node=r["node"],
@@ -279,7 +289,7 @@ class OperationsQueries:
                 free_bytes=r["free_bytes"],
                 observed_at=r["observed_at"],
             )
-            for r in await self._fetch_all(query)
+            for r in rows
         ]
 
     async def remove_data_stores(self, node: str, keep: list[str]) -> int:
@@ -313,7 +323,7 @@ class OperationsQueries:
         )
 
     async def get_vps_storage(self, vps_id: str) -> VpsStorage | None:
-        row = await self._fetch_one(_GET_VPS_STORAGE, {"b_vps": vps_id})
+        row = await self._fetch_one(GET_VPS_STORAGE, {"b_vps": vps_id})
         return _vps_storage(row) if row else None
 
     async def list_vps_storage(self, node: str | None) -> list[VpsStorage]:

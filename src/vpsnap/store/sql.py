@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -56,7 +58,8 @@ from vpsnap.domain.schedules import Schedule
 from vpsnap.domain.users import Role, Session, User
 from vpsnap.store.bulk import insert_rows
 from vpsnap.store.machines import machine_from_json, machine_to_json
-from vpsnap.store.operations import OperationsQueries
+from vpsnap.store.operations import GET_VPS_STORAGE, LIST_DATA_STORES_OF_NODE, OperationsQueries
+from vpsnap.store.small_reads import PgReadPool, SqliteReadPool, pg_connect_args
 from vpsnap.store.sqlite_connection import (
     BEGIN_IMMEDIATE_IN_THREAD,
     InlineWriteConnection,
@@ -107,6 +110,7 @@ _LIST_SNAPSHOTS = (
     .where(snapshots.c.vps_id == _bp("b_vps"))
     .order_by(snapshots.c.created_at, snapshots.c.name_key)
 )
+_GET_NODE = sa.select(nodes).where(nodes.c.name == _bp("b_name"))
 _GET_SNAPSHOT = sa.select(snapshots).where(
     snapshots.c.vps_id == _bp("b_vps"), snapshots.c.name_key == _bp("b_key")
 )
@@ -488,7 +492,12 @@ class SqlStore:
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, url: str | None = None, channel_prefix: str = "vpsnap"
+        self,
+        engine: AsyncEngine,
+        *,
+        url: str | None = None,
+        channel_prefix: str = "vpsnap",
+        schema: str | None = None,
     ) -> None:
         self.engine = engine
         self.url = url
@@ -502,9 +511,23 @@ class SqlStore:
             read_options["isolation_level"] = "AUTOCOMMIT"
         self._read_engine = engine.execution_options(**read_options)
         self._small_read_engine = self._read_engine
+        # Small reads on connections of vpsnap's own (store.small_reads); None: the engine's.
+        self._sqlite_reads: SqliteReadPool | None = None
+        self._pg_reads: PgReadPool | None = None
         database = engine.url.database
         if engine.dialect.name == "sqlite" and database and database != ":memory:":
+            # What small transactions run through SQLAlchemy (statements not prebuilt).
             self._small_read_engine = _inline_read_engine(engine.url)
+            self._sqlite_reads = SqliteReadPool(database)
+        elif self._notifies:
+            settings = {"search_path": schema} if schema is not None else None
+            connect_args = pg_connect_args(engine.dialect, engine.url, settings)
+
+            async def connect() -> asyncpg.Connection:
+                connection: asyncpg.Connection = await asyncpg.connect(**connect_args)
+                return connection
+
+            self._pg_reads = PgReadPool(connect)
 
     @classmethod
     def from_url(
@@ -513,7 +536,7 @@ class SqlStore:
         """A store on ``url`` (``create_engine`` says what ``busy_timeout_seconds`` is)."""
         prefix = f"vpsnap_{schema}" if schema else "vpsnap"
         engine = create_engine(url, schema=schema, busy_timeout_seconds=busy_timeout_seconds)
-        return cls(engine, url=url, channel_prefix=prefix)
+        return cls(engine, url=url, channel_prefix=prefix, schema=schema)
 
     @property
     def is_postgres(self) -> bool:
@@ -548,10 +571,23 @@ class SqlStore:
         # nothing took effect, retry later; anything else stays what it is).
         reached = "connect"
         try:
-            async with engine.begin() as conn:
-                reached = "body"
-                yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
-                reached = "commit"
+            if small and self._sqlite_reads is not None:
+                async with _sqlite_small_read(
+                    self._sqlite_reads, self.engine.dialect, engine
+                ) as tx:
+                    reached = "body"
+                    yield tx
+                    reached = "commit"
+            elif small and self._pg_reads is not None:
+                async with _pg_small_read(self._pg_reads, self.engine.dialect, engine) as tx:
+                    reached = "body"
+                    yield tx
+                    reached = "commit"
+            else:
+                async with engine.begin() as conn:
+                    reached = "body"
+                    yield SqlTransaction(conn, self.channel_prefix if self._notifies else None)
+                    reached = "commit"
         except (sa.exc.DBAPIError, OSError) as exc:
             if not _nothing_took_effect(exc, reached, read_only=read_only):
                 raise
@@ -566,6 +602,10 @@ class SqlStore:
             await conn.execute(sa.text("SELECT 1"))
 
     async def dispose(self) -> None:
+        """Close every connection (the small reads' and the engines')."""
+        for pool in (self._sqlite_reads, self._pg_reads):
+            if pool is not None:
+                await pool.close()
         if self._small_read_engine is not self._read_engine:
             await self._small_read_engine.dispose()
         await self.engine.dispose()
@@ -1238,7 +1278,7 @@ class SqlTransaction(OperationsQueries):
             )
 
     async def get_node(self, name: str) -> Node | None:
-        row = await self._one(sa.select(nodes).where(nodes.c.name == name))
+        row = await self._one(_GET_NODE, {"b_name": name})
         return _node(row) if row else None
 
     async def list_nodes(self) -> list[Node]:
@@ -1878,3 +1918,235 @@ def _idempotency(row: Row) -> IdempotencyRecord:
         created_at=row["created_at"],
         expires_at=row["expires_at"],
     )
+
+
+class _SmallStatement:
+    """A prebuilt ``SELECT`` compiled for one dialect, run on a small-read connection
+    (``store.small_reads``) with SQLAlchemy's own bind and result processors of its columns,
+    so its rows are what ``conn.execute(query).mappings()`` gives (tests/store/test_small_reads.py
+    compares the two for every statement in ``_SMALL_READ_QUERIES``)."""
+
+    def __init__(self, query: sa.Select[Any], dialect: sa.Dialect) -> None:
+        compiled = query.compile(dialect=dialect)
+        if not compiled.positional or compiled.positiontup is None:
+            raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
+        self.sql = str(compiled)
+        self.names = tuple(compiled.positiontup)
+        binds = compiled.binds
+        self._defaults = {name: binds[name].effective_value for name in self.names}
+        self._bind = [
+            binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in self.names
+        ]
+        columns = query.selected_columns
+        self.keys = tuple(columns.keys())
+        self._result = [
+            (i, processor)
+            for i, column in enumerate(columns)
+            if (processor := column.type.dialect_impl(dialect).result_processor(dialect, None))
+            is not None
+        ]
+
+    def args(self, params: Mapping[str, Any] | None) -> tuple[Any, ...]:
+        """The positional arguments for ``params`` (names as bound; literals as compiled)."""
+        given = params or {}
+        values = []
+        for name, process in zip(self.names, self._bind, strict=True):
+            value = given[name] if name in given else self._defaults[name]
+            values.append(value if process is None else process(value))
+        return tuple(values)
+
+    def mapping(self, raw: Sequence[Any]) -> dict[str, Any]:
+        """A driver row as SQLAlchemy's row mapping would give it."""
+        row = list(raw)
+        for i, process in self._result:
+            row[i] = process(row[i])
+        return dict(zip(self.keys, row, strict=True))
+
+
+# The statements small reads run below SQLAlchemy (by identity; compiled per dialect on first
+# use). Every other statement of a small transaction goes through SQLAlchemy's connection.
+_SMALL_READ_QUERIES: tuple[sa.Select[Any], ...] = (
+    _FIND_KEY,
+    _GET_JOB,
+    _GET_NODE,
+    _ANY_QUEUED,
+    GET_VPS_STORAGE,
+    LIST_DATA_STORES_OF_NODE,
+)
+_SMALL_STATEMENTS: dict[tuple[int, str], _SmallStatement] = {}
+
+
+def _small_statement(query: sa.Select[Any], dialect: sa.Dialect) -> _SmallStatement | None:
+    """``query`` compiled for small reads on ``dialect``, or None if it is not one of them."""
+    key = (id(query), dialect.name)
+    found = _SMALL_STATEMENTS.get(key)
+    if found is None:
+        if not any(query is known for known in _SMALL_READ_QUERIES):
+            return None
+        found = _SMALL_STATEMENTS[key] = _SmallStatement(query, dialect)
+    return found
+
+
+RunStatement = Callable[[str, tuple[Any, ...]], Awaitable[Sequence[Sequence[Any]]]]
+"""Runs one statement with positional arguments on a small-read connection: its rows."""
+
+
+class _FallbackConnection:
+    """What a small transaction's methods that are not run below SQLAlchemy use as ``conn``:
+    a connection of SQLAlchemy's read engine, begun on first use and ended with the
+    transaction (``stack``). Its statements see their own snapshot, not the small-read
+    connection's (on PostgreSQL every statement does anyway)."""
+
+    def __init__(self, engine: AsyncEngine, stack: AsyncExitStack) -> None:
+        self.dialect = engine.dialect
+        self._engine = engine
+        self._stack = stack
+        self._conn: AsyncConnection | None = None
+
+    async def _connection(self) -> AsyncConnection:
+        if self._conn is None:
+            self._conn = await self._stack.enter_async_context(self._engine.begin())
+        return self._conn
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return await (await self._connection()).execute(*args, **kwargs)
+
+    async def exec_driver_sql(self, *args: Any, **kwargs: Any) -> Any:
+        return await (await self._connection()).exec_driver_sql(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"a small read-only transaction has no {name!r}")
+
+
+class SmallReadTransaction(SqlTransaction):
+    """A small read-only transaction on a connection of vpsnap's own (``store.small_reads``):
+    the list reads (``_RawSelect``) and ``_SMALL_READ_QUERIES`` run there through ``run``;
+    anything else through ``fallback`` (SQLAlchemy's read engine)."""
+
+    def __init__(self, run: RunStatement, dialect: sa.Dialect, fallback: _FallbackConnection):
+        super().__init__(cast("AsyncConnection", fallback), None)
+        self._run = run
+        self._dialect = dialect
+
+    async def _raw_rows(
+        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+    ) -> Sequence[Sequence[Any]]:
+        sql, names = query.sql(self._dialect)
+        if limit is not None:
+            sql = f"{sql} LIMIT {int(limit)}"
+        return await self._run(sql, tuple(params[name] for name in names))
+
+    async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
+        statement = _small_statement(query, self._dialect)
+        if statement is None:
+            return await super()._one(query, params)
+        rows = await self._run(statement.sql, statement.args(params))
+        return statement.mapping(rows[0]) if rows else None
+
+    async def _all(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> list[Row]:
+        statement = _small_statement(query, self._dialect)
+        if statement is None:
+            return await super()._all(query, params)
+        return [
+            statement.mapping(row) for row in await self._run(statement.sql, statement.args(params))
+        ]
+
+    async def _fetch_one(
+        self, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> Row | None:
+        return await self._one(query, params)
+
+    async def _fetch_all(
+        self, query: sa.Select[Any], params: dict[str, Any] | None = None
+    ) -> list[Row]:
+        return await self._all(query, params)
+
+
+# Errors after which an asyncpg connection is gone (or its state unknown): the read is
+# "database unavailable", as SQLAlchemy's disconnect detection makes it on the engine's path.
+_PG_LOST = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+@asynccontextmanager
+async def _sqlite_small_read(
+    pool: SqliteReadPool, dialect: sa.Dialect, fallback: AsyncEngine
+) -> AsyncIterator[SmallReadTransaction]:
+    """A small read transaction on one of ``pool``'s connections: deferred ``BEGIN`` at the
+    first statement, ``COMMIT`` at the end, all on the calling thread (``store.small_reads``).
+    ``sqlite3`` errors are raised as SQLAlchemy's (``DBAPIError.instance``), as the engine's
+    path raises them."""
+    try:
+        conn = await pool.acquire()
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+
+    async def run(sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN")
+            rows: list[tuple[Any, ...]] = conn.execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise sa.exc.DBAPIError.instance(sql, args, exc, sqlite3.Error) from exc
+        return rows
+
+    reuse = True
+    try:
+        async with AsyncExitStack() as stack:
+            yield SmallReadTransaction(run, dialect, _FallbackConnection(fallback, stack))
+    except BaseException as exc:
+        # A database error may leave the connection in a state not worth keeping; the
+        # service's own errors (a VPS not found) do not.
+        reuse = not isinstance(exc, sa.exc.DBAPIError | sqlite3.Error)
+        raise
+    finally:
+        try:
+            if conn.in_transaction:
+                conn.execute("COMMIT")  # a read transaction: releases the read mark only
+        except sqlite3.Error:
+            reuse = False
+        await pool.release(conn, reuse=reuse)
+
+
+@asynccontextmanager
+async def _pg_small_read(
+    pool: PgReadPool, dialect: sa.Dialect, fallback: AsyncEngine
+) -> AsyncIterator[SmallReadTransaction]:
+    """A small read on one of ``pool``'s asyncpg connections, in autocommit: one round trip
+    per (prepared) statement. A lost connection raises SQLAlchemy's ``InterfaceError`` (the
+    caller makes it ``DatabaseUnavailable``), other server errors a ``DBAPIError``."""
+    try:
+        conn = await pool.acquire()
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise sa.exc.DBAPIError(None, None, exc) from exc
+
+    in_flight = False
+
+    async def run(sql: str, args: tuple[Any, ...]) -> Sequence[Sequence[Any]]:
+        nonlocal in_flight
+        in_flight = True
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+            in_flight = False
+        except _PG_LOST as exc:
+            raise sa.exc.InterfaceError(sql, args, exc) from exc
+        except asyncpg.PostgresError as exc:
+            if conn.is_closed():
+                raise sa.exc.InterfaceError(sql, args, exc) from exc
+            raise sa.exc.DBAPIError(sql, args, exc) from exc
+        return rows
+
+    try:
+        async with AsyncExitStack() as stack:
+            yield SmallReadTransaction(run, dialect, _FallbackConnection(fallback, stack))
+    finally:
+        if in_flight or conn.is_in_transaction():
+            # A statement cancelled or failed midway (or a transaction someone opened): the
+            # connection's state is unknown, so it is dropped at once, not reused.
+            conn.terminate()
+        await pool.release(conn, reuse=not conn.is_closed())
