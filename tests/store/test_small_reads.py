@@ -359,3 +359,34 @@ async def test_on_postgres_a_lost_connection_is_unavailable_then_replaced(store:
     async with store.transaction(read_only=True, small=True) as tx:  # a fresh connection
         assert await tx.get_node("n1") is None
     assert pool.opened == 2
+
+
+async def test_a_snapshot_listing_reads_the_storage_in_the_same_statement(
+    store: SqlStore,
+) -> None:
+    await _fill_every_table_read(store)
+    async with store.transaction() as tx:
+        await tx.add_vps(
+            Vps("vps_2", "acc_1", "db", "n1", ("/d/db.qcow2",), 3, ServiceStatus.ACTIVE, NOW)
+        )
+    for vps_id in ("vps_1", "vps_2", "vps_none"):
+        async with store.transaction(read_only=True) as usual:
+            want = (await usual.get_vps_with_snapshots(vps_id), await usual.get_vps_storage(vps_id))
+        async with store.transaction(read_only=True, small=True) as tx:
+            assert isinstance(tx, sql.SmallReadTransaction)
+            statements = 0
+            run = tx._run
+
+            async def counted(sql_text: str, args: tuple[Any, ...], run: Any = run) -> Any:
+                nonlocal statements
+                statements += 1
+                return await run(sql_text, args)
+
+            tx._run = counted
+            got = (await tx.get_vps_with_snapshots(vps_id), await tx.get_vps_storage(vps_id))
+            # Asked again: read again (the remembered row answers once).
+            again = await tx.get_vps_storage(vps_id)
+        assert got == want
+        assert again == want[1]
+        assert statements == (2 if vps_id != "vps_none" else 3)
+    assert want[1] is None  # vps_none: nothing

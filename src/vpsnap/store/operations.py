@@ -324,13 +324,13 @@ class OperationsQueries:
 
     async def get_vps_storage(self, vps_id: str) -> VpsStorage | None:
         row = await self._fetch_one(GET_VPS_STORAGE, {"b_vps": vps_id})
-        return _vps_storage(row) if row else None
+        return vps_storage_from_row(row) if row else None
 
     async def list_vps_storage(self, node: str | None) -> list[VpsStorage]:
         query = sa.select(vps_storage).order_by(vps_storage.c.vps_id)
         if node is not None:
             query = query.where(vps_storage.c.node == node)
-        return [_vps_storage(r) for r in await self._fetch_all(query)]
+        return [vps_storage_from_row(r) for r in await self._fetch_all(query)]
 
 
 def _audit_event(row: Row) -> AuditEvent:
@@ -430,7 +430,8 @@ def _delivery(row: Row) -> WebhookDelivery:
     )
 
 
-def _vps_storage(row: Row) -> VpsStorage:
+def vps_storage_from_row(row: Row) -> VpsStorage:
+    """A ``vps_storage`` row (a mapping of its columns) as the domain's ``VpsStorage``."""
     return VpsStorage(
         vps_id=row["vps_id"],
         node=row["node"],
