@@ -8,10 +8,15 @@ from vpsnap.api.deps import BackupVm, RateLimitsDep, ReadVm, ServicesDep
 from vpsnap.api.openapi import problem_responses
 from vpsnap.api.params import SnapshotNamePath, VpsIdPath
 from vpsnap.api.presenters import accepted, json_response, snapshot_list_json
+from vpsnap.api.quick_routes import QuickRoute, quick_by_vps_id
 from vpsnap.api.schemas import CreateSnapshotIn, OperationOut, SnapshotListOut
 from vpsnap.services.snapshots import CreateSnapshot
 
-router = APIRouter(prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"])
+# QuickRoute: the listing's plainly valid requests skip FastAPI's dependency solving
+# (api/quick_routes.py); every other route and request is FastAPI's as before.
+router = APIRouter(
+    prefix="/api/v2/vps/{vps_id}/snapshots", tags=["Snapshots"], route_class=QuickRoute
+)
 
 _LIST_ERRORS = problem_responses("forbidden", "vps_not_found")
 # Work queued for the VPS's node: refused while the node is unavailable, bounded per VPS.
@@ -43,6 +48,7 @@ _RESTORE_ERRORS = problem_responses(
 @router.get(
     "", operation_id="listSnapshots", response_model=SnapshotListOut, responses=_LIST_ERRORS
 )
+@quick_by_vps_id
 async def list_snapshots(vps_id: VpsIdPath, principal: ReadVm, services: ServicesDep) -> Response:
     """Snapshots (oldest first), slot limits, and whether create/restore are allowed now."""
     # Serialised here, with the shape of SnapshotListOut (api/presenters.py says why).
