@@ -33,9 +33,10 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import asyncpg
+if TYPE_CHECKING:  # imported when a PostgreSQL store is made: ~30 ms of start-up on SQLite
+    import asyncpg
 
 READ_BUSY_TIMEOUT_MS = 100
 """How long a small SQLite read may wait for a lock (ms); see the module docstring."""
@@ -181,7 +182,7 @@ async def _install_json_codecs(conn: asyncpg.Connection) -> None:
     )
 
 
-class PgReadPool(_Pool[asyncpg.Connection]):
+class PgReadPool(_Pool["asyncpg.Connection"]):
     """``asyncpg`` connections with the JSON codecs SQLAlchemy's dialect installs.
 
     ``connect`` opens one (``asyncpg.connect`` with the engine's arguments).
@@ -206,6 +207,8 @@ class PgReadPool(_Pool[asyncpg.Connection]):
         return conn
 
     async def _close(self, conn: asyncpg.Connection) -> None:
+        import asyncpg  # noqa: PLC0415 - PostgreSQL only (module docstring)
+
         if conn.is_closed():
             return
         try:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import aiosqlite
-import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
@@ -72,6 +71,10 @@ from vpsnap.store.sqlite_connection import (
     connect_inline,
     connect_inline_read,
 )
+
+if TYPE_CHECKING:  # imported when a PostgreSQL store is made: ~30 ms of start-up on SQLite
+    import asyncpg
+
 from vpsnap.store.tables import (
     UtcDateTime,
     accounts,
@@ -546,6 +549,8 @@ class SqlStore:
             connect_args = pg_connect_args(engine.dialect, engine.url, settings)
 
             async def connect() -> asyncpg.Connection:
+                import asyncpg  # noqa: PLC0415 - PostgreSQL only
+
                 connection: asyncpg.Connection = await asyncpg.connect(**connect_args)
                 return connection
 
@@ -2110,15 +2115,19 @@ class SmallReadTransaction(SqlTransaction):
         return await self._all(query, params)
 
 
-# Errors after which an asyncpg connection is gone (or its state unknown): the read is
-# "database unavailable", as SQLAlchemy's disconnect detection makes it on the engine's path.
-_PG_LOST = (
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+def _pg_lost() -> tuple[type[BaseException], ...]:
+    """Errors after which an asyncpg connection is gone (or its state unknown): the read is
+    "database unavailable", as SQLAlchemy's disconnect detection makes it on the engine's
+    path."""
+    import asyncpg  # noqa: PLC0415 - PostgreSQL only
+
+    return (
+        asyncpg.ConnectionDoesNotExistError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        OSError,
+        TimeoutError,
+    )
 
 
 @asynccontextmanager
@@ -2168,6 +2177,9 @@ async def _pg_small_read(
     """A small read on one of ``pool``'s asyncpg connections, in autocommit: one round trip
     per (prepared) statement. A lost connection raises SQLAlchemy's ``InterfaceError`` (the
     caller makes it ``DatabaseUnavailable``), other server errors a ``DBAPIError``."""
+    import asyncpg  # noqa: PLC0415 - PostgreSQL only
+
+    lost = _pg_lost()
     try:
         conn = await pool.acquire()
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -2181,7 +2193,7 @@ async def _pg_small_read(
         try:
             rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
             in_flight = False
-        except _PG_LOST as exc:
+        except lost as exc:
             raise sa.exc.InterfaceError(sql, args, exc) from exc
         except asyncpg.PostgresError as exc:
             if conn.is_closed():
