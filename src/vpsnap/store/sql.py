@@ -579,9 +579,11 @@ class SqlStore:
         """One transaction; ``read_only`` ones must not write (SQLite would then fail them).
 
         ``small`` (with ``read_only``): a few statements, each reading a bounded number of
-        rows through an index (a page of VPSes, one VPS's snapshots, a key by its hash). On
-        SQLite they run on the calling thread, without a hop to aiosqlite's thread per call
-        (docs/performance.md, "Reads"); anything that may scan goes without ``small``.
+        rows through an index (a page of VPSes, one VPS's snapshots, a key by its hash).
+        They run on connections of the store's own below SQLAlchemy (``store.small_reads``,
+        ``SmallReadTransaction``): on SQLite on the calling thread, on PostgreSQL one round
+        trip per statement (docs/performance.md, "Reads, fourth round"); anything that may
+        scan goes without ``small``.
         ``bulk`` (a write transaction of long statements, e.g. a sweep's batch): on SQLite its
         statements stay on aiosqlite's thread instead of running inline after ``BEGIN
         IMMEDIATE`` (``store.sqlite_connection``), so they never stall the event loop.

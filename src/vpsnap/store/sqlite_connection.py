@@ -174,7 +174,9 @@ class InlineReadConnection(aiosqlite.Connection):
     """An aiosqlite connection whose statements run on the calling thread (the event loop's)
     instead of being queued to the connection's own thread and awaited back.
 
-    Only for small read-only transactions (``SqlStore.transaction(small=True)``): under WAL a
+    Only for small read-only transactions (``SqlStore.transaction(small=True)``), and since
+    the fourth round of the reads only for what such a transaction asks beyond the statements
+    ``store.small_reads``' own connections run (``sql._FallbackConnection``): under WAL a
     reader takes no lock a writer holds, so an indexed read of a page costs about 0.1 ms of
     CPU, less than one hop to a thread and back (each of ``BEGIN``, cursor, execute, fetch,
     cursor close, ``COMMIT`` and the pool's reset is one such hop, 0.1-1 ms each under load).
