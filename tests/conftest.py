@@ -16,6 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.support import kill_vms_under
 from vpsnap.api.app import create_app
 from vpsnap.demo import seed_demo
 from vpsnap.domain.ports import HypervisorDriver
@@ -227,3 +228,6 @@ async def api(
     if worker_task is not None:
         worker.stop()
         await worker_task
+    # demo-web is a managed VM: a test that started it (a power action, a fuzzed startVps)
+    # would leave it running after the app is gone.
+    kill_vms_under(tmp_path)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 
 @dataclass
@@ -29,3 +33,33 @@ PROBLEM_MEMBERS = {
     "requestId",
     "timestamp",
 }
+
+
+def qemu_pids_under(root: Path) -> list[int]:
+    """Pids of every live process whose command line mentions ``root`` (our VMs)."""
+    needle = str(root).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"qemu-system" in cmdline and needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_vms_under(root: Path) -> list[int]:
+    """SIGKILL every QEMU process whose command line mentions ``root``; their pids.
+
+    Managed VMs outlive the server that started them (docs/vms.md), so a test whose app
+    started one (a fuzzed ``startVps``, a power action) must end it: they are not the
+    tests' to keep, and an idle TCG guest still takes CPU from the rest of the suite.
+    """
+    pids = qemu_pids_under(root)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids

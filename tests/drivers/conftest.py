@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support import qemu_pids_under
 from vpsnap.drivers.machines import ManagedMachines
 from vpsnap.drivers.qemu import LiveTimeouts
 from vpsnap.drivers.qemu_img import QemuImg
 
 from .libvirt_lab import lab, libvirt_conn, libvirt_driver  # noqa: F401 - fixtures
 from .support import DiskFactory
-from .vm_support import qemu_pids_under
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support import qemu_pids_under
 from vpsnap.domain.errors import HypervisorError, VpsNotReady
 from vpsnap.domain.model import (
     Consistency,
@@ -28,7 +29,7 @@ from vpsnap.drivers.qmp import open_monitor
 from vpsnap.drivers.unix_sockets import MAX_ADDRESS_BYTES
 
 from .support import DiskFactory, make_vps
-from .vm_support import GuestAgentStandIn, VmData, qemu_pids_under
+from .vm_support import GuestAgentStandIn, VmData
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vpsnap.drivers import live
@@ -20,22 +19,6 @@ if TYPE_CHECKING:
 
 # Data lands at different places on each disk so a restore of only one disk cannot pass.
 REGIONS = ((0, 64 * 1024), (1024 * 1024, 128 * 1024))
-
-
-def qemu_pids_under(root: Path) -> list[int]:
-    """Pids of every live process whose command line mentions ``root`` (our VMs)."""
-    needle = str(root).encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"qemu-system" in cmdline and needle in cmdline:
-            pids.append(int(entry.name))
-    return pids
 
 
 async def write_running(qmp_socket: str, disk: str, offset: int, length: int, pattern: int) -> None:
