@@ -143,16 +143,23 @@ class _RawSelect:
         for table in tables:
             self._parts.append((start, start + len(table.c), _column_kinds(table)))
             start += len(table.c)
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
-    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
-        """The statement for ``dialect`` and the names of its parameters, in order."""
+    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """The statement for ``dialect``, the names of its parameters in order, and the values
+        of those the statement carries itself (a literal, SQLite's ``OFFSET`` after a bound
+        ``LIMIT``)."""
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self.query.compile(dialect=dialect)
             if not compiled.positional or compiled.positiontup is None:
                 raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
-            found = (str(compiled), tuple(compiled.positiontup))
+            fixed = {
+                name: bind.effective_value
+                for name, bind in compiled.binds.items()
+                if not bind.required
+            }
+            found = (str(compiled), tuple(compiled.positiontup), fixed)
             self._compiled[dialect.name] = found
         return found
 
@@ -174,6 +181,58 @@ class _RawSelect:
                 row[i] = boolean(row[i])
             decoded.append(row)
         return decoded
+
+
+class _RawWrite:
+    """An ``INSERT``/``UPDATE``/``DELETE`` built once, compiled once per dialect, and run on the
+    DB-API cursor (``exec_driver_sql``) with its parameters through their types' own bind
+    processors: the statement and the values SQLAlchemy's ``execute`` would send, without its
+    per-call execution context, parameter construction and result set-up (docs/performance.md,
+    "The job path, fourth round": the write transactions of every job).
+
+    Parameters are given by their bind names; those the statement carries itself (a literal
+    in a ``WHERE``) need not be. ``tests/store/test_raw_writes.py`` checks that the rows written
+    are those of ``conn.execute`` on both databases.
+    """
+
+    def __init__(self, statement: sa.Insert | sa.Update | sa.Delete) -> None:
+        self.statement = statement
+        self._compiled: dict[
+            str, tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]
+        ] = {}
+
+    def _for(
+        self, dialect: sa.Dialect
+    ) -> tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            if not compiled.positional or compiled.positiontup is None:
+                raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
+            binds = []
+            for name in compiled.positiontup:
+                bind = compiled.binds[name]
+                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                # A value the statement carries itself is taken from it; a required one that
+                # the caller did not give raises KeyError in run().
+                fixed = _REQUIRED if bind.required else bind.effective_value
+                binds.append((name, processor, fixed))
+            found = (str(compiled), tuple(binds))
+            self._compiled[dialect.name] = found
+        return found
+
+    async def run(self, conn: AsyncConnection, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
+        """Execute with ``params`` (bind name to Python value) in ``conn``'s transaction;
+        raises what the database raises, wrapped by SQLAlchemy as ``execute`` would."""
+        sql, binds = self._for(conn.dialect)
+        values = []
+        for name, processor, fixed in binds:
+            value = params[name] if fixed is _REQUIRED else params.get(name, fixed)
+            values.append(value if processor is None else processor(value))
+        return await conn.exec_driver_sql(sql, tuple(values))
+
+
+_REQUIRED: Any = object()
 
 
 def _column_kinds(table: sa.Table) -> dict[str, tuple[int, ...]]:
@@ -338,15 +397,6 @@ _NEXT_PENDING = (
     .order_by(jobs.c.created_at, jobs.c.id)
     .limit(1)
 )
-# At most one job per VPS is ever queued or in progress (the others wait as pending), so the
-# oldest queued jobs can be taken without looking at their VPSes.
-_NEXT_QUEUED = (
-    sa.select(jobs)
-    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
-    .order_by(jobs.c.created_at, jobs.c.id)
-    .limit(_bp("b_limit"))
-    .with_for_update(skip_locked=True)
-)
 # By ix_jobs_status_node: at most one index entry read.
 _ANY_QUEUED = (
     sa.select(jobs.c.id)
@@ -368,11 +418,6 @@ _COUNT_UNFINISHED = (
     .select_from(jobs)
     .where(jobs.c.vps_id == _bp("b_vps"), _IS_UNFINISHED)
 )
-_IN_PROGRESS_BY_ACCOUNT = (
-    sa.select(jobs.c.account_id, sa.func.count().label("n"))
-    .where(jobs.c.node == _bp("b_node"), jobs.c.status == JobStatus.IN_PROGRESS.value)
-    .group_by(jobs.c.account_id)
-)
 _EXTEND_LEASE = (
     jobs.update()
     .where(
@@ -382,6 +427,76 @@ _EXTEND_LEASE = (
     )
     .values(lease_expires_at=_bp("b_until"))
 )
+
+_NOTIFY_RETURNING = sa.func.pg_notify(_bp("b_channel"), _bp("b_payload"))
+
+# At most one job per VPS is ever queued or in progress (the others wait as pending), so the
+# oldest queued jobs can be taken without looking at their VPSes.
+# The claim's candidates with, for each, how many jobs of its account already run on the node:
+# one statement instead of the candidates and a GROUP BY over the running jobs (the same count,
+# for the accounts the claim can use; in one statement it is one snapshot on PostgreSQL, too).
+_RUNNING = jobs.alias("running")
+_CLAIM_CANDIDATES = _RawSelect(
+    sa.select(
+        jobs,
+        sa.select(sa.func.count())
+        .select_from(_RUNNING)
+        .where(
+            _RUNNING.c.node == jobs.c.node,
+            _RUNNING.c.status == sa.literal_column(f"'{JobStatus.IN_PROGRESS.value}'"),
+            _RUNNING.c.account_id == jobs.c.account_id,
+        )
+        .scalar_subquery(),
+    )
+    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(_bp("b_limit"))
+    .with_for_update(skip_locked=True, of=jobs),
+    jobs,
+)
+_JOB_COLUMNS = tuple(column.name for column in jobs.c)
+# The claim writes only what it changes: the row is the one just read, and stays locked
+# (SQLite's write lock since BEGIN IMMEDIATE; PostgreSQL's FOR UPDATE), so the other columns
+# are what they were. On PostgreSQL the job's NOTIFY rides on the same statement (RETURNING
+# pg_notify: one round trip, sent in the same transaction, delivered at commit).
+_CLAIM_JOB = jobs.update().where(jobs.c.id == _bp("b_id"))
+_CLAIM_JOB_RAW = _RawWrite(
+    _CLAIM_JOB.values(
+        status=JobStatus.IN_PROGRESS.value,
+        attempts=_bp("b_attempts"),
+        started_at=_bp("b_started"),
+        lease_owner=_bp("b_worker"),
+        lease_expires_at=_bp("b_until"),
+    )
+)
+_CLAIM_JOB_NOTIFY_RAW = _RawWrite(
+    _CLAIM_JOB.values(
+        status=JobStatus.IN_PROGRESS.value,
+        attempts=_bp("b_attempts"),
+        started_at=_bp("b_started"),
+        lease_owner=_bp("b_worker"),
+        lease_expires_at=_bp("b_until"),
+    ).returning(_NOTIFY_RETURNING)
+)
+# A job's end, conditional on the lease, writing only the columns an end can change (the
+# journal included: the ended job is the claimed one, whose journal the long-polls are shown
+# and the row keeps, as the whole-row update of before did).
+_FINISH_JOB_VALUES = {
+    "status": _bp("b_status"),
+    "journal": _bp("b_journal"),
+    "progress": _bp("b_progress"),
+    "result": _bp("b_result"),
+    "error": _bp("b_error"),
+    "finished_at": _bp("b_finished"),
+    "lease_owner": sa.null(),
+    "lease_expires_at": sa.null(),
+}
+_FINISH_JOB_RAW = _RawWrite(_FINISH_JOB.values(**_FINISH_JOB_VALUES))
+_FINISH_JOB_NOTIFY_RAW = _RawWrite(
+    _FINISH_JOB.values(**_FINISH_JOB_VALUES).returning(_NOTIFY_RETURNING)
+)
+_RECORD_JOURNAL_RAW = _RawWrite(_RECORD_JOURNAL)
+_NEXT_PENDING_RAW = _RawSelect(_NEXT_PENDING, jobs)
 
 
 def _busy_vps(vps_ids: Sequence[str]) -> sa.Select[str]:
@@ -983,6 +1098,25 @@ class SqlTransaction(OperationsQueries):
                 {"b_channel": f"{self._notify_prefix}_{channel.value}", "b_payload": payload},
             )
 
+    async def _write_notifying(
+        self,
+        plain: _RawWrite,
+        notifying: _RawWrite,
+        params: Mapping[str, Any],
+        channel: Channel,
+        payload: str,
+    ) -> int:
+        """Run a conditional write; on PostgreSQL ``notifying`` (the same statement with
+        ``RETURNING pg_notify(...)``: one NOTIFY per row written, in this transaction, so none
+        when nothing was). Returns the number of rows written."""
+        if self._notify_prefix is None:
+            return int((await plain.run(self.conn, params)).rowcount)
+        channel_name = f"{self._notify_prefix}_{channel.value}"
+        result = await notifying.run(
+            self.conn, {**params, "b_channel": channel_name, "b_payload": payload}
+        )
+        return len(result.all())
+
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         result = await self.conn.execute(query, params)
         row: Row | None = result.mappings().first()
@@ -1002,10 +1136,11 @@ class SqlTransaction(OperationsQueries):
         self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
         """The rows of ``query`` through the DB-API cursor, as the driver gives them."""
-        sql, names = query.sql(self.conn.dialect)
+        sql, names, fixed = query.sql(self.conn.dialect)
         if limit is not None:
             sql = f"{sql} LIMIT {int(limit)}"
-        result = await self.conn.exec_driver_sql(sql, tuple(params[name] for name in names))
+        values = tuple(params[name] if name in params else fixed[name] for name in names)
+        result = await self.conn.exec_driver_sql(sql, values)
         return result.all()
 
     # accounts and keys ------------------------------------------------------------------------
@@ -1595,18 +1730,24 @@ class SqlTransaction(OperationsQueries):
             await self._notify(Channel.JOBS, job.node or "*")
 
     async def finish_job(self, job: Job, worker: str) -> bool:
-        result = await self.conn.execute(
-            _FINISH_JOB, {"b_id": job.id, "b_worker": worker, **_job_values(job)}
+        params = {
+            "b_id": job.id,
+            "b_worker": worker,
+            "b_status": job.status.value,
+            "b_progress": job.progress,
+            "b_result": job.result,
+            "b_error": job.error,
+            "b_finished": job.finished_at,
+            "b_journal": job.journal or None,
+        }
+        written = await self._write_notifying(
+            _FINISH_JOB_RAW, _FINISH_JOB_NOTIFY_RAW, params, Channel.JOB, job.id
         )
-        if result.rowcount:
-            await self._notify(Channel.JOB, job.id)
-        return bool(result.rowcount)
+        return written > 0
 
     async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
-        result = await self.conn.execute(
-            _RECORD_JOURNAL, {"b_id": job_id, "b_worker": worker, "journal": journal}
-        )
-        return bool(result.rowcount)
+        params = {"b_id": job_id, "b_worker": worker, "journal": journal}
+        return (await _RECORD_JOURNAL_RAW.run(self.conn, params)).rowcount > 0
 
     async def count_unfinished_jobs(self, vps_id: str) -> int:
         return int((await self.conn.execute(_COUNT_UNFINISHED, {"b_vps": vps_id})).scalar_one())
@@ -1658,8 +1799,8 @@ class SqlTransaction(OperationsQueries):
         return [_job(r) for r in await self._all(query)]
 
     async def next_pending_job(self, vps_id: str) -> Job | None:
-        row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
-        return _job(row) if row else None
+        rows = await self._raw_all(_NEXT_PENDING_RAW, {"b_vps": vps_id})
+        return _job(dict(zip(_JOB_COLUMNS, rows[0], strict=True))) if rows else None
 
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         query = (
@@ -1678,15 +1819,19 @@ class SqlTransaction(OperationsQueries):
             return []
         # A few more candidates than free slots, so that jobs of an account at its share (or
         # of a full lane) can be passed over without a second round trip.
-        rows = await self._all(_NEXT_QUEUED, {"b_node": request.node, "b_limit": wanted * 4 + 8})
-        busy = {
-            r["account_id"]: r["n"]
-            for r in await self._all(_IN_PROGRESS_BY_ACCOUNT, {"b_node": request.node})
-        }
+        params = {"b_node": request.node, "b_limit": wanted * 4 + 8}
+        raw = await self._raw_rows(_CLAIM_CANDIDATES, params)
+        width = len(_JOB_COLUMNS)
+        decoded = _CLAIM_CANDIDATES.decode(self.conn.dialect, raw)
+        candidates = [
+            (_job(dict(zip(_JOB_COLUMNS, row, strict=True))), int(found[width]))
+            for row, found in zip(decoded, raw, strict=True)
+        ]
+        # Jobs of the node's accounts already running (each candidate carries its account's).
+        busy = {job.account_id: running for job, running in candidates}
         free = dict(request.free)
         claimed = []
-        for row in rows:
-            job = _job(row)
+        for job, _ in candidates:
             share = request.account_share.get(job.lane)
             if free.get(job.lane, 0) <= 0:
                 continue
@@ -1700,7 +1845,19 @@ class SqlTransaction(OperationsQueries):
                 lease_owner=request.worker,
                 lease_expires_at=request.lease_until,
             )
-            await self.update_job(taken)
+            await self._write_notifying(
+                _CLAIM_JOB_RAW,
+                _CLAIM_JOB_NOTIFY_RAW,
+                {
+                    "b_id": taken.id,
+                    "b_attempts": taken.attempts,
+                    "b_started": taken.started_at,
+                    "b_worker": request.worker,
+                    "b_until": request.lease_until,
+                },
+                Channel.JOB,
+                taken.id,
+            )
             claimed.append(taken)
             free[job.lane] -= 1
             busy[job.account_id] = busy.get(job.account_id, 0) + 1
