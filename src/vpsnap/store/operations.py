@@ -67,7 +67,7 @@ class OperationsQueries:
     # audit trail ------------------------------------------------------------------------------
 
     async def add_audit_event(self, event: AuditEvent) -> None:
-        await self.conn.execute(audit_events.insert().values(**_audit_values(event)))
+        await insert_rows(self.conn, audit_events, [_audit_values(event)])
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         if events:

@@ -496,6 +496,34 @@ _FINISH_JOB_NOTIFY_RAW = _RawWrite(
     _FINISH_JOB.values(**_FINISH_JOB_VALUES).returning(_NOTIFY_RETURNING)
 )
 _RECORD_JOURNAL_RAW = _RawWrite(_RECORD_JOURNAL)
+_SET_CURRENT_RAW = _RawWrite(_SET_CURRENT.values(current_snapshot=_bp("b_name")))
+# A snapshot the job took: its row made available (every column the success writes).
+_RECORD_TAKEN_RAW = _RawWrite(
+    _UPDATE_SNAPSHOT.values(
+        status=SnapshotStatus.AVAILABLE.value,
+        consistency=_bp("b_consistency"),
+        consistency_reason=_bp("b_reason"),
+        includes_memory_state=_bp("b_memory"),
+        parent_name=_bp("b_parent"),
+        disk_created_at=_bp("b_disk_created"),
+        missing_since=sa.null(),
+        vm_config=_bp("b_vm_config"),
+    )
+)
+_OPEN_INTENTS_OF_JOB = sa.and_(
+    write_intents.c.job_id == _bp("b_job"),
+    write_intents.c.state == sa.literal_column(f"'{IntentState.OPEN.value}'"),
+)
+_CLOSE_INTENTS = _RawWrite(
+    write_intents.update()
+    .where(_OPEN_INTENTS_OF_JOB)
+    .values(state=_bp("b_state"), closed_at=_bp("b_at"))
+)
+_CLOSE_INTENTS_NAMED = _RawWrite(
+    write_intents.update()
+    .where(_OPEN_INTENTS_OF_JOB, write_intents.c.name_key == _bp("b_key"))
+    .values(state=_bp("b_state"), closed_at=_bp("b_at"))
+)
 _NEXT_PENDING_RAW = _RawSelect(_NEXT_PENDING, jobs)
 
 
@@ -1510,7 +1538,7 @@ class SqlTransaction(OperationsQueries):
         return bool(result.rowcount)
 
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
-        await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
+        await _SET_CURRENT_RAW.run(self.conn, {"b_id": vps_id, "b_name": name})
 
     async def update_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
         """Write the operator-editable fields. ``disk_files`` (the disks as the service
@@ -1574,7 +1602,7 @@ class SqlTransaction(OperationsQueries):
 
     async def add_snapshot(self, snapshot: Snapshot) -> None:
         try:
-            await self.conn.execute(snapshots.insert(), _snapshot_values(snapshot))
+            await insert_rows(self.conn, snapshots, [_snapshot_values(snapshot)])
         except IntegrityError as exc:
             raise SnapshotNameTaken(
                 f"A snapshot named {snapshot.name!r} already exists on this VPS."
@@ -1610,19 +1638,17 @@ class SqlTransaction(OperationsQueries):
         vm_config: VmConfig | None = None,
         consistency_reason: str | None = None,
     ) -> None:
-        await self.conn.execute(
-            _UPDATE_SNAPSHOT,
+        await _RECORD_TAKEN_RAW.run(
+            self.conn,
             {
                 "b_vps": vps_id,
                 "b_key": name_key(name),
-                "status": SnapshotStatus.AVAILABLE.value,
-                "consistency": consistency.value,
-                "consistency_reason": consistency_reason,
-                "includes_memory_state": includes_memory_state,
-                "parent_name": parent_name,
-                "disk_created_at": disk_created_at,
-                "missing_since": None,
-                "vm_config": vm_config.to_json() if vm_config else None,
+                "b_consistency": consistency.value,
+                "b_reason": consistency_reason,
+                "b_memory": includes_memory_state,
+                "b_parent": parent_name,
+                "b_disk_created": disk_created_at,
+                "b_vm_config": vm_config.to_json() if vm_config else None,
             },
         )
 
@@ -1658,31 +1684,27 @@ class SqlTransaction(OperationsQueries):
     # write intents ------------------------------------------------------------------------------
 
     async def add_write_intent(self, intent: WriteIntent) -> None:
-        await self.conn.execute(
-            write_intents.insert().values(
-                id=intent.id,
-                vps_id=intent.vps_id,
-                name_key=name_key(intent.name),
-                name=intent.name,
-                job_id=intent.job_id,
-                disks=list(intent.disks),
-                state=intent.state.value,
-                created_at=intent.created_at,
-                closed_at=intent.closed_at,
-            )
-        )
+        row = {
+            "id": intent.id,
+            "vps_id": intent.vps_id,
+            "name_key": name_key(intent.name),
+            "name": intent.name,
+            "job_id": intent.job_id,
+            "disks": list(intent.disks),
+            "state": intent.state.value,
+            "created_at": intent.created_at,
+            "closed_at": intent.closed_at,
+        }
+        await insert_rows(self.conn, write_intents, [row])
 
     async def close_write_intents(
         self, job_id: str, state: IntentState, at: datetime, *, name: str | None = None
     ) -> int:
-        condition = sa.and_(
-            write_intents.c.job_id == job_id, write_intents.c.state == IntentState.OPEN.value
-        )
-        if name is not None:
-            condition = sa.and_(condition, write_intents.c.name_key == name_key(name))
-        result = await self.conn.execute(
-            write_intents.update().where(condition).values(state=state.value, closed_at=at)
-        )
+        params = {"b_job": job_id, "b_state": state.value, "b_at": at}
+        if name is None:
+            result = await _CLOSE_INTENTS.run(self.conn, params)
+        else:
+            result = await _CLOSE_INTENTS_NAMED.run(self.conn, {**params, "b_key": name_key(name)})
         return int(result.rowcount)
 
     async def open_write_intents(self, vps_id: str) -> list[WriteIntent]:
@@ -1715,7 +1737,7 @@ class SqlTransaction(OperationsQueries):
     # jobs -------------------------------------------------------------------------------------
 
     async def add_job(self, job: Job, node: str) -> None:
-        await self.conn.execute(jobs.insert(), {"node": node, **_job_values(job)})
+        await insert_rows(self.conn, jobs, [{"node": node, **_job_values(job)}])
         if job.status is JobStatus.QUEUED:
             await self._notify(Channel.JOBS, node)
 
