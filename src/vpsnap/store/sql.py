@@ -495,6 +495,7 @@ _FINISH_JOB_RAW = _RawWrite(_FINISH_JOB.values(**_FINISH_JOB_VALUES))
 _FINISH_JOB_NOTIFY_RAW = _RawWrite(
     _FINISH_JOB.values(**_FINISH_JOB_VALUES).returning(_NOTIFY_RETURNING)
 )
+_COUNT_UNFINISHED_RAW = _RawSelect(_COUNT_UNFINISHED)
 _RECORD_JOURNAL_RAW = _RawWrite(_RECORD_JOURNAL)
 _SET_CURRENT_RAW = _RawWrite(_SET_CURRENT.values(current_snapshot=_bp("b_name")))
 # A snapshot the job took: its row made available (every column the success writes).
@@ -1772,7 +1773,7 @@ class SqlTransaction(OperationsQueries):
         return (await _RECORD_JOURNAL_RAW.run(self.conn, params)).rowcount > 0
 
     async def count_unfinished_jobs(self, vps_id: str) -> int:
-        return int((await self.conn.execute(_COUNT_UNFINISHED, {"b_vps": vps_id})).scalar_one())
+        return int((await self._raw_rows(_COUNT_UNFINISHED_RAW, {"b_vps": vps_id}))[0][0])
 
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
