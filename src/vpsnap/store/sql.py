@@ -2259,10 +2259,12 @@ class SmallReadTransaction(SqlTransaction):
     async def _raw_rows(
         self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
-        sql, names = query.sql(self._dialect)
+        sql, names, fixed = query.sql(self._dialect)
         if limit is not None:
             sql = f"{sql} LIMIT {int(limit)}"
-        return await self._run(sql, tuple(params[name] for name in names))
+        return await self._run(
+            sql, tuple(params[name] if name in params else fixed[name] for name in names)
+        )
 
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         statement = _small_statement(query, self._dialect)
