@@ -46,13 +46,63 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> _Calls:
     return record
 
 
-async def test_a_write_transaction_makes_two_thread_hops(
-    engine: AsyncEngine, calls: _Calls
-) -> None:
+async def test_a_write_transaction_makes_one_thread_hop(engine: AsyncEngine, calls: _Calls) -> None:
     async with engine.begin() as conn:
         await conn.execute(sa.text("INSERT INTO t (v) VALUES ('a')"))
         assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 1
-    assert calls.in_thread == ["execute", "commit"]  # BEGIN IMMEDIATE, COMMIT
+    # BEGIN IMMEDIATE took the free lock inline; COMMIT stays in the thread.
+    assert calls.in_thread == ["commit"]
+
+
+async def _busy_timeout(conn: Any) -> int:
+    return int((await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar())
+
+
+async def test_a_contended_begin_waits_in_the_thread_with_its_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.db"
+    first = create_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_seconds=7)
+    second = create_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_seconds=9)
+    try:
+        async with first.begin() as conn:
+            await conn.execute(sa.text("CREATE TABLE t (v TEXT)"))
+        async with first.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO t (v) VALUES ('a')"))
+            assert await _busy_timeout(conn) == 7000  # put back after the inline BEGIN
+
+            async def write() -> None:
+                async with second.begin() as c2:
+                    await c2.execute(sa.text("INSERT INTO t (v) VALUES ('b')"))
+                    assert await _busy_timeout(c2) == 9000
+
+            task = asyncio.create_task(write())
+            await asyncio.sleep(0.3)
+            # Its inline BEGIN found the lock taken and did not fail (a busy timeout of 0
+            # would have failed it at once): it waits in the thread while the loop runs on.
+            assert not task.done()
+        await asyncio.wait_for(task, 10)
+        async with second.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT count(*) FROM t"))).scalar() == 2
+    finally:
+        await first.dispose()
+        await second.dispose()
+
+
+async def test_begin_immediate_runs_on_the_loop_thread_when_the_lock_is_free(
+    engine: AsyncEngine,
+) -> None:
+    seen: list[tuple[str, str]] = []
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        raw.driver_connection._conn.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: seen.append((sql, threading.current_thread().name))
+        )
+        async with conn.begin():
+            await conn.execute(sa.text("INSERT INTO t (v) VALUES ('z')"))
+    here = threading.current_thread().name
+    assert ("BEGIN IMMEDIATE", here) in seen
+    assert [name for sql, name in seen if sql == "COMMIT"] != [here]
 
 
 async def test_read_only_transactions_stay_in_the_thread(
@@ -130,6 +180,6 @@ async def test_bulk_transactions_keep_their_statements_in_the_thread(
         calls.in_thread.clear()
         async with store.transaction() as tx:
             await tx.conn.execute(sa.text("INSERT INTO t (v) VALUES ('b')"))
-        assert calls.in_thread == ["execute", "commit"]
+        assert calls.in_thread == ["commit"]  # BEGIN IMMEDIATE inline (the lock was free)
     finally:
         await store.dispose()

@@ -73,13 +73,18 @@ async def enqueue(
     unfinished jobs: requests of users are bounded, the scheduler's own work (expiry) is not.
     The job records who asked for it (``created_by``) and in which request (``request_id``).
     """
-    if max_unfinished is not None and await tx.count_unfinished_jobs(vps.id) >= max_unfinished:
-        raise VpsQueueFull(
-            f"{vps.name} already has {max_unfinished} unfinished jobs, the most one VPS may "
-            f"queue. Retry in {QUEUE_FULL_RETRY_SECONDS} s or once some have run.",
-            extensions={"retryAfter": QUEUE_FULL_RETRY_SECONDS, "maxJobs": max_unfinished},
-        )
-    waiting = await tx.has_active_job(vps.id)
+    if max_unfinished is None:
+        waiting = await tx.has_active_job(vps.id)
+    else:
+        # One count answers both questions (the same "unfinished" as has_active_job's).
+        unfinished = await tx.count_unfinished_jobs(vps.id)
+        if unfinished >= max_unfinished:
+            raise VpsQueueFull(
+                f"{vps.name} already has {max_unfinished} unfinished jobs, the most one VPS may "
+                f"queue. Retry in {QUEUE_FULL_RETRY_SECONDS} s or once some have run.",
+                extensions={"retryAfter": QUEUE_FULL_RETRY_SECONDS, "maxJobs": max_unfinished},
+            )
+        waiting = unfinished > 0
     job = Job(
         id=new_id("job"),
         account_id=vps.account_id,

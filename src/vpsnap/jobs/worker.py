@@ -205,9 +205,11 @@ class Worker:
         return claimed
 
     async def _prepare(self, tx: Transaction, job: Job) -> Claim:
-        vps = await tx.get_vps(job.vps_id)
-        if vps is None:
+        # The VPS and its snapshots (a create checks its slot again) in one statement.
+        found = await tx.get_vps_with_snapshots(job.vps_id)
+        if found is None:
             return Claim(job, None, VpsNotFound(f"VPS {job.vps_id} no longer exists."))
+        vps, snapshots = found
         if job.attempts > self.max_attempts:
             # Its worker died every time: stop before it takes yet another one with it.
             return Claim(
@@ -216,7 +218,7 @@ class Worker:
                 DomainError(f"Gave up after {self.max_attempts} attempts; every worker died."),
             )
         try:
-            await HANDLERS[job.type].prepare(tx, job, vps)
+            await HANDLERS[job.type].prepare(tx, job, vps, snapshots)
         except DomainError as exc:
             return Claim(job, vps, exc)
         return Claim(job, vps, None)

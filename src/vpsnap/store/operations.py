@@ -67,7 +67,7 @@ class OperationsQueries:
     # audit trail ------------------------------------------------------------------------------
 
     async def add_audit_event(self, event: AuditEvent) -> None:
-        await self.conn.execute(audit_events.insert().values(**_audit_values(event)))
+        await insert_rows(self.conn, audit_events, [_audit_values(event)])
 
     async def add_audit_events(self, events: Sequence[AuditEvent]) -> None:
         if events:
@@ -130,12 +130,8 @@ class OperationsQueries:
         return _endpoint(row) if row else None
 
     async def list_webhook_endpoints(self, account_id: str) -> list[WebhookEndpoint]:
-        query = (
-            sa.select(webhook_endpoints)
-            .where(webhook_endpoints.c.account_id == account_id)
-            .order_by(webhook_endpoints.c.id)
-        )
-        return [_endpoint(r) for r in await self._fetch_all(query)]
+        rows = await self._fetch_all(_ENDPOINTS_OF_ACCOUNT, {"b_account": account_id})
+        return [_endpoint(r) for r in rows]
 
     async def subscribed_webhook_endpoints(
         self, account_id: str, event_type: str
@@ -366,6 +362,14 @@ def _endpoint_values(endpoint: WebhookEndpoint) -> dict[str, Any]:
         "disabled_at": endpoint.disabled_at,
         "disabled_reason": endpoint.disabled_reason,
     }
+
+
+# Read at the end of every job (events.outbox): built once, not per call.
+_ENDPOINTS_OF_ACCOUNT = (
+    sa.select(webhook_endpoints)
+    .where(webhook_endpoints.c.account_id == sa.bindparam("b_account"))
+    .order_by(webhook_endpoints.c.id)
+)
 
 
 def _endpoint(row: Row) -> WebhookEndpoint:

@@ -146,16 +146,23 @@ class _RawSelect:
         for table in tables:
             self._parts.append((start, start + len(table.c), _column_kinds(table)))
             start += len(table.c)
-        self._compiled: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
-    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...]]:
-        """The statement for ``dialect`` and the names of its parameters, in order."""
+    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """The statement for ``dialect``, the names of its parameters in order, and the values
+        of those the statement carries itself (a literal, SQLite's ``OFFSET`` after a bound
+        ``LIMIT``)."""
         found = self._compiled.get(dialect.name)
         if found is None:
             compiled = self.query.compile(dialect=dialect)
             if not compiled.positional or compiled.positiontup is None:
                 raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
-            found = (str(compiled), tuple(compiled.positiontup))
+            fixed = {
+                name: bind.effective_value
+                for name, bind in compiled.binds.items()
+                if not bind.required
+            }
+            found = (str(compiled), tuple(compiled.positiontup), fixed)
             self._compiled[dialect.name] = found
         return found
 
@@ -177,6 +184,58 @@ class _RawSelect:
                 row[i] = boolean(row[i])
             decoded.append(row)
         return decoded
+
+
+class _RawWrite:
+    """An ``INSERT``/``UPDATE``/``DELETE`` built once, compiled once per dialect, and run on the
+    DB-API cursor (``exec_driver_sql``) with its parameters through their types' own bind
+    processors: the statement and the values SQLAlchemy's ``execute`` would send, without its
+    per-call execution context, parameter construction and result set-up (docs/performance.md,
+    "The job path, fourth round": the write transactions of every job).
+
+    Parameters are given by their bind names; those the statement carries itself (a literal
+    in a ``WHERE``) need not be. ``tests/store/test_raw_writes.py`` checks that the rows written
+    are those of ``conn.execute`` on both databases.
+    """
+
+    def __init__(self, statement: sa.Insert | sa.Update | sa.Delete) -> None:
+        self.statement = statement
+        self._compiled: dict[
+            str, tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]
+        ] = {}
+
+    def _for(
+        self, dialect: sa.Dialect
+    ) -> tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            if not compiled.positional or compiled.positiontup is None:
+                raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
+            binds = []
+            for name in compiled.positiontup:
+                bind = compiled.binds[name]
+                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                # A value the statement carries itself is taken from it; a required one that
+                # the caller did not give raises KeyError in run().
+                fixed = _REQUIRED if bind.required else bind.effective_value
+                binds.append((name, processor, fixed))
+            found = (str(compiled), tuple(binds))
+            self._compiled[dialect.name] = found
+        return found
+
+    async def run(self, conn: AsyncConnection, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
+        """Execute with ``params`` (bind name to Python value) in ``conn``'s transaction;
+        raises what the database raises, wrapped by SQLAlchemy as ``execute`` would."""
+        sql, binds = self._for(conn.dialect)
+        values = []
+        for name, processor, fixed in binds:
+            value = params[name] if fixed is _REQUIRED else params.get(name, fixed)
+            values.append(value if processor is None else processor(value))
+        return await conn.exec_driver_sql(sql, tuple(values))
+
+
+_REQUIRED: Any = object()
 
 
 def _column_kinds(table: sa.Table) -> dict[str, tuple[int, ...]]:
@@ -341,15 +400,6 @@ _NEXT_PENDING = (
     .order_by(jobs.c.created_at, jobs.c.id)
     .limit(1)
 )
-# At most one job per VPS is ever queued or in progress (the others wait as pending), so the
-# oldest queued jobs can be taken without looking at their VPSes.
-_NEXT_QUEUED = (
-    sa.select(jobs)
-    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
-    .order_by(jobs.c.created_at, jobs.c.id)
-    .limit(_bp("b_limit"))
-    .with_for_update(skip_locked=True)
-)
 # By ix_jobs_status_node: at most one index entry read.
 _ANY_QUEUED = (
     sa.select(jobs.c.id)
@@ -371,11 +421,6 @@ _COUNT_UNFINISHED = (
     .select_from(jobs)
     .where(jobs.c.vps_id == _bp("b_vps"), _IS_UNFINISHED)
 )
-_IN_PROGRESS_BY_ACCOUNT = (
-    sa.select(jobs.c.account_id, sa.func.count().label("n"))
-    .where(jobs.c.node == _bp("b_node"), jobs.c.status == JobStatus.IN_PROGRESS.value)
-    .group_by(jobs.c.account_id)
-)
 _EXTEND_LEASE = (
     jobs.update()
     .where(
@@ -385,6 +430,105 @@ _EXTEND_LEASE = (
     )
     .values(lease_expires_at=_bp("b_until"))
 )
+
+_NOTIFY_RETURNING = sa.func.pg_notify(_bp("b_channel"), _bp("b_payload"))
+
+# At most one job per VPS is ever queued or in progress (the others wait as pending), so the
+# oldest queued jobs can be taken without looking at their VPSes.
+# The claim's candidates with, for each, how many jobs of its account already run on the node:
+# one statement instead of the candidates and a GROUP BY over the running jobs (the same count,
+# for the accounts the claim can use; in one statement it is one snapshot on PostgreSQL, too).
+_RUNNING = jobs.alias("running")
+_CLAIM_CANDIDATES = _RawSelect(
+    sa.select(
+        jobs,
+        sa.select(sa.func.count())
+        .select_from(_RUNNING)
+        .where(
+            _RUNNING.c.node == jobs.c.node,
+            _RUNNING.c.status == sa.literal_column(f"'{JobStatus.IN_PROGRESS.value}'"),
+            _RUNNING.c.account_id == jobs.c.account_id,
+        )
+        .scalar_subquery(),
+    )
+    .where(jobs.c.status == JobStatus.QUEUED.value, jobs.c.node == _bp("b_node"))
+    .order_by(jobs.c.created_at, jobs.c.id)
+    .limit(_bp("b_limit"))
+    .with_for_update(skip_locked=True, of=jobs),
+    jobs,
+)
+_JOB_COLUMNS = tuple(column.name for column in jobs.c)
+# The claim writes only what it changes: the row is the one just read, and stays locked
+# (SQLite's write lock since BEGIN IMMEDIATE; PostgreSQL's FOR UPDATE), so the other columns
+# are what they were. On PostgreSQL the job's NOTIFY rides on the same statement (RETURNING
+# pg_notify: one round trip, sent in the same transaction, delivered at commit).
+_CLAIM_JOB = jobs.update().where(jobs.c.id == _bp("b_id"))
+_CLAIM_JOB_RAW = _RawWrite(
+    _CLAIM_JOB.values(
+        status=JobStatus.IN_PROGRESS.value,
+        attempts=_bp("b_attempts"),
+        started_at=_bp("b_started"),
+        lease_owner=_bp("b_worker"),
+        lease_expires_at=_bp("b_until"),
+    )
+)
+_CLAIM_JOB_NOTIFY_RAW = _RawWrite(
+    _CLAIM_JOB.values(
+        status=JobStatus.IN_PROGRESS.value,
+        attempts=_bp("b_attempts"),
+        started_at=_bp("b_started"),
+        lease_owner=_bp("b_worker"),
+        lease_expires_at=_bp("b_until"),
+    ).returning(_NOTIFY_RETURNING)
+)
+# A job's end, conditional on the lease, writing only the columns an end can change (the
+# journal included: the ended job is the claimed one, whose journal the long-polls are shown
+# and the row keeps, as the whole-row update of before did).
+_FINISH_JOB_VALUES = {
+    "status": _bp("b_status"),
+    "journal": _bp("b_journal"),
+    "progress": _bp("b_progress"),
+    "result": _bp("b_result"),
+    "error": _bp("b_error"),
+    "finished_at": _bp("b_finished"),
+    "lease_owner": sa.null(),
+    "lease_expires_at": sa.null(),
+}
+_FINISH_JOB_RAW = _RawWrite(_FINISH_JOB.values(**_FINISH_JOB_VALUES))
+_FINISH_JOB_NOTIFY_RAW = _RawWrite(
+    _FINISH_JOB.values(**_FINISH_JOB_VALUES).returning(_NOTIFY_RETURNING)
+)
+_COUNT_UNFINISHED_RAW = _RawSelect(_COUNT_UNFINISHED)
+_RECORD_JOURNAL_RAW = _RawWrite(_RECORD_JOURNAL)
+_SET_CURRENT_RAW = _RawWrite(_SET_CURRENT.values(current_snapshot=_bp("b_name")))
+# A snapshot the job took: its row made available (every column the success writes).
+_RECORD_TAKEN_RAW = _RawWrite(
+    _UPDATE_SNAPSHOT.values(
+        status=SnapshotStatus.AVAILABLE.value,
+        consistency=_bp("b_consistency"),
+        consistency_reason=_bp("b_reason"),
+        includes_memory_state=_bp("b_memory"),
+        parent_name=_bp("b_parent"),
+        disk_created_at=_bp("b_disk_created"),
+        missing_since=sa.null(),
+        vm_config=_bp("b_vm_config"),
+    )
+)
+_OPEN_INTENTS_OF_JOB = sa.and_(
+    write_intents.c.job_id == _bp("b_job"),
+    write_intents.c.state == sa.literal_column(f"'{IntentState.OPEN.value}'"),
+)
+_CLOSE_INTENTS = _RawWrite(
+    write_intents.update()
+    .where(_OPEN_INTENTS_OF_JOB)
+    .values(state=_bp("b_state"), closed_at=_bp("b_at"))
+)
+_CLOSE_INTENTS_NAMED = _RawWrite(
+    write_intents.update()
+    .where(_OPEN_INTENTS_OF_JOB, write_intents.c.name_key == _bp("b_key"))
+    .values(state=_bp("b_state"), closed_at=_bp("b_at"))
+)
+_NEXT_PENDING_RAW = _RawSelect(_NEXT_PENDING, jobs)
 
 
 def _busy_vps(vps_ids: Sequence[str]) -> sa.Select[str]:
@@ -990,6 +1134,25 @@ class SqlTransaction(OperationsQueries):
                 {"b_channel": f"{self._notify_prefix}_{channel.value}", "b_payload": payload},
             )
 
+    async def _write_notifying(
+        self,
+        plain: _RawWrite,
+        notifying: _RawWrite,
+        params: Mapping[str, Any],
+        channel: Channel,
+        payload: str,
+    ) -> int:
+        """Run a conditional write; on PostgreSQL ``notifying`` (the same statement with
+        ``RETURNING pg_notify(...)``: one NOTIFY per row written, in this transaction, so none
+        when nothing was). Returns the number of rows written."""
+        if self._notify_prefix is None:
+            return int((await plain.run(self.conn, params)).rowcount)
+        channel_name = f"{self._notify_prefix}_{channel.value}"
+        result = await notifying.run(
+            self.conn, {**params, "b_channel": channel_name, "b_payload": payload}
+        )
+        return len(result.all())
+
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         result = await self.conn.execute(query, params)
         row: Row | None = result.mappings().first()
@@ -1009,10 +1172,11 @@ class SqlTransaction(OperationsQueries):
         self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
         """The rows of ``query`` through the DB-API cursor, as the driver gives them."""
-        sql, names = query.sql(self.conn.dialect)
+        sql, names, fixed = query.sql(self.conn.dialect)
         if limit is not None:
             sql = f"{sql} LIMIT {int(limit)}"
-        result = await self.conn.exec_driver_sql(sql, tuple(params[name] for name in names))
+        values = tuple(params[name] if name in params else fixed[name] for name in names)
+        result = await self.conn.exec_driver_sql(sql, values)
         return result.all()
 
     # accounts and keys ------------------------------------------------------------------------
@@ -1382,7 +1546,7 @@ class SqlTransaction(OperationsQueries):
         return bool(result.rowcount)
 
     async def set_current_snapshot(self, vps_id: str, name: str | None) -> None:
-        await self.conn.execute(_SET_CURRENT, {"b_id": vps_id, "current_snapshot": name})
+        await _SET_CURRENT_RAW.run(self.conn, {"b_id": vps_id, "b_name": name})
 
     async def update_vps(self, vps_item: Vps, disk_files: Sequence[DiskFile] | None = None) -> None:
         """Write the operator-editable fields. ``disk_files`` (the disks as the service
@@ -1446,7 +1610,7 @@ class SqlTransaction(OperationsQueries):
 
     async def add_snapshot(self, snapshot: Snapshot) -> None:
         try:
-            await self.conn.execute(snapshots.insert(), _snapshot_values(snapshot))
+            await insert_rows(self.conn, snapshots, [_snapshot_values(snapshot)])
         except IntegrityError as exc:
             raise SnapshotNameTaken(
                 f"A snapshot named {snapshot.name!r} already exists on this VPS."
@@ -1482,19 +1646,17 @@ class SqlTransaction(OperationsQueries):
         vm_config: VmConfig | None = None,
         consistency_reason: str | None = None,
     ) -> None:
-        await self.conn.execute(
-            _UPDATE_SNAPSHOT,
+        await _RECORD_TAKEN_RAW.run(
+            self.conn,
             {
                 "b_vps": vps_id,
                 "b_key": name_key(name),
-                "status": SnapshotStatus.AVAILABLE.value,
-                "consistency": consistency.value,
-                "consistency_reason": consistency_reason,
-                "includes_memory_state": includes_memory_state,
-                "parent_name": parent_name,
-                "disk_created_at": disk_created_at,
-                "missing_since": None,
-                "vm_config": vm_config.to_json() if vm_config else None,
+                "b_consistency": consistency.value,
+                "b_reason": consistency_reason,
+                "b_memory": includes_memory_state,
+                "b_parent": parent_name,
+                "b_disk_created": disk_created_at,
+                "b_vm_config": vm_config.to_json() if vm_config else None,
             },
         )
 
@@ -1530,31 +1692,27 @@ class SqlTransaction(OperationsQueries):
     # write intents ------------------------------------------------------------------------------
 
     async def add_write_intent(self, intent: WriteIntent) -> None:
-        await self.conn.execute(
-            write_intents.insert().values(
-                id=intent.id,
-                vps_id=intent.vps_id,
-                name_key=name_key(intent.name),
-                name=intent.name,
-                job_id=intent.job_id,
-                disks=list(intent.disks),
-                state=intent.state.value,
-                created_at=intent.created_at,
-                closed_at=intent.closed_at,
-            )
-        )
+        row = {
+            "id": intent.id,
+            "vps_id": intent.vps_id,
+            "name_key": name_key(intent.name),
+            "name": intent.name,
+            "job_id": intent.job_id,
+            "disks": list(intent.disks),
+            "state": intent.state.value,
+            "created_at": intent.created_at,
+            "closed_at": intent.closed_at,
+        }
+        await insert_rows(self.conn, write_intents, [row])
 
     async def close_write_intents(
         self, job_id: str, state: IntentState, at: datetime, *, name: str | None = None
     ) -> int:
-        condition = sa.and_(
-            write_intents.c.job_id == job_id, write_intents.c.state == IntentState.OPEN.value
-        )
-        if name is not None:
-            condition = sa.and_(condition, write_intents.c.name_key == name_key(name))
-        result = await self.conn.execute(
-            write_intents.update().where(condition).values(state=state.value, closed_at=at)
-        )
+        params = {"b_job": job_id, "b_state": state.value, "b_at": at}
+        if name is None:
+            result = await _CLOSE_INTENTS.run(self.conn, params)
+        else:
+            result = await _CLOSE_INTENTS_NAMED.run(self.conn, {**params, "b_key": name_key(name)})
         return int(result.rowcount)
 
     async def open_write_intents(self, vps_id: str) -> list[WriteIntent]:
@@ -1587,7 +1745,7 @@ class SqlTransaction(OperationsQueries):
     # jobs -------------------------------------------------------------------------------------
 
     async def add_job(self, job: Job, node: str) -> None:
-        await self.conn.execute(jobs.insert(), {"node": node, **_job_values(job)})
+        await insert_rows(self.conn, jobs, [{"node": node, **_job_values(job)}])
         if job.status is JobStatus.QUEUED:
             await self._notify(Channel.JOBS, node)
 
@@ -1602,21 +1760,27 @@ class SqlTransaction(OperationsQueries):
             await self._notify(Channel.JOBS, job.node or "*")
 
     async def finish_job(self, job: Job, worker: str) -> bool:
-        result = await self.conn.execute(
-            _FINISH_JOB, {"b_id": job.id, "b_worker": worker, **_job_values(job)}
+        params = {
+            "b_id": job.id,
+            "b_worker": worker,
+            "b_status": job.status.value,
+            "b_progress": job.progress,
+            "b_result": job.result,
+            "b_error": job.error,
+            "b_finished": job.finished_at,
+            "b_journal": job.journal or None,
+        }
+        written = await self._write_notifying(
+            _FINISH_JOB_RAW, _FINISH_JOB_NOTIFY_RAW, params, Channel.JOB, job.id
         )
-        if result.rowcount:
-            await self._notify(Channel.JOB, job.id)
-        return bool(result.rowcount)
+        return written > 0
 
     async def record_job_journal(self, job_id: str, worker: str, journal: dict[str, Any]) -> bool:
-        result = await self.conn.execute(
-            _RECORD_JOURNAL, {"b_id": job_id, "b_worker": worker, "journal": journal}
-        )
-        return bool(result.rowcount)
+        params = {"b_id": job_id, "b_worker": worker, "journal": journal}
+        return (await _RECORD_JOURNAL_RAW.run(self.conn, params)).rowcount > 0
 
     async def count_unfinished_jobs(self, vps_id: str) -> int:
-        return int((await self.conn.execute(_COUNT_UNFINISHED, {"b_vps": vps_id})).scalar_one())
+        return int((await self._raw_rows(_COUNT_UNFINISHED_RAW, {"b_vps": vps_id}))[0][0])
 
     async def has_active_job(self, vps_id: str) -> bool:
         return await self._one(_ACTIVE_JOB, {"b_vps": vps_id}) is not None
@@ -1665,8 +1829,8 @@ class SqlTransaction(OperationsQueries):
         return [_job(r) for r in await self._all(query)]
 
     async def next_pending_job(self, vps_id: str) -> Job | None:
-        row = await self._one(_NEXT_PENDING, {"b_vps": vps_id})
-        return _job(row) if row else None
+        rows = await self._raw_all(_NEXT_PENDING_RAW, {"b_vps": vps_id})
+        return _job(dict(zip(_JOB_COLUMNS, rows[0], strict=True))) if rows else None
 
     async def jobs_for_snapshot(self, vps_id: str, snapshot_name: str) -> list[Job]:
         query = (
@@ -1685,15 +1849,19 @@ class SqlTransaction(OperationsQueries):
             return []
         # A few more candidates than free slots, so that jobs of an account at its share (or
         # of a full lane) can be passed over without a second round trip.
-        rows = await self._all(_NEXT_QUEUED, {"b_node": request.node, "b_limit": wanted * 4 + 8})
-        busy = {
-            r["account_id"]: r["n"]
-            for r in await self._all(_IN_PROGRESS_BY_ACCOUNT, {"b_node": request.node})
-        }
+        params = {"b_node": request.node, "b_limit": wanted * 4 + 8}
+        raw = await self._raw_rows(_CLAIM_CANDIDATES, params)
+        width = len(_JOB_COLUMNS)
+        decoded = _CLAIM_CANDIDATES.decode(self.conn.dialect, raw)
+        candidates = [
+            (_job(dict(zip(_JOB_COLUMNS, row, strict=True))), int(found[width]))
+            for row, found in zip(decoded, raw, strict=True)
+        ]
+        # Jobs of the node's accounts already running (each candidate carries its account's).
+        busy = {job.account_id: running for job, running in candidates}
         free = dict(request.free)
         claimed = []
-        for row in rows:
-            job = _job(row)
+        for job, _ in candidates:
             share = request.account_share.get(job.lane)
             if free.get(job.lane, 0) <= 0:
                 continue
@@ -1707,7 +1875,19 @@ class SqlTransaction(OperationsQueries):
                 lease_owner=request.worker,
                 lease_expires_at=request.lease_until,
             )
-            await self.update_job(taken)
+            await self._write_notifying(
+                _CLAIM_JOB_RAW,
+                _CLAIM_JOB_NOTIFY_RAW,
+                {
+                    "b_id": taken.id,
+                    "b_attempts": taken.attempts,
+                    "b_started": taken.started_at,
+                    "b_worker": request.worker,
+                    "b_until": request.lease_until,
+                },
+                Channel.JOB,
+                taken.id,
+            )
             claimed.append(taken)
             free[job.lane] -= 1
             busy[job.account_id] = busy.get(job.account_id, 0) + 1
@@ -2086,10 +2266,12 @@ class SmallReadTransaction(SqlTransaction):
     async def _raw_rows(
         self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
-        sql, names = query.sql(self._dialect)
+        sql, names, fixed = query.sql(self._dialect)
         if limit is not None:
             sql = f"{sql} LIMIT {int(limit)}"
-        return await self._run(sql, tuple(params[name] for name in names))
+        return await self._run(
+            sql, tuple(params[name] if name in params else fixed[name] for name in names)
+        )
 
     async def _one(self, query: sa.Select[Any], params: dict[str, Any] | None = None) -> Row | None:
         statement = _small_statement(query, self._dialect)

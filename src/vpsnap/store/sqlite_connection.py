@@ -7,7 +7,9 @@ aiosqlite runs every call on a ``sqlite3`` connection (cursor, execute, fetch, c
 commit) in its own thread: a hop there and back per call, 10-13 hops for a 2-statement write
 transaction through SQLAlchemy. ``InlineWriteConnection`` runs the calls made *inside a write
 transaction* on the calling (event loop) thread instead, so such a transaction costs two hops:
-``BEGIN IMMEDIATE`` and ``COMMIT``.
+``BEGIN IMMEDIATE`` and ``COMMIT`` — one when the write lock is free: ``BEGIN IMMEDIATE`` is
+first tried inline with a busy timeout of 0 (below), and only waits in the thread when another
+connection holds the lock.
 
 Why that blocks no event loop (the rule "no blocking calls on the event loop" holds):
 
@@ -16,8 +18,13 @@ Why that blocks no event loop (the rule "no blocking calls on the event loop" ho
   writer cannot exist (one write lock), readers never block a WAL writer, so no statement
   inside can wait on ``busy_timeout``. What a statement does is CPU and page-cache work
   (writes to the WAL file are ``write()`` calls, never an ``fsync`` with ``synchronous=NORMAL``).
-- ``BEGIN IMMEDIATE`` itself (it may wait up to ``busy_timeout`` for another writer),
-  ``COMMIT`` (it may run the WAL auto-checkpoint: page writes and ``fsync``), ``ROLLBACK``,
+- ``BEGIN IMMEDIATE`` is tried inline with the connection's busy timeout set to 0 for it (two
+  ``PRAGMA busy_timeout`` calls, which take no lock): SQLite then never sleeps in its busy
+  handler but fails at once with ``SQLITE_BUSY`` when another writer, a recovery or a
+  checkpoint is in the way, and the ``BEGIN IMMEDIATE`` goes to the thread, where it waits up
+  to the busy timeout as before. Taking a free lock is shared-memory work on the WAL index (as
+  the inline small reads' ``BEGIN`` is), no I/O that waits.
+- ``COMMIT`` (it may run the WAL auto-checkpoint: page writes and ``fsync``), ``ROLLBACK``,
   ``close`` and anything outside such a transaction (deferred read transactions take their read
   lock at their first read; autocommit statements take locks) stay in aiosqlite's thread.
 - Transaction-ending or lock-taking statements sent as SQL text (``BEGIN``, ``COMMIT``, ``END``,
@@ -64,6 +71,10 @@ _INLINE_CURSOR_METHODS = frozenset(
 )
 
 
+_SQLITE_BUSY = 5  # the primary result code (extended codes keep it in their low byte)
+_BUSY: Any = object()  # an inline BEGIN IMMEDIATE that would have had to wait
+
+
 def _keywords(sql: str) -> list[str]:
     """The first two words of ``sql``, upper case (statements here start with a keyword)."""
     return sql.lstrip(" \t\r\n(").upper().split(None, 2)[:2]
@@ -79,6 +90,8 @@ class InlineWriteConnection(aiosqlite.Connection):
     def __init__(self, connector: Callable[[], sqlite3.Connection], iter_chunk_size: int) -> None:
         super().__init__(connector, iter_chunk_size)
         self._write_locked = False
+        # The connection's busy timeout (ms), read at the first inline BEGIN IMMEDIATE.
+        self._busy_timeout_ms: int | None = None
         # Calls queued to the thread and not finished yet (updated from both threads).
         self._in_thread = 0
         self._in_thread_lock = threading.Lock()
@@ -108,6 +121,41 @@ class InlineWriteConnection(aiosqlite.Connection):
                 return words[0] == "ROLLBACK" and words[1:2] == ["TO"]
         return True
 
+    def _may_begin_inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+        """A plain ``BEGIN IMMEDIATE`` (not the bulk one) on an idle connection."""
+        connection = self._connection
+        return (
+            connection is not None
+            and not self._in_thread
+            and not connection.in_transaction
+            and getattr(fn, "__name__", "") == "execute"
+            and isinstance(getattr(fn, "__self__", None), sqlite3.Cursor)
+            and bool(args)
+            and args[0] == "BEGIN IMMEDIATE"
+        )
+
+    def _begin_without_waiting(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``BEGIN IMMEDIATE`` on the calling thread with a busy timeout of 0: it takes the
+        write lock at once or fails at once with ``SQLITE_BUSY`` (another writer, a recovery
+        or a checkpoint in the way), and never sleeps on the busy handler; ``_BUSY`` then,
+        and the caller waits in the thread as before. The connection's busy timeout is put
+        back either way."""
+        connection = self._connection
+        assert connection is not None
+        if self._busy_timeout_ms is None:
+            self._busy_timeout_ms = int(connection.execute("PRAGMA busy_timeout").fetchone()[0])
+        connection.execute("PRAGMA busy_timeout=0")
+        try:
+            result = fn(*args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                return _BUSY
+            raise
+        finally:
+            connection.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+        self._write_locked = True
+        return result
+
     def _run_counted(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
@@ -122,6 +170,11 @@ class InlineWriteConnection(aiosqlite.Connection):
         """
         if self._inline_allowed(fn, args):
             return fn(*args, **kwargs)
+        if self._may_begin_inline(fn, args):
+            began = self._begin_without_waiting(fn, *args, **kwargs)
+            if began is not _BUSY:
+                return began
+            # Another writer holds the lock: wait for it in the thread, as always.
         begin: list[str] | None = None
         if getattr(fn, "__name__", "") == "execute" and args and isinstance(args[0], str):
             words = _keywords(args[0])

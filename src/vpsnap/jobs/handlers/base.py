@@ -9,18 +9,22 @@ finishes the rest.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
-from vpsnap.domain.model import Job, Vps
+from vpsnap.domain.model import Job, Snapshot, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.journal import JobJournal
 
 
 class JobHandler(Protocol):
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        """Runs in the claim's transaction. May raise ``DomainError`` to fail the job before any
-        hypervisor work, but only before writing anything."""
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
+        """Runs in the claim's transaction, with the VPS's snapshots (oldest first) read in it
+        along with the VPS (one statement). May raise ``DomainError`` to fail the job before
+        any hypervisor work, but only before writing anything."""
         ...
 
     async def perform(

@@ -8,6 +8,7 @@ is someone else's, never touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +16,7 @@ import structlog
 
 from vpsnap.domain.errors import DomainError, SnapshotLimitReached, SnapshotNameTaken
 from vpsnap.domain.job_types import snapshot_payload
-from vpsnap.domain.model import Consistency, IntentState, Job, VmConfig, Vps
+from vpsnap.domain.model import Consistency, IntentState, Job, Snapshot, VmConfig, Vps
 from vpsnap.domain.ports import (
     HypervisorDriver,
     RestorePoint,
@@ -38,11 +39,13 @@ _QUIESCE_RESULT = ("freezeWindowMs", "guestThawed", "leftoverFreezeThawed")
 
 
 class CreateSnapshotHandler:
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
         # The slot was checked when the create was accepted; check again now that it runs. A
         # delete queued before it frees a slot on acceptance, and if that delete failed, its
         # snapshot took the slot back: this create must then not push the VPS over its slots.
-        usage = slot_usage(vps, await tx.list_snapshots(vps.id))
+        usage = slot_usage(vps, snapshots)
         if usage.used > usage.total:
             raise SnapshotLimitReached(
                 f"All {usage.total} snapshot slots of {vps.name} are in use: a delete queued "

@@ -7,12 +7,13 @@ same name), the row goes and the disk is left alone (reconciliation reports it a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from vpsnap.domain.model import Job, SnapshotStatus, Vps
+from vpsnap.domain.model import Job, Snapshot, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.ownership import find_point, is_the_recorded_one
 from vpsnap.jobs.journal import JobJournal
@@ -43,7 +44,9 @@ async def delete_own_snapshot(
 
 
 class DeleteSnapshotHandler:
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
         return None
 
     async def perform(

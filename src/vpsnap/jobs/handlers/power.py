@@ -7,18 +7,21 @@ succeeds), so a re-run is harmless.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from vpsnap.domain.job_types import power_payload
-from vpsnap.domain.model import Job, PowerState, VmFacts, Vps
+from vpsnap.domain.model import Job, PowerState, Snapshot, VmFacts, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.journal import JobJournal
 from vpsnap.jobs.observer import VM_FACTS, observe_vm
 
 
 class PowerHandler:
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
         return None
 
     async def perform(

@@ -7,6 +7,7 @@ in the state the user had, not in whatever the crash left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from vpsnap.domain.model import (
     Job,
     PowerAction,
     PowerState,
+    Snapshot,
     SnapshotStatus,
     VmFacts,
     Vps,
@@ -37,7 +39,9 @@ async def _move(
 
 
 class RestoreSnapshotHandler:
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
         await _move(tx, job, vps, SnapshotStatus.AVAILABLE, SnapshotStatus.RESTORING)
 
     async def perform(

@@ -10,6 +10,7 @@ new row goes (its slot is free at once) and the old one is ``available`` again.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,7 +18,7 @@ import structlog
 
 from vpsnap.domain.errors import DomainError
 from vpsnap.domain.job_types import snapshot_payload
-from vpsnap.domain.model import Job, SnapshotStatus, Vps
+from vpsnap.domain.model import Job, Snapshot, SnapshotStatus, Vps
 from vpsnap.domain.ports import HypervisorDriver, Transaction
 from vpsnap.jobs.handlers.create import CreateSnapshotHandler, settle_failed_write
 from vpsnap.jobs.handlers.delete import delete_own_snapshot
@@ -56,8 +57,10 @@ class ScheduledSnapshotHandler:
     def __init__(self) -> None:
         self._create = CreateSnapshotHandler()
 
-    async def prepare(self, tx: Transaction, job: Job, vps: Vps) -> None:
-        await self._create.prepare(tx, job, vps)
+    async def prepare(
+        self, tx: Transaction, job: Job, vps: Vps, snapshots: Sequence[Snapshot]
+    ) -> None:
+        await self._create.prepare(tx, job, vps, snapshots)
 
     async def perform(
         self, driver: HypervisorDriver, job: Job, vps: Vps, journal: JobJournal
