@@ -87,6 +87,8 @@ class Worker:
     _reserved: dict[JobLane, int] = field(default_factory=dict)
     """Slots of claims in flight (a loop claim, a job end's chained claim), by lane: two
     claims of this worker may overlap, and neither may count the other's slots as free."""
+    _claimed_at_end: set[str] = field(default_factory=set)
+    """Jobs whose end's transaction also claimed (committed): their end wakes no claim."""
     _cutting: set[str] = field(default_factory=set)
     _stopping: bool = False
 
@@ -223,7 +225,14 @@ class Worker:
             return True
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        job = self._running.pop(task, None)
+        if job is not None and job.id in self._claimed_at_end:
+            # Its end's transaction already claimed for every slot free without it (after the
+            # job was finished there, so its account's share counted it as ended): a claim of
+            # the loop now would find what that one left, nothing — an empty write
+            # transaction per job in a drain. A job queued since has woken the loop itself.
+            self._claimed_at_end.discard(job.id)
+            return
         # A slot is free: more may be waiting, including jobs passed over because their
         # account had its share of a lane, which only an end of one of its jobs lets run.
         self.events.work_available.set()
@@ -397,6 +406,8 @@ class Worker:
             # Released before the tasks start: they hold their slots from then on.
             self._release(free)
         finished, promoted, claimed = ended
+        if free:
+            self._claimed_at_end.add(job.id)
         self.events.job_changed(finished.id, finished)
         if claimed and self._stopping:
             # Stopped while the claim was being written: a stopping worker starts nothing.
@@ -407,8 +418,12 @@ class Worker:
         self._start(claimed)
         if promoted is not None:
             self.events.job_changed(promoted.id, promoted)
-            if promoted.id not in {c.job.id for c in claimed}:
+            if not free:
+                # No claim in this transaction: the loop's claim takes it.
                 self.events.jobs_queued()
+            # Otherwise that claim saw it queued, under the rules a claim of the loop would
+            # apply: taken, or not claimable until a slot or its account's share frees up —
+            # a job's end, which claims again.
 
     async def _write_end(
         self,
