@@ -221,3 +221,23 @@ async def test_a_stop_hands_back_what_a_jobs_end_claimed(
     assert second.status is JobStatus.QUEUED
     assert second.attempts == 0 and second.lease_owner is None
     assert world.driver.changes() == [("create", vps.id)]
+
+
+async def test_a_create_queued_behind_another_wakes_no_worker(world: World) -> None:
+    """A pending job cannot be claimed; its predecessor's end promotes it and wakes (or claims)."""
+    vps = await world.add_vps(slots=5)
+    snapshots = world.runtime.services.snapshots
+    events = world.runtime.events
+    first = await snapshots.create(world.principal, vps.id, CreateSnapshot("one"))
+    assert first.status is JobStatus.QUEUED
+    assert events.work_available.is_set() and events.queued_since_claim
+    events.work_available.clear()
+    events.queued_since_claim = False
+
+    second = await snapshots.create(world.principal, vps.id, CreateSnapshot("two"))
+
+    assert second.status is JobStatus.PENDING
+    assert not events.work_available.is_set() and not events.queued_since_claim
+    worker = world.runtime.worker()
+    done = await _drain(world, worker, [first, second])
+    assert [job.status for job in done] == [JobStatus.COMPLETED] * 2
