@@ -80,7 +80,15 @@ class Worker:
     idle_wakeup_seconds: float = 5.0
     write_guard: WriteGuard | None = None
     """Checks free space with a real statvfs right before a snapshot is written."""
+    chain_claims: bool = True
+    """A job's end claims the next jobs for its slot in its own final transaction (see
+    ``_finish``); off, the worker loop claims after every end, as before."""
     _running: dict[asyncio.Task[None], Job] = field(default_factory=dict)
+    _reserved: dict[JobLane, int] = field(default_factory=dict)
+    """Slots of claims in flight (a loop claim, a job end's chained claim), by lane: two
+    claims of this worker may overlap, and neither may count the other's slots as free."""
+    _claimed_at_end: set[str] = field(default_factory=set)
+    """Jobs whose end's transaction also claimed (committed): their end wakes no claim."""
     _cutting: set[str] = field(default_factory=set)
     _stopping: bool = False
 
@@ -130,7 +138,16 @@ class Worker:
     async def _drain(self) -> None:
         if not self._running:
             return
-        _, late = await asyncio.wait(set(self._running), timeout=self.grace_seconds)
+        # A job's end may still start the jobs its chained claim took (``_finish`` hands them
+        # back when it sees the stop, but not before its own transaction has committed): wait
+        # for those as well, within the same grace.
+        deadline = asyncio.get_running_loop().time() + self.grace_seconds
+        late: set[asyncio.Task[None]] = set()
+        while self._running:
+            remaining = deadline - asyncio.get_running_loop().time()
+            _, late = await asyncio.wait(set(self._running), timeout=max(remaining, 0))
+            if late:
+                break
         if not late:
             return
         for task in late:
@@ -146,13 +163,41 @@ class Worker:
         found one queued (``_anything_queued``), for wake-ups that were not a job queued."""
         if self._stopping:
             return
+        if not self._free_slots() or (look_first and not await self._anything_queued()):
+            return
+        # Counted again after the read: a chained claim may have taken the slots meanwhile.
+        free = self._reserve(self._free_slots())
+        if not free:
+            return
+        try:
+            claimed = await self._claim(free)
+        finally:
+            self._release(free)
+        self._start(claimed)
+
+    def _free_slots(self, ending: Job | None = None) -> dict[JobLane, int]:
+        """Slots by lane that neither a running job (``ending``, whose end is being written,
+        not counted) nor a claim in flight holds; lanes without one left out."""
         free = self._slots()
         for job in self._running.values():
-            free[job.lane] -= 1
-        free = {lane: n for lane, n in free.items() if n > 0}
-        if not free or (look_first and not await self._anything_queued()):
-            return
-        claimed = await self._claim(free)
+            if job is not ending:
+                free[job.lane] -= 1
+        for lane, n in self._reserved.items():
+            free[lane] -= n
+        return {lane: n for lane, n in free.items() if n > 0}
+
+    def _reserve(self, free: dict[JobLane, int]) -> dict[JobLane, int]:
+        # No await between counting and reserving: the two claims cannot take one slot twice.
+        for lane, n in free.items():
+            self._reserved[lane] = self._reserved.get(lane, 0) + n
+        return free
+
+    def _release(self, free: dict[JobLane, int]) -> None:
+        for lane, n in free.items():
+            self._reserved[lane] -= n
+
+    def _start(self, claimed: list[Claim]) -> None:
+        """Run claimed jobs, each in a task of its own (its slot held until the task ends)."""
         for claim in claimed:
             task = asyncio.create_task(self._run(claim), name=f"job:{claim.job.id}")
             self._running[task] = claim.job
@@ -180,7 +225,14 @@ class Worker:
             return True
 
     def _job_done(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        job = self._running.pop(task, None)
+        if job is not None and job.id in self._claimed_at_end:
+            # Its end's transaction already claimed for every slot free without it (after the
+            # job was finished there, so its account's share counted it as ended): a claim of
+            # the loop now would find what that one left, nothing — an empty write
+            # transaction per job in a drain. A job queued since has woken the loop itself.
+            self._claimed_at_end.discard(job.id)
+            return
         # A slot is free: more may be waiting, including jobs passed over because their
         # account had its share of a lane, which only an end of one of its jobs lets run.
         self.events.work_available.set()
@@ -188,6 +240,13 @@ class Worker:
     async def _claim(self, free: dict[JobLane, int]) -> list[Claim]:
         """Take queued jobs for the free slots and let their handlers prepare, in one
         transaction (one round trip less on every job's critical path)."""
+        async with self.store.transaction() as tx:
+            claimed = await self._claim_in(tx, free)
+        self._announce(claimed)
+        return claimed
+
+    async def _claim_in(self, tx: Transaction, free: dict[JobLane, int]) -> list[Claim]:
+        """The claim and the handlers' preparation, in the caller's write transaction."""
         now = self.clock.now()
         request = ClaimRequest(
             node=self.node,
@@ -197,12 +256,13 @@ class Worker:
             free=free,
             account_share=self.account_share(),
         )
-        async with self.store.transaction() as tx:
-            jobs = await queue.claim(tx, request)
-            claimed = [await self._prepare(tx, job) for job in jobs]
+        jobs = await queue.claim(tx, request)
+        return [await self._prepare(tx, job) for job in jobs]
+
+    def _announce(self, claimed: list[Claim]) -> None:
+        """After the claim's commit: long-poll waiters see their jobs in progress."""
         for claim in claimed:
             self.events.job_changed(claim.job.id, claim.job)
-        return claimed
 
     async def _prepare(self, tx: Transaction, job: Job) -> Claim:
         # The VPS and its snapshots (a create checks its slot again) in one statement.
@@ -232,7 +292,7 @@ class Worker:
                 await queue.hand_back(tx, extra.job, self.worker_id)
         if not claimed:
             return False
-        await self._run(claimed[0])
+        await self._run(claimed[0], chain=False)
         return True
 
     async def _heartbeat(self, job_id: str) -> None:
@@ -247,7 +307,9 @@ class Worker:
                 log.warning("job_lease_lost", job_id=job_id, worker=self.worker_id)
                 return
 
-    async def _run(self, claim: Claim) -> None:
+    async def _run(self, claim: Claim, *, chain: bool = True) -> None:
+        """Run a claimed job to its end; ``chain``: its end may claim the next jobs
+        (``_finish``), which only the worker loop's own jobs do."""
         job, vps = claim.job, claim.vps
         handler = HANDLERS[job.type]
         bound = log.bind(job_id=job.id, job_type=job.type.value, vps_id=job.vps_id)
@@ -281,7 +343,7 @@ class Worker:
         finally:
             heartbeat.cancel()
         # The final state is written even if the server is shutting down meanwhile.
-        await asyncio.shield(self._finish(job, error, facts))
+        await asyncio.shield(self._finish(job, error, facts, chain=chain))
         elapsed = asyncio.get_running_loop().time() - started
         JOB_DURATION.labels(job.type.value, "failed" if error else "completed").observe(elapsed)
         elapsed_ms = round(elapsed * 1000, 1)
@@ -306,35 +368,105 @@ class Worker:
             log.warning("job_handed_back", job_id=job.id, worker=self.worker_id)
             self.events.job_changed(job.id)
 
-    async def _finish(self, job: Job, error: DomainError | None, facts: dict[str, Any]) -> None:
-        handler = HANDLERS[job.type]
-        now = self.clock.now()
+    async def _finish(
+        self, job: Job, error: DomainError | None, facts: dict[str, Any], *, chain: bool = False
+    ) -> None:
+        """Write the job's end. With ``chain`` (and ``chain_claims``), the same transaction
+        then claims queued jobs for the slots free once this job is gone, and they start
+        right after its commit.
+
+        Why: draining a queue, every end was followed by a wake-up of the worker loop and a
+        claim of its own — a second write transaction (on SQLite ``BEGIN IMMEDIATE`` and
+        ``COMMIT`` in aiosqlite's thread, the write lock taken again behind whatever queued
+        meanwhile; on PostgreSQL two more round trips) between two jobs, while the slot stood
+        empty (bench/drain.py; docs/performance.md, "Draining queued creates"). The claim is
+        the same ``queue.claim`` (the only place that takes jobs) after ``queue.finish``
+        promoted the VPS's next job, in one transaction: exactly once, per-VPS order and the
+        leases are those of a claim of its own. Its slots are reserved (``_reserve``) so that a
+        claim of the loop at the same time does not count them. If the chained part fails,
+        the whole transaction rolled back and the end is written again alone: a claim must
+        never cost a job its end.
+        """
+        free: dict[JobLane, int] = {}
+        if chain and self.chain_claims and not self._stopping:
+            free = self._reserve(self._free_slots(ending=job))
         try:
-            async with self.store.transaction() as tx:
-                vps = await tx.get_vps(job.vps_id, lock=True)
-                before = (
-                    await tx.get_snapshot(vps.id, job.snapshot_name)
-                    if vps is not None and job.snapshot_name
-                    else None
-                )
-                if vps is None or error is not None:
-                    failure = error or VpsNotFound("The VPS no longer exists.")
-                    finished, promoted = await queue.finish(
-                        tx, job, self.worker_id, now, error=error_summary(failure)
-                    )
-                    if vps is not None:
-                        await handler.undo(tx, job, vps)
-                else:
-                    result = await handler.succeed(tx, job, vps, facts, now)
-                    finished, promoted = await queue.finish(
-                        tx, job, self.worker_id, now, result=result
-                    )
-                # Webhook events commit with the job's end, or not at all (events.outbox).
-                await record_job_events(tx, now, finished, vps, snapshot_before=before)
+            ended = await self._write_end(job, error, facts, free)
         except queue.LeaseLost:
             log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
             return
+        except _ChainFailed as failed:
+            log.warning("chained_claim_failed", job_id=job.id, error=repr(failed.__cause__))
+            self._release(free)
+            free = {}
+            try:
+                ended = await self._write_end(job, error, facts, free)
+            except queue.LeaseLost:
+                log.warning("job_lease_lost", job_id=job.id, worker=self.worker_id)
+                return
+        finally:
+            # Released before the tasks start: they hold their slots from then on.
+            self._release(free)
+        finished, promoted, claimed = ended
+        if free:
+            self._claimed_at_end.add(job.id)
         self.events.job_changed(finished.id, finished)
+        if claimed and self._stopping:
+            # Stopped while the claim was being written: a stopping worker starts nothing.
+            for claim in claimed:
+                await self._hand_back(claim.job)
+            claimed = []
+        self._announce(claimed)
+        self._start(claimed)
         if promoted is not None:
             self.events.job_changed(promoted.id, promoted)
-            self.events.jobs_queued()
+            if not free:
+                # No claim in this transaction: the loop's claim takes it.
+                self.events.jobs_queued()
+            # Otherwise that claim saw it queued, under the rules a claim of the loop would
+            # apply: taken, or not claimable until a slot or its account's share frees up —
+            # a job's end, which claims again.
+
+    async def _write_end(
+        self,
+        job: Job,
+        error: DomainError | None,
+        facts: dict[str, Any],
+        free: dict[JobLane, int],
+    ) -> tuple[Job, Job | None, list[Claim]]:
+        """The end's transaction (and the chained claim for ``free``, when not empty): the
+        finished job, the one promoted behind it, the jobs claimed. Raises ``LeaseLost``;
+        ``_ChainFailed`` when the claim failed (nothing of the transaction committed)."""
+        handler = HANDLERS[job.type]
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            vps = await tx.get_vps(job.vps_id, lock=True)
+            before = (
+                await tx.get_snapshot(vps.id, job.snapshot_name)
+                if vps is not None and job.snapshot_name
+                else None
+            )
+            if vps is None or error is not None:
+                failure = error or VpsNotFound("The VPS no longer exists.")
+                finished, promoted = await queue.finish(
+                    tx, job, self.worker_id, now, error=error_summary(failure)
+                )
+                if vps is not None:
+                    await handler.undo(tx, job, vps)
+            else:
+                result = await handler.succeed(tx, job, vps, facts, now)
+                finished, promoted = await queue.finish(tx, job, self.worker_id, now, result=result)
+            # Webhook events commit with the job's end, or not at all (events.outbox).
+            await record_job_events(tx, now, finished, vps, snapshot_before=before)
+            claimed: list[Claim] = []
+            if free:
+                try:
+                    claimed = await self._claim_in(tx, free)
+                except Exception as exc:
+                    # Rolls the transaction back (the end too): written again without it.
+                    raise _ChainFailed from exc
+        return finished, promoted, claimed
+
+
+class _ChainFailed(Exception):
+    """The claim chained to a job's end failed; the end's transaction was rolled back."""

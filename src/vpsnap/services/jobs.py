@@ -17,6 +17,19 @@ from vpsnap.services.pagination import decode_cursor, encode_cursor
 MAX_PAGE_SIZE = 100
 
 
+def wake_worker(events: JobEvents, job: Job) -> None:
+    """After the commit that queued ``job``: wake the worker if a claim could take it now.
+
+    A job queued behind an unfinished one of its VPS waits ``pending``; no claim takes it until
+    that one's end promotes it, and the end wakes the worker itself (``Worker._finish``). A
+    wake-up for it only made the worker claim in vain: with a queue to drain, every create
+    was pending and each cost an empty claim — on SQLite a write transaction competing with
+    the next create for the write lock (docs/performance.md, "Draining queued creates").
+    """
+    if job.status is JobStatus.QUEUED:
+        events.jobs_queued()
+
+
 @dataclass(frozen=True, slots=True)
 class JobPage:
     items: list[Job]

@@ -20,6 +20,7 @@ from vpsnap.domain.rules import service_gate
 from vpsnap.events.audit import AuditTrail
 from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps
+from vpsnap.services.jobs import wake_worker
 from vpsnap.services.nodes import NodeDirectory
 
 
@@ -80,5 +81,5 @@ class PowerService:
                 vps_id=vps.id,
                 details={"jobId": job.id, "force": force},
             )
-        self.events.jobs_queued()
+        wake_worker(self.events, job)
         return job

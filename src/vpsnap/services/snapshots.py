@@ -50,6 +50,7 @@ from vpsnap.domain.vm_rules import live_create_gate, memory_gate, restore_base, 
 from vpsnap.events.audit import AuditTrail
 from vpsnap.events.context import current_origin
 from vpsnap.services.access import owned_vps, owned_vps_with_snapshots
+from vpsnap.services.jobs import wake_worker
 from vpsnap.services.nodes import NodeDirectory
 from vpsnap.services.storage import check_space, published_stores, space_gate
 
@@ -189,7 +190,7 @@ class SnapshotService:
                 request_id=current_origin().request_id,
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_CREATE, vps, job)
-        self.events.jobs_queued()
+        wake_worker(self.events, job)
         return job
 
     async def _audited(
@@ -254,7 +255,7 @@ class SnapshotService:
                 request_id=current_origin().request_id,
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_DELETE, vps, job)
-        self.events.jobs_queued()
+        wake_worker(self.events, job)
         return job
 
     async def restore(self, principal: Principal, vps_id: str, name: str) -> Job:
@@ -294,7 +295,7 @@ class SnapshotService:
                 payload=RestorePayload(vm_config=snapshot.vm_config),
             )
             await self._audited(tx, principal, AuditAction.SNAPSHOT_RESTORE, vps, job)
-        self.events.jobs_queued()
+        wake_worker(self.events, job)
         return job
 
     @staticmethod
