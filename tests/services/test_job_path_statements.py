@@ -17,6 +17,7 @@ from vpsnap.domain.auth import Principal, Scope
 from vpsnap.domain.model import JobLane, JobStatus
 from vpsnap.domain.ports import ClaimRequest
 from vpsnap.services.snapshots import CreateSnapshot
+from vpsnap.store import sql
 from vpsnap.store.tables import jobs
 
 from .conftest import LEASE_SECONDS, World
@@ -192,3 +193,75 @@ async def test_postgres_notifies_a_claim_and_an_end_at_commit_only(world: World)
         assert (await world.job(job.id)).status is JobStatus.COMPLETED
     finally:
         await conn.close()
+
+
+_UNICODE_JOURNAL = {"step": "écrit ☃", "n": 3, "nested": {"ok": True, "none": None}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "plain", "values"),
+    [
+        (
+            sql._CLAIM_JOB_RAW,
+            sql._CLAIM_JOB,
+            {"b_attempts": 2, "b_worker": "w-1"},
+        ),
+        (
+            sql._FINISH_JOB_RAW,
+            sql._FINISH_JOB.values(**sql._FINISH_JOB_VALUES),
+            {
+                "b_status": "completed",
+                "b_journal": _UNICODE_JOURNAL,
+                "b_progress": 100,
+                "b_result": {"snapshot": "ünï", "sizes": [1, 2]},
+                "b_error": None,
+            },
+        ),
+        (
+            sql._FINISH_JOB_RAW,
+            sql._FINISH_JOB.values(**sql._FINISH_JOB_VALUES),
+            {
+                "b_status": "failed",
+                "b_journal": None,
+                "b_progress": 40,
+                "b_result": None,
+                "b_error": {"code": "hypervisor_error", "detail": 'ü "quoted" \\ back'},
+            },
+        ),
+        (sql._RECORD_JOURNAL_RAW, sql._RECORD_JOURNAL, {"journal": _UNICODE_JOURNAL}),
+    ],
+    ids=["claim", "finish-completed", "finish-failed", "journal"],
+)
+async def test_a_raw_write_writes_what_sqlalchemy_writes(
+    world: World, raw: Any, plain: Any, values: dict[str, Any]
+) -> None:
+    """``_RawWrite`` (the DB-API cursor, values through their types' bind processors) leaves
+    the row exactly as ``conn.execute`` of the same statement with the same values does:
+    JSON (unicode, nesting, nulls, SQL NULL), timestamps, the lease condition."""
+    # Two jobs alike, both claimed by the same worker (the finish and journal writes are
+    # conditional on the lease).
+    for name in ("a", "b"):
+        vps = await world.add_vps(name)
+        await world.runtime.services.snapshots.create(world.principal, vps.id, CreateSnapshot("s"))
+    async with world.store.transaction() as tx:
+        taken = await tx.claim_jobs(_request(world, "w-1", 2))
+    assert len(taken) == 2
+    first, second = (job.id for job in taken)
+    stamp = world.clock.now() + timedelta(seconds=7, microseconds=123457)
+    common = {"b_worker": "w-1", "b_started": stamp, "b_until": stamp, "b_finished": stamp}
+    async with world.store.engine.begin() as conn:
+        raw_written = await raw.run(conn, {**common, **values, "b_id": first})
+        plain_written = await conn.execute(plain, {**common, **values, "b_id": second})
+    assert raw_written.rowcount == plain_written.rowcount == 1
+
+    by_raw, by_plain = await _row(world, first), await _row(world, second)
+    differ_anyway = {"id", "vps_id", "snapshot_name", "created_at", "idempotency_key"}
+    assert {k: v for k, v in by_raw.items() if k not in differ_anyway} == {
+        k: v for k, v in by_plain.items() if k not in differ_anyway
+    }
+    # And the write did happen: the values are in the row.
+    for key in ("journal", "result", "error"):
+        bind = {"journal": ("b_journal", "journal"), "result": ("b_result",), "error": ("b_error",)}
+        given = [values[b] for b in bind[key] if b in values]
+        if given:
+            assert by_raw[key] == given[0]

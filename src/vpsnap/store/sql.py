@@ -194,8 +194,9 @@ class _RawWrite:
     "The job path, fourth round": the write transactions of every job).
 
     Parameters are given by their bind names; those the statement carries itself (a literal
-    in a ``WHERE``) need not be. ``tests/store/test_raw_writes.py`` checks that the rows written
-    are those of ``conn.execute`` on both databases.
+    in a ``WHERE``) need not be. ``tests/services/test_job_path_statements.py``
+    (``test_a_raw_write_writes_what_sqlalchemy_writes``) checks that the rows written are those
+    of ``conn.execute`` on both databases.
     """
 
     def __init__(self, statement: sa.Insert | sa.Update | sa.Delete) -> None:
@@ -462,9 +463,10 @@ _JOB_COLUMNS = tuple(column.name for column in jobs.c)
 # (SQLite's write lock since BEGIN IMMEDIATE; PostgreSQL's FOR UPDATE), so the other columns
 # are what they were. On PostgreSQL the job's NOTIFY rides on the same statement (RETURNING
 # pg_notify: one round trip, sent in the same transaction, delivered at commit).
-_CLAIM_JOB = jobs.update().where(jobs.c.id == _bp("b_id"))
-_CLAIM_JOB_RAW = _RawWrite(
-    _CLAIM_JOB.values(
+_CLAIM_JOB = (
+    jobs.update()
+    .where(jobs.c.id == _bp("b_id"))
+    .values(
         status=JobStatus.IN_PROGRESS.value,
         attempts=_bp("b_attempts"),
         started_at=_bp("b_started"),
@@ -472,15 +474,8 @@ _CLAIM_JOB_RAW = _RawWrite(
         lease_expires_at=_bp("b_until"),
     )
 )
-_CLAIM_JOB_NOTIFY_RAW = _RawWrite(
-    _CLAIM_JOB.values(
-        status=JobStatus.IN_PROGRESS.value,
-        attempts=_bp("b_attempts"),
-        started_at=_bp("b_started"),
-        lease_owner=_bp("b_worker"),
-        lease_expires_at=_bp("b_until"),
-    ).returning(_NOTIFY_RETURNING)
-)
+_CLAIM_JOB_RAW = _RawWrite(_CLAIM_JOB)
+_CLAIM_JOB_NOTIFY_RAW = _RawWrite(_CLAIM_JOB.returning(_NOTIFY_RETURNING))
 # A job's end, conditional on the lease, writing only the columns an end can change (the
 # journal included: the ended job is the claimed one, whose journal the long-polls are shown
 # and the row keeps, as the whole-row update of before did).
