@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -104,6 +105,7 @@ async def measure(database: str, creates: int) -> dict[str, float]:
                 wall += wall2 - wall0
     finally:
         await store.dispose()
+        shutil.rmtree(data_dir, ignore_errors=True)
         if schema is not None:
             admin = create_async_engine(POSTGRES_URL)
             async with admin.begin() as conn:
