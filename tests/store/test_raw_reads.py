@@ -225,6 +225,49 @@ def test_json_text_that_is_not_json_raises_as_json_loads(text: str) -> None:
         sql._text_json(text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-04-27 12:34:56.000123",
+        "2026-04-27 12:34:56",
+        "2026-04-27T00:00:00.5",
+        "2026-04-27",
+        "2026-04-27 12",
+        "2026-04-27 12:34",
+        "20260427T123456",
+        "2026-04-27 12:34:56+02:00",
+        "2026-04-27 12:34:56Z",
+        "2026-04-27 12:34:56.000123-00:00",
+    ],
+)
+def test_timestamp_text_decodes_as_parse_then_replace(text: str) -> None:
+    expected = datetime.fromisoformat(text).replace(tzinfo=UTC)
+    found = sql._text_timestamp(text)
+    assert found == expected
+    assert found is not None
+    assert found.tzinfo is UTC
+    assert found.isoformat() == expected.isoformat()
+
+
+@pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01 00:00:00"])
+def test_timestamp_text_that_is_not_a_timestamp_raises_as_before(text: str) -> None:
+    with pytest.raises(ValueError, match=r"Invalid isoformat string|month must be"):
+        sql._text_timestamp(text)
+
+
+@pytest.mark.parametrize(
+    "enum", [ServiceStatus, PowerState, SnapshotStatus, SnapshotOrigin, Consistency]
+)
+def test_enum_members_by_lookup_are_the_enums_own(enum: type[ServiceStatus]) -> None:
+    member = sql._members(enum)
+    for expected in enum:
+        assert member(expected.value) is expected
+        assert member(expected) is expected
+    for odd in ("no-such-value", None, ["active"]):
+        with pytest.raises(ValueError, match="is not a valid"):
+            member(odd)
+
+
 async def test_a_vps_with_its_snapshots_in_one_read(store: SqlStore) -> None:
     stored, snaps = await _fill(store)
     async with store.transaction(read_only=True, small=True) as tx:
