@@ -13,6 +13,8 @@ import pytest
 from tests.api.test_errors import assert_problem, snapshots_path
 from tests.conftest import Api
 from tests.dashboard.support import SAME_ORIGIN, csrf_token, panel_client
+from vpsnap.domain.errors import DatabaseUnavailable
+from vpsnap.services.credentials import CredentialService
 from vpsnap.store import migrate
 from vpsnap.store.sql import DATABASE_RETRY_AFTER_SECONDS, SqlStore
 
@@ -96,3 +98,25 @@ async def test_the_panel_says_temporarily_unavailable_and_when_to_come_back(
     assert "Temporarily unavailable" in page.text
     assert "Something went wrong" not in page.text
     assert "locked" not in page.text
+
+
+async def test_a_key_lookup_meeting_an_unavailable_database_is_503_not_500(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The edge middleware looks the key up before any route runs, outside FastAPI's exception
+    handlers: a database that is gone then (a PostgreSQL restart dropped the small-read
+    connections; the cluster test once logged a 500 here) answers 503 with Retry-After too."""
+
+    async def unavailable(_self: CredentialService, _secret: str) -> None:
+        raise DatabaseUnavailable(
+            "The database did not answer in time; nothing was done. Retry later.",
+            retry_after=DATABASE_RETRY_AFTER_SECONDS,
+        )
+
+    monkeypatch.setattr(CredentialService, "authenticate", unavailable)
+    # A key this process has not verified yet (a verified one is answered from memory).
+    response = await api.client.get(
+        "/api/v2/vps", headers={"Authorization": "Bearer vps_never_seen_0123456789abcdef"}
+    )
+    assert_problem(response, 503, "database_unavailable")
+    assert response.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)

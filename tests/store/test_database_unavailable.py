@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from tests.live_server import free_port
 from vpsnap.domain.errors import DatabaseUnavailable
 from vpsnap.domain.model import Account
+from vpsnap.store import sql
 from vpsnap.store.sql import DATABASE_RETRY_AFTER_SECONDS, SqlStore
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -118,3 +119,28 @@ async def test_a_write_whose_commit_was_lost_is_not_called_undone(store: SqlStor
             await tx.add_account(Account(id="acc_1", name="one", created_at=NOW))
             await _terminate(store, pid)
     assert not isinstance(caught.value, DatabaseUnavailable)
+
+
+class _TranslatedShutdown(Exception):
+    """What SQLAlchemy's asyncpg adapter raises for a server error: its own exception carrying
+    the SQLSTATE of asyncpg's (``pgcode``/``sqlstate``)."""
+
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"<class 'asyncpg.exceptions.AdminShutdownError'>: {sqlstate}")
+        self.sqlstate = self.pgcode = sqlstate
+
+
+@pytest.mark.parametrize("sqlstate", ["57P01", "57P02", "57P03"])
+def test_a_server_shutting_down_mid_body_is_unavailable_but_never_a_writes_commit(
+    sqlstate: str,
+) -> None:
+    """A restarting PostgreSQL's FATAL, raised by a statement before the driver saw the close
+    (no disconnect detected): nothing took effect in the body; a write's COMMIT stays unknown.
+    Other server errors (a constraint, 23505) stay what they are."""
+    shutdown = sa.exc.DBAPIError("SELECT 1", (), _TranslatedShutdown(sqlstate))
+    assert not shutdown.connection_invalidated
+    assert sql._nothing_took_effect(shutdown, "body", read_only=False)
+    assert sql._nothing_took_effect(shutdown, "commit", read_only=True)
+    assert not sql._nothing_took_effect(shutdown, "commit", read_only=False)
+    conflict = sa.exc.DBAPIError("INSERT", (), _TranslatedShutdown("23505"))
+    assert not sql._nothing_took_effect(conflict, "body", read_only=False)

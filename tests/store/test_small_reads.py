@@ -361,6 +361,43 @@ async def test_on_postgres_a_lost_connection_is_unavailable_then_replaced(store:
     assert pool.opened == 2
 
 
+@pytest.mark.parametrize(
+    "database_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+@pytest.mark.parametrize(
+    "error", ["AdminShutdownError", "CrashShutdownError", "CannotConnectNowError"]
+)
+async def test_on_postgres_a_server_shutting_down_is_unavailable_even_before_the_close(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """A restarting server's FATAL (SQLSTATE 57P01-57P03) raised by the next statement while
+    asyncpg has not yet marked the connection closed: a 503 (``DatabaseUnavailable``), not a
+    500 — the cluster test of a PostgreSQL restart once logged a 500 here under CI's load.
+    The driver's own error is raised in place of the round trip (the race is not reproducible
+    on demand); the connection is then dropped and the next read opens a fresh one."""
+    import asyncpg
+
+    pool = store._pg_reads
+    assert pool is not None
+    async with store.transaction(read_only=True, small=True) as tx:
+        await tx.get_node("n1")
+    (conn,) = pool._idle
+    assert not conn.is_closed()
+
+    async def shutting_down(*_args: Any, **_kwargs: Any) -> Any:
+        raise getattr(asyncpg.exceptions, error)("terminating connection")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(asyncpg.Connection, "fetch", shutting_down)
+        with pytest.raises(DatabaseUnavailable):
+            async with store.transaction(read_only=True, small=True) as tx:
+                await tx.get_node("n1")
+    assert conn.is_closed() and pool.idle == 0
+    async with store.transaction(read_only=True, small=True) as tx:  # a fresh connection
+        assert await tx.get_node("n1") is None
+    assert pool.opened == 2
+
+
 async def test_a_snapshot_listing_reads_the_storage_in_the_same_statement(
     store: SqlStore,
 ) -> None:

@@ -160,11 +160,15 @@ class EdgeMiddleware:
                     return
                 refusal = PayloadTooLarge(f"The request body exceeds {self.max_body_bytes} bytes.")
             await problem_response(scope, refusal)(scope, receive, send_with_headers)
-        except Exception:
-            log.exception("request_crashed", request_id=request_id, path=scope.get("path"))
-            if not status["started"]:
-                response = problem_response(scope, DomainError("Something failed on our side."))
-                await response(scope, receive, send_with_headers)
+        except Exception as exc:  # answered here: nothing below may leave a request unanswered
+            await _failed(
+                scope,
+                receive,
+                send_with_headers,
+                exc,
+                request_id=request_id,
+                started=bool(status["started"]),
+            )
         finally:
             elapsed = time.perf_counter() - started
             REQUEST_DURATION.labels(
@@ -307,3 +311,22 @@ def leaf_routes(router: object) -> Iterator[Route]:
             yield from leaf_routes(inner)
         elif isinstance(route, Route):
             yield route
+
+
+async def _failed(
+    scope: Scope, receive: Receive, send: Send, exc: Exception, *, request_id: str, started: bool
+) -> None:
+    """Answer a request whose handling raised ``exc`` in the edge (``started``: the answer has
+    begun, so nothing more can be sent).
+
+    A ``DomainError`` raised here is outside FastAPI's exception handlers — the credential
+    lookup meeting an unavailable database — and gets its own problem answer (a 503 with
+    Retry-After, as the same error in a route), never a 500; anything else is a crash.
+    """
+    if isinstance(exc, DomainError):
+        log.warning("request_refused_at_edge", request_id=request_id, code=exc.code)
+    else:
+        log.error("request_crashed", request_id=request_id, path=scope.get("path"), exc_info=exc)
+        exc = DomainError("Something failed on our side.")
+    if not started:
+        await problem_response(scope, exc)(scope, receive, send)

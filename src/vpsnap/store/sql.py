@@ -796,13 +796,23 @@ DATABASE_RETRY_AFTER_SECONDS = 2
 restarting PostgreSQL is usually over within seconds."""
 
 
+_SERVER_GOING_AWAY = frozenset({"57P01", "57P02", "57P03"})
+"""PostgreSQL's admin_shutdown, crash_shutdown and cannot_connect_now (SQLSTATE class 57,
+PostgreSQL's "Appendix A. Error Codes"): a restarting server sends the FATAL to every
+connection, and the next statement raises it, possibly before the driver has seen the close
+(asyncpg's ``is_closed()``, which SQLAlchemy's disconnect detection asks, still False). The
+database is going away, nothing of the statement took effect: unavailable, not a 500. Both
+SQLAlchemy's translated errors and the small reads' (``orig`` is asyncpg's) carry ``sqlstate``."""
+
+
 def _nothing_took_effect(exc: BaseException, reached: str, *, read_only: bool) -> bool:
     """Whether ``exc``, raised when a transaction had ``reached`` "connect", "body" or
     "commit", is the database being unavailable with nothing committed.
 
     - Connecting: any ``OSError`` (refused, reset, timed out) or database error.
     - The body: a lost or closed connection (SQLAlchemy's disconnect detection, or the
-      driver's ``InterfaceError``) or SQLite's "database is locked" past the busy timeout;
+      driver's ``InterfaceError``), a server shutting down (``_SERVER_GOING_AWAY``) or
+      SQLite's "database is locked" past the busy timeout;
       never an ``OSError`` (the block may call other things), nor any other SQLite error ("no
       such table", "disk I/O error": an operator must act, retrying cannot help), nor an
       integrity or programming error (a conflict or a bug). The transaction rolls back.
@@ -817,6 +827,8 @@ def _nothing_took_effect(exc: BaseException, reached: str, *, read_only: bool) -
     if not isinstance(exc, sa.exc.DBAPIError):
         return False
     if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    if getattr(exc.orig, "sqlstate", None) in _SERVER_GOING_AWAY:
         return True
     # sqlite3's message for SQLITE_BUSY and SQLITE_LOCKED (sqlite3.c, sqlite3ErrStr).
     return isinstance(exc, sa.exc.OperationalError) and "is locked" in str(exc.orig)
