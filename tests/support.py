@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pytest
 
 
 @dataclass
@@ -63,3 +68,17 @@ def kill_vms_under(root: Path) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     return pids
+
+
+def count_thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts ``asyncio.to_thread`` calls from now on (the test's end undoes it): the length
+    of the returned list is the number of hops to a worker thread so far."""
+    hops: list[int] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        hops.append(1)
+        return await to_thread(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    return hops

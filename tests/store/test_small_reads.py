@@ -17,6 +17,7 @@ import aiosqlite
 import pytest
 import sqlalchemy as sa
 
+from tests.support import count_thread_hops
 from vpsnap.domain.audit import Actor
 from vpsnap.domain.errors import DatabaseUnavailable
 from vpsnap.domain.model import (
@@ -286,24 +287,16 @@ async def test_on_sqlite_connections_open_and_close_off_the_loop_and_statements_
         await tx.get_node("n1")
     assert len(threads) == 1
     assert threads[0] != threading.current_thread().name
-    hops = 0
-    to_thread = asyncio.to_thread
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal hops
-        hops += 1
-        return await to_thread(*args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+    hops = count_thread_hops(monkeypatch)
     for _ in range(3):  # warm: no thread hop at all, no new connection
         async with store.transaction(read_only=True, small=True) as tx:
             await tx.get_node("n1")
             await tx.list_vps(None, VpsFilter(), None, 10)
-    assert hops == 0
+    assert len(hops) == 0
     assert pool.opened == 1
     conn = await pool.acquire()
     await pool.release(conn, reuse=False)  # closed, in a thread
-    assert hops == 1
+    assert len(hops) == 1
     with pytest.raises(sqlite3.ProgrammingError):
         conn.execute("SELECT 1")
 
