@@ -80,9 +80,6 @@ class Worker:
     idle_wakeup_seconds: float = 5.0
     write_guard: WriteGuard | None = None
     """Checks free space with a real statvfs right before a snapshot is written."""
-    chain_claims: bool = True
-    """A job's end claims the next jobs for its slot in its own final transaction (see
-    ``_finish``); off, the worker loop claims after every end, as before."""
     _running: dict[asyncio.Task[None], Job] = field(default_factory=dict)
     _reserved: dict[JobLane, int] = field(default_factory=dict)
     """Slots of claims in flight (a loop claim, a job end's chained claim), by lane: two
@@ -371,7 +368,7 @@ class Worker:
     async def _finish(
         self, job: Job, error: DomainError | None, facts: dict[str, Any], *, chain: bool = False
     ) -> None:
-        """Write the job's end. With ``chain`` (and ``chain_claims``), the same transaction
+        """Write the job's end. With ``chain``, the same transaction
         then claims queued jobs for the slots free once this job is gone, and they start
         right after its commit.
 
@@ -388,7 +385,7 @@ class Worker:
         never cost a job its end.
         """
         free: dict[JobLane, int] = {}
-        if chain and self.chain_claims and not self._stopping:
+        if chain and not self._stopping:
             free = self._reserve(self._free_slots(ending=job))
         try:
             ended = await self._write_end(job, error, facts, free)
