@@ -542,6 +542,8 @@ http {{
     upstream vpsnap_api {{
 {servers}
         keepalive 32;
+        # Below the APIs' own idle timeout (http_keepalive_seconds, 75 s): cli/processes.py.
+        keepalive_timeout 60s;
     }}
     server {{
         listen 127.0.0.1:{self.port};

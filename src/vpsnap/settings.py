@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8080
+    http_keepalive_seconds: int = Field(
+        # Longer than the idle timeout of every client pool in front (nginx's upstream
+        # keepalive_timeout 60 s, httpx 5 s): cli/processes.http_server says why.
+        default=75,
+        ge=1,
+        le=3600,
+        description="Seconds an idle HTTP keep-alive connection stays open; keep it above the "
+        "idle timeout of the proxy's upstream pool (nginx: keepalive_timeout, 60 s)",
+    )
     public_base_url: str | None = Field(
         default=None,
         description="Base URL used in problem `type` links; default: the request's own base URL",

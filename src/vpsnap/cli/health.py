@@ -18,13 +18,12 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from vpsnap.cli.processes import Server, no_nagle
+from vpsnap.cli.processes import http_server, no_nagle
 from vpsnap.domain.errors import ProcessRefused
 from vpsnap.runtime import Role, Runtime
 
@@ -76,12 +75,6 @@ async def health_endpoint(runtime: Runtime, port: int | None) -> AsyncIterator[N
     if port is None:
         yield
         return
-    config = uvicorn.Config(
-        health_app(process_report(runtime)),
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-    )
     # Bound here, not by uvicorn: uvicorn ends the whole process (SystemExit from inside a
     # task) when its port is taken; this way a taken port is a refusal with a message.
     host = runtime.settings.host
@@ -93,7 +86,7 @@ async def health_endpoint(runtime: Runtime, port: int | None) -> AsyncIterator[N
         raise ProcessRefused(
             f"cannot listen on {host}:{port} for health checks (--health-port): {exc.strerror}"
         ) from None
-    server = Server(config)
+    server = http_server(health_app(process_report(runtime)), runtime.settings)
     serving = asyncio.create_task(server.serve(sockets=[listener]), name="health")
     log.info("health_endpoint_started", host=host, port=port)
     try:

@@ -17,6 +17,9 @@ from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
+from starlette.applications import Starlette
+
+from vpsnap.settings import Settings
 
 T = TypeVar("T")
 
@@ -60,6 +63,32 @@ def stop_on_signals(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+def http_server(app: Starlette, settings: Settings) -> Server:
+    """The uvicorn server of every vpsnap HTTP listener (``serve``, ``api``, the health port),
+    listening on ``settings.host:settings.port`` unless ``serve(sockets=...)`` is given its own.
+
+    Idle keep-alive connections are closed after ``settings.http_keepalive_seconds`` (75 s by
+    default), not uvicorn's 5 s: the side that closes an idle connection must be the one whose
+    timeout is longer, or a request sent on it just as the server closes it is lost (the client
+    reads end of file; nginx answers such a POST with 502, it never resends one). httpx's pool
+    forgets a connection after 5 s and nginx's upstream pool after 60 s
+    (``keepalive_timeout``), both below 75 s (docs/operations.md, "TLS and the proxy in front").
+    """
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # the edge middleware logs every request as JSON
+        lifespan="off",
+        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies them
+        # itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
+        proxy_headers=False,
+        timeout_keep_alive=settings.http_keepalive_seconds,
+    )
+    return Server(config)
 
 
 def no_nagle(listener: socket.socket) -> None:

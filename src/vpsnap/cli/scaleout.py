@@ -11,34 +11,17 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-import uvicorn
 
 from vpsnap.api.app import create_app
-from vpsnap.api.openapi import VpsnapApi
 from vpsnap.cli.health import health_endpoint
 from vpsnap.cli.heap import resume_collector
-from vpsnap.cli.processes import Server, stop_on_signals
+from vpsnap.cli.processes import http_server, stop_on_signals
 from vpsnap.logging import configure_logging
 from vpsnap.runtime import Role, Runtime
 from vpsnap.settings import Settings
 from vpsnap.store import migrate
 
 log = structlog.get_logger("vpsnap.process")
-
-
-def http_server(app: VpsnapApi, settings: Settings) -> Server:
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,  # the edge middleware logs every request as JSON
-        lifespan="off",
-        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies them
-        # itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
-        proxy_headers=False,
-    )
-    return Server(config)
 
 
 async def run_api(settings: Settings) -> None:

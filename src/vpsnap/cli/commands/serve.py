@@ -66,11 +66,9 @@ def _welcome(settings: Settings) -> str:
 async def run_server(settings: Settings, listener: socket.socket, *, demo: bool) -> None:
     """Serve until SIGTERM or SIGINT; then stop accepting requests, let running jobs finish
     within ``settings.shutdown_grace_seconds``, hand the rest back to the queue, and return."""
-    import uvicorn  # noqa: PLC0415
-
     from vpsnap.api.app import create_app  # noqa: PLC0415
     from vpsnap.cli.heap import resume_collector  # noqa: PLC0415
-    from vpsnap.cli.processes import Server, stop_on_signals  # noqa: PLC0415
+    from vpsnap.cli.processes import http_server, stop_on_signals  # noqa: PLC0415
     from vpsnap.demo import seed_demo, start_demo_vm  # noqa: PLC0415
     from vpsnap.logging import configure_logging  # noqa: PLC0415
     from vpsnap.runtime import Runtime, qemu_img_for  # noqa: PLC0415
@@ -78,16 +76,7 @@ async def run_server(settings: Settings, listener: socket.socket, *, demo: bool)
     configure_logging(settings.log_level, settings.log_format)
     runtime = Runtime.build(settings)
     app = create_app(runtime.services, settings)
-    config = uvicorn.Config(
-        app,
-        log_config=None,
-        access_log=False,  # the edge middleware logs every request
-        lifespan="off",
-        # uvicorn would believe X-Forwarded-* from 127.0.0.1 by default; the app applies them
-        # itself, from VPSNAP_FORWARDED_ALLOW_IPS only (api/app.py, api/trust.py).
-        proxy_headers=False,
-    )
-    server = Server(config)
+    server = http_server(app, settings)
     stopping = asyncio.Event()
     with stop_on_signals(stopping, server):
         async with runtime.embedded():
