@@ -235,7 +235,7 @@ _UNICODE_JOURNAL = {"step": "écrit ☃", "n": 3, "nested": {"ok": True, "none":
 async def test_a_raw_write_writes_what_sqlalchemy_writes(
     world: World, raw: Any, plain: Any, values: dict[str, Any]
 ) -> None:
-    """``_RawWrite`` (the DB-API cursor, values through their types' bind processors) leaves
+    """``store.raw.RawWrite`` (the DB-API cursor, values through their types' bind processors) leaves
     the row exactly as ``conn.execute`` of the same statement with the same values does:
     JSON (unicode, nesting, nulls, SQL NULL), timestamps, the lease condition."""
     # Two jobs alike, both claimed by the same worker (the finish and journal writes are

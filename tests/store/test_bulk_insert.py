@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from vpsnap.domain.audit import SCHEDULER, Actor, AuditEvent, AuditOutcome, Targ
 from vpsnap.domain.model import Account, Job, JobLane, JobStatus, JobType, ServiceStatus, Vps
 from vpsnap.store import bulk
 from vpsnap.store.sql import SqlStore
+from vpsnap.store.sqlite_connection import InlineWriteConnection
 from vpsnap.store.tables import UtcDateTime, audit_events, jobs
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -163,7 +165,9 @@ async def test_a_bulk_insert_with_a_taken_key_writes_nothing(store: SqlStore) ->
         assert await tx.get_job(full.id) is None
 
 
-async def test_many_rows_go_in_one_statement(store: SqlStore) -> None:
+async def test_many_rows_go_in_one_statement(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vps = await _vps(store)
     [plain, _] = _jobs(vps)
     statements: list[str] = []
@@ -171,6 +175,16 @@ async def test_many_rows_go_in_one_statement(store: SqlStore) -> None:
     def count(*args: object) -> None:
         statements.append(str(args[2]))
 
+    # Statements SQLite runs inline (store.driver_sql) pass no SQLAlchemy event: seen here.
+    inline = InlineWriteConnection.execute_inline
+
+    def count_inline(self: InlineWriteConnection, sql: str, *args: Any, **kwargs: Any) -> Any:
+        done = inline(self, sql, *args, **kwargs)
+        if done is not None:
+            statements.append(sql)
+        return done
+
+    monkeypatch.setattr(InlineWriteConnection, "execute_inline", count_inline)
     sa.event.listen(store.engine.sync_engine, "before_cursor_execute", count)
     try:
         async with store.transaction() as tx:

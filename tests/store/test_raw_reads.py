@@ -1,4 +1,4 @@
-"""The list reads on the DB-API cursor (``store.sql._RawSelect``, docs/performance.md "Reads"):
+"""The list reads on the DB-API cursor (``store.raw.RawSelect``, docs/performance.md "Reads"):
 their rows, decoded by vpsnap, must be what SQLAlchemy's result gives for the same rows, and
 the domain objects what was stored, on both databases."""
 
@@ -27,10 +27,12 @@ from vpsnap.domain.model import (
     VmFacts,
     Vps,
 )
+from vpsnap.domain.nodes import Node
 from vpsnap.domain.ports import VpsFilter
-from vpsnap.store import sql
+from vpsnap.domain.webhooks import WebhookEndpoint
+from vpsnap.store import raw, sql
 from vpsnap.store.sql import SqlStore
-from vpsnap.store.tables import snapshots, vps
+from vpsnap.store.tables import nodes, snapshots, vps, webhook_endpoints
 
 # Microseconds on purpose: both decoders must keep them.
 NOW = datetime(2026, 4, 27, 12, 34, 56, 123456, tzinfo=UTC)
@@ -145,11 +147,52 @@ async def test_raw_rows_decode_as_sqlalchemy_does(store: SqlStore, table: sa.Tab
     query = sa.select(table).order_by(*order)
     async with store.transaction(read_only=True, small=True) as tx:
         by_sqlalchemy = [list(row) for row in await tx.conn.execute(query)]
-        by_driver = await tx._raw_all(sql._RawSelect(query, table), {})
+        by_driver = await tx._raw_all(raw.RawSelect(query, table), {})
     assert len(by_driver) == len(by_sqlalchemy) > 2
     assert by_driver == by_sqlalchemy
     for row in by_driver:  # the same types, not just equal values (True == 1)
         assert [type(v) for v in row] == [type(v) for v in by_sqlalchemy[by_driver.index(row)]]
+
+
+async def test_node_and_endpoint_reads_decode_as_sqlalchemy_does(store: SqlStore) -> None:
+    # The reads of every job's end: its node, and its account's webhook endpoints.
+    stored_nodes = [
+        Node("hv-1", "1.0", NOW, NOW + timedelta(seconds=5), drained=True, agent="h:1"),
+        Node("hv-2", "1.1", NOW, NOW),
+    ]
+    await _fill(store)
+    async with store.transaction() as tx:
+        account = (await tx.list_vps(None, VpsFilter(), None, 1))[0].account_id
+        for node in stored_nodes:
+            await tx.heartbeat(node)
+            await tx.set_node_drained(node.name, node.drained)
+        endpoints = [
+            WebhookEndpoint(
+                id=f"we_{i}",
+                account_id=account,
+                url=f"https://example.com/{i}",
+                event_types=frozenset({"snapshot.created", "job.failed"}),
+                secret="whsec_x",
+                enabled=i == 0,
+                created_at=NOW,
+                description="d" if i else None,
+                last_failure_at=NOW if i else None,
+            )
+            for i in range(2)
+        ]
+        for endpoint in endpoints:
+            await tx.add_webhook_endpoint(endpoint)
+    async with store.transaction(read_only=True) as tx:
+        for table in (nodes, webhook_endpoints):
+            query = sa.select(table).order_by(*table.primary_key.columns)
+            by_sqlalchemy = [dict(row) for row in (await tx.conn.execute(query)).mappings()]
+            by_driver = await tx._raw_records(raw.RawSelect(query, table), {})
+            assert by_driver == by_sqlalchemy
+            assert [{k: type(v) for k, v in r.items()} for r in by_driver] == [
+                {k: type(v) for k, v in r.items()} for r in by_sqlalchemy
+            ]
+        assert [await tx.get_node(n.name) for n in stored_nodes] == stored_nodes
+        assert await tx.list_webhook_endpoints(account) == endpoints
 
 
 async def test_vps_reads_give_what_was_stored(store: SqlStore) -> None:
@@ -208,7 +251,7 @@ async def test_snapshot_reads_give_what_was_stored(store: SqlStore) -> None:
 def test_a_column_type_the_raw_decoder_does_not_know_is_refused() -> None:
     table = sa.Table("odd", sa.MetaData(), sa.Column("x", sa.Numeric()))
     with pytest.raises(TypeError, match="does not decode"):
-        sql._RawSelect(sa.select(table), table)
+        raw.RawSelect(sa.select(table), table)
 
 
 @pytest.mark.parametrize(
@@ -216,13 +259,13 @@ def test_a_column_type_the_raw_decoder_does_not_know_is_refused() -> None:
     ['{"a": [1, 2.5, null, "☃"]}', "[]", '"text"', "3", "true", "null", ' {"a": 1} ', "[1]\n"],
 )
 def test_json_text_decodes_as_json_loads(text: str) -> None:
-    assert sql._text_json(text) == json.loads(text)
+    assert raw._text_json(text) == json.loads(text)
 
 
 @pytest.mark.parametrize("text", ["", "{", "[1] [2]", "nul", "{'a': 1}"])
 def test_json_text_that_is_not_json_raises_as_json_loads(text: str) -> None:
     with pytest.raises(json.JSONDecodeError):
-        sql._text_json(text)
+        raw._text_json(text)
 
 
 @pytest.mark.parametrize(
@@ -242,7 +285,7 @@ def test_json_text_that_is_not_json_raises_as_json_loads(text: str) -> None:
 )
 def test_timestamp_text_decodes_as_parse_then_replace(text: str) -> None:
     expected = datetime.fromisoformat(text).replace(tzinfo=UTC)
-    found = sql._text_timestamp(text)
+    found = raw._text_timestamp(text)
     assert found == expected
     assert found is not None
     assert found.tzinfo is UTC
@@ -252,7 +295,7 @@ def test_timestamp_text_decodes_as_parse_then_replace(text: str) -> None:
 @pytest.mark.parametrize("text", ["", "yesterday", "2026-13-01 00:00:00"])
 def test_timestamp_text_that_is_not_a_timestamp_raises_as_before(text: str) -> None:
     with pytest.raises(ValueError, match=r"Invalid isoformat string|month must be"):
-        sql._text_timestamp(text)
+        raw._text_timestamp(text)
 
 
 @pytest.mark.parametrize(

@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from vpsnap.store.driver_sql import driver_sql
+
 _Processor = Callable[[Any], Any]
 
 # Bind processors by (dialect, table, columns), statements by the same and which columns are
@@ -85,7 +87,7 @@ async def insert_rows(
     else:
         count = len(rows)
         cells = [repeat(c, count) if s else c for c, s in zip(columns, same, strict=True)]
-        await conn.exec_driver_sql(statement, list(zip(*cells, strict=True)))
+        await driver_sql(conn, statement, list(zip(*cells, strict=True)))
 
 
 def _processed(values: list[Any], processor: _Processor | None) -> list[Any]:

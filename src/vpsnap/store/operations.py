@@ -23,6 +23,7 @@ from vpsnap.domain.webhooks import (
     WebhookMessage,
 )
 from vpsnap.store.bulk import insert_rows
+from vpsnap.store.raw import RawSelect
 from vpsnap.store.tables import (
     api_keys,
     audit_events,
@@ -63,6 +64,12 @@ class OperationsQueries:
         self, query: sa.Select[Any], params: dict[str, Any] | None = None
     ) -> list[Row]:
         return list((await self.conn.execute(query, params)).mappings().all())
+
+    async def _raw_records(
+        self, query: RawSelect, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """``query``'s rows as mappings, on the DB-API cursor: ``SqlTransaction``'s."""
+        raise NotImplementedError
 
     # audit trail ------------------------------------------------------------------------------
 
@@ -130,7 +137,7 @@ class OperationsQueries:
         return _endpoint(row) if row else None
 
     async def list_webhook_endpoints(self, account_id: str) -> list[WebhookEndpoint]:
-        rows = await self._fetch_all(_ENDPOINTS_OF_ACCOUNT, {"b_account": account_id})
+        rows = await self._raw_records(_ENDPOINTS_OF_ACCOUNT, {"b_account": account_id})
         return [_endpoint(r) for r in rows]
 
     async def subscribed_webhook_endpoints(
@@ -364,15 +371,16 @@ def _endpoint_values(endpoint: WebhookEndpoint) -> dict[str, Any]:
     }
 
 
-# Read at the end of every job (events.outbox): built once, not per call.
-_ENDPOINTS_OF_ACCOUNT = (
+# Read at the end of every job (events.outbox): built once, run on the DB-API cursor.
+_ENDPOINTS_OF_ACCOUNT = RawSelect(
     sa.select(webhook_endpoints)
     .where(webhook_endpoints.c.account_id == sa.bindparam("b_account"))
-    .order_by(webhook_endpoints.c.id)
+    .order_by(webhook_endpoints.c.id),
+    webhook_endpoints,
 )
 
 
-def _endpoint(row: Row) -> WebhookEndpoint:
+def _endpoint(row: Mapping[str, Any]) -> WebhookEndpoint:
     return WebhookEndpoint(
         id=row["id"],
         account_id=row["account_id"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -64,6 +63,7 @@ from vpsnap.store.operations import (
     OperationsQueries,
     vps_storage_from_row,
 )
+from vpsnap.store.raw import RawSelect, RawWrite, fetch_rows
 from vpsnap.store.small_reads import PgReadPool, SqliteReadPool, pg_connect_args
 from vpsnap.store.sqlite_connection import (
     BEGIN_IMMEDIATE_IN_THREAD,
@@ -76,7 +76,6 @@ if TYPE_CHECKING:  # imported when a PostgreSQL store is made: ~30 ms of start-u
     import asyncpg
 
 from vpsnap.store.tables import (
-    UtcDateTime,
     accounts,
     add_postgresql_options,
     api_keys,
@@ -126,195 +125,10 @@ _GET_SNAPSHOT = sa.select(snapshots).where(
 )
 
 
-class _RawSelect:
-    """A ``SELECT`` of every column of one table (or of several, joined, in the order given),
-    run on the DB-API cursor (``exec_driver_sql``) with the rows decoded here instead of by
-    SQLAlchemy's result.
-
-    For the reads of every list request (docs/performance.md, "Reads"): SQLAlchemy's
-    execution context and result processing cost about as much as the rest of the store work
-    (0.27 of 0.54 ms for a page of 21 VPSes on SQLite). The SQL is compiled by SQLAlchemy, once
-    per dialect; the decoding (``_RAW_DECODERS``) gives what SQLAlchemy's result would give for
-    the column types used here (tests/store/test_raw_reads.py compares the two on both
-    databases), so ``_vps`` and ``_snapshot`` take either.
-    """
-
-    def __init__(self, query: sa.Select[Any], *tables: sa.Table) -> None:
-        self.query = query
-        self._parts: list[tuple[int, int, dict[str, tuple[int, ...]]]] = []
-        start = 0
-        for table in tables:
-            self._parts.append((start, start + len(table.c), _column_kinds(table)))
-            start += len(table.c)
-        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
-
-    def sql(self, dialect: sa.Dialect) -> tuple[str, tuple[str, ...], dict[str, Any]]:
-        """The statement for ``dialect``, the names of its parameters in order, and the values
-        of those the statement carries itself (a literal, SQLite's ``OFFSET`` after a bound
-        ``LIMIT``)."""
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self.query.compile(dialect=dialect)
-            if not compiled.positional or compiled.positiontup is None:
-                raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
-            fixed = {
-                name: bind.effective_value
-                for name, bind in compiled.binds.items()
-                if not bind.required
-            }
-            found = (str(compiled), tuple(compiled.positiontup), fixed)
-            self._compiled[dialect.name] = found
-        return found
-
-    def decode(
-        self, dialect: sa.Dialect, rows: Sequence[Sequence[Any]], part: int = 0
-    ) -> list[list[Any]]:
-        """The columns of the ``part``-th table of driver rows, as SQLAlchemy's result would
-        give them (aware UTC timestamps, JSON as Python values, booleans as ``bool``)."""
-        timestamp, from_json, boolean = _RAW_DECODERS[dialect.name]
-        start, stop, kinds = self._parts[part]
-        decoded = []
-        for raw in rows:
-            row = list(raw[start:stop])
-            for i in kinds["timestamp"]:
-                row[i] = timestamp(row[i])
-            for i in kinds["json"]:
-                row[i] = from_json(row[i])
-            for i in kinds["boolean"]:
-                row[i] = boolean(row[i])
-            decoded.append(row)
-        return decoded
-
-
-class _RawWrite:
-    """An ``INSERT``/``UPDATE``/``DELETE`` built once, compiled once per dialect, and run on the
-    DB-API cursor (``exec_driver_sql``) with its parameters through their types' own bind
-    processors: the statement and the values SQLAlchemy's ``execute`` would send, without its
-    per-call execution context, parameter construction and result set-up (docs/performance.md,
-    "The job path, fourth round": the write transactions of every job).
-
-    Parameters are given by their bind names; those the statement carries itself (a literal
-    in a ``WHERE``) need not be. ``tests/services/test_job_path_statements.py``
-    (``test_a_raw_write_writes_what_sqlalchemy_writes``) checks that the rows written are those
-    of ``conn.execute`` on both databases.
-    """
-
-    def __init__(self, statement: sa.Insert | sa.Update | sa.Delete) -> None:
-        self.statement = statement
-        self._compiled: dict[
-            str, tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]
-        ] = {}
-
-    def _for(
-        self, dialect: sa.Dialect
-    ) -> tuple[str, tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]]:
-        found = self._compiled.get(dialect.name)
-        if found is None:
-            compiled = self.statement.compile(dialect=dialect)
-            if not compiled.positional or compiled.positiontup is None:
-                raise TypeError(f"{dialect.name}: a positional paramstyle is expected")
-            binds = []
-            for name in compiled.positiontup:
-                bind = compiled.binds[name]
-                processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
-                # A value the statement carries itself is taken from it; a required one that
-                # the caller did not give raises KeyError in run().
-                fixed = _REQUIRED if bind.required else bind.effective_value
-                binds.append((name, processor, fixed))
-            found = (str(compiled), tuple(binds))
-            self._compiled[dialect.name] = found
-        return found
-
-    async def run(self, conn: AsyncConnection, params: Mapping[str, Any]) -> sa.CursorResult[Any]:
-        """Execute with ``params`` (bind name to Python value) in ``conn``'s transaction;
-        raises what the database raises, wrapped by SQLAlchemy as ``execute`` would."""
-        sql, binds = self._for(conn.dialect)
-        values = []
-        for name, processor, fixed in binds:
-            value = params[name] if fixed is _REQUIRED else params.get(name, fixed)
-            values.append(value if processor is None else processor(value))
-        return await conn.exec_driver_sql(sql, tuple(values))
-
-
-_REQUIRED: Any = object()
-
-
-def _column_kinds(table: sa.Table) -> dict[str, tuple[int, ...]]:
-    """Positions of ``table``'s columns that need decoding, by kind."""
-    kinds: dict[str, list[int]] = {"timestamp": [], "json": [], "boolean": []}
-    for i, column in enumerate(table.c):
-        if isinstance(column.type, UtcDateTime):
-            kinds["timestamp"].append(i)
-        elif isinstance(column.type, sa.JSON):
-            kinds["json"].append(i)
-        elif isinstance(column.type, sa.Boolean):
-            kinds["boolean"].append(i)
-        elif not isinstance(column.type, sa.String | sa.Integer):
-            raise TypeError(f"{column} has a type _RawSelect does not decode")
-    return {kind: tuple(positions) for kind, positions in kinds.items()}
-
-
-def _text_timestamp(value: str | None) -> datetime | None:
-    # SQLite stores UtcDateTime as naive UTC text, "2026-04-27 12:34:56.000123". Parsed with
-    # the offset appended: the same aware datetime (tzinfo is datetime.UTC) as parsing and
-    # then .replace(tzinfo=UTC), at a fifth of the cost (replace's keyword parsing is most of
-    # it; 42 timestamps a list page). Text that does not parse so (one with an offset of its
-    # own) takes the old way, as does a bare date: Python 3.11 drops the offset after one.
-    if value is None:
-        return None
-    try:
-        found = datetime.fromisoformat(value + "+00:00")
-    except ValueError:
-        found = None
-    if found is None or found.tzinfo is not UTC:
-        return datetime.fromisoformat(value).replace(tzinfo=UTC)
-    return found
-
-
-def _naive_timestamp(value: datetime | None) -> datetime | None:
-    return None if value is None else value.replace(tzinfo=UTC)
-
-
-# The decoder's C scanner (typeshed does not declare the attribute).
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def _text_json(value: str | None) -> Any:
-    # SQLAlchemy's JSON type stores Python None as the JSON text "null" (most of a row's JSON
-    # columns): not worth a parse.
-    if value is None or value == "null":
-        return None
-    # json.loads' C scanner without its wrapper (two whitespace matches per call): SQLAlchemy
-    # writes json.dumps' output, one value and nothing around it; anything else goes the
-    # long way, with json.loads' errors.
-    try:
-        found, end = _scan_json(value, 0)
-    except StopIteration:
-        return json.loads(value)
-    return found if end == len(value) else json.loads(value)
-
-
-def _int_boolean(value: int | None) -> bool | None:
-    return None if value is None else bool(value)
-
-
-def _as_is(value: Any) -> Any:
-    return value
-
-
-# Per dialect: timestamp, JSON and boolean decoders of a driver's value. asyncpg returns naive
-# datetimes, and JSON already decoded (SQLAlchemy's asyncpg dialect sets the codec on connect).
-_RAW_DECODERS: dict[
-    str, tuple[Callable[[Any], Any], Callable[[Any], Any], Callable[[Any], Any]]
-] = {
-    "sqlite": (_text_timestamp, _text_json, _int_boolean),
-    "postgresql": (_naive_timestamp, _as_is, _as_is),
-}
-
-_GET_VPS_RAW = _RawSelect(_GET_VPS, vps)
+_GET_VPS_RAW = RawSelect(_GET_VPS, vps)
 # A VPS and its snapshots (oldest first) in one statement: one round trip fewer per snapshot
 # listing on PostgreSQL. A VPS without snapshots is one row with the snapshot columns NULL.
-_GET_VPS_WITH_SNAPSHOTS_RAW = _RawSelect(
+_GET_VPS_WITH_SNAPSHOTS_RAW = RawSelect(
     sa.select(vps, snapshots)
     .select_from(vps.outerjoin(snapshots, snapshots.c.vps_id == vps.c.id))
     .where(vps.c.id == _bp("b_id"))
@@ -324,7 +138,7 @@ _GET_VPS_WITH_SNAPSHOTS_RAW = _RawSelect(
 )
 # The same with the VPS's published storage (one row or NULLs, vps_id is its key): what a
 # snapshot listing reads next, in the same round trip (SmallReadTransaction).
-_GET_VPS_WITH_SNAPSHOTS_AND_STORAGE_RAW = _RawSelect(
+_GET_VPS_WITH_SNAPSHOTS_AND_STORAGE_RAW = RawSelect(
     sa.select(vps, snapshots, vps_storage)
     .select_from(
         vps.outerjoin(snapshots, snapshots.c.vps_id == vps.c.id).outerjoin(
@@ -337,8 +151,11 @@ _GET_VPS_WITH_SNAPSHOTS_AND_STORAGE_RAW = _RawSelect(
     snapshots,
     vps_storage,
 )
-_LIST_SNAPSHOTS_RAW = _RawSelect(_LIST_SNAPSHOTS, snapshots)
-_GET_VPS_LOCKED_RAW = _RawSelect(_GET_VPS_LOCKED, vps)
+_LIST_SNAPSHOTS_RAW = RawSelect(_LIST_SNAPSHOTS, snapshots)
+# Every job's end reads its snapshot's row, and the worker its node's.
+_GET_SNAPSHOT_RAW = RawSelect(_GET_SNAPSHOT, snapshots)
+_GET_NODE_RAW = RawSelect(_GET_NODE, nodes)
+_GET_VPS_LOCKED_RAW = RawSelect(_GET_VPS_LOCKED, vps)
 
 # The VPS list: one statement per combination of filters (at most 2^5), built on first use.
 # The limit is appended to the SQL text, not bound: PostgreSQL's generic plan of a prepared
@@ -347,10 +164,10 @@ _GET_VPS_LOCKED_RAW = _RawSelect(_GET_VPS_LOCKED, vps)
 # bench/scale.py).
 _LIST_VPS_FILTERS = ("b_account", "b_name", "b_ip", "b_node", "b_after")
 _LIST_VPS_COLUMNS = (vps.c.account_id, vps.c.name_key, vps.c.primary_ip, vps.c.node)
-_LIST_VPS_QUERIES: dict[tuple[bool, ...], _RawSelect] = {}
+_LIST_VPS_QUERIES: dict[tuple[bool, ...], RawSelect] = {}
 
 
-def _list_vps_query(shape: tuple[bool, ...]) -> _RawSelect:
+def _list_vps_query(shape: tuple[bool, ...]) -> RawSelect:
     """The list statement for ``shape`` (which of ``_LIST_VPS_FILTERS`` are given)."""
     found = _LIST_VPS_QUERIES.get(shape)
     if found is None:
@@ -360,7 +177,7 @@ def _list_vps_query(shape: tuple[bool, ...]) -> _RawSelect:
                 query = query.where(column == _bp(name))
         if shape[4]:
             query = query.where(vps.c.id > _bp("b_after"))
-        found = _RawSelect(query.order_by(vps.c.id), vps)
+        found = RawSelect(query.order_by(vps.c.id), vps)
         _LIST_VPS_QUERIES[shape] = found
     return found
 
@@ -452,7 +269,7 @@ _NOTIFY_RETURNING = sa.func.pg_notify(_bp("b_channel"), _bp("b_payload"))
 # one statement instead of the candidates and a GROUP BY over the running jobs (the same count,
 # for the accounts the claim can use; in one statement it is one snapshot on PostgreSQL, too).
 _RUNNING = jobs.alias("running")
-_CLAIM_CANDIDATES = _RawSelect(
+_CLAIM_CANDIDATES = RawSelect(
     sa.select(
         jobs,
         sa.select(sa.func.count())
@@ -486,8 +303,8 @@ _CLAIM_JOB = (
         lease_expires_at=_bp("b_until"),
     )
 )
-_CLAIM_JOB_RAW = _RawWrite(_CLAIM_JOB)
-_CLAIM_JOB_NOTIFY_RAW = _RawWrite(_CLAIM_JOB.returning(_NOTIFY_RETURNING))
+_CLAIM_JOB_RAW = RawWrite(_CLAIM_JOB)
+_CLAIM_JOB_NOTIFY_RAW = RawWrite(_CLAIM_JOB.returning(_NOTIFY_RETURNING))
 # A job's end, conditional on the lease, writing only the columns an end can change (the
 # journal included: the ended job is the claimed one, whose journal the long-polls are shown
 # and the row keeps, as the whole-row update of before did).
@@ -501,15 +318,15 @@ _FINISH_JOB_VALUES = {
     "lease_owner": sa.null(),
     "lease_expires_at": sa.null(),
 }
-_FINISH_JOB_RAW = _RawWrite(_FINISH_JOB.values(**_FINISH_JOB_VALUES))
-_FINISH_JOB_NOTIFY_RAW = _RawWrite(
+_FINISH_JOB_RAW = RawWrite(_FINISH_JOB.values(**_FINISH_JOB_VALUES))
+_FINISH_JOB_NOTIFY_RAW = RawWrite(
     _FINISH_JOB.values(**_FINISH_JOB_VALUES).returning(_NOTIFY_RETURNING)
 )
-_COUNT_UNFINISHED_RAW = _RawSelect(_COUNT_UNFINISHED)
-_RECORD_JOURNAL_RAW = _RawWrite(_RECORD_JOURNAL)
-_SET_CURRENT_RAW = _RawWrite(_SET_CURRENT.values(current_snapshot=_bp("b_name")))
+_COUNT_UNFINISHED_RAW = RawSelect(_COUNT_UNFINISHED)
+_RECORD_JOURNAL_RAW = RawWrite(_RECORD_JOURNAL)
+_SET_CURRENT_RAW = RawWrite(_SET_CURRENT.values(current_snapshot=_bp("b_name")))
 # A snapshot the job took: its row made available (every column the success writes).
-_RECORD_TAKEN_RAW = _RawWrite(
+_RECORD_TAKEN_RAW = RawWrite(
     _UPDATE_SNAPSHOT.values(
         status=SnapshotStatus.AVAILABLE.value,
         consistency=_bp("b_consistency"),
@@ -525,17 +342,17 @@ _OPEN_INTENTS_OF_JOB = sa.and_(
     write_intents.c.job_id == _bp("b_job"),
     write_intents.c.state == sa.literal_column(f"'{IntentState.OPEN.value}'"),
 )
-_CLOSE_INTENTS = _RawWrite(
+_CLOSE_INTENTS = RawWrite(
     write_intents.update()
     .where(_OPEN_INTENTS_OF_JOB)
     .values(state=_bp("b_state"), closed_at=_bp("b_at"))
 )
-_CLOSE_INTENTS_NAMED = _RawWrite(
+_CLOSE_INTENTS_NAMED = RawWrite(
     write_intents.update()
     .where(_OPEN_INTENTS_OF_JOB, write_intents.c.name_key == _bp("b_key"))
     .values(state=_bp("b_state"), closed_at=_bp("b_at"))
 )
-_NEXT_PENDING_RAW = _RawSelect(_NEXT_PENDING, jobs)
+_NEXT_PENDING_RAW = RawSelect(_NEXT_PENDING, jobs)
 
 
 def _busy_vps(vps_ids: Sequence[str]) -> sa.Select[str]:
@@ -1140,7 +957,7 @@ def _actor_json(actor: Actor | None, memo: dict[Actor, dict[str, Any]] | None) -
 _NO_PAYLOAD: dict[str, Any] = {}
 
 
-def _node(row: Row) -> Node:
+def _node(row: Mapping[str, Any]) -> Node:
     return Node(
         name=row["name"],
         version=row["version"],
@@ -1181,8 +998,8 @@ class SqlTransaction(OperationsQueries):
 
     async def _write_notifying(
         self,
-        plain: _RawWrite,
-        notifying: _RawWrite,
+        plain: RawWrite,
+        notifying: RawWrite,
         params: Mapping[str, Any],
         channel: Channel,
         payload: str,
@@ -1208,21 +1025,20 @@ class SqlTransaction(OperationsQueries):
         return list(result.mappings().all())
 
     async def _raw_all(
-        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+        self, query: RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> list[list[Any]]:
-        """The rows of ``query`` (of one table) through the DB-API cursor, decoded."""
+        # Through _raw_rows: a small read transaction runs the statement its own way.
         return query.decode(self.conn.dialect, await self._raw_rows(query, params, limit))
 
     async def _raw_rows(
-        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+        self, query: RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
-        """The rows of ``query`` through the DB-API cursor, as the driver gives them."""
-        sql, names, fixed = query.sql(self.conn.dialect)
-        if limit is not None:
-            sql = f"{sql} LIMIT {int(limit)}"
-        values = tuple(params[name] if name in params else fixed[name] for name in names)
-        result = await self.conn.exec_driver_sql(sql, values)
-        return result.all()
+        return await fetch_rows(self.conn, query, params, limit)
+
+    async def _raw_records(
+        self, query: RawSelect, params: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        return query.records(self.conn.dialect, await self._raw_rows(query, params))
 
     # accounts and keys ------------------------------------------------------------------------
 
@@ -1516,8 +1332,8 @@ class SqlTransaction(OperationsQueries):
             )
 
     async def get_node(self, name: str) -> Node | None:
-        row = await self._one(_GET_NODE, {"b_name": name})
-        return _node(row) if row else None
+        rows = await self._raw_records(_GET_NODE_RAW, {"b_name": name})
+        return _node(rows[0]) if rows else None
 
     async def list_nodes(self) -> list[Node]:
         return [_node(r) for r in await self._all(sa.select(nodes).order_by(nodes.c.name))]
@@ -1650,8 +1466,8 @@ class SqlTransaction(OperationsQueries):
 
     async def get_snapshot(self, vps_id: str, name: str) -> Snapshot | None:
         params = {"b_vps": vps_id, "b_key": name_key(name)}
-        row = (await self.conn.execute(_GET_SNAPSHOT, params)).first()
-        return _snapshot(row) if row else None
+        rows = await self._raw_all(_GET_SNAPSHOT_RAW, params)
+        return _snapshot(rows[0]) if rows else None
 
     async def add_snapshot(self, snapshot: Snapshot) -> None:
         try:
@@ -2274,7 +2090,7 @@ class _FallbackConnection:
 
 class SmallReadTransaction(SqlTransaction):
     """A small read-only transaction on a connection of vpsnap's own (``store.small_reads``):
-    the list reads (``_RawSelect``) and ``_SMALL_READ_QUERIES`` run there through ``run``;
+    the list reads (``RawSelect``) and ``_SMALL_READ_QUERIES`` run there through ``run``;
     anything else through ``fallback`` (SQLAlchemy's read engine)."""
 
     def __init__(self, run: RunStatement, dialect: sa.Dialect, fallback: _FallbackConnection):
@@ -2309,7 +2125,7 @@ class SmallReadTransaction(SqlTransaction):
         return await super().get_vps_storage(vps_id)
 
     async def _raw_rows(
-        self, query: _RawSelect, params: Mapping[str, Any], limit: int | None = None
+        self, query: RawSelect, params: Mapping[str, Any], limit: int | None = None
     ) -> Sequence[Sequence[Any]]:
         sql, names, fixed = query.sql(self._dialect)
         if limit is not None:

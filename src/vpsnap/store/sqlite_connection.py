@@ -121,6 +121,37 @@ class InlineWriteConnection(aiosqlite.Connection):
                 return words[0] == "ROLLBACK" and words[1:2] == ["TO"]
         return True
 
+    def execute_inline(
+        self, sql: str, parameters: tuple[Any, ...] | list[tuple[Any, ...]], *, many: bool
+    ) -> tuple[int, list[tuple[Any, ...]]] | None:
+        """Run ``sql`` now, on the calling thread, if this connection is inside a write
+        transaction whose calls run inline (the same test as ``_execute``'s for a cursor's
+        ``execute``); None when it is not, and the caller goes through aiosqlite as usual.
+
+        Returns (rowcount, rows): ``executemany`` with a sequence of parameter tuples when
+        ``many``. Raises the ``sqlite3`` error of the statement. For ``store.driver_sql``: a
+        statement run so makes no call through SQLAlchemy or a greenlet either.
+        """
+        connection = self._connection
+        if (
+            self._in_thread
+            or connection is None
+            or not self._write_locked
+            or not connection.in_transaction
+        ):
+            return None
+        words = _keywords(sql)
+        if words and words[0] in _THREAD_ONLY_KEYWORDS:
+            return None
+        cursor = (
+            connection.executemany(sql, parameters) if many else connection.execute(sql, parameters)
+        )
+        try:
+            rows = cursor.fetchall() if cursor.description is not None else []
+            return cursor.rowcount, rows
+        finally:
+            cursor.close()
+
     def _may_begin_inline(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> bool:
         """A plain ``BEGIN IMMEDIATE`` (not the bulk one) on an idle connection."""
         connection = self._connection
