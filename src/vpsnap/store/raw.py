@@ -227,4 +227,3 @@ async def fetch_rows(
         sql = f"{sql} LIMIT {int(limit)}"
     values = tuple(params[name] if name in params else fixed[name] for name in names)
     return (await driver_sql(conn, sql, values)).all()
-
