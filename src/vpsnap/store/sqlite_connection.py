@@ -80,6 +80,15 @@ def _keywords(sql: str) -> list[str]:
     return sql.lstrip(" \t\r\n(").upper().split(None, 2)[:2]
 
 
+def _thread_only(sql: str) -> bool:
+    """Whether ``sql`` ends or starts a transaction or takes locks (``_THREAD_ONLY_KEYWORDS``;
+    ``ROLLBACK TO`` a savepoint does not): never run inline."""
+    words = _keywords(sql)
+    if not words or words[0] not in _THREAD_ONLY_KEYWORDS:
+        return False
+    return not (words[0] == "ROLLBACK" and words[1:2] == ["TO"])
+
+
 class InlineWriteConnection(aiosqlite.Connection):
     """``aiosqlite.Connection`` whose calls inside a ``BEGIN IMMEDIATE`` transaction run inline.
 
@@ -116,9 +125,7 @@ class InlineWriteConnection(aiosqlite.Connection):
         ):
             return False
         if name in ("execute", "executemany") and args and isinstance(args[0], str):
-            words = _keywords(args[0])
-            if words and words[0] in _THREAD_ONLY_KEYWORDS:
-                return words[0] == "ROLLBACK" and words[1:2] == ["TO"]
+            return not _thread_only(args[0])
         return True
 
     def execute_inline(
@@ -140,8 +147,7 @@ class InlineWriteConnection(aiosqlite.Connection):
             or not connection.in_transaction
         ):
             return None
-        words = _keywords(sql)
-        if words and words[0] in _THREAD_ONLY_KEYWORDS:
+        if _thread_only(sql):
             return None
         cursor = (
             connection.executemany(sql, parameters) if many else connection.execute(sql, parameters)
